@@ -1,0 +1,1 @@
+//! The blind relay (`masq relay`): forwards sealed envelopes between authenticated devices.

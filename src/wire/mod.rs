@@ -1,0 +1,1 @@
+//! Wire formats: byte-level encoders and decoders. Knows nothing of tokio or fjall.
