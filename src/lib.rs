@@ -10,5 +10,16 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod crypto;
+pub mod doc;
+pub mod error;
+pub mod kv;
 pub mod relay;
+pub mod storage;
+pub mod store;
 pub mod wire;
+
+pub use doc::{ChangeOp, DocId, Docs};
+pub use error::{Error, Result};
+pub use kv::{Bucket, ListOptions};
+pub use store::{App, Event, Origin, Store, StoreOptions};
+pub mod cli;

@@ -1,3 +1,4 @@
-fn main() {
-    println!("masq");
+//! The `masq` binary: see `masq --help`.
+fn main() -> std::process::ExitCode {
+    masq::cli::main()
 }

@@ -127,7 +127,11 @@ impl fmt::Debug for DeviceId {
 /// Construction: `k = BLAKE3-derive_key(SAFETY_CODE_CONTEXT, min(pk_a, pk_b) || max(pk_a, pk_b))`,
 /// code = first 8 bytes of `k` as big-endian u64, modulo 10^6, zero-padded.
 pub fn safety_code(a: &PublicKey, b: &PublicKey) -> String {
-    let (lo, hi) = if a.as_bytes() <= b.as_bytes() { (a, b) } else { (b, a) };
+    let (lo, hi) = if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     let mut input = [0u8; 64];
     input[..32].copy_from_slice(lo.as_bytes());
     input[32..].copy_from_slice(hi.as_bytes());
@@ -167,6 +171,9 @@ mod tests {
     fn dh_agrees() {
         let a = DeviceKeypair::generate();
         let b = DeviceKeypair::generate();
-        assert_eq!(*a.diffie_hellman(&b.public()), *b.diffie_hellman(&a.public()));
+        assert_eq!(
+            *a.diffie_hellman(&b.public()),
+            *b.diffie_hellman(&a.public())
+        );
     }
 }

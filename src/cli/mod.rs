@@ -1,0 +1,87 @@
+//! The `masq` command line: parses arguments (clap) and calls the library.
+//!
+//! Output is made for scripts: values go to stdout alone, messages to stderr.
+//! Exit codes: 0 success, 1 "not found" (e.g. `kv get` of an absent key),
+//! 2 any other error (one line on stderr).
+
+mod local;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::storage::Durability;
+
+/// masq: local-first, end-to-end encrypted replicated document store.
+#[derive(Debug, Parser)]
+#[command(name = "masq", version, about)]
+pub struct Cli {
+    /// Data directory (default: $MASQ_DATA, else the platform data dir + /masq).
+    #[arg(long, global = true, env = "MASQ_DATA")]
+    pub data: Option<PathBuf>,
+    /// When writes are acknowledged: fsync (default) or buffered.
+    #[arg(long, global = true, default_value = "fsync")]
+    pub durability: Durability,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Key-value API.
+    #[command(subcommand)]
+    Kv(local::KvCmd),
+    /// Document API.
+    #[command(subcommand)]
+    Doc(local::DocCmd),
+}
+
+/// Resolves the data directory.
+pub fn data_dir(cli_value: Option<PathBuf>) -> PathBuf {
+    cli_value.unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("masq")
+    })
+}
+
+/// A CLI failure: message for stderr and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code (1 not found, 2 other).
+    pub code: u8,
+    /// One-line message.
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MASQ_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match cli.command {
+        Command::Kv(cmd) => local::kv(data_dir(cli.data), cli.durability, cmd),
+        Command::Doc(cmd) => local::doc(data_dir(cli.data), cli.durability, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The document API: per-app Automerge documents read as JSON and changed by
+//! JSON-path operations, with history, time travel, subscriptions, deletion
+//! (a tombstone that syncs), export and import.
+//!
+//! Each app has a *catalog*, itself an Automerge document (`_catalog`), whose
+//! root maps every document id of the app to its state (`"doc"`, `"deleted"`,
+//! or `"kv"` for key-value shards). Because the catalog is a replicated
+//! document like any other, new documents and deletions propagate by sync.
+
+pub mod json;
+pub mod ops;
+
+use std::fmt;
+
+use automerge::{
+    transaction::Transaction, AutoCommit, Automerge, ChangeHash, ReadDoc, ScalarValue, Value, ROOT,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tokio::sync::broadcast;
+
+pub use ops::ChangeOp;
+
+use crate::error::{Error, Result};
+use crate::store::{App, Event, Origin, Staged};
+
+/// Largest Automerge file accepted by [`Docs::import`].
+pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
+/// Largest serialized change (all ops of one `change` call) accepted.
+pub const MAX_CHANGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A document id: 22 base58 characters (128 random bits) for user documents;
+/// internal documents (catalog, KV shards) start with `_`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DocId(String);
+
+/// The catalog document's id.
+pub const CATALOG_ID: &str = "_catalog";
+
+impl DocId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let bytes = crate::crypto::random_bytes::<16>();
+        DocId(bs58::encode(bytes.as_ref()).into_string())
+    }
+
+    /// Parses a user-visible id (random ids only; internal ids are refused).
+    pub fn parse(s: &str) -> Result<Self> {
+        let ok = (16..=24).contains(&s.len())
+            && bs58::decode(s)
+                .into_vec()
+                .map(|v| v.len() == 16)
+                .unwrap_or(false);
+        if ok {
+            Ok(DocId(s.to_string()))
+        } else {
+            Err(Error::BadDocId(s.to_string()))
+        }
+    }
+
+    /// Accepts any id, including internal ones (used by sync for catalog entries).
+    pub fn parse_any(s: &str) -> Result<Self> {
+        if s.starts_with('_') && s.len() <= 200 && !s.contains('\0') {
+            Ok(DocId(s.to_string()))
+        } else {
+            Self::parse(s)
+        }
+    }
+
+    /// The catalog's id.
+    pub fn catalog() -> Self {
+        DocId(CATALOG_ID.to_string())
+    }
+
+    /// An internal id (callers guarantee the `_` prefix and no NUL).
+    pub(crate) fn internal(s: String) -> Self {
+        debug_assert!(s.starts_with('_'));
+        DocId(s)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocId({})", self.0)
+    }
+}
+
+/// Whether an id names an internal document (catalog, KV shard).
+pub fn is_internal(id: &DocId) -> bool {
+    id.0.starts_with('_')
+}
+
+/// One entry of a document's history.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryEntry {
+    /// Change hash (hex).
+    pub hash: String,
+    /// Actor id (hex).
+    pub actor: String,
+    /// Sequence number of the change for its actor.
+    pub seq: u64,
+    /// Wall-clock time the author claimed, seconds since the epoch (0 if none).
+    pub time: i64,
+    /// Commit message, if any.
+    pub message: Option<String>,
+    /// Hashes of the changes it depends on.
+    pub deps: Vec<String>,
+}
+
+/// Parses hex change hashes.
+pub fn parse_heads(heads: &[String]) -> Result<Vec<ChangeHash>> {
+    heads
+        .iter()
+        .map(|h| {
+            h.parse::<ChangeHash>()
+                .map_err(|_| Error::BadOp(format!("invalid change hash {h:?}")))
+        })
+        .collect()
+}
+
+/// Hex form of heads.
+pub fn heads_hex(heads: &[ChangeHash]) -> Vec<String> {
+    heads.iter().map(|h| h.to_string()).collect()
+}
+
+/// The catalog entry value for a live user document.
+pub const CATALOG_DOC: &str = "doc";
+/// The catalog entry value for a deleted document (tombstone).
+pub const CATALOG_DELETED: &str = "deleted";
+/// The catalog entry value for a key-value shard.
+pub const CATALOG_KV: &str = "kv";
+
+/// Reads a catalog entry.
+pub(crate) fn catalog_entry(catalog: &Automerge, id: &str) -> Option<String> {
+    match catalog.get(ROOT, id) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Catalog state wins in this order when devices disagree: a tombstone beats
+/// everything, so a concurrent edit never resurrects a deleted document.
+pub(crate) fn put_catalog_entry(tx: &mut Transaction<'_>, id: &DocId, state: &str) -> Result<()> {
+    use automerge::transaction::Transactable;
+    tx.put(ROOT, id.as_str(), state)?;
+    Ok(())
+}
+
+/// The document API of one app.
+#[derive(Clone, Debug)]
+pub struct Docs {
+    pub(crate) app: App,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Docs {
+    fn store(&self) -> &crate::store::Store {
+        &self.app.store
+    }
+
+    fn app_name(&self) -> &str {
+        &self.app.name
+    }
+
+    /// Creates an empty document and returns its id.
+    pub fn create(&self) -> Result<DocId> {
+        self.create_with(&[], None)
+    }
+
+    /// Creates a document whose first change applies `ops`.
+    pub fn create_with(&self, ops: &[ChangeOp], message: Option<&str>) -> Result<DocId> {
+        let id = DocId::random();
+        let store = self.store();
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog())?;
+        let doc_h = store.doc_handle(self.app_name(), &id)?;
+        let mut cat = cat_h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let mut doc = doc_h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let cat_before = cat.doc.get_heads();
+        let doc_before = doc.doc.get_heads();
+        let msg = message.unwrap_or("create").to_string();
+        let opts = || {
+            automerge::transaction::CommitOptions::default()
+                .with_time(now_secs())
+                .with_message(msg.clone())
+        };
+        doc.doc
+            .transact_with(
+                |_| opts(),
+                |tx| -> Result<()> {
+                    for op in ops {
+                        ops::apply(tx, op)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|f| f.error)?;
+        if doc.doc.get_heads().is_empty() {
+            doc.doc.empty_commit(opts());
+        }
+        cat.doc
+            .transact_with(
+                |_| automerge::transaction::CommitOptions::default().with_time(now_secs()),
+                |tx| put_catalog_entry(tx, &id, CATALOG_DOC),
+            )
+            .map_err(|f| f.error)?;
+        let batch = store.db().batch();
+        let mut staged = [
+            Staged {
+                id: DocId::catalog(),
+                guard: cat,
+                before: cat_before,
+            },
+            Staged {
+                id: id.clone(),
+                guard: doc,
+                before: doc_before,
+            },
+        ];
+        store.commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        Ok(id)
+    }
+
+    /// Ids of the app's live documents.
+    pub fn list(&self) -> Result<Vec<DocId>> {
+        let h = self
+            .store()
+            .doc_handle(self.app_name(), &DocId::catalog())?;
+        let cat = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let mut out: Vec<DocId> = cat
+            .doc
+            .keys(ROOT)
+            .filter(|k| catalog_entry(&cat.doc, k).as_deref() == Some(CATALOG_DOC))
+            .map(DocId)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Locks a user document that must exist (and not be deleted).
+    fn existing(&self, id: &DocId) -> Result<crate::store::DocHandle> {
+        let h = self.store().doc_handle(self.app_name(), id)?;
+        let exists = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?
+            .exists;
+        if exists {
+            return Ok(h);
+        }
+        let cat_h = self
+            .store()
+            .doc_handle(self.app_name(), &DocId::catalog())?;
+        let cat = cat_h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        match catalog_entry(&cat.doc, id.as_str()).as_deref() {
+            Some(CATALOG_DELETED) => Err(Error::DocDeleted(id.to_string())),
+            _ => Err(Error::UnknownDoc(id.to_string())),
+        }
+    }
+
+    /// Runs `f` on the loaded document for reading.
+    pub fn read<R>(&self, id: &DocId, f: impl FnOnce(&Automerge) -> R) -> Result<R> {
+        let h = self.existing(id)?;
+        let g = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        Ok(f(&g.doc))
+    }
+
+    /// The document as JSON.
+    pub fn get(&self, id: &DocId) -> Result<Json> {
+        self.read(id, |d| json::read_root(d, None))
+    }
+
+    /// The document as JSON at past `heads` (time travel).
+    pub fn get_at(&self, id: &DocId, heads: &[ChangeHash]) -> Result<Json> {
+        self.read(id, |d| {
+            for h in heads {
+                if d.get_change_by_hash(h).is_none() {
+                    return Err(Error::UnknownHeads(id.to_string()));
+                }
+            }
+            Ok(json::read_root(d, Some(heads)))
+        })?
+    }
+
+    /// Current heads.
+    pub fn heads(&self, id: &DocId) -> Result<Vec<ChangeHash>> {
+        self.read(id, |d| d.get_heads())
+    }
+
+    /// Applies `ops` as one atomic change (with an optional message); returns the new heads.
+    pub fn change(
+        &self,
+        id: &DocId,
+        ops: &[ChangeOp],
+        message: Option<&str>,
+    ) -> Result<Vec<ChangeHash>> {
+        let size = serde_json::to_vec(ops).map(|v| v.len()).unwrap_or(0);
+        if size > MAX_CHANGE_BYTES {
+            return Err(Error::TooLarge {
+                what: "change",
+                size,
+                limit: MAX_CHANGE_BYTES,
+            });
+        }
+        self.transact(id, message, |tx| {
+            for op in ops {
+                ops::apply(tx, op)?;
+            }
+            Ok(())
+        })?;
+        self.heads(id)
+    }
+
+    /// Direct access to an Automerge transaction on the document. Everything `f`
+    /// does is one change, committed durably before this returns; if `f` fails
+    /// nothing is applied.
+    pub fn transact<R>(
+        &self,
+        id: &DocId,
+        message: Option<&str>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let h = self.existing(id)?;
+        let mut g = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let before = g.doc.get_heads();
+        let opts = || {
+            let mut o = automerge::transaction::CommitOptions::default().with_time(now_secs());
+            if let Some(m) = message {
+                o.set_message(m);
+            }
+            o
+        };
+        let out = g
+            .doc
+            .transact_with(|_| opts(), f)
+            .map_err(|f| f.error)?
+            .result;
+        let batch = self.store().db().batch();
+        let mut staged = [Staged {
+            id: id.clone(),
+            guard: g,
+            before,
+        }];
+        self.store()
+            .commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        Ok(out)
+    }
+
+    /// The document's change history, oldest first.
+    pub fn history(&self, id: &DocId) -> Result<Vec<HistoryEntry>> {
+        self.read(id, |d| {
+            d.get_changes(&[])
+                .iter()
+                .map(|c| HistoryEntry {
+                    hash: c.hash().to_string(),
+                    actor: c.actor_id().to_hex_string(),
+                    seq: c.seq(),
+                    time: c.timestamp(),
+                    message: c.message().map(str::to_string),
+                    deps: c.deps().iter().map(|h| h.to_string()).collect(),
+                })
+                .collect()
+        })
+    }
+
+    /// Subscribes to changes of one document (or, with `None`, of all the app's documents).
+    pub fn subscribe(&self, id: Option<DocId>) -> Subscription {
+        Subscription {
+            rx: self.app.subscribe(),
+            filter: Filter::Doc(id),
+        }
+    }
+
+    /// Deletes a document: its data is dropped here and a tombstone in the
+    /// catalog tells every other device to drop it too.
+    pub fn delete(&self, id: &DocId) -> Result<()> {
+        self.existing(id)?;
+        let store = self.store();
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog())?;
+        let mut cat = cat_h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let before = cat.doc.get_heads();
+        cat.doc
+            .transact_with(
+                |_| automerge::transaction::CommitOptions::default().with_time(now_secs()),
+                |tx| put_catalog_entry(tx, id, CATALOG_DELETED),
+            )
+            .map_err(|f| f.error)?;
+        let mut batch = store.db().batch();
+        store
+            .db()
+            .stage_remove_doc(&mut batch, self.app_name(), id.as_str())?;
+        let mut staged = [Staged {
+            id: DocId::catalog(),
+            guard: cat,
+            before,
+        }];
+        store.commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        store.forget(self.app_name(), id);
+        store.publish(
+            self.app_name(),
+            Event::DocDeleted {
+                doc: id.clone(),
+                origin: Origin::Local,
+            },
+        );
+        Ok(())
+    }
+
+    /// The document as an Automerge file (`save()` bytes).
+    pub fn export(&self, id: &DocId) -> Result<Vec<u8>> {
+        self.read(id, |d| d.save())
+    }
+
+    /// Imports an Automerge file as a new document (with its full history).
+    pub fn import(&self, bytes: &[u8]) -> Result<DocId> {
+        if bytes.len() > MAX_IMPORT_BYTES {
+            return Err(Error::TooLarge {
+                what: "automerge file",
+                size: bytes.len(),
+                limit: MAX_IMPORT_BYTES,
+            });
+        }
+        let mut incoming = AutoCommit::load(bytes)
+            .map_err(|e| Error::BadOp(format!("not an Automerge file: {e}")))?;
+        let id = DocId::random();
+        let store = self.store();
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog())?;
+        let doc_h = store.doc_handle(self.app_name(), &id)?;
+        let mut cat = cat_h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let mut doc = doc_h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let cat_before = cat.doc.get_heads();
+        let changes = incoming.get_changes(&[]);
+        doc.doc.apply_changes(changes)?;
+        if doc.doc.get_heads().is_empty() {
+            doc.doc.empty_commit(
+                automerge::transaction::CommitOptions::default().with_time(now_secs()),
+            );
+        }
+        cat.doc
+            .transact_with(
+                |_| automerge::transaction::CommitOptions::default().with_time(now_secs()),
+                |tx| put_catalog_entry(tx, &id, CATALOG_DOC),
+            )
+            .map_err(|f| f.error)?;
+        let batch = store.db().batch();
+        let mut staged = [
+            Staged {
+                id: DocId::catalog(),
+                guard: cat,
+                before: cat_before,
+            },
+            Staged {
+                id: id.clone(),
+                guard: doc,
+                before: Vec::new(),
+            },
+        ];
+        store.commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        Ok(id)
+    }
+}
+
+/// What a subscription lets through.
+#[derive(Debug, Clone)]
+pub(crate) enum Filter {
+    /// Document events (of one document, or all with `None`).
+    Doc(Option<DocId>),
+    /// KV events of one bucket whose key starts with the prefix.
+    Kv { bucket: String, prefix: String },
+}
+
+impl Filter {
+    fn matches(&self, ev: &Event) -> bool {
+        match (self, ev) {
+            (_, Event::Lagged { .. }) => true,
+            (Filter::Doc(None), Event::Doc { .. } | Event::DocDeleted { .. }) => true,
+            (Filter::Doc(Some(id)), Event::Doc { doc, .. } | Event::DocDeleted { doc, .. }) => {
+                id == doc
+            }
+            (Filter::Kv { bucket, prefix }, Event::Kv { bucket: b, key, .. }) => {
+                b == bucket && key.starts_with(prefix.as_str())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A stream of change events. A subscriber that falls more than
+/// [`EVENT_CHANNEL_CAPACITY`](crate::store::EVENT_CHANNEL_CAPACITY) events behind
+/// gets one [`Event::Lagged`] and should re-read what it shows.
+pub struct Subscription {
+    pub(crate) rx: broadcast::Receiver<Event>,
+    pub(crate) filter: Filter,
+}
+
+impl Subscription {
+    /// The next matching event; `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            let ev = match self.rx.recv().await {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(n)) => Event::Lagged { missed: n },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if self.filter.matches(&ev) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// Blocking form of [`next`](Self::next), for non-async callers (not inside a runtime).
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        loop {
+            let ev = match self.rx.blocking_recv() {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(n)) => Event::Lagged { missed: n },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if self.filter.matches(&ev) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// A matching event if one is already waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        loop {
+            let ev = match self.rx.try_recv() {
+                Ok(ev) => ev,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Event::Lagged { missed: n },
+                Err(_) => return None,
+            };
+            if self.filter.matches(&ev) {
+                return Some(ev);
+            }
+        }
+    }
+}

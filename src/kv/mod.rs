@@ -1,0 +1,370 @@
+//! The key-value API: named buckets of JSON values per app, replicated as
+//! Automerge maps and read through a materialized index.
+//!
+//! **Sharding.** A bucket is spread over [`SHARDS`] Automerge documents so a
+//! bucket with a million keys is 256 documents of ~4k keys, each small enough to
+//! load and change quickly. A key lives in shard `BLAKE3(key)[0]`, in the
+//! document `_kv.<bucket>.<shard as two hex digits>`; the id is the same on
+//! every device, so devices that write the same bucket before they ever synced
+//! still write the same documents. Each shard's root map holds `key → value`,
+//! the value stored as a JSON string (so a put replaces the whole value).
+//!
+//! **Winner.** Concurrent puts of one key are an Automerge map conflict; every
+//! device picks the same winner (Automerge's deterministic rule: the op with the
+//! highest (counter, actor)). [`Bucket::conflicts`] shows all kept values.
+//!
+//! **Index.** The winning value of every key is also written, in the same
+//! atomic batch as the shard change, to the `kv` keyspace under
+//! `app \0 bucket \0 key`, so get and list never walk Automerge structures.
+
+use std::collections::BTreeMap;
+
+use automerge::{transaction::Transactable, Automerge, ReadDoc, ScalarValue, Value, ROOT};
+use serde_json::Value as Json;
+
+use crate::doc::{catalog_entry, put_catalog_entry, DocId, Filter, Subscription, CATALOG_KV};
+use crate::error::{Error, Result};
+use crate::storage::Db;
+use crate::store::{App, Event, Origin, Staged};
+
+/// Shards per bucket. Part of the replicated format: never change it for an existing bucket.
+pub const SHARDS: usize = 256;
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value, serialized as JSON, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most entries returned by one `list` call.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Which shard a key lives in.
+pub fn shard_of(key: &str) -> usize {
+    blake3::hash(key.as_bytes()).as_bytes()[0] as usize % SHARDS
+}
+
+/// The document id of a bucket's shard.
+pub fn shard_doc(bucket: &str, shard: usize) -> DocId {
+    DocId::internal(format!("_kv.{bucket}.{shard:02x}"))
+}
+
+/// The bucket a shard document belongs to, if `id` names one.
+pub fn bucket_of_shard(id: &DocId) -> Option<&str> {
+    let rest = id.as_str().strip_prefix("_kv.")?;
+    let (bucket, shard) = rest.rsplit_once('.')?;
+    (shard.len() == 2 && u8::from_str_radix(shard, 16).is_ok()).then_some(bucket)
+}
+
+fn index_key(app: &str, bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(app.len() + bucket.len() + key.len() + 2);
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.contains('\0') {
+        return Err(Error::InvalidName {
+            what: "key",
+            name: key.to_string(),
+            rule: "non-empty, no NUL character",
+        });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::TooLarge {
+            what: "key",
+            size: key.len(),
+            limit: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn encode_value(value: &Json) -> Result<String> {
+    let s = serde_json::to_string(value)?;
+    if s.len() > MAX_VALUE_BYTES {
+        return Err(Error::TooLarge {
+            what: "value",
+            size: s.len(),
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(s)
+}
+
+/// Decodes one stored shard value (a JSON string; anything else is shown as JSON of itself).
+fn decode_value(v: &Value<'_>) -> Json {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => {
+                serde_json::from_str(s).unwrap_or_else(|_| Json::String(s.to_string()))
+            }
+            other => crate::doc::json::scalar(other),
+        },
+        Value::Object(_) => Json::Null,
+    }
+}
+
+/// The winning value of `key` in a shard document.
+pub(crate) fn winner(doc: &Automerge, key: &str) -> Option<Json> {
+    match doc.get(ROOT, key) {
+        Ok(Some((v, _))) => Some(decode_value(&v)),
+        _ => None,
+    }
+}
+
+/// Stages index entries for `keys` of a shard document (after a remote change).
+pub(crate) fn stage_reindex<'k>(
+    db: &Db,
+    batch: &mut fjall::OwnedWriteBatch,
+    app: &str,
+    bucket: &str,
+    doc: &Automerge,
+    keys: impl IntoIterator<Item = &'k str>,
+) -> Result<Vec<(String, Option<Json>)>> {
+    let mut out = Vec::new();
+    for key in keys {
+        let ik = index_key(app, bucket, key);
+        match winner(doc, key) {
+            Some(v) => {
+                batch.insert(&db.kv, ik, serde_json::to_vec(&v)?);
+                out.push((key.to_string(), Some(v)));
+            }
+            None => {
+                batch.remove(&db.kv, ik);
+                out.push((key.to_string(), None));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Options for [`Bucket::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Only keys strictly after this one (for paging).
+    pub start_after: Option<String>,
+    /// At most this many entries (capped at [`MAX_LIST_LIMIT`]; default 1000).
+    pub limit: Option<usize>,
+}
+
+/// One bucket of an app.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub(crate) app: App,
+    pub(crate) name: String,
+}
+
+impl Bucket {
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The winning value of `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Json>> {
+        validate_key(key)?;
+        let db = self.app.store.db();
+        match db.kv.get(index_key(&self.app.name, &self.name, key))? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        }
+    }
+
+    /// Sets `key` to `value`, durably.
+    pub fn put(&self, key: &str, value: &Json) -> Result<()> {
+        self.write(vec![(key.to_string(), Some(value.clone()))])
+    }
+
+    /// Sets many keys in one atomic, durable write (one Automerge change per shard).
+    pub fn put_many(&self, entries: impl IntoIterator<Item = (String, Json)>) -> Result<()> {
+        self.write(entries.into_iter().map(|(k, v)| (k, Some(v))).collect())
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        let existed = self.get(key)?.is_some();
+        if existed {
+            self.write(vec![(key.to_string(), None)])?;
+        }
+        Ok(existed)
+    }
+
+    /// The shards a write touches, with their entries, in shard order.
+    fn write(&self, entries: Vec<(String, Option<Json>)>) -> Result<()> {
+        let mut by_shard: BTreeMap<usize, Vec<(String, Option<String>)>> = BTreeMap::new();
+        for (k, v) in entries {
+            validate_key(&k)?;
+            let enc = v.as_ref().map(encode_value).transpose()?;
+            by_shard.entry(shard_of(&k)).or_default().push((k, enc));
+        }
+        if by_shard.is_empty() {
+            return Ok(());
+        }
+        let store = &self.app.store;
+        let app = self.app.name.as_str();
+        let handles: Vec<(DocId, _)> = by_shard
+            .keys()
+            .map(|s| {
+                let id = shard_doc(&self.name, *s);
+                store.doc_handle(app, &id).map(|h| (id, h))
+            })
+            .collect::<Result<_>>()?;
+        // Lock order: catalog first (only if a shard is new), then shards in order.
+        let new_shard = handles
+            .iter()
+            .map(|(_, h)| h.lock().map(|g| !g.exists))
+            .collect::<std::result::Result<Vec<bool>, _>>()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?
+            .into_iter()
+            .any(|b| b);
+        let cat_h = if new_shard {
+            Some(store.doc_handle(app, &DocId::catalog())?)
+        } else {
+            None
+        };
+        let mut staged: Vec<Staged<'_>> = Vec::new();
+        if let Some(h) = &cat_h {
+            let mut cat = h
+                .lock()
+                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+            let before = cat.doc.get_heads();
+            let missing: Vec<&DocId> = handles
+                .iter()
+                .map(|(id, _)| id)
+                .filter(|id| catalog_entry(&cat.doc, id.as_str()).is_none())
+                .collect();
+            if !missing.is_empty() {
+                cat.doc
+                    .transact(|tx| -> Result<()> {
+                        for id in &missing {
+                            put_catalog_entry(tx, id, CATALOG_KV)?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|f| f.error)?;
+            }
+            staged.push(Staged {
+                id: DocId::catalog(),
+                guard: cat,
+                before,
+            });
+        }
+        let db = store.db();
+        let mut batch = db.batch();
+        let mut events = Vec::new();
+        for ((id, h), (_, items)) in handles.iter().zip(by_shard.iter()) {
+            let mut g = h
+                .lock()
+                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+            let before = g.doc.get_heads();
+            g.doc
+                .transact(|tx| -> Result<()> {
+                    for (k, v) in items {
+                        match v {
+                            Some(s) => tx.put(ROOT, k.as_str(), s.as_str())?,
+                            None => {
+                                if tx.get(ROOT, k.as_str())?.is_some() {
+                                    tx.delete(ROOT, k.as_str())?
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|f| f.error)?;
+            let keys = items.iter().map(|(k, _)| k.as_str());
+            events.extend(stage_reindex(
+                db, &mut batch, app, &self.name, &g.doc, keys,
+            )?);
+            staged.push(Staged {
+                id: id.clone(),
+                guard: g,
+                before,
+            });
+        }
+        store.commit_docs(app, batch, &mut staged, &Origin::Local)?;
+        drop(staged);
+        if store.has_listeners(app) {
+            for (key, value) in events {
+                store.publish(
+                    app,
+                    Event::Kv {
+                        bucket: self.name.clone(),
+                        key,
+                        value,
+                        origin: Origin::Local,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries in key order.
+    pub fn list(&self, opts: &ListOptions) -> Result<Vec<(String, Json)>> {
+        let limit = opts.limit.unwrap_or(1000).min(MAX_LIST_LIMIT);
+        let db = self.app.store.db();
+        let base = index_key(&self.app.name, &self.name, "");
+        let prefix = index_key(&self.app.name, &self.name, &opts.prefix);
+        let mut out = Vec::new();
+        let start: Vec<u8> = match &opts.start_after {
+            Some(s) => {
+                let mut k = index_key(&self.app.name, &self.name, s);
+                k.push(0); // strictly after
+                std::cmp::max(k, prefix.clone())
+            }
+            None => prefix.clone(),
+        };
+        for g in db.kv.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = g.into_inner()?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[base.len()..]).to_string();
+            out.push((key, serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every value Automerge kept for `key` (more than one after concurrent
+    /// puts on different devices; the first is the winner `get` returns).
+    pub fn conflicts(&self, key: &str) -> Result<Vec<Json>> {
+        validate_key(key)?;
+        let h = self
+            .app
+            .store
+            .doc_handle(&self.app.name, &shard_doc(&self.name, shard_of(key)))?;
+        let g = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let all = g.doc.get_all(ROOT, key)?;
+        let mut vals: Vec<Json> = all.iter().map(|(v, _)| decode_value(v)).collect();
+        // Put the winner first.
+        if let Some(w) = winner(&g.doc, key) {
+            if let Some(pos) = vals.iter().position(|v| *v == w) {
+                let w = vals.remove(pos);
+                vals.insert(0, w);
+            }
+        }
+        Ok(vals)
+    }
+
+    /// Watches keys starting with `prefix` (local and remote changes).
+    pub fn watch(&self, prefix: &str) -> Subscription {
+        Subscription {
+            rx: self.app.subscribe(),
+            filter: Filter::Kv {
+                bucket: self.name.clone(),
+                prefix: prefix.to_string(),
+            },
+        }
+    }
+}

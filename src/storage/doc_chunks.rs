@@ -1,0 +1,193 @@
+//! How one document is laid out in the database: a compacted snapshot plus
+//! incremental change chunks, and a small metadata record.
+//!
+//! Keys (all in the `chunks` keyspace):
+//! - `app \0 doc \0 S` → the snapshot (Automerge `save()` bytes), at most one;
+//! - `app \0 doc \0 I <seq u64 BE>` → incremental chunks (Automerge change
+//!   bytes), in write order.
+//!
+//! The metadata record (`docs` keyspace, key `app \0 doc`) counts the
+//! incremental chunks so [`needs_compaction`] can decide when to fold them into
+//! a new snapshot. Compaction writes the new snapshot and deletes the folded
+//! chunks in one atomic batch, so a crash leaves either the old or the new layout.
+//!
+//! Architecture invariant: knows the byte layout only; never decodes Automerge.
+
+use serde::{Deserialize, Serialize};
+
+use super::Db;
+use crate::error::{Error, Result};
+
+/// Fold incremental chunks into a snapshot once they exceed this many bytes...
+pub const COMPACT_AFTER_BYTES: u64 = 512 * 1024;
+/// ...or this many chunks, whichever comes first. Loading replays every
+/// incremental chunk, so this bounds the work of a cold load.
+pub const COMPACT_AFTER_CHUNKS: u32 = 256;
+
+/// Per-document metadata kept beside the chunks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DocMeta {
+    /// Sequence number the next incremental chunk gets.
+    pub next_seq: u64,
+    /// Number of incremental chunks since the last snapshot.
+    pub incr_chunks: u32,
+    /// Bytes in incremental chunks since the last snapshot.
+    pub incr_bytes: u64,
+    /// Size of the current snapshot (0 if none).
+    pub snapshot_bytes: u64,
+}
+
+impl DocMeta {
+    /// Bytes the document takes on disk, a rough guide to its size in memory.
+    pub fn stored_bytes(&self) -> u64 {
+        self.snapshot_bytes + self.incr_bytes
+    }
+}
+
+/// Whether a document's incremental part has grown past the thresholds.
+pub fn needs_compaction(meta: &DocMeta) -> bool {
+    meta.incr_bytes > COMPACT_AFTER_BYTES || meta.incr_chunks > COMPACT_AFTER_CHUNKS
+}
+
+/// The stored form of one document, as read back from disk.
+#[derive(Debug, Default)]
+pub struct StoredDoc {
+    /// Its metadata.
+    pub meta: DocMeta,
+    /// The snapshot, if one was written.
+    pub snapshot: Option<Vec<u8>>,
+    /// Incremental chunks in write order.
+    pub chunks: Vec<Vec<u8>>,
+}
+
+/// `app \0 doc`: the key of a document's metadata and the prefix of its chunks.
+pub fn doc_key(app: &str, doc: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(app.len() + doc.len() + 1);
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+fn chunk_prefix(app: &str, doc: &str) -> Vec<u8> {
+    let mut k = doc_key(app, doc);
+    k.push(0);
+    k
+}
+
+fn snapshot_key(app: &str, doc: &str) -> Vec<u8> {
+    let mut k = chunk_prefix(app, doc);
+    k.push(b'S');
+    k
+}
+
+fn incr_key(app: &str, doc: &str, seq: u64) -> Vec<u8> {
+    let mut k = chunk_prefix(app, doc);
+    k.push(b'I');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Db {
+    /// Reads a document's metadata, or `None` if the document was never stored.
+    pub fn doc_meta(&self, app: &str, doc: &str) -> Result<Option<DocMeta>> {
+        match self.docs.get(doc_key(app, doc))? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    doc: doc.to_string(),
+                    reason: format!("metadata: {e}"),
+                }),
+        }
+    }
+
+    /// Reads everything stored for a document.
+    pub fn load_doc(&self, app: &str, doc: &str) -> Result<Option<StoredDoc>> {
+        let Some(meta) = self.doc_meta(app, doc)? else {
+            return Ok(None);
+        };
+        let snapshot = self.chunks.get(snapshot_key(app, doc))?.map(|s| s.to_vec());
+        let mut prefix = chunk_prefix(app, doc);
+        prefix.push(b'I');
+        let mut chunks = Vec::with_capacity(meta.incr_chunks as usize);
+        for guard in self.chunks.prefix(&prefix) {
+            let (_, v) = guard.into_inner()?;
+            chunks.push(v.to_vec());
+        }
+        Ok(Some(StoredDoc {
+            meta,
+            snapshot,
+            chunks,
+        }))
+    }
+
+    /// Stages one incremental chunk (and the updated metadata) into `batch`.
+    pub fn stage_chunk(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        app: &str,
+        doc: &str,
+        meta: &mut DocMeta,
+        bytes: &[u8],
+    ) -> Result<()> {
+        batch.insert(&self.chunks, incr_key(app, doc, meta.next_seq), bytes);
+        meta.next_seq += 1;
+        meta.incr_chunks += 1;
+        meta.incr_bytes += bytes.len() as u64;
+        batch.insert(&self.docs, doc_key(app, doc), serde_json::to_vec(meta)?);
+        Ok(())
+    }
+
+    /// Stages a compaction: `snapshot` replaces the old snapshot and every
+    /// incremental chunk with a sequence number below `meta.next_seq`.
+    pub fn stage_snapshot(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        app: &str,
+        doc: &str,
+        meta: &mut DocMeta,
+        snapshot: &[u8],
+    ) -> Result<()> {
+        let mut prefix = chunk_prefix(app, doc);
+        prefix.push(b'I');
+        for guard in self.chunks.prefix(&prefix) {
+            let key = guard.key()?;
+            batch.remove(&self.chunks, key);
+        }
+        batch.insert(&self.chunks, snapshot_key(app, doc), snapshot);
+        meta.incr_chunks = 0;
+        meta.incr_bytes = 0;
+        meta.snapshot_bytes = snapshot.len() as u64;
+        batch.insert(&self.docs, doc_key(app, doc), serde_json::to_vec(meta)?);
+        Ok(())
+    }
+
+    /// Stages removal of all of a document's chunks and metadata.
+    pub fn stage_remove_doc(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        app: &str,
+        doc: &str,
+    ) -> Result<()> {
+        for guard in self.chunks.prefix(chunk_prefix(app, doc)) {
+            batch.remove(&self.chunks, guard.key()?);
+        }
+        batch.remove(&self.docs, doc_key(app, doc));
+        Ok(())
+    }
+
+    /// Ids of every document stored for `app` (metadata records), in key order.
+    pub fn doc_ids(&self, app: &str) -> Result<Vec<String>> {
+        let mut prefix = app.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for guard in self.docs.prefix(&prefix) {
+            let key = guard.key()?;
+            if let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) {
+                out.push(id.to_string());
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,480 @@
+//! The store: one fjall database, a bounded cache of loaded Automerge documents,
+//! and per-app event channels. [`Store::app`] hands out an [`App`] whose
+//! [`Docs`](crate::doc::Docs) and [`Bucket`](crate::kv::Bucket) APIs are what
+//! applications use.
+//!
+//! Every document write follows one path (`commit_docs`): take the documents'
+//! locks (the app catalog first, then content documents, so two writers never
+//! deadlock), change them in memory, stage the new change bytes of each into one
+//! fjall batch together with any index entries, commit it durably, and only then
+//! publish events and return. If the commit fails, the changed documents are
+//! dropped from the cache so memory never runs ahead of disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
+use lru::LruCache;
+use serde::Serialize;
+use serde_json::Value as Json;
+use tokio::sync::broadcast;
+
+use crate::doc::{DocId, Docs};
+use crate::error::{Error, Result};
+use crate::kv::Bucket;
+use crate::storage::doc_chunks::{needs_compaction, DocMeta};
+use crate::storage::{Db, Durability};
+
+/// Default memory budget for loaded documents.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// Events buffered per app before a slow subscriber is told it lagged.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+/// Rough in-memory cost of a loaded document per stored byte (Automerge's op
+/// set is larger than its compressed encoding), used for cache accounting.
+pub const MEMORY_PER_STORED_BYTE: usize = 6;
+/// Fixed in-memory overhead assumed per loaded document.
+pub const MEMORY_PER_DOC: usize = 4 * 1024;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Memory budget for loaded documents (least recently used are evicted).
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Fsync,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "device")]
+pub enum Origin {
+    /// Written on this device.
+    Local,
+    /// Received from another device (its DeviceId in hex).
+    Remote(String),
+}
+
+/// Something that changed in an app's data, delivered to subscribers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A document changed.
+    Doc {
+        /// Which document.
+        doc: DocId,
+        /// Its heads after the change.
+        heads: Vec<String>,
+        /// The change as Automerge patches rendered to JSON.
+        patches: Vec<Json>,
+        /// Who made it.
+        origin: Origin,
+    },
+    /// A document was deleted.
+    DocDeleted {
+        /// Which document.
+        doc: DocId,
+        /// Who deleted it.
+        origin: Origin,
+    },
+    /// The subscriber fell behind and missed this many events; re-read state.
+    Lagged {
+        /// How many events were dropped for this subscriber.
+        missed: u64,
+    },
+    /// A key in a bucket changed (value `None`: deleted).
+    Kv {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// Its new winning value.
+        value: Option<Json>,
+        /// Who wrote it.
+        origin: Origin,
+    },
+}
+
+/// A loaded document and its storage bookkeeping.
+pub(crate) struct LoadedDoc {
+    /// The Automerge document.
+    pub doc: Automerge,
+    /// Chunk counters, as stored.
+    pub meta: DocMeta,
+    /// Whether anything is stored for it yet.
+    pub exists: bool,
+}
+
+type DocKey = (String, DocId);
+pub(crate) type DocHandle = Arc<Mutex<LoadedDoc>>;
+
+/// Least-recently-used cache of loaded documents under a memory budget.
+struct DocCache {
+    /// The documents; an entry in use elsewhere (Arc shared) is never evicted,
+    /// so there is at most one in-memory copy of each document.
+    lru: LruCache<DocKey, (DocHandle, usize)>,
+    /// Sum of the cost estimates of cached documents.
+    bytes: usize,
+    /// The budget.
+    budget: usize,
+}
+
+impl DocCache {
+    fn evict(&mut self) {
+        let mut skipped = Vec::new();
+        while self.bytes > self.budget {
+            let Some((k, (h, cost))) = self.lru.pop_lru() else {
+                break;
+            };
+            if Arc::strong_count(&h) > 1 {
+                skipped.push((k, (h, cost)));
+                continue;
+            }
+            self.bytes = self.bytes.saturating_sub(cost);
+        }
+        for (k, v) in skipped {
+            self.lru.put(k, v);
+        }
+    }
+}
+
+pub(crate) struct StoreInner {
+    /// The database.
+    pub db: Db,
+    /// Loaded documents.
+    cache: Mutex<DocCache>,
+    /// This process's Automerge actor. Fresh on every open so a crash that lost
+    /// unflushed changes can never make us reuse an (actor, seq) pair.
+    actor: ActorId,
+    /// Per-app event channels.
+    events: Mutex<HashMap<String, broadcast::Sender<Event>>>,
+    /// The data directory.
+    dir: PathBuf,
+}
+
+/// A masq store: documents and key-value buckets of every app on this device.
+/// Cheap to clone; all clones share one database and cache.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<StoreInner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+/// Longest app or bucket name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks an app or bucket name: 1–64 of `[A-Za-z0-9._-]`.
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what,
+            name: name.to_string(),
+            rule: "1-64 characters of A-Z a-z 0-9 . _ -",
+        })
+    }
+}
+
+/// One document's part in a write: its handle, locked, and its heads before.
+pub(crate) struct Staged<'a> {
+    pub id: DocId,
+    pub guard: MutexGuard<'a, LoadedDoc>,
+    pub before: Vec<ChangeHash>,
+}
+
+impl Store {
+    /// Opens the store in `dir` with default options (fsync durability).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    /// Opens the store in `dir`.
+    pub fn open_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let db = Db::open(&dir, opts.durability)?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                db,
+                cache: Mutex::new(DocCache {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                    budget: opts.cache_bytes,
+                }),
+                actor: ActorId::random(),
+                events: Mutex::new(HashMap::new()),
+                dir,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The database (for modules that keep their own records beside documents).
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The namespace of one app.
+    pub fn app(&self, name: &str) -> Result<App> {
+        validate_name("app", name)?;
+        Ok(App {
+            store: self.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Names of apps that have stored anything.
+    pub fn apps(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for g in self.inner.db.docs.iter() {
+            let k = g.key()?;
+            if let Some(pos) = k.iter().position(|b| *b == 0) {
+                let name = String::from_utf8_lossy(&k[..pos]).to_string();
+                if out.last() != Some(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of documents currently loaded in memory, and their estimated cost.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        match self.inner.cache.lock() {
+            Ok(c) => (c.lru.len(), c.bytes),
+            Err(_) => (0, 0),
+        }
+    }
+
+    /// The event channel of an app (created on first use).
+    pub(crate) fn events(&self, app: &str) -> broadcast::Sender<Event> {
+        let mut map = match self.inner.events.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry(app.to_string())
+            .or_insert_with(|| broadcast::channel(EVENT_CHANNEL_CAPACITY).0)
+            .clone()
+    }
+
+    /// Whether anybody listens to `app`'s events (patches are only computed then).
+    pub(crate) fn has_listeners(&self, app: &str) -> bool {
+        match self.inner.events.lock() {
+            Ok(m) => m.get(app).map(|s| s.receiver_count() > 0).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn publish(&self, app: &str, ev: Event) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.events(app).send(ev);
+    }
+
+    /// Returns the handle of a document, loading it from disk on a miss.
+    pub(crate) fn doc_handle(&self, app: &str, id: &DocId) -> Result<DocHandle> {
+        let key = (app.to_string(), id.clone());
+        let mut cache = self
+            .inner
+            .cache
+            .lock()
+            .map_err(|_| Error::Storage("cache lock poisoned".into()))?;
+        if let Some((h, _)) = cache.lru.get(&key) {
+            return Ok(h.clone());
+        }
+        let loaded = self.load_from_disk(app, id)?;
+        let cost = MEMORY_PER_DOC + loaded.meta.stored_bytes() as usize * MEMORY_PER_STORED_BYTE;
+        let h = Arc::new(Mutex::new(loaded));
+        cache.lru.put(key, (h.clone(), cost));
+        cache.bytes += cost;
+        cache.evict();
+        Ok(h)
+    }
+
+    fn load_from_disk(&self, app: &str, id: &DocId) -> Result<LoadedDoc> {
+        let corrupt = |e: automerge::AutomergeError| Error::Corrupt {
+            doc: id.to_string(),
+            reason: e.to_string(),
+        };
+        match self.inner.db.load_doc(app, id.as_str())? {
+            None => Ok(LoadedDoc {
+                doc: Automerge::new().with_actor(self.inner.actor.clone()),
+                meta: DocMeta::default(),
+                exists: false,
+            }),
+            Some(stored) => {
+                let mut doc = match &stored.snapshot {
+                    Some(s) => Automerge::load(s).map_err(corrupt)?,
+                    None => Automerge::new(),
+                };
+                for c in &stored.chunks {
+                    doc.load_incremental(c).map_err(corrupt)?;
+                }
+                if !doc.get_missing_deps(&[]).is_empty() {
+                    return Err(Error::Corrupt {
+                        doc: id.to_string(),
+                        reason: "changes with missing dependencies".into(),
+                    });
+                }
+                doc.set_actor(self.inner.actor.clone());
+                Ok(LoadedDoc {
+                    doc,
+                    meta: stored.meta,
+                    exists: true,
+                })
+            }
+        }
+    }
+
+    /// Drops a document from the cache (after a failed commit, or a delete).
+    pub(crate) fn forget(&self, app: &str, id: &DocId) {
+        if let Ok(mut c) = self.inner.cache.lock() {
+            if let Some((_, cost)) = c.lru.pop(&(app.to_string(), id.clone())) {
+                c.bytes = c.bytes.saturating_sub(cost);
+            }
+        }
+    }
+
+    fn recost(&self, app: &str, id: &DocId, meta: &DocMeta) {
+        if let Ok(mut c) = self.inner.cache.lock() {
+            let cost = MEMORY_PER_DOC + meta.stored_bytes() as usize * MEMORY_PER_STORED_BYTE;
+            let key = (app.to_string(), id.clone());
+            let mut delta: Option<(usize, usize)> = None;
+            if let Some((_, old)) = c.lru.peek_mut(&key) {
+                delta = Some((*old, cost));
+                *old = cost;
+            }
+            if let Some((old, new)) = delta {
+                c.bytes = c.bytes.saturating_sub(old) + new;
+                c.evict();
+            }
+        }
+    }
+
+    /// Stages what changed in each of `docs` since its `before` heads into
+    /// `batch` (compacting where due), commits durably, then publishes events.
+    /// On failure every staged document is dropped from the cache.
+    pub(crate) fn commit_docs(
+        &self,
+        app: &str,
+        mut batch: fjall::OwnedWriteBatch,
+        docs: &mut [Staged<'_>],
+        origin: &Origin,
+    ) -> Result<()> {
+        let db = &self.inner.db;
+        let mut changed = Vec::new();
+        let result = (|| -> Result<()> {
+            for s in docs.iter_mut() {
+                let after = s.guard.doc.get_heads();
+                if after == s.before && s.guard.exists {
+                    continue;
+                }
+                let mut meta = s.guard.meta.clone();
+                let bytes = s.guard.doc.save_after(&s.before);
+                db.stage_chunk(&mut batch, app, s.id.as_str(), &mut meta, &bytes)?;
+                if needs_compaction(&meta) {
+                    let snap = s.guard.doc.save();
+                    db.stage_snapshot(&mut batch, app, s.id.as_str(), &mut meta, &snap)?;
+                }
+                changed.push((s.id.clone(), meta));
+            }
+            db.commit(batch)
+        })();
+        if let Err(e) = result {
+            for s in docs.iter() {
+                self.forget(app, &s.id);
+            }
+            return Err(e);
+        }
+        let listeners = self.has_listeners(app);
+        for s in docs.iter_mut() {
+            if let Some((_, meta)) = changed.iter().find(|(id, _)| *id == s.id) {
+                s.guard.meta = meta.clone();
+                s.guard.exists = true;
+                self.recost(app, &s.id, meta);
+                if listeners && !crate::doc::is_internal(&s.id) {
+                    let heads = s.guard.doc.get_heads();
+                    let patches = s
+                        .guard
+                        .doc
+                        .diff(&s.before, &heads)
+                        .iter()
+                        .map(|p| crate::doc::json::patch(&s.guard.doc, p))
+                        .collect();
+                    self.publish(
+                        app,
+                        Event::Doc {
+                            doc: s.id.clone(),
+                            heads: heads.iter().map(|h| h.to_string()).collect(),
+                            patches,
+                            origin: origin.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One app's namespace in a store.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub(crate) store: Store,
+    pub(crate) name: String,
+}
+
+impl App {
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The store it lives in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The document API.
+    pub fn docs(&self) -> Docs {
+        Docs { app: self.clone() }
+    }
+
+    /// A key-value bucket.
+    pub fn bucket(&self, name: &str) -> Result<Bucket> {
+        validate_name("bucket", name)?;
+        Ok(Bucket {
+            app: self.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Subscribes to every change of this app (documents and buckets).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.store.events(&self.name).subscribe()
+    }
+}
