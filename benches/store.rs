@@ -12,19 +12,33 @@ use masq::{ChangeOp, Store, StoreOptions};
 use serde_json::json;
 
 fn buffered(dir: &std::path::Path) -> Store {
-    Store::open_with(dir, StoreOptions { durability: Durability::Buffered, ..Default::default() }).unwrap()
+    Store::open_with(
+        dir,
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn kv_get(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = buffered(dir.path());
     let b = store.app("bench").unwrap().bucket("b").unwrap();
-    b.put_many((0..10_000).map(|i| (format!("key{i:05}"), json!({"n": i})))).unwrap();
+    b.put_many((0..10_000).map(|i| (format!("key{i:05}"), json!({"n": i}))))
+        .unwrap();
     let raw_dir = tempfile::tempdir().unwrap();
     let raw = fjall::Database::builder(raw_dir.path()).open().unwrap();
-    let ks = raw.keyspace("k", fjall::KeyspaceCreateOptions::default).unwrap();
+    let ks = raw
+        .keyspace("k", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
     for i in 0..10_000 {
-        ks.insert(format!("key{i:05}"), serde_json::to_vec(&json!({"n": i})).unwrap()).unwrap();
+        ks.insert(
+            format!("key{i:05}"),
+            serde_json::to_vec(&json!({"n": i})).unwrap(),
+        )
+        .unwrap();
     }
     let mut g = c.benchmark_group("kv_get_hot");
     g.throughput(Throughput::Elements(1));
@@ -49,22 +63,29 @@ fn kv_put(c: &mut Criterion) {
     let store = buffered(dir.path());
     let b = store.app("bench").unwrap().bucket("b").unwrap();
     let raw_dir = tempfile::tempdir().unwrap();
-    let raw = fjall::Database::builder(raw_dir.path()).manual_journal_persist(true).open().unwrap();
-    let ks = raw.keyspace("k", fjall::KeyspaceCreateOptions::default).unwrap();
+    let raw = fjall::Database::builder(raw_dir.path())
+        .manual_journal_persist(true)
+        .open()
+        .unwrap();
+    let ks = raw
+        .keyspace("k", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
     let mut g = c.benchmark_group("kv_put_buffered");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
     g.bench_function("raw_fjall_insert_buffer", |bch| {
         bch.iter(|| {
             i += 1;
-            ks.insert(format!("key{}", i % 50_000), b"{\"n\":1}".to_vec()).unwrap();
+            ks.insert(format!("key{}", i % 50_000), b"{\"n\":1}".to_vec())
+                .unwrap();
             raw.persist(fjall::PersistMode::Buffer).unwrap();
         })
     });
     g.bench_function("masq_kv_put", |bch| {
         bch.iter(|| {
             i += 1;
-            b.put(&format!("key{}", i % 50_000), &json!({"n": 1})).unwrap()
+            b.put(&format!("key{}", i % 50_000), &json!({"n": 1}))
+                .unwrap()
         })
     });
     g.finish();
@@ -113,7 +134,12 @@ fn doc_change(c: &mut Criterion) {
             raw.transact(|tx| tx.put(automerge::ROOT, "n", i)).unwrap();
         })
     });
-    let op = |i: i64| vec![ChangeOp::Put { path: "/n".into(), value: json!(i) }];
+    let op = |i: i64| {
+        vec![ChangeOp::Put {
+            path: "/n".into(),
+            value: json!(i),
+        }]
+    };
     g.bench_function("masq_doc_change_persisted", |bch| {
         bch.iter(|| {
             i += 1;
@@ -131,7 +157,15 @@ fn doc_load(c: &mut Criterion) {
     {
         let store = buffered(dir.path());
         let docs = store.app("bench").unwrap().docs();
-        id = docs.create_with(&[ChangeOp::PutText { path: "/t".into(), value: String::new() }], None).unwrap();
+        id = docs
+            .create_with(
+                &[ChangeOp::PutText {
+                    path: "/t".into(),
+                    value: String::new(),
+                }],
+                None,
+            )
+            .unwrap();
         // 100k single-character edits, 1000 per change (as a typing session saved in batches).
         for chunk in 0..(EDITS / 1000) {
             docs.transact(&id, None, |tx| {
@@ -152,7 +186,9 @@ fn doc_load(c: &mut Criterion) {
     let saved = raw.save();
     let mut g = c.benchmark_group("load_100k_text_edits");
     g.sample_size(10);
-    g.bench_function("raw_automerge_load", |bch| bch.iter(|| automerge::Automerge::load(&saved).unwrap()));
+    g.bench_function("raw_automerge_load", |bch| {
+        bch.iter(|| automerge::Automerge::load(&saved).unwrap())
+    });
     g.bench_function("masq_open_and_read", |bch| {
         bch.iter_batched(
             || (),

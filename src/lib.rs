@@ -23,3 +23,4 @@ pub use error::{Error, Result};
 pub use kv::{Bucket, ListOptions};
 pub use store::{App, Event, Origin, Store, StoreOptions};
 pub mod cli;
+pub mod sync;

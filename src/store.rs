@@ -199,6 +199,7 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
 
 /// One document's part in a write: its handle, locked, and its heads before.
 pub(crate) struct Staged<'a> {
+    pub app: String,
     pub id: DocId,
     pub guard: MutexGuard<'a, LoadedDoc>,
     pub before: Vec<ChangeHash>,
@@ -380,7 +381,6 @@ impl Store {
     /// On failure every staged document is dropped from the cache.
     pub(crate) fn commit_docs(
         &self,
-        app: &str,
         mut batch: fjall::OwnedWriteBatch,
         docs: &mut [Staged<'_>],
         origin: &Origin,
@@ -395,28 +395,29 @@ impl Store {
                 }
                 let mut meta = s.guard.meta.clone();
                 let bytes = s.guard.doc.save_after(&s.before);
-                db.stage_chunk(&mut batch, app, s.id.as_str(), &mut meta, &bytes)?;
+                db.stage_chunk(&mut batch, &s.app, s.id.as_str(), &mut meta, &bytes)?;
                 if needs_compaction(&meta) {
                     let snap = s.guard.doc.save();
-                    db.stage_snapshot(&mut batch, app, s.id.as_str(), &mut meta, &snap)?;
+                    db.stage_snapshot(&mut batch, &s.app, s.id.as_str(), &mut meta, &snap)?;
                 }
-                changed.push((s.id.clone(), meta));
+                changed.push((s.app.clone(), s.id.clone(), meta));
             }
             db.commit(batch)
         })();
         if let Err(e) = result {
             for s in docs.iter() {
-                self.forget(app, &s.id);
+                self.forget(&s.app, &s.id);
             }
             return Err(e);
         }
-        let listeners = self.has_listeners(app);
         for s in docs.iter_mut() {
-            if let Some((_, meta)) = changed.iter().find(|(id, _)| *id == s.id) {
+            if let Some((_, _, meta)) = changed.iter().find(|(a, id, _)| *id == s.id && *a == s.app)
+            {
                 s.guard.meta = meta.clone();
                 s.guard.exists = true;
-                self.recost(app, &s.id, meta);
-                if listeners && !crate::doc::is_internal(&s.id) {
+                self.recost(&s.app, &s.id, meta);
+                let app = s.app.as_str();
+                if self.has_listeners(app) && !crate::doc::is_internal(&s.id) {
                     let heads = s.guard.doc.get_heads();
                     let patches = s
                         .guard

@@ -12,10 +12,22 @@ use masq::Store;
 fn run_seed(seed: u64, durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     // A cheap deterministic "random" kill point: after 20..220 acknowledged keys.
-    let kill_after = 20 + (seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) % 200;
+    let kill_after = 20
+        + (seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            >> 33)
+            % 200;
     let mut child = Command::new(env!("CARGO_BIN_EXE_masq"))
-        .args(["--data", dir.path().to_str().unwrap(), "--durability", durability])
-        .args(["kv", "fill", "--app", "crash", "--count", "1000000", "--prefix", "key"])
+        .args([
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--durability",
+            durability,
+        ])
+        .args([
+            "kv", "fill", "--app", "crash", "--count", "1000000", "--prefix", "key",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -35,10 +47,14 @@ fn run_seed(seed: u64, durability: &str) {
     child.wait().unwrap();
     assert!(!acked.is_empty(), "seed {seed}: child acknowledged nothing");
 
-    let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
+    let store =
+        Store::open(dir.path()).unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
     let b = store.app("crash").unwrap().bucket("default").unwrap();
     for key in &acked {
-        assert!(b.get(key).unwrap().is_some(), "seed {seed}: acknowledged key {key} lost after SIGKILL");
+        assert!(
+            b.get(key).unwrap().is_some(),
+            "seed {seed}: acknowledged key {key} lost after SIGKILL"
+        );
     }
     // The store is usable after recovery.
     b.put("after-crash", &serde_json::json!(true)).unwrap();

@@ -19,7 +19,10 @@ enum Op {
 
 fn key() -> impl Strategy<Value = String> {
     // A small key space so puts, overwrites and deletes collide often.
-    prop::sample::select(vec!["a", "b", "ab", "abc", "b/1", "b/2", "c", "zz", "é", "k9"]).prop_map(String::from)
+    prop::sample::select(vec![
+        "a", "b", "ab", "abc", "b/1", "b/2", "c", "zz", "é", "k9",
+    ])
+    .prop_map(String::from)
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -18,7 +18,12 @@ fn document_round_trip_and_reopen() {
     {
         let store = Store::open(dir.path()).unwrap();
         let docs = store.app("notes").unwrap().docs();
-        id = docs.create_with(&[op(json!({"op":"put","path":"/title","value":"first"}))], Some("init")).unwrap();
+        id = docs
+            .create_with(
+                &[op(json!({"op":"put","path":"/title","value":"first"}))],
+                Some("init"),
+            )
+            .unwrap();
         heads_v1 = docs.heads(&id).unwrap();
         docs.change(
             &id,
@@ -52,9 +57,15 @@ fn document_round_trip_and_reopen() {
         "tags": ["a", "b", "c", {"deep": [1, 2]}], "raw": 42
     });
     assert_eq!(docs.get(&id).unwrap(), expected);
-    assert_eq!(docs.get_at(&id, &heads_v1).unwrap(), json!({"title": "first"}));
+    assert_eq!(
+        docs.get_at(&id, &heads_v1).unwrap(),
+        json!({"title": "first"})
+    );
     let hist = docs.history(&id).unwrap();
-    let msgs: Vec<_> = hist.iter().map(|h| h.message.clone().unwrap_or_default()).collect();
+    let msgs: Vec<_> = hist
+        .iter()
+        .map(|h| h.message.clone().unwrap_or_default())
+        .collect();
     assert_eq!(msgs, vec!["init", "edit", "raw"]);
     assert_eq!(hist[1].deps, vec![hist[0].hash.clone()]);
     assert_eq!(docs.list().unwrap(), vec![id.clone()]);
@@ -82,14 +93,33 @@ fn many_changes_compact_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     let id;
     {
-        let store = Store::open_with(dir.path(), StoreOptions { durability: masq::storage::Durability::Buffered, ..Default::default() }).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            StoreOptions {
+                durability: masq::storage::Durability::Buffered,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let docs = store.app("a").unwrap().docs();
-        id = docs.create_with(&[op(json!({"op":"put_text","path":"/t","value":""}))], None).unwrap();
+        id = docs
+            .create_with(&[op(json!({"op":"put_text","path":"/t","value":""}))], None)
+            .unwrap();
         for i in 0..600 {
-            docs.change(&id, &[op(json!({"op":"splice","path":"/t","index":i,"insert":"x"}))], None).unwrap();
+            docs.change(
+                &id,
+                &[op(
+                    json!({"op":"splice","path":"/t","index":i,"insert":"x"}),
+                )],
+                None,
+            )
+            .unwrap();
         }
         let meta = store.db().doc_meta("a", id.as_str()).unwrap().unwrap();
-        assert!(meta.snapshot_bytes > 0, "compaction should have written a snapshot");
+        assert!(
+            meta.snapshot_bytes > 0,
+            "compaction should have written a snapshot"
+        );
         assert!(meta.incr_chunks <= masq::storage::doc_chunks::COMPACT_AFTER_CHUNKS);
     }
     let store = Store::open(dir.path()).unwrap();
@@ -106,18 +136,43 @@ fn kv_round_trip_list_and_reopen() {
         let b = store.app("todo").unwrap().bucket("items").unwrap();
         b.put("a", &json!(1)).unwrap();
         b.put("b/1", &json!({"x": [1, 2]})).unwrap();
-        b.put_many((0..50).map(|i| (format!("c{i:03}"), json!(i)))).unwrap();
+        b.put_many((0..50).map(|i| (format!("c{i:03}"), json!(i))))
+            .unwrap();
         assert!(b.delete("a").unwrap());
         assert!(!b.delete("a").unwrap());
         // Another app and another bucket do not see these keys.
-        assert_eq!(store.app("other").unwrap().bucket("items").unwrap().get("b/1").unwrap(), None);
-        assert_eq!(store.app("todo").unwrap().bucket("misc").unwrap().get("b/1").unwrap(), None);
+        assert_eq!(
+            store
+                .app("other")
+                .unwrap()
+                .bucket("items")
+                .unwrap()
+                .get("b/1")
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .app("todo")
+                .unwrap()
+                .bucket("misc")
+                .unwrap()
+                .get("b/1")
+                .unwrap(),
+            None
+        );
     }
     let store = Store::open(dir.path()).unwrap();
     let b = store.app("todo").unwrap().bucket("items").unwrap();
     assert_eq!(b.get("a").unwrap(), None);
     assert_eq!(b.get("b/1").unwrap(), Some(json!({"x": [1, 2]})));
-    let page = b.list(&ListOptions { prefix: "c".into(), start_after: Some("c010".into()), limit: Some(5) }).unwrap();
+    let page = b
+        .list(&ListOptions {
+            prefix: "c".into(),
+            start_after: Some("c010".into()),
+            limit: Some(5),
+        })
+        .unwrap();
     let keys: Vec<_> = page.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, vec!["c011", "c012", "c013", "c014", "c015"]);
     assert_eq!(b.list(&ListOptions::default()).unwrap().len(), 51);
@@ -144,9 +199,13 @@ fn subscriptions_see_local_changes() {
         }
         e => panic!("unexpected {e:?}"),
     }
-    assert!(matches!(watch.try_next().unwrap(), Event::Kv { value: None, .. }));
+    assert!(matches!(
+        watch.try_next().unwrap(),
+        Event::Kv { value: None, .. }
+    ));
     assert!(watch.try_next().is_none());
-    docs.change(&id, &[op(json!({"op":"put","path":"/a","value":1}))], None).unwrap();
+    docs.change(&id, &[op(json!({"op":"put","path":"/a","value":1}))], None)
+        .unwrap();
     match sub.try_next().unwrap() {
         Event::Doc { doc, patches, .. } => {
             assert_eq!(doc, id);
@@ -161,17 +220,31 @@ fn subscriptions_see_local_changes() {
 fn bad_input_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert!(matches!(store.app("bad name!"), Err(Error::InvalidName { .. })));
+    assert!(matches!(
+        store.app("bad name!"),
+        Err(Error::InvalidName { .. })
+    ));
     let app = store.app("x").unwrap();
     let docs = app.docs();
-    let id = docs.create_with(&[op(json!({"op":"put","path":"/s","value":"str"}))], None).unwrap();
+    let id = docs
+        .create_with(&[op(json!({"op":"put","path":"/s","value":"str"}))], None)
+        .unwrap();
     let cases = vec![
-        (json!({"op":"put","path":"/s/inner","value":1}), "wrong_type"),
+        (
+            json!({"op":"put","path":"/s/inner","value":1}),
+            "wrong_type",
+        ),
         (json!({"op":"put","path":"no-slash","value":1}), "bad_path"),
         (json!({"op":"increment","path":"/s"}), "wrong_type"),
-        (json!({"op":"splice","path":"/s","index":0,"insert":"x"}), "wrong_type"),
+        (
+            json!({"op":"splice","path":"/s","index":0,"insert":"x"}),
+            "wrong_type",
+        ),
         (json!({"op":"delete","path":"/missing"}), "bad_path"),
-        (json!({"op":"put","path":"/missing/deeper","value":1}), "bad_path"),
+        (
+            json!({"op":"put","path":"/missing/deeper","value":1}),
+            "bad_path",
+        ),
     ];
     for (o, code) in cases {
         let err = docs.change(&id, &[op(o.clone())], None).unwrap_err();
@@ -179,15 +252,28 @@ fn bad_input_gives_clear_errors() {
     }
     // A failed op in a multi-op change applies nothing.
     let before = docs.get(&id).unwrap();
-    docs.change(&id, &[op(json!({"op":"put","path":"/new","value":1})), op(json!({"op":"increment","path":"/s"}))], None)
-        .unwrap_err();
+    docs.change(
+        &id,
+        &[
+            op(json!({"op":"put","path":"/new","value":1})),
+            op(json!({"op":"increment","path":"/s"})),
+        ],
+        None,
+    )
+    .unwrap_err();
     assert_eq!(docs.get(&id).unwrap(), before);
-    assert!(matches!(docs.get(&masq::DocId::random()), Err(Error::UnknownDoc(_))));
+    assert!(matches!(
+        docs.get(&masq::DocId::random()),
+        Err(Error::UnknownDoc(_))
+    ));
     assert!(masq::DocId::parse("not an id").is_err());
     let b = app.bucket("b").unwrap();
     let huge = json!("x".repeat(masq::kv::MAX_VALUE_BYTES + 1));
     assert!(matches!(b.put("k", &huge), Err(Error::TooLarge { .. })));
-    assert!(matches!(b.put("", &json!(1)), Err(Error::InvalidName { .. })));
+    assert!(matches!(
+        b.put("", &json!(1)),
+        Err(Error::InvalidName { .. })
+    ));
     assert!(docs.import(b"definitely not automerge").is_err());
     // The store still works after all that.
     b.put("k", &json!(1)).unwrap();
@@ -201,14 +287,22 @@ fn corrupt_chunk_names_document_and_others_stay_readable() {
     {
         let store = Store::open(dir.path()).unwrap();
         let docs = store.app("c").unwrap().docs();
-        good = docs.create_with(&[op(json!({"op":"put","path":"/v","value":1}))], None).unwrap();
-        bad = docs.create_with(&[op(json!({"op":"put","path":"/v","value":2}))], None).unwrap();
+        good = docs
+            .create_with(&[op(json!({"op":"put","path":"/v","value":1}))], None)
+            .unwrap();
+        bad = docs
+            .create_with(&[op(json!({"op":"put","path":"/v","value":2}))], None)
+            .unwrap();
         // Overwrite bad's first chunk with garbage, directly in fjall.
         let mut key = b"c\0".to_vec();
         key.extend_from_slice(bad.as_str().as_bytes());
         key.extend_from_slice(b"\0I");
         key.extend_from_slice(&0u64.to_be_bytes());
-        store.db().chunks.insert(key, b"\x85\x6f\x4a\x83garbage".to_vec()).unwrap();
+        store
+            .db()
+            .chunks
+            .insert(key, b"\x85\x6f\x4a\x83garbage".to_vec())
+            .unwrap();
         store.db().persist_all().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
@@ -245,7 +339,15 @@ fn concurrent_writers_all_land() {
             });
         }
     });
-    assert_eq!(b.list(&ListOptions { limit: Some(10_000), ..Default::default() }).unwrap().len(), 400);
+    assert_eq!(
+        b.list(&ListOptions {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap()
+        .len(),
+        400
+    );
 }
 
 #[test]
@@ -254,13 +356,19 @@ fn cache_stays_within_budget() {
     let budget = 512 * 1024;
     let store = Store::open_with(
         dir.path(),
-        StoreOptions { durability: masq::storage::Durability::Buffered, cache_bytes: budget },
+        StoreOptions {
+            durability: masq::storage::Durability::Buffered,
+            cache_bytes: budget,
+        },
     )
     .unwrap();
     let docs = store.app("m").unwrap().docs();
     let mut ids = Vec::new();
     for i in 0..300 {
-        ids.push(docs.create_with(&[op(json!({"op":"put","path":"/i","value":i}))], None).unwrap());
+        ids.push(
+            docs.create_with(&[op(json!({"op":"put","path":"/i","value":i}))], None)
+                .unwrap(),
+        );
     }
     let (_, bytes) = store.cache_usage();
     assert!(bytes <= budget, "cache uses {bytes} > {budget}");

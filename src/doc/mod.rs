@@ -231,17 +231,19 @@ impl Docs {
         let batch = store.db().batch();
         let mut staged = [
             Staged {
+                app: self.app_name().to_string(),
                 id: DocId::catalog(),
                 guard: cat,
                 before: cat_before,
             },
             Staged {
+                app: self.app_name().to_string(),
                 id: id.clone(),
                 guard: doc,
                 before: doc_before,
             },
         ];
-        store.commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, &mut staged, &Origin::Local)?;
         Ok(id)
     }
 
@@ -368,12 +370,13 @@ impl Docs {
             .result;
         let batch = self.store().db().batch();
         let mut staged = [Staged {
+            app: self.app_name().to_string(),
             id: id.clone(),
             guard: g,
             before,
         }];
         self.store()
-            .commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+            .commit_docs(batch, &mut staged, &Origin::Local)?;
         Ok(out)
     }
 
@@ -423,11 +426,12 @@ impl Docs {
             .db()
             .stage_remove_doc(&mut batch, self.app_name(), id.as_str())?;
         let mut staged = [Staged {
+            app: self.app_name().to_string(),
             id: DocId::catalog(),
             guard: cat,
             before,
         }];
-        store.commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, &mut staged, &Origin::Local)?;
         store.forget(self.app_name(), id);
         store.publish(
             self.app_name(),
@@ -482,17 +486,19 @@ impl Docs {
         let batch = store.db().batch();
         let mut staged = [
             Staged {
+                app: self.app_name().to_string(),
                 id: DocId::catalog(),
                 guard: cat,
                 before: cat_before,
             },
             Staged {
+                app: self.app_name().to_string(),
                 id: id.clone(),
                 guard: doc,
                 before: Vec::new(),
             },
         ];
-        store.commit_docs(self.app_name(), batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, &mut staged, &Origin::Local)?;
         Ok(id)
     }
 }

@@ -249,6 +249,7 @@ impl Bucket {
                     .map_err(|f| f.error)?;
             }
             staged.push(Staged {
+                app: app.to_string(),
                 id: DocId::catalog(),
                 guard: cat,
                 before,
@@ -282,12 +283,13 @@ impl Bucket {
                 db, &mut batch, app, &self.name, &g.doc, keys,
             )?);
             staged.push(Staged {
+                app: app.to_string(),
                 id: id.clone(),
                 guard: g,
                 before,
             });
         }
-        store.commit_docs(app, batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, &mut staged, &Origin::Local)?;
         drop(staged);
         if store.has_listeners(app) {
             for (key, value) in events {

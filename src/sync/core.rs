@@ -1,0 +1,322 @@
+//! The sync core, sans I/O: Automerge's sync protocol for every (peer, document)
+//! pair, turning events ("peer came online", "this batch arrived", "this
+//! document changed here") into payloads to send. The caller (the engine) seals
+//! and transports them; this module never touches a socket.
+//!
+//! Per (peer, app, doc) it keeps an `automerge::sync::State`. Only its shared
+//! heads are persisted (`peers::stage_sync_state`), in the same atomic batch as
+//! the changes a message brought; on every (re)connect the in-memory states are
+//! rebuilt from the persisted heads, so nothing stays stuck "in flight" after a
+//! lost message and reconnects resume without resending history.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::sync::{Message, State, SyncDoc};
+use automerge::ChangeHash;
+
+use super::peers;
+use super::wire::{DocMessage, SyncPayload};
+use crate::crypto::DeviceId;
+use crate::doc::{catalog_entry, is_internal, DocId, CATALOG_DELETED};
+use crate::error::{Error, Result};
+use crate::kv::{bucket_of_shard, stage_reindex};
+use crate::store::{Event, Origin, Staged, Store};
+
+/// Largest encoded batch payload: batches are packed under it; a single bigger
+/// sync message is split into fragments by the engine. Well under the relay's frame limit.
+pub const MAX_BATCH_BYTES: usize = 192 * 1024;
+
+type StateKey = (DeviceId, String, DocId);
+
+/// Sync states and the logic around them.
+pub struct SyncCore {
+    /// The local store.
+    store: Store,
+    /// In-memory Automerge sync state per (peer, app, doc).
+    states: HashMap<StateKey, State>,
+}
+
+/// What one received batch did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Documents the batch touched (replies are generated for these).
+    pub docs: Vec<(String, DocId)>,
+    /// Sync messages that failed to decode or apply (kept out of the batch, reported).
+    pub rejected: usize,
+}
+
+impl SyncCore {
+    /// A core over `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            states: HashMap::new(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn state_mut(&mut self, peer: &DeviceId, app: &str, doc: &DocId) -> Result<&mut State> {
+        let key = (*peer, app.to_string(), doc.clone());
+        if !self.states.contains_key(&key) {
+            let st = match peers::sync_state(self.store.db(), peer, app, doc.as_str())? {
+                Some(b) => State::decode(&b).unwrap_or_else(|_| State::new()),
+                None => State::new(),
+            };
+            self.states.insert(key.clone(), st);
+        }
+        self.states
+            .get_mut(&key)
+            .ok_or_else(|| Error::Storage("sync state vanished".into()))
+    }
+
+    /// Forgets in-memory states of a peer (on disconnect): the next connect
+    /// starts from the persisted shared heads.
+    pub fn reset_peer(&mut self, peer: &DeviceId) {
+        self.states.retain(|(p, _, _), _| p != peer);
+    }
+
+    /// Every document of every app in the store, catalogs first.
+    pub fn all_docs(&self) -> Result<Vec<(String, DocId)>> {
+        let mut out = Vec::new();
+        for app in self.store.apps()? {
+            let mut ids = self.store.db().doc_ids(&app)?;
+            ids.sort_by_key(|id| (id != crate::doc::CATALOG_ID, id.clone()));
+            for id in ids {
+                out.push((app.clone(), DocId::parse_any(&id)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next sync message for (peer, app, doc), if there is anything to say.
+    pub fn generate(&mut self, peer: &DeviceId, app: &str, doc: &DocId) -> Result<Option<Vec<u8>>> {
+        let h = self.store.doc_handle(app, doc)?;
+        let g = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        if !g.exists {
+            return Ok(None);
+        }
+        let st = self.state_mut(peer, app, doc)?;
+        Ok(g.doc.generate_sync_message(st).map(|m| m.encode()))
+    }
+
+    /// Generates for many documents and packs the messages into batch payloads.
+    pub fn generate_batches(
+        &mut self,
+        peer: &DeviceId,
+        docs: &[(String, DocId)],
+    ) -> Result<Vec<SyncPayload>> {
+        let mut out = Vec::new();
+        let mut cur: Vec<DocMessage> = Vec::new();
+        let mut size = 0usize;
+        for (app, doc) in docs {
+            if let Some(msg) = self.generate(peer, app, doc)? {
+                let m = DocMessage {
+                    app: app.clone(),
+                    doc: doc.to_string(),
+                    msg,
+                };
+                let s = SyncPayload::item_size(&m);
+                if !cur.is_empty() && size + s > MAX_BATCH_BYTES {
+                    out.push(SyncPayload::Batch(std::mem::take(&mut cur)));
+                    size = 0;
+                }
+                size += s;
+                cur.push(m);
+            }
+        }
+        if !cur.is_empty() {
+            out.push(SyncPayload::Batch(cur));
+        }
+        Ok(out)
+    }
+
+    /// A peer became reachable: start from persisted states and offer every document.
+    pub fn on_peer_ready(&mut self, peer: &DeviceId) -> Result<Vec<SyncPayload>> {
+        self.reset_peer(peer);
+        let docs = self.all_docs()?;
+        self.generate_batches(peer, &docs)
+    }
+
+    /// Applies a received batch from `peer` in one atomic write, together with
+    /// whatever `stage_extra` adds (the ratchet state that opened it), then
+    /// returns the touched documents so the caller can generate replies.
+    pub fn apply_batch(
+        &mut self,
+        peer: &DeviceId,
+        items: Vec<DocMessage>,
+        stage_extra: impl FnOnce(&mut fjall::OwnedWriteBatch),
+    ) -> Result<Applied> {
+        let store = self.store.clone();
+        let db = store.db();
+        let mut applied = Applied::default();
+        // Decode and validate first; group by (app, catalog first, id) — the lock order.
+        let mut sorted: BTreeMap<(String, bool, DocId), Message> = BTreeMap::new();
+        for it in items {
+            let (Ok(()), Ok(doc)) = (
+                crate::store::validate_name("app", &it.app),
+                DocId::parse_any(&it.doc),
+            ) else {
+                applied.rejected += 1;
+                continue;
+            };
+            match Message::decode(&it.msg) {
+                Ok(m) => {
+                    sorted.insert((it.app, doc.as_str() != crate::doc::CATALOG_ID, doc), m);
+                }
+                Err(_) => applied.rejected += 1,
+            }
+        }
+        let handles: Vec<_> = sorted
+            .keys()
+            .map(|(app, _, doc)| {
+                store
+                    .doc_handle(app, doc)
+                    .map(|h| (app.clone(), doc.clone(), h))
+            })
+            .collect::<Result<_>>()?;
+        let mut staged: Vec<Staged<'_>> = Vec::new();
+        let mut batch = db.batch();
+        let mut kv_events: Vec<(String, Event)> = Vec::new();
+        let mut deleted: Vec<(String, DocId)> = Vec::new();
+        let mut tombstones: HashMap<String, Vec<String>> = HashMap::new();
+        let origin = Origin::Remote(peer.to_string());
+        for ((app, doc, h), msg) in handles.iter().zip(sorted.into_values()) {
+            let mut g = h
+                .lock()
+                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+            if tombstones
+                .get(app)
+                .map(|t| t.iter().any(|d| d == doc.as_str()))
+                .unwrap_or(false)
+            {
+                continue; // deleted: ignore late changes
+            }
+            let before = g.doc.get_heads();
+            let st = {
+                let key = (*peer, app.clone(), doc.clone());
+                if !self.states.contains_key(&key) {
+                    let st = match peers::sync_state(db, peer, app, doc.as_str())? {
+                        Some(b) => State::decode(&b).unwrap_or_else(|_| State::new()),
+                        None => State::new(),
+                    };
+                    self.states.insert(key.clone(), st);
+                }
+                self.states
+                    .get_mut(&key)
+                    .ok_or_else(|| Error::Storage("sync state vanished".into()))?
+            };
+            if g.doc.receive_sync_message(st, msg).is_err() {
+                applied.rejected += 1;
+                continue;
+            }
+            peers::stage_sync_state(db, &mut batch, peer, app, doc.as_str(), &st.encode());
+            let after = g.doc.get_heads();
+            if after != before {
+                if doc.as_str() == crate::doc::CATALOG_ID {
+                    let ts: Vec<String> = changed_keys(&g.doc, &before, &after)
+                        .into_iter()
+                        .filter(|k| catalog_entry(&g.doc, k).as_deref() == Some(CATALOG_DELETED))
+                        .collect();
+                    tombstones.insert(app.clone(), ts);
+                } else if let Some(bucket) = bucket_of_shard(doc) {
+                    let keys = changed_keys(&g.doc, &before, &after);
+                    for (key, value) in stage_reindex(
+                        db,
+                        &mut batch,
+                        app,
+                        bucket,
+                        &g.doc,
+                        keys.iter().map(String::as_str),
+                    )? {
+                        kv_events.push((
+                            app.clone(),
+                            Event::Kv {
+                                bucket: bucket.to_string(),
+                                key,
+                                value,
+                                origin: origin.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+            applied.docs.push((app.clone(), doc.clone()));
+            staged.push(Staged {
+                app: app.clone(),
+                id: doc.clone(),
+                guard: g,
+                before,
+            });
+        }
+        // Tombstoned documents: drop their data in the same batch.
+        for (app, ids) in &tombstones {
+            for id in ids {
+                if let Ok(doc) = DocId::parse_any(id) {
+                    if is_internal(&doc) {
+                        continue;
+                    }
+                    staged.retain(|s| !(s.app == *app && s.id == doc));
+                    if db.doc_meta(app, id)?.is_some() {
+                        db.stage_remove_doc(&mut batch, app, id)?;
+                        deleted.push((app.clone(), doc));
+                    }
+                }
+            }
+        }
+        stage_extra(&mut batch);
+        store.commit_docs(batch, &mut staged, &origin)?;
+        drop(staged);
+        for (app, doc) in deleted {
+            store.forget(&app, &doc);
+            store.publish(
+                &app,
+                Event::DocDeleted {
+                    doc,
+                    origin: origin.clone(),
+                },
+            );
+        }
+        for (app, ev) in kv_events {
+            store.publish(&app, ev);
+        }
+        Ok(applied)
+    }
+}
+
+/// Root-map keys whose value differs between two versions of a document.
+fn changed_keys(
+    doc: &automerge::Automerge,
+    before: &[ChangeHash],
+    after: &[ChangeHash],
+) -> Vec<String> {
+    use automerge::{PatchAction, Prop};
+    let mut keys: Vec<String> = Vec::new();
+    for p in doc.diff(before, after) {
+        if p.obj != automerge::ROOT {
+            if let Some((_, Prop::Map(k))) = p.path.first() {
+                keys.push(k.clone());
+            }
+            continue;
+        }
+        match p.action {
+            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => keys.push(key),
+            PatchAction::Conflict {
+                prop: Prop::Map(key),
+            }
+            | PatchAction::Increment {
+                prop: Prop::Map(key),
+                ..
+            } => keys.push(key),
+            _ => {}
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}

@@ -1,0 +1,10 @@
+//! Device sync: Automerge's sync protocol per (peer, document), sealed with the
+//! pair's Double Ratchet and carried by the relay.
+//!
+//! - [`wire`]: byte formats devices exchange (pure).
+//! - [`peers`]: identity, paired devices, sessions and sync states in the keyspace.
+//! - [`core`]: the sans-I/O sync logic over a [`Store`](crate::Store).
+
+pub mod core;
+pub mod peers;
+pub mod wire;
