@@ -6,6 +6,7 @@
 //! goes in and out as bytes; the caller persists it.
 
 pub mod identity;
+pub mod pairing;
 
 pub use identity::{safety_code, DeviceId, DeviceKeypair};
 

@@ -6,5 +6,6 @@
 //! - [`core`]: the sans-I/O sync logic over a [`Store`](crate::Store).
 
 pub mod core;
+pub mod invite;
 pub mod peers;
 pub mod wire;

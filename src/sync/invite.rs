@@ -1,0 +1,198 @@
+//! Pairing invites: `masq:pair?v=1&relay=<url>&slot=<64 hex>&secret=<base58>&exp=<unix secs>`.
+//!
+//! The secret is 256 random bits, used once; the slot names the relay's
+//! rendezvous; `exp` is when the invite stops being accepted (10 minutes after
+//! it was made, matching the relay's slot lifetime).
+
+use crate::crypto::random_bytes;
+use zeroize::Zeroizing;
+
+/// How long an invite is valid.
+pub const INVITE_TTL_SECS: i64 = 600;
+
+/// A pairing invite.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// Relay URL both devices use.
+    pub relay: String,
+    /// Rendezvous slot id.
+    pub slot: [u8; 32],
+    /// One-time secret (wiped on drop).
+    pub secret: Zeroizing<[u8; 32]>,
+    /// Expiry, seconds since the epoch.
+    pub expires: i64,
+}
+
+impl std::fmt::Debug for Invite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invite")
+            .field("relay", &self.relay)
+            .field("slot", &hex::encode(self.slot))
+            .finish()
+    }
+}
+
+/// Why an invite was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InviteError {
+    /// Not a masq invite or a field is malformed.
+    #[error("not a valid masq invite: {0}")]
+    Malformed(&'static str),
+    /// Past its expiry time.
+    #[error("invite expired")]
+    Expired,
+}
+
+impl Invite {
+    /// A fresh invite for `relay`, valid from `now` for [`INVITE_TTL_SECS`].
+    pub fn new(relay: &str, now: i64) -> Self {
+        Self {
+            relay: relay.to_string(),
+            slot: *random_bytes::<32>(),
+            secret: random_bytes::<32>(),
+            expires: now + INVITE_TTL_SECS,
+        }
+    }
+
+    /// The `masq:` URI.
+    pub fn to_uri(&self) -> String {
+        format!(
+            "masq:pair?v=1&relay={}&slot={}&secret={}&exp={}",
+            percent_encode(&self.relay),
+            hex::encode(self.slot),
+            bs58::encode(self.secret.as_ref()).into_string(),
+            self.expires
+        )
+    }
+
+    /// Parses a URI and checks expiry against `now`.
+    pub fn parse(uri: &str, now: i64) -> Result<Self, InviteError> {
+        let q = uri
+            .trim()
+            .strip_prefix("masq:pair?")
+            .ok_or(InviteError::Malformed("must start with masq:pair?"))?;
+        let (mut v, mut relay, mut slot, mut secret, mut exp) = (None, None, None, None, None);
+        for part in q.split('&') {
+            let (k, val) = part
+                .split_once('=')
+                .ok_or(InviteError::Malformed("field without '='"))?;
+            match k {
+                "v" => v = Some(val),
+                "relay" => {
+                    relay = Some(percent_decode(val).ok_or(InviteError::Malformed("relay"))?)
+                }
+                "slot" => slot = Some(val),
+                "secret" => secret = Some(val),
+                "exp" => exp = Some(val),
+                _ => {}
+            }
+        }
+        if v != Some("1") {
+            return Err(InviteError::Malformed("unsupported version"));
+        }
+        let relay = relay.ok_or(InviteError::Malformed("missing relay"))?;
+        if !(relay.starts_with("ws://") || relay.starts_with("wss://")) {
+            return Err(InviteError::Malformed(
+                "relay must be a ws:// or wss:// URL",
+            ));
+        }
+        let slot: [u8; 32] = hex::decode(slot.ok_or(InviteError::Malformed("missing slot"))?)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(InviteError::Malformed("slot"))?;
+        let secret_bytes = Zeroizing::new(
+            bs58::decode(secret.ok_or(InviteError::Malformed("missing secret"))?)
+                .into_vec()
+                .map_err(|_| InviteError::Malformed("secret"))?,
+        );
+        let secret: [u8; 32] = secret_bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| InviteError::Malformed("secret length"))?;
+        let expires: i64 = exp
+            .ok_or(InviteError::Malformed("missing exp"))?
+            .parse()
+            .map_err(|_| InviteError::Malformed("exp"))?;
+        if now > expires {
+            return Err(InviteError::Expired);
+        }
+        Ok(Self {
+            relay,
+            slot,
+            secret: Zeroizing::new(secret),
+            expires,
+        })
+    }
+
+    /// The URI as a QR code drawn with Unicode half blocks, for a terminal.
+    pub fn qr_text(&self) -> String {
+        match qrcode::QrCode::new(self.to_uri().as_bytes()) {
+            Ok(code) => code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let h = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_round_trip_and_errors() {
+        let inv = Invite::new("ws://127.0.0.1:7071/x?y=1", 1000);
+        let uri = inv.to_uri();
+        assert_eq!(Invite::parse(&uri, 1000).unwrap(), inv);
+        assert_eq!(
+            Invite::parse(&uri, 1000 + INVITE_TTL_SECS + 1),
+            Err(InviteError::Expired)
+        );
+        assert!(matches!(
+            Invite::parse("http://x", 0),
+            Err(InviteError::Malformed(_))
+        ));
+        let mistyped = uri.replace("secret=", "secret=0"); // '0' is not base58
+        assert!(matches!(
+            Invite::parse(&mistyped, 1000),
+            Err(InviteError::Malformed(_))
+        ));
+        let short = uri.replacen(&hex::encode(inv.slot), "abcd", 1);
+        assert!(matches!(
+            Invite::parse(&short, 1000),
+            Err(InviteError::Malformed(_))
+        ));
+        assert!(!inv.qr_text().is_empty());
+    }
+}
