@@ -382,12 +382,12 @@ impl Store {
     pub(crate) fn commit_docs(
         &self,
         mut batch: fjall::OwnedWriteBatch,
-        docs: &mut [Staged<'_>],
+        mut docs: Vec<Staged<'_>>,
         origin: &Origin,
     ) -> Result<()> {
         let db = &self.inner.db;
         let mut changed = Vec::new();
-        let result = (|| -> Result<()> {
+        let result = (|| -> Result<u64> {
             for s in docs.iter_mut() {
                 let after = s.guard.doc.get_heads();
                 if after == s.before && s.guard.exists {
@@ -402,14 +402,17 @@ impl Store {
                 }
                 changed.push((s.app.clone(), s.id.clone(), meta));
             }
-            db.commit(batch)
+            db.write(batch)
         })();
-        if let Err(e) = result {
-            for s in docs.iter() {
-                self.forget(&s.app, &s.id);
+        let ticket = match result {
+            Ok(t) => t,
+            Err(e) => {
+                for s in docs.iter() {
+                    self.forget(&s.app, &s.id);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         for s in docs.iter_mut() {
             if let Some((_, _, meta)) = changed.iter().find(|(a, id, _)| *id == s.id && *a == s.app)
             {
@@ -437,6 +440,18 @@ impl Store {
                     );
                 }
             }
+        }
+        // Release the document locks before waiting for the (shared) fsync, so
+        // writers of the same documents queue for the next group commit.
+        let ids: Vec<(String, DocId)> =
+            docs.iter().map(|s| (s.app.clone(), s.id.clone())).collect();
+        drop(docs);
+        if let Err(e) = db.wait_durable(ticket) {
+            // Memory is ahead of disk: drop those documents so they reload from disk.
+            for (app, id) in ids {
+                self.forget(&app, &id);
+            }
+            return Err(e);
         }
         Ok(())
     }

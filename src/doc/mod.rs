@@ -229,7 +229,7 @@ impl Docs {
             )
             .map_err(|f| f.error)?;
         let batch = store.db().batch();
-        let mut staged = [
+        let staged = vec![
             Staged {
                 app: self.app_name().to_string(),
                 id: DocId::catalog(),
@@ -243,7 +243,7 @@ impl Docs {
                 before: doc_before,
             },
         ];
-        store.commit_docs(batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, staged, &Origin::Local)?;
         Ok(id)
     }
 
@@ -369,14 +369,13 @@ impl Docs {
             .map_err(|f| f.error)?
             .result;
         let batch = self.store().db().batch();
-        let mut staged = [Staged {
+        let staged = vec![Staged {
             app: self.app_name().to_string(),
             id: id.clone(),
             guard: g,
             before,
         }];
-        self.store()
-            .commit_docs(batch, &mut staged, &Origin::Local)?;
+        self.store().commit_docs(batch, staged, &Origin::Local)?;
         Ok(out)
     }
 
@@ -425,13 +424,13 @@ impl Docs {
         store
             .db()
             .stage_remove_doc(&mut batch, self.app_name(), id.as_str())?;
-        let mut staged = [Staged {
+        let staged = vec![Staged {
             app: self.app_name().to_string(),
             id: DocId::catalog(),
             guard: cat,
             before,
         }];
-        store.commit_docs(batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, staged, &Origin::Local)?;
         store.forget(self.app_name(), id);
         store.publish(
             self.app_name(),
@@ -484,7 +483,7 @@ impl Docs {
             )
             .map_err(|f| f.error)?;
         let batch = store.db().batch();
-        let mut staged = [
+        let staged = vec![
             Staged {
                 app: self.app_name().to_string(),
                 id: DocId::catalog(),
@@ -498,7 +497,7 @@ impl Docs {
                 before: Vec::new(),
             },
         ];
-        store.commit_docs(batch, &mut staged, &Origin::Local)?;
+        store.commit_docs(batch, staged, &Origin::Local)?;
         Ok(id)
     }
 }

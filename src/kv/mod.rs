@@ -289,8 +289,7 @@ impl Bucket {
                 before,
             });
         }
-        store.commit_docs(batch, &mut staged, &Origin::Local)?;
-        drop(staged);
+        store.commit_docs(batch, staged, &Origin::Local)?;
         if store.has_listeners(app) {
             for (key, value) in events {
                 store.publish(

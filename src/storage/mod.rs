@@ -129,8 +129,20 @@ impl Db {
     /// Commits `batch` atomically and returns once it is durable under the
     /// configured [`Durability`]. Only then may the caller acknowledge the write.
     pub fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<()> {
+        let ticket = self.write(batch)?;
+        self.wait_durable(ticket)
+    }
+
+    /// Writes `batch` to the journal (visible to readers, not yet durable) and
+    /// returns a ticket for [`wait_durable`](Self::wait_durable). Lets callers
+    /// release their locks before waiting for the fsync they share with others.
+    pub fn write(&self, batch: fjall::OwnedWriteBatch) -> Result<u64> {
         batch.commit()?;
-        let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Returns once the batch behind `ticket` (and every earlier one) is durable.
+    pub fn wait_durable(&self, ticket: u64) -> Result<()> {
         match self.durability {
             Durability::Buffered => {
                 self.db.persist(PersistMode::Buffer)?;

@@ -270,8 +270,7 @@ impl SyncCore {
             }
         }
         stage_extra(&mut batch);
-        store.commit_docs(batch, &mut staged, &origin)?;
-        drop(staged);
+        store.commit_docs(batch, staged, &origin)?;
         for (app, doc) in deleted {
             store.forget(&app, &doc);
             store.publish(
