@@ -117,6 +117,11 @@ fn kv_put_fsync_concurrent(c: &mut Criterion) {
         })
     });
     g.finish();
+    let (writes, fsyncs) = store.db().commit_stats();
+    eprintln!(
+        "group commit: {writes} writes, {fsyncs} fsyncs, {:.1} writes per fsync",
+        writes as f64 / fsyncs.max(1) as f64
+    );
 }
 
 fn doc_change(c: &mut Criterion) {

@@ -13,7 +13,7 @@ pub mod doc_chunks;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -68,21 +68,40 @@ pub struct Db {
     pub meta: Keyspace,
     /// How writes are acknowledged.
     durability: Durability,
-    /// Count of batches committed to the journal (before any fsync).
+    /// Batches committed to the journal (statistics).
     written: AtomicU64,
-    /// Highest `written` value known to be fsynced.
-    synced: AtomicU64,
-    /// Held while one writer fsyncs; the others wait and usually find their
-    /// batch already covered (group commit).
-    sync_lock: Mutex<()>,
+    /// The group-commit queue (see [`Db::wait_durable`]).
+    queue: Mutex<CommitQueue>,
+    /// Wakes followers when a group commit round ends.
+    queue_cv: Condvar,
     /// Where the database lives, for error messages.
     path: PathBuf,
+    /// Number of fsyncs issued (for benchmarks: writes per fsync).
+    fsyncs: AtomicU64,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db").field("path", &self.path).finish()
     }
+}
+
+/// Failed commit rounds remembered so their writers get the error.
+pub const MAX_REMEMBERED_FAILURES: usize = 64;
+
+/// Batches waiting for the next group commit round.
+#[derive(Default)]
+struct CommitQueue {
+    /// Batches not yet committed, in arrival order.
+    pending: Vec<fjall::OwnedWriteBatch>,
+    /// Tickets handed out so far.
+    enqueued: u64,
+    /// Every ticket up to this one has been through a commit round.
+    done: u64,
+    /// A leader is committing right now.
+    leader_active: bool,
+    /// Ticket ranges whose round failed, with the error.
+    failures: Vec<(u64, u64, String)>,
 }
 
 /// fjall's block cache size; the documents' own cache is separate (see `store`).
@@ -110,9 +129,10 @@ impl Db {
             db,
             durability,
             written: AtomicU64::new(0),
-            synced: AtomicU64::new(0),
-            sync_lock: Mutex::new(()),
+            queue: Mutex::new(CommitQueue::default()),
+            queue_cv: Condvar::new(),
             path: dir.to_path_buf(),
+            fsyncs: AtomicU64::new(0),
         })
     }
 
@@ -133,40 +153,93 @@ impl Db {
         self.wait_durable(ticket)
     }
 
-    /// Writes `batch` to the journal (visible to readers, not yet durable) and
-    /// returns a ticket for [`wait_durable`](Self::wait_durable). Lets callers
-    /// release their locks before waiting for the fsync they share with others.
+    /// Queues `batch` for the next group commit and returns a ticket for
+    /// [`wait_durable`](Self::wait_durable). Callers release their locks in
+    /// between, so writers that arrive while an fsync runs join the next one.
     pub fn write(&self, batch: fjall::OwnedWriteBatch) -> Result<u64> {
-        batch.commit()?;
-        Ok(self.written.fetch_add(1, Ordering::SeqCst) + 1)
-    }
-
-    /// Returns once the batch behind `ticket` (and every earlier one) is durable.
-    pub fn wait_durable(&self, ticket: u64) -> Result<()> {
-        match self.durability {
-            Durability::Buffered => {
-                self.db.persist(PersistMode::Buffer)?;
-                Ok(())
-            }
-            Durability::Fsync => self.sync_through(ticket),
-        }
-    }
-
-    /// Group commit: make sure every batch up to `ticket` is fsynced. Whoever
-    /// holds the lock fsyncs everything written so far; writers queued behind it
-    /// find their ticket already covered and return without a second fsync.
-    fn sync_through(&self, ticket: u64) -> Result<()> {
-        let _guard = self
-            .sync_lock
+        let mut q = self
+            .queue
             .lock()
-            .map_err(|_| Error::Storage("sync lock poisoned".into()))?;
-        if self.synced.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
+            .map_err(|_| Error::Storage("commit queue poisoned".into()))?;
+        q.pending.push(batch);
+        q.enqueued += 1;
+        Ok(q.enqueued)
+    }
+
+    /// Returns once the batch behind `ticket` is committed and durable under the
+    /// configured [`Durability`].
+    ///
+    /// Group commit (leader/follower): the first waiter that finds no commit in
+    /// progress becomes the leader, takes every queued batch, commits them to the
+    /// journal in order and makes them durable with one `persist` call; the
+    /// others wait on a condition variable. Writers arriving meanwhile only touch
+    /// the queue, never fjall's journal lock, so the next round takes them all.
+    pub fn wait_durable(&self, ticket: u64) -> Result<()> {
+        let mut q = self
+            .queue
+            .lock()
+            .map_err(|_| Error::Storage("commit queue poisoned".into()))?;
+        loop {
+            if q.done >= ticket {
+                return match q
+                    .failures
+                    .iter()
+                    .find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket))
+                {
+                    Some((_, _, msg)) => Err(Error::Storage(msg.clone())),
+                    None => Ok(()),
+                };
+            }
+            if q.leader_active {
+                q = self
+                    .queue_cv
+                    .wait(q)
+                    .map_err(|_| Error::Storage("commit queue poisoned".into()))?;
+                continue;
+            }
+            q.leader_active = true;
+            let batches = std::mem::take(&mut q.pending);
+            let lo = q.done + 1;
+            let hi = q.enqueued;
+            drop(q);
+            let result = self.commit_round(batches);
+            q = self
+                .queue
+                .lock()
+                .map_err(|_| Error::Storage("commit queue poisoned".into()))?;
+            if let Err(e) = result {
+                q.failures.push((lo, hi, e.to_string()));
+                if q.failures.len() > MAX_REMEMBERED_FAILURES {
+                    q.failures.remove(0);
+                }
+            }
+            q.done = hi;
+            q.leader_active = false;
+            self.queue_cv.notify_all();
         }
-        let target = self.written.load(Ordering::SeqCst);
-        self.db.persist(PersistMode::SyncAll)?;
-        self.synced.fetch_max(target, Ordering::SeqCst);
+    }
+
+    fn commit_round(&self, batches: Vec<fjall::OwnedWriteBatch>) -> Result<()> {
+        let n = batches.len() as u64;
+        for b in batches {
+            b.commit()?;
+        }
+        self.written.fetch_add(n, Ordering::Relaxed);
+        let mode = match self.durability {
+            Durability::Fsync => PersistMode::SyncAll,
+            Durability::Buffered => PersistMode::Buffer,
+        };
+        self.db.persist(mode)?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// (batches written, persist rounds issued) since open: their ratio is the group-commit factor.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.fsyncs.load(Ordering::Relaxed),
+        )
     }
 
     /// Flushes and fsyncs everything (used at shutdown).
