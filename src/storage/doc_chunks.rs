@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const COMPACT_AFTER_BYTES: u64 = 512 * 1024;
 /// ...or this many chunks, whichever comes first. Loading replays every
 /// incremental chunk, so this bounds the work of a cold load.
-pub const COMPACT_AFTER_CHUNKS: u32 = 256;
+pub const COMPACT_AFTER_CHUNKS: u32 = 64;
 
 /// Per-document metadata kept beside the chunks.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
