@@ -36,6 +36,12 @@ pub const MEMORY_PER_STORED_BYTE: usize = 6;
 /// Fixed in-memory overhead assumed per loaded document.
 pub const MEMORY_PER_DOC: usize = 4 * 1024;
 
+/// Change notices buffered for the sync engine before it must resync everything.
+pub const CHANGE_CHANNEL_CAPACITY: usize = 16 * 1024;
+
+/// A committed change of one document (app, doc, who made it).
+pub type DocChanged = (String, DocId, Origin);
+
 /// How a store is opened.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -157,6 +163,8 @@ pub(crate) struct StoreInner {
     actor: ActorId,
     /// Per-app event channels.
     events: Mutex<HashMap<String, broadcast::Sender<Event>>>,
+    /// Every committed document change, for the sync engine.
+    changes: broadcast::Sender<DocChanged>,
     /// The data directory.
     dir: PathBuf,
 }
@@ -225,6 +233,7 @@ impl Store {
                 }),
                 actor: ActorId::random(),
                 events: Mutex::new(HashMap::new()),
+                changes: broadcast::channel(CHANGE_CHANNEL_CAPACITY).0,
                 dir,
             }),
         })
@@ -294,6 +303,11 @@ impl Store {
     pub(crate) fn publish(&self, app: &str, ev: Event) {
         // No receivers is fine: nobody is watching.
         let _ = self.events(app).send(ev);
+    }
+
+    /// Notices of every committed document change (used by the sync engine).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<DocChanged> {
+        self.inner.changes.subscribe()
     }
 
     /// Returns the handle of a document, loading it from disk on a miss.
@@ -424,6 +438,10 @@ impl Store {
                 s.guard.meta = meta.clone();
                 s.guard.exists = true;
                 self.recost(&s.app, &s.id, meta);
+                let _ = self
+                    .inner
+                    .changes
+                    .send((s.app.clone(), s.id.clone(), origin.clone()));
                 let app = s.app.as_str();
                 if self.has_listeners(app) && !crate::doc::is_internal(&s.id) {
                     let heads = s.guard.doc.get_heads();

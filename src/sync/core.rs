@@ -319,3 +319,33 @@ fn changed_keys(
     keys.dedup();
     keys
 }
+
+impl SyncCore {
+    /// Documents whose current heads `peer` has not acknowledged (per the
+    /// persisted sync states), as (app, doc).
+    pub fn unacknowledged(&self, peer: &DeviceId) -> Result<Vec<(String, DocId)>> {
+        let mut out = Vec::new();
+        for (app, doc) in self.all_docs()? {
+            let heads = {
+                let h = self.store.doc_handle(&app, &doc)?;
+                let g = h
+                    .lock()
+                    .map_err(|_| Error::Storage("lock poisoned".into()))?;
+                if !g.exists {
+                    continue;
+                }
+                g.doc.get_heads()
+            };
+            let shared = match peers::sync_state(self.store.db(), peer, &app, doc.as_str())? {
+                Some(b) => State::decode(&b)
+                    .map(|s| s.shared_heads)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if !heads.iter().all(|h| shared.contains(h)) {
+                out.push((app, doc));
+            }
+        }
+        Ok(out)
+    }
+}

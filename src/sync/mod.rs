@@ -6,6 +6,9 @@
 //! - [`core`]: the sans-I/O sync logic over a [`Store`](crate::Store).
 
 pub mod core;
+
 pub mod invite;
+
 pub mod peers;
+
 pub mod wire;

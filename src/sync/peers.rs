@@ -231,3 +231,45 @@ pub fn stage_sync_state(
 ) {
     batch.insert(&db.meta, syncstate_key(id, app, doc), bytes);
 }
+
+const NOTE: &[u8] = b"note/";
+const RELAY_URL: &[u8] = b"relay_url";
+
+/// Queues a payload (encoded [`SyncPayload`](super::wire::SyncPayload)) for a
+/// peer, sent the next time a session with it is ready: introductions of new
+/// devices and removal notices survive restarts this way.
+pub fn stage_note(db: &Db, batch: &mut fjall::OwnedWriteBatch, target: &DeviceId, payload: &[u8]) {
+    let mut k = key(NOTE, target.as_bytes());
+    k.extend_from_slice(&crate::crypto::random_bytes::<8>()[..]);
+    batch.insert(&db.meta, k, payload);
+}
+
+/// Notes queued for a peer: (key, payload).
+pub fn notes(db: &Db, target: &DeviceId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for g in db.meta.prefix(key(NOTE, target.as_bytes())) {
+        let (k, v) = g.into_inner()?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Stages removal of a sent note.
+pub fn stage_remove_note(db: &Db, batch: &mut fjall::OwnedWriteBatch, note_key: &[u8]) {
+    batch.remove(&db.meta, note_key.to_vec());
+}
+
+/// The relay this device uses (set when pairing or by `--relay`).
+pub fn relay_url(db: &Db) -> Result<Option<String>> {
+    Ok(db
+        .meta
+        .get(RELAY_URL)?
+        .map(|v| String::from_utf8_lossy(&v).to_string()))
+}
+
+/// Remembers the relay URL.
+pub fn set_relay_url(db: &Db, url: &str) -> Result<()> {
+    let mut b = db.batch();
+    b.insert(&db.meta, RELAY_URL, url.as_bytes());
+    db.commit(b)
+}
