@@ -22,5 +22,7 @@ pub use doc::{ChangeOp, DocId, Docs};
 pub use error::{Error, Result};
 pub use kv::{Bucket, ListOptions};
 pub use store::{App, Event, Origin, Store, StoreOptions};
+pub mod bench;
 pub mod cli;
+pub mod demo;
 pub mod sync;

@@ -5,6 +5,7 @@
 //! 2 any other error (one line on stderr).
 
 mod local;
+mod sync_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,27 @@ pub enum Command {
     /// Document API.
     #[command(subcommand)]
     Doc(local::DocCmd),
+    /// Pair this device with another one.
+    #[command(subcommand)]
+    Pair(sync_cmds::PairCmd),
+    /// This device and its paired devices.
+    #[command(subcommand)]
+    Devices(sync_cmds::DevicesCmd),
+    /// Relay, devices, and documents not yet acknowledged by each device (JSON).
+    Status,
+    /// Run the store daemon: sync with paired devices through the relay.
+    Store {
+        /// Relay URL (remembered; default: the one used when pairing).
+        #[arg(long)]
+        relay: Option<String>,
+    },
+    /// Run the blind relay.
+    Relay(crate::relay::RelayArgs),
+    /// A relay and two stores in one process: pair, edit, converge.
+    Demo,
+    /// Benchmarks (see docs/performance.md).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
 }
 
 /// Resolves the data directory.
@@ -66,6 +88,17 @@ impl<E: std::fmt::Display> From<E> for CliError {
     }
 }
 
+fn run_async<F, E>(fut: F) -> Result<(), CliError>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: Into<CliError>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(fut).map_err(Into::into)
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,6 +109,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Kv(cmd) => local::kv(data_dir(cli.data), cli.durability, cmd),
         Command::Doc(cmd) => local::doc(data_dir(cli.data), cli.durability, cmd),
+        Command::Pair(cmd) => sync_cmds::pair(data_dir(cli.data), cli.durability, cmd),
+        Command::Devices(cmd) => sync_cmds::devices(data_dir(cli.data), cli.durability, cmd),
+        Command::Status => sync_cmds::status(data_dir(cli.data), cli.durability),
+        Command::Store { relay } => {
+            sync_cmds::store_daemon(data_dir(cli.data), cli.durability, relay)
+        }
+        Command::Relay(args) => run_async(crate::relay::run(args)),
+        Command::Demo => run_async(async { crate::demo::run().await.map_err(CliError::from) }),
+        Command::Bench(cmd) => run_async(crate::bench::run(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

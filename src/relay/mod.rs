@@ -1,1 +1,78 @@
-//! The blind relay (`masq relay`): forwards sealed envelopes between authenticated devices.
+//! The blind relay (`masq relay`): forwards sealed envelopes between
+//! authenticated devices, tracks presence and hosts pairing rendezvous slots.
+//! It stores nothing and can read nothing.
+//!
+//! - [`config`]: every limit, as a named constant, and the auth proof.
+//! - [`server`]: the WebSocket server (plus `/healthz`, `/metrics`).
+//! - [`client`]: the device side.
+//! - [`bench`]: `masq bench relay`.
+//!
+//! Frame bytes live in [`crate::wire::relay_frame`].
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod server;
+
+pub use config::RelayConfig;
+pub use server::{start, RelayHandle};
+
+use std::net::SocketAddr;
+
+/// `masq relay` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Largest frame in bytes.
+    #[arg(long, default_value_t = config::MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Frames queued per connection before it is disconnected as too slow.
+    #[arg(long, default_value_t = config::OUTBOUND_QUEUE_FRAMES)]
+    pub queue_frames: usize,
+    /// Sustained messages per second per device.
+    #[arg(long, default_value_t = config::RATE_PER_SEC)]
+    pub rate: u32,
+    /// Burst of messages per device.
+    #[arg(long, default_value_t = config::RATE_BURST)]
+    pub burst: u32,
+    /// Most concurrent connections.
+    #[arg(long, default_value_t = config::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds of silence before a connection is closed.
+    #[arg(long, default_value_t = config::IDLE_TIMEOUT.as_secs())]
+    pub idle_secs: u64,
+}
+
+impl From<RelayArgs> for RelayConfig {
+    fn from(a: RelayArgs) -> Self {
+        RelayConfig {
+            listen: a.listen,
+            max_frame_bytes: a.max_frame_bytes,
+            outbound_queue_frames: a.queue_frames.max(1),
+            rate_per_sec: a.rate,
+            rate_burst: a.burst.max(1),
+            max_connections: a.max_connections,
+            idle_timeout: std::time::Duration::from_secs(a.idle_secs.max(1)),
+            ..RelayConfig::default()
+        }
+    }
+}
+
+/// Runs the relay until SIGINT or SIGTERM, then closes every connection with a reason.
+pub async fn run(args: RelayArgs) -> std::io::Result<()> {
+    let handle = start(args.into()).await?;
+    eprintln!(
+        "masq relay listening on ws://{} (GET /healthz, /metrics)",
+        handle.local_addr()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("masq relay: shutting down");
+    handle.shutdown().await;
+    Ok(())
+}

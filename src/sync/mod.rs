@@ -6,9 +6,12 @@
 //! - [`core`]: the sans-I/O sync logic over a [`Store`](crate::Store).
 
 pub mod core;
+pub mod engine;
 
 pub mod invite;
+pub mod pairing;
 
 pub mod peers;
+pub mod transport;
 
 pub mod wire;

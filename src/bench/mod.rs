@@ -1,0 +1,29 @@
+//! `masq bench ...`: end-to-end benchmarks that need real processes or sockets
+//! (criterion benches in `benches/` cover the in-process parts). Each prints a
+//! table (or `--json`) and reports ratios measured in the same run.
+
+pub mod sync;
+
+use clap::Subcommand;
+
+use crate::cli::CliError;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Encrypted relayed sync between two stores vs in-process plaintext sync.
+    Sync(sync::SyncBenchArgs),
+    /// Relay forwarding throughput and latency.
+    Relay(crate::relay::bench::RelayBenchArgs),
+}
+
+/// Runs a benchmark command.
+pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
+    match cmd {
+        BenchCmd::Sync(args) => sync::run(args).await.map(|_| ()).map_err(CliError::from),
+        BenchCmd::Relay(args) => crate::relay::bench::run(args)
+            .await
+            .map(|_| ())
+            .map_err(CliError::from),
+    }
+}

@@ -1,0 +1,6 @@
+pub async fn run(_a: RelayBenchArgs) -> std::io::Result<()> {
+    Ok(())
+}
+/// args
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayBenchArgs {}

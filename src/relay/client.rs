@@ -1,0 +1,287 @@
+//! The device side of the relay protocol: connect, authenticate with the
+//! device's X25519 key, then send payloads, watch presence and use rendezvous
+//! slots. One task per client owns the socket; it is aborted when the client drops.
+//!
+//! Architecture invariant: knows frames and sockets, nothing of what payloads contain.
+
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use x25519_dalek::PublicKey;
+
+use super::config::{auth_proof, RelayConfig};
+use crate::crypto::{DeviceId, DeviceKeypair};
+use crate::wire::relay_frame::{Frame, UndeliverableReason};
+
+/// Frames the client may queue for sending before `send` waits.
+pub const CLIENT_SEND_QUEUE: usize = 1024;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayClientError {
+    /// Could not connect or the WebSocket failed.
+    #[error("relay connection: {0}")]
+    Connect(String),
+    /// The relay refused our authentication.
+    #[error("relay authentication failed: {0}")]
+    Auth(String),
+    /// The relay spoke something we do not understand.
+    #[error("relay protocol: {0}")]
+    Protocol(String),
+    /// The connection is gone.
+    #[error("relay connection closed")]
+    Closed,
+}
+
+impl From<RelayClientError> for crate::error::Error {
+    fn from(e: RelayClientError) -> Self {
+        crate::error::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            e.to_string(),
+        ))
+    }
+}
+
+/// Something the relay told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A payload from another device.
+    Message {
+        /// Sender (authenticated by the relay).
+        from: DeviceId,
+        /// Opaque payload.
+        payload: Vec<u8>,
+    },
+    /// A watched device came online or went offline.
+    Presence {
+        /// Which.
+        device: DeviceId,
+        /// Online now.
+        online: bool,
+    },
+    /// A send could not be delivered.
+    Undeliverable {
+        /// Our message id.
+        msg_id: u64,
+        /// The recipient.
+        to: DeviceId,
+        /// Why.
+        reason: UndeliverableReason,
+    },
+    /// The other side joined (or left) our rendezvous slot.
+    RendezvousPeer {
+        /// Joined or left.
+        joined: bool,
+    },
+    /// Data from the other side of the rendezvous slot.
+    RendezvousData(Vec<u8>),
+    /// The relay reported an error for this connection (it stays open).
+    Error {
+        /// Code (see `wire::relay_frame::codes`).
+        code: u16,
+        /// Text.
+        message: String,
+    },
+    /// The connection closed, with the relay's reason if it gave one.
+    Closed {
+        /// WebSocket close code (4000+ are relay codes), 0 if none.
+        code: u16,
+        /// Reason text.
+        reason: String,
+    },
+}
+
+/// An authenticated relay connection.
+pub struct RelayClient {
+    device: DeviceId,
+    out: mpsc::Sender<Vec<u8>>,
+    events: mpsc::UnboundedReceiver<RelayEvent>,
+    next_id: u64,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for RelayClient {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl RelayClient {
+    /// Connects to `url` (ws://...) and authenticates as `keypair`.
+    pub async fn connect(url: &str, keypair: &DeviceKeypair) -> Result<Self, RelayClientError> {
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(RelayConfig::default().websocket()),
+            true,
+        )
+        .await
+        .map_err(|e| RelayClientError::Connect(e.to_string()))?;
+        let challenge = match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                Frame::decode(&b).map_err(|e| RelayClientError::Protocol(e.to_string()))?
+            }
+            Some(Ok(Message::Close(c))) => {
+                return Err(RelayClientError::Auth(
+                    c.map(|c| c.reason.to_string()).unwrap_or_default(),
+                ))
+            }
+            _ => return Err(RelayClientError::Protocol("expected a challenge".into())),
+        };
+        let Frame::Challenge {
+            relay_public,
+            nonce,
+        } = challenge
+        else {
+            return Err(RelayClientError::Protocol("expected a challenge".into()));
+        };
+        let dh = keypair.diffie_hellman(&PublicKey::from(relay_public));
+        let public = *keypair.public().as_bytes();
+        let proof = auth_proof(&dh, &nonce, &relay_public, &public);
+        ws.send(Message::Binary(
+            Frame::Auth { public, proof }.encode().into(),
+        ))
+        .await
+        .map_err(|e| RelayClientError::Connect(e.to_string()))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                    Ok(Frame::AuthOk(id)) if id == keypair.device_id() => break,
+                    Ok(Frame::Error { message, .. }) => {
+                        return Err(RelayClientError::Auth(message))
+                    }
+                    _ => return Err(RelayClientError::Protocol("expected AuthOk".into())),
+                },
+                Some(Ok(Message::Close(c))) => {
+                    return Err(RelayClientError::Auth(
+                        c.map(|c| c.reason.to_string()).unwrap_or_default(),
+                    ))
+                }
+                Some(Ok(_)) => continue,
+                _ => return Err(RelayClientError::Closed),
+            }
+        }
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(CLIENT_SEND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let (mut sink, mut stream) = ws.split();
+            loop {
+                tokio::select! {
+                    out = out_rx.recv() => match out {
+                        Some(bytes) => {
+                            if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                                let _ = ev_tx.send(RelayEvent::Closed { code: 0, reason: "send failed".into() });
+                                break;
+                            }
+                        }
+                        None => {
+                            let _ = sink.close().await;
+                            break;
+                        }
+                    },
+                    msg = stream.next() => match msg {
+                        Some(Ok(Message::Binary(b))) => {
+                            let ev = match Frame::decode(&b) {
+                                Ok(Frame::Deliver { from, payload }) => RelayEvent::Message { from, payload },
+                                Ok(Frame::Presence { id, online }) => RelayEvent::Presence { device: id, online },
+                                Ok(Frame::Undeliverable { msg_id, to, reason }) => RelayEvent::Undeliverable { msg_id, to, reason },
+                                Ok(Frame::RendezvousPeer { joined }) => RelayEvent::RendezvousPeer { joined },
+                                Ok(Frame::RendezvousData(d)) => RelayEvent::RendezvousData(d),
+                                Ok(Frame::Error { code, message }) => RelayEvent::Error { code, message },
+                                Ok(_) | Err(_) => continue,
+                            };
+                            if ev_tx.send(ev).is_err() {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Close(c))) => {
+                            let (code, reason) = c.map(|c| (u16::from(c.code), c.reason.to_string())).unwrap_or((0, String::new()));
+                            let _ = ev_tx.send(RelayEvent::Closed { code, reason });
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            let _ = ev_tx.send(RelayEvent::Closed { code: 0, reason: e.to_string() });
+                            break;
+                        }
+                        None => {
+                            let _ = ev_tx.send(RelayEvent::Closed { code: 0, reason: "connection ended".into() });
+                            break;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(Self {
+            device: keypair.device_id(),
+            out: out_tx,
+            events: ev_rx,
+            next_id: 1,
+            task: Some(task),
+        })
+    }
+
+    /// Our DeviceId.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    async fn push(&self, frame: Frame) -> Result<(), RelayClientError> {
+        self.out
+            .send(frame.encode())
+            .await
+            .map_err(|_| RelayClientError::Closed)
+    }
+
+    /// Sends raw bytes as one binary frame (tests use this for malformed input).
+    pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), RelayClientError> {
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| RelayClientError::Closed)
+    }
+
+    /// Sends `payload` to `to`; returns the message id (echoed if undeliverable).
+    pub async fn send(&mut self, to: DeviceId, payload: Vec<u8>) -> Result<u64, RelayClientError> {
+        let msg_id = self.next_id;
+        self.next_id += 1;
+        self.push(Frame::Send {
+            msg_id,
+            to,
+            payload,
+        })
+        .await?;
+        Ok(msg_id)
+    }
+
+    /// Watches the presence of `ids` (replacing the previous set).
+    pub async fn subscribe(&self, ids: Vec<DeviceId>) -> Result<(), RelayClientError> {
+        self.push(Frame::Subscribe(ids)).await
+    }
+
+    /// Joins a rendezvous slot.
+    pub async fn join_rendezvous(&self, slot: [u8; 32]) -> Result<(), RelayClientError> {
+        self.push(Frame::RendezvousJoin(slot)).await
+    }
+
+    /// Sends to the other member of the rendezvous slot.
+    pub async fn send_rendezvous(&self, payload: Vec<u8>) -> Result<(), RelayClientError> {
+        self.push(Frame::RendezvousSend(payload)).await
+    }
+
+    /// The next event; `None` after the connection ended and all events were read.
+    pub async fn next_event(&mut self) -> Option<RelayEvent> {
+        self.events.recv().await
+    }
+
+    /// Closes the connection gracefully.
+    pub async fn close(mut self) {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.out, tx));
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
+        }
+    }
+}

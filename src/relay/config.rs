@@ -1,0 +1,114 @@
+//! Relay limits: every one a named constant with its reason, all overridable
+//! through [`RelayConfig`] (and `masq relay --help`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
+/// Largest WebSocket message (and frame) accepted: a sync envelope is at most
+/// ~230 KiB (the engine fragments above 200 KiB), so 1 MiB leaves headroom while
+/// keeping a hostile peer from making the relay buffer tungstenite's 64 MiB default.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Frames queued for one connection before it counts as too slow and is
+/// disconnected (memory per connection ≤ this × frame size).
+pub const OUTBOUND_QUEUE_FRAMES: usize = 256;
+/// tungstenite write buffer: flush threshold.
+pub const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+/// tungstenite write buffer hard cap (its default is unbounded).
+pub const MAX_WRITE_BUFFER_BYTES: usize = 4 * MAX_FRAME_BYTES;
+/// Sustained messages per second one device may send.
+pub const RATE_PER_SEC: u32 = 2000;
+/// Burst allowance above the sustained rate.
+pub const RATE_BURST: u32 = 4000;
+/// Most concurrent connections.
+pub const MAX_CONNECTIONS: usize = 50_000;
+/// Time allowed from TCP accept to successful authentication.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that sends nothing (not even a pong) for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often the relay pings each connection.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a rendezvous slot lives (an invite is valid this long).
+pub const RENDEZVOUS_TTL: Duration = Duration::from_secs(600);
+/// Longest HTTP request head read before deciding HTTP vs WebSocket.
+pub const MAX_HTTP_HEAD_BYTES: usize = 8 * 1024;
+
+/// The relay's configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// See [`MAX_FRAME_BYTES`].
+    pub max_frame_bytes: usize,
+    /// See [`OUTBOUND_QUEUE_FRAMES`].
+    pub outbound_queue_frames: usize,
+    /// See [`RATE_PER_SEC`].
+    pub rate_per_sec: u32,
+    /// See [`RATE_BURST`].
+    pub rate_burst: u32,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// See [`HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`PING_INTERVAL`].
+    pub ping_interval: Duration,
+    /// See [`RENDEZVOUS_TTL`].
+    pub rendezvous_ttl: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            outbound_queue_frames: OUTBOUND_QUEUE_FRAMES,
+            rate_per_sec: RATE_PER_SEC,
+            rate_burst: RATE_BURST,
+            max_connections: MAX_CONNECTIONS,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            ping_interval: PING_INTERVAL,
+            rendezvous_ttl: RENDEZVOUS_TTL,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// A config listening on 127.0.0.1 with an OS-chosen port (tests, demo).
+    pub fn loopback_any_port() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
+    }
+
+    /// The tungstenite limits for this config, all set explicitly.
+    pub fn websocket(&self) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(self.max_frame_bytes))
+            .max_frame_size(Some(self.max_frame_bytes))
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES.max(self.max_frame_bytes * 2))
+    }
+}
+
+/// The authentication proof context.
+pub const AUTH_CONTEXT: &str = "masq 2026-11 relay auth v1";
+
+/// Computes the device's answer to a challenge: `BLAKE3-keyed(derive_key(AUTH_CONTEXT, dh), nonce || relay_public || device_public)`.
+pub fn auth_proof(
+    dh: &[u8; 32],
+    nonce: &[u8; 32],
+    relay_public: &[u8; 32],
+    device_public: &[u8; 32],
+) -> [u8; 32] {
+    let key = blake3::derive_key(AUTH_CONTEXT, dh);
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(nonce);
+    h.update(relay_public);
+    h.update(device_public);
+    *h.finalize().as_bytes()
+}

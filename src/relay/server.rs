@@ -1,0 +1,881 @@
+//! The relay server: accepts WebSocket connections, authenticates devices by
+//! their X25519 keys, forwards opaque payloads, tracks presence, runs pairing
+//! rendezvous slots, and answers `GET /healthz` and `GET /metrics` on the same port.
+//!
+//! Each connection has a reader task and a writer task, owned by the
+//! connection's handle; the writer drains a bounded queue (frames and bytes),
+//! so a slow receiver costs bounded memory and is disconnected with a reason
+//! when its queue overflows. Nothing is stored: a payload lives only while it
+//! is queued for its recipient.
+//!
+//! Architecture invariant: knows nothing of fjall, Automerge, envelopes or sync;
+//! payloads are opaque bytes and are never logged.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::config::{auth_proof, RelayConfig, MAX_HTTP_HEAD_BYTES};
+use crate::crypto::{random_bytes, DeviceId};
+use crate::wire::relay_frame::{codes, Frame, UndeliverableReason};
+
+/// Bytes one connection may have queued (besides the frame count limit).
+pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+/// How long a single WebSocket write may take before the receiver counts as stuck.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Counters exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Live authenticated connections.
+    pub connections: AtomicUsize,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Payloads forwarded.
+    pub messages_forwarded: AtomicU64,
+    /// Payload bytes forwarded.
+    pub bytes_forwarded: AtomicU64,
+    /// Sends to offline devices.
+    pub drops_offline: AtomicU64,
+    /// Sends to self.
+    pub drops_to_self: AtomicU64,
+    /// Sends refused by the rate limit.
+    pub drops_rate_limited: AtomicU64,
+    /// Receivers disconnected for not reading.
+    pub drops_too_slow: AtomicU64,
+    /// Frames that did not decode or were not allowed.
+    pub drops_bad_frame: AtomicU64,
+    /// Failed authentications.
+    pub drops_auth_failed: AtomicU64,
+}
+
+impl Metrics {
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::new();
+        s.push_str("# TYPE masq_relay_connections gauge\n");
+        s.push_str(&format!(
+            "masq_relay_connections {}\n",
+            self.connections.load(Ordering::Relaxed)
+        ));
+        s.push_str("# TYPE masq_relay_connections_total counter\n");
+        s.push_str(&format!(
+            "masq_relay_connections_total {}\n",
+            g(&self.connections_total)
+        ));
+        s.push_str("# TYPE masq_relay_messages_total counter\n");
+        s.push_str(&format!(
+            "masq_relay_messages_total {}\n",
+            g(&self.messages_forwarded)
+        ));
+        s.push_str("# TYPE masq_relay_bytes_total counter\n");
+        s.push_str(&format!(
+            "masq_relay_bytes_total {}\n",
+            g(&self.bytes_forwarded)
+        ));
+        s.push_str("# TYPE masq_relay_drops_total counter\n");
+        for (reason, v) in [
+            ("offline", &self.drops_offline),
+            ("to_self", &self.drops_to_self),
+            ("rate_limited", &self.drops_rate_limited),
+            ("too_slow", &self.drops_too_slow),
+            ("bad_frame", &self.drops_bad_frame),
+            ("auth_failed", &self.drops_auth_failed),
+        ] {
+            s.push_str(&format!(
+                "masq_relay_drops_total{{reason=\"{reason}\"}} {}\n",
+                g(v)
+            ));
+        }
+        s
+    }
+}
+
+/// Asks a connection's tasks to stop, with a close code and reason.
+#[derive(Default)]
+struct Kill {
+    notify: Notify,
+    reason: Mutex<Option<(u16, String)>>,
+}
+
+impl Kill {
+    fn kill(&self, code: u16, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            if r.is_none() {
+                *r = Some((code, reason.to_string()));
+            }
+        }
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+    fn reason(&self) -> Option<(u16, String)> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+/// The sending side of one connection, as seen by others.
+#[derive(Clone)]
+struct Peer {
+    /// Distinguishes this connection from a newer one of the same device.
+    conn_id: u64,
+    /// Bounded queue to the writer task.
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes currently queued.
+    queued: Arc<AtomicUsize>,
+    /// Stops the connection.
+    kill: Arc<Kill>,
+}
+
+impl Peer {
+    /// Queues a frame; a full queue disconnects the receiver as too slow.
+    fn push(&self, frame: Vec<u8>, metrics: &Metrics) -> bool {
+        let len = frame.len();
+        if self.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            metrics.drops_too_slow.fetch_add(1, Ordering::Relaxed);
+            self.kill
+                .kill(codes::TOO_SLOW, "too slow: outbound queue full");
+            return false;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.drops_too_slow.fetch_add(1, Ordering::Relaxed);
+                self.kill
+                    .kill(codes::TOO_SLOW, "too slow: outbound queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// A pairing rendezvous slot.
+struct Slot {
+    created: Instant,
+    members: Vec<Peer>,
+    /// Two members have met; no one else may join.
+    sealed: bool,
+}
+
+/// Shared relay state.
+struct Hub {
+    config: RelayConfig,
+    conns: Mutex<HashMap<DeviceId, Peer>>,
+    /// target → connections watching it (device, conn_id).
+    watchers: Mutex<HashMap<DeviceId, HashSet<(DeviceId, u64)>>>,
+    slots: Mutex<HashMap<[u8; 32], Slot>>,
+    metrics: Arc<Metrics>,
+    next_conn: AtomicU64,
+    open_sockets: AtomicUsize,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A running relay. Dropping it stops accepting; [`shutdown`](Self::shutdown)
+/// also closes every connection with a reason.
+pub struct RelayHandle {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl RelayHandle {
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://` URL of the relay.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Closes every connection (close code 4009, "relay shutting down") and stops.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Starts a relay.
+pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub {
+        config,
+        conns: Mutex::new(HashMap::new()),
+        watchers: Mutex::new(HashMap::new()),
+        slots: Mutex::new(HashMap::new()),
+        metrics: metrics.clone(),
+        next_conn: AtomicU64::new(1),
+        open_sockets: AtomicUsize::new(0),
+        shutdown: rx,
+    });
+    let task = tokio::spawn(accept_loop(listener, hub));
+    tracing::info!(%addr, "relay listening");
+    Ok(RelayHandle {
+        addr,
+        shutdown: tx,
+        task: Some(task),
+        metrics,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
+    let mut shutdown = hub.shutdown.clone();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let hub = hub.clone();
+                conns.spawn(async move { handle_socket(stream, hub).await });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    // Let connections send their close frames.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// A stream that first replays bytes already read (the HTTP head we peeked at).
+struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Decrements the open-socket count when a socket's handler ends.
+struct SocketGuard(Arc<Hub>);
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.0.open_sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle_socket(mut stream: TcpStream, hub: Arc<Hub>) {
+    let open = hub.open_sockets.fetch_add(1, Ordering::Relaxed) + 1;
+    let _guard = SocketGuard(hub.clone());
+    // Read the request head (bounded, with the handshake timeout).
+    let mut head = Vec::with_capacity(1024);
+    let read_head = async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head.len() > MAX_HTTP_HEAD_BYTES {
+                return false;
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(hub.config.handshake_timeout, read_head).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let first_line = head
+        .split(|b| *b == b'\n')
+        .next()
+        .map(|l| String::from_utf8_lossy(l).to_string())
+        .unwrap_or_default();
+    let mut parts = first_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let is_upgrade = String::from_utf8_lossy(&head)
+        .to_ascii_lowercase()
+        .contains("upgrade: websocket");
+    if method == "GET" && !is_upgrade {
+        let (status, body, ctype) = match path {
+            "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
+            "/metrics" => ("200 OK", hub.metrics.render(), "text/plain; version=0.0.4"),
+            _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
+        };
+        let resp = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        let _ = stream.write_all(resp.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    if open > hub.config.max_connections {
+        let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        return;
+    }
+    let prefixed = Prefixed {
+        prefix: head,
+        pos: 0,
+        inner: stream,
+    };
+    let ws =
+        match tokio_tungstenite::accept_async_with_config(prefixed, Some(hub.config.websocket()))
+            .await
+        {
+            Ok(ws) => ws,
+            Err(_) => return,
+        };
+    hub.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    run_connection(ws, hub).await;
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<Prefixed>;
+
+/// A close frame: code 0 is a normal close (1000), others are 4000 + [`codes`] value.
+fn close_msg(code: u16, reason: &str) -> Message {
+    let code = if code == 0 { 1000 } else { 4000 + code };
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    }))
+}
+
+/// Challenge, authenticate, then serve the connection until it ends.
+async fn run_connection(ws: Ws, hub: Arc<Hub>) {
+    let (mut sink, mut stream) = ws.split();
+    // Authenticate.
+    let relay_secret = StaticSecret::from(*random_bytes::<32>());
+    let relay_public = PublicKey::from(&relay_secret);
+    let nonce = *random_bytes::<32>();
+    if sink
+        .send(Message::Binary(
+            Frame::Challenge {
+                relay_public: *relay_public.as_bytes(),
+                nonce,
+            }
+            .encode()
+            .into(),
+        ))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let auth = tokio::time::timeout(hub.config.handshake_timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Binary(b))) => return Some(Frame::decode(&b)),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let device = match auth {
+        Err(_) => {
+            let _ = sink
+                .send(close_msg(
+                    codes::HANDSHAKE_TIMEOUT,
+                    "authentication timed out",
+                ))
+                .await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(Ok(Frame::Auth { public, proof }))) => {
+            let device_public = PublicKey::from(public);
+            let shared = relay_secret.diffie_hellman(&device_public);
+            let expected = blake3::Hash::from(auth_proof(
+                shared.as_bytes(),
+                &nonce,
+                relay_public.as_bytes(),
+                &public,
+            ));
+            // blake3::Hash equality is constant-time.
+            if expected != blake3::Hash::from(proof) {
+                hub.metrics
+                    .drops_auth_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = sink
+                    .send(Message::Binary(
+                        Frame::Error {
+                            code: codes::AUTH_FAILED,
+                            message: "authentication failed".into(),
+                        }
+                        .encode()
+                        .into(),
+                    ))
+                    .await;
+                let _ = sink
+                    .send(close_msg(codes::AUTH_FAILED, "authentication failed"))
+                    .await;
+                return;
+            }
+            DeviceId::from_public(&device_public)
+        }
+        Ok(Some(Ok(_))) => {
+            hub.metrics.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+            let _ = sink
+                .send(Message::Binary(
+                    Frame::Error {
+                        code: codes::NOT_AUTHENTICATED,
+                        message: "authenticate first".into(),
+                    }
+                    .encode()
+                    .into(),
+                ))
+                .await;
+            let _ = sink
+                .send(close_msg(codes::NOT_AUTHENTICATED, "authenticate first"))
+                .await;
+            return;
+        }
+        Ok(Some(Err(e))) => {
+            hub.metrics.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+            let _ = sink
+                .send(close_msg(codes::BAD_FRAME, &format!("bad frame: {e}")))
+                .await;
+            return;
+        }
+    };
+    if sink
+        .send(Message::Binary(Frame::AuthOk(device).encode().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    // Register, replacing an older connection of the same device.
+    let conn_id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(hub.config.outbound_queue_frames);
+    let me = Peer {
+        conn_id,
+        tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        kill: Arc::new(Kill::default()),
+    };
+    let replaced = hub
+        .conns
+        .lock()
+        .ok()
+        .and_then(|mut c| c.insert(device, me.clone()));
+    if let Some(old) = replaced {
+        old.kill.kill(
+            codes::REPLACED,
+            "replaced by a newer connection of this device",
+        );
+    } else {
+        hub.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(device = %device.fingerprint(), "device connected");
+    notify_presence(&hub, device, true);
+
+    // Writer task: drains the bounded queue; stops on kill.
+    let kill = me.kill.clone();
+    let queued = me.queued.clone();
+    let ping_interval = hub.config.ping_interval;
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(ping_interval);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = kill.notify.notified() => break,
+                _ = ping.tick() => {
+                    if tokio::time::timeout(super::server::WRITE_TIMEOUT, sink.send(Message::Ping(Vec::new().into()))).await.map(|r| r.is_err()).unwrap_or(true) {
+                        kill.kill(codes::TOO_SLOW, "write timed out");
+                        break;
+                    }
+                }
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break };
+                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
+                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(frame.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => { kill.kill(codes::TOO_SLOW, "write timed out"); break; }
+                    }
+                }
+            }
+        }
+        if let Some((code, reason)) = kill.reason() {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                sink.send(close_msg(code, &reason)),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.close()).await;
+    });
+
+    // Reader: this task.
+    let mut shutdown = hub.shutdown.clone();
+    let mut bucket = TokenBucket::new(hub.config.rate_per_sec, hub.config.rate_burst);
+    let mut slot: Option<[u8; 32]> = None;
+    let idle = hub.config.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            _ = me.kill.notify.notified() => break,
+            _ = shutdown.changed() => { me.kill.kill(codes::SHUTDOWN, "relay shutting down"); break; }
+            n = tokio::time::timeout(idle, stream.next()) => n,
+        };
+        let msg = match next {
+            Err(_) => {
+                me.kill.kill(codes::IDLE, "idle timeout");
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Binary(b) => match Frame::decode(&b) {
+                Ok(frame) => handle_frame(&hub, &me, device, frame, &mut bucket, &mut slot),
+                Err(e) => {
+                    hub.metrics.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+                    me.push(
+                        Frame::Error {
+                            code: codes::BAD_FRAME,
+                            message: format!("bad frame: {e}"),
+                        }
+                        .encode(),
+                        &hub.metrics,
+                    );
+                }
+            },
+            Message::Text(_) => {
+                hub.metrics.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+                me.push(
+                    Frame::Error {
+                        code: codes::BAD_FRAME,
+                        message: "text frames are not accepted".into(),
+                    }
+                    .encode(),
+                    &hub.metrics,
+                );
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+        if me.kill.reason().is_some() {
+            break;
+        }
+    }
+    me.kill.kill(0, "bye");
+    let _ = writer.await;
+
+    // Unregister (only if not already replaced by a newer connection).
+    let removed = match hub.conns.lock() {
+        Ok(mut c) => {
+            if c.get(&device)
+                .map(|p| p.conn_id == conn_id)
+                .unwrap_or(false)
+            {
+                c.remove(&device);
+                true
+            } else {
+                false
+            }
+        }
+        Err(_) => false,
+    };
+    if removed {
+        hub.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        notify_presence(&hub, device, false);
+    }
+    if let Ok(mut w) = hub.watchers.lock() {
+        for set in w.values_mut() {
+            set.remove(&(device, conn_id));
+        }
+        w.retain(|_, s| !s.is_empty());
+    }
+    if let Some(s) = slot {
+        leave_slot(&hub, s, conn_id);
+    }
+    tracing::debug!(device = %device.fingerprint(), "device disconnected");
+}
+
+fn notify_presence(hub: &Hub, device: DeviceId, online: bool) {
+    let watchers: Vec<(DeviceId, u64)> = match hub.watchers.lock() {
+        Ok(w) => w
+            .get(&device)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default(),
+        Err(_) => return,
+    };
+    let frame = Frame::Presence { id: device, online }.encode();
+    let conns = match hub.conns.lock() {
+        Ok(c) => watchers
+            .iter()
+            .filter_map(|(d, cid)| c.get(d).filter(|p| p.conn_id == *cid).cloned())
+            .collect::<Vec<_>>(),
+        Err(_) => return,
+    };
+    for p in conns {
+        p.push(frame.clone(), &hub.metrics);
+    }
+}
+
+fn handle_frame(
+    hub: &Hub,
+    me: &Peer,
+    device: DeviceId,
+    frame: Frame,
+    bucket: &mut TokenBucket,
+    slot: &mut Option<[u8; 32]>,
+) {
+    let m = &hub.metrics;
+    match frame {
+        Frame::Send {
+            msg_id,
+            to,
+            payload,
+        } => {
+            let refuse = |reason: UndeliverableReason| {
+                me.push(Frame::Undeliverable { msg_id, to, reason }.encode(), m);
+            };
+            if !bucket.take() {
+                m.drops_rate_limited.fetch_add(1, Ordering::Relaxed);
+                return refuse(UndeliverableReason::RateLimited);
+            }
+            if to == device {
+                m.drops_to_self.fetch_add(1, Ordering::Relaxed);
+                return refuse(UndeliverableReason::ToSelf);
+            }
+            let target = hub.conns.lock().ok().and_then(|c| c.get(&to).cloned());
+            match target {
+                None => {
+                    m.drops_offline.fetch_add(1, Ordering::Relaxed);
+                    refuse(UndeliverableReason::Offline)
+                }
+                Some(t) => {
+                    let len = payload.len() as u64;
+                    if t.push(
+                        Frame::Deliver {
+                            from: device,
+                            payload,
+                        }
+                        .encode(),
+                        m,
+                    ) {
+                        m.messages_forwarded.fetch_add(1, Ordering::Relaxed);
+                        m.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
+                    } else {
+                        refuse(UndeliverableReason::RecipientBusy)
+                    }
+                }
+            }
+        }
+        Frame::Subscribe(ids) => {
+            let key = (device, me.conn_id);
+            if let Ok(mut w) = hub.watchers.lock() {
+                for set in w.values_mut() {
+                    set.remove(&key);
+                }
+                for id in &ids {
+                    w.entry(*id).or_default().insert(key);
+                }
+                w.retain(|_, s| !s.is_empty());
+            }
+            let online: Vec<bool> = match hub.conns.lock() {
+                Ok(c) => ids.iter().map(|id| c.contains_key(id)).collect(),
+                Err(_) => return,
+            };
+            for (id, on) in ids.into_iter().zip(online) {
+                me.push(Frame::Presence { id, online: on }.encode(), m);
+            }
+        }
+        Frame::RendezvousJoin(s) => {
+            let ttl = hub.config.rendezvous_ttl;
+            let mut refused = None;
+            let mut other = None;
+            if let Ok(mut slots) = hub.slots.lock() {
+                slots.retain(|_, sl| sl.created.elapsed() < ttl);
+                let entry = slots.entry(s).or_insert_with(|| Slot {
+                    created: Instant::now(),
+                    members: Vec::new(),
+                    sealed: false,
+                });
+                if entry.sealed || entry.members.len() >= 2 || slot.is_some() {
+                    refused = Some("rendezvous slot is full or already used");
+                } else {
+                    entry.members.push(me.clone());
+                    if entry.members.len() == 2 {
+                        entry.sealed = true;
+                        other = entry.members.first().cloned();
+                    }
+                }
+            }
+            if let Some(msg) = refused {
+                me.push(
+                    Frame::Error {
+                        code: codes::RENDEZVOUS_REFUSED,
+                        message: msg.into(),
+                    }
+                    .encode(),
+                    m,
+                );
+                return;
+            }
+            *slot = Some(s);
+            if let Some(o) = other {
+                o.push(Frame::RendezvousPeer { joined: true }.encode(), m);
+                me.push(Frame::RendezvousPeer { joined: true }.encode(), m);
+            }
+        }
+        Frame::RendezvousSend(payload) => {
+            let other = slot.and_then(|s| {
+                hub.slots.lock().ok().and_then(|slots| {
+                    slots
+                        .get(&s)
+                        .and_then(|sl| sl.members.iter().find(|p| p.conn_id != me.conn_id).cloned())
+                })
+            });
+            match other {
+                Some(o) => {
+                    o.push(Frame::RendezvousData(payload).encode(), m);
+                }
+                None => {
+                    me.push(
+                        Frame::Error {
+                            code: codes::NO_RENDEZVOUS,
+                            message: "no one else in the rendezvous slot".into(),
+                        }
+                        .encode(),
+                        m,
+                    );
+                }
+            }
+        }
+        _ => {
+            m.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+            me.push(
+                Frame::Error {
+                    code: codes::UNEXPECTED_FRAME,
+                    message: "frame type not accepted from devices".into(),
+                }
+                .encode(),
+                m,
+            );
+        }
+    }
+}
+
+fn leave_slot(hub: &Hub, s: [u8; 32], conn_id: u64) {
+    let others: Vec<Peer> = match hub.slots.lock() {
+        Ok(mut slots) => {
+            let others = slots.get_mut(&s).map(|sl| {
+                sl.members.retain(|p| p.conn_id != conn_id);
+                sl.members.clone()
+            });
+            if slots
+                .get(&s)
+                .map(|sl| sl.members.is_empty() && sl.sealed)
+                .unwrap_or(false)
+            {
+                slots.remove(&s);
+            }
+            others.unwrap_or_default()
+        }
+        Err(_) => return,
+    };
+    for o in others {
+        o.push(
+            Frame::RendezvousPeer { joined: false }.encode(),
+            &hub.metrics,
+        );
+    }
+}
+
+/// Per-connection token bucket for the message rate limit.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

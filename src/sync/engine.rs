@@ -1,0 +1,752 @@
+//! The sync engine: the I/O shell around [`SyncCore`]. One tokio task per
+//! store owns the relay connection, the Double Ratchet sessions with every
+//! paired device and the pending handshakes, and turns relay events and local
+//! changes into sealed envelopes.
+//!
+//! Per peer: when the relay says it is online, establish a session if there is
+//! none (handshake; both may start, the tie-break in `crypto::handshake`
+//! decides), then run Automerge sync for every document. Each outgoing batch
+//! is sealed and the advanced ratchet state is persisted *before* the envelope
+//! leaves; each incoming envelope is opened on a copy of the session, and the
+//! copy is persisted in the same atomic batch as the changes it carried.
+//!
+//! Blocking work (fjall, Automerge) runs under `block_in_place`, so the engine
+//! needs tokio's multi-thread runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use x25519_dalek::PublicKey;
+
+use super::core::SyncCore;
+use super::peers;
+use super::transport::{Transport, TransportEvent};
+use super::wire::{DevicePacket, PeerInfo, SyncPayload};
+use crate::crypto::handshake::{self, PendingHandshake};
+use crate::crypto::ratchet::Session;
+use crate::crypto::{DeviceId, DeviceKeypair};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Largest plaintext sealed into one envelope; larger payloads are fragmented.
+/// Stays well under the relay's frame limit after envelope overhead and padding.
+pub const MAX_ENVELOPE_PLAINTEXT: usize = 200 * 1024;
+/// Most fragments one payload may be split into (bounds reassembly memory: 64 × 200 KiB).
+pub const MAX_FRAGMENTS: u16 = 64;
+/// A crossing handshake init makes the winner re-send its own init if that
+/// went out longer ago than this (the peer may not have known us then).
+pub const HANDSHAKE_RESEND_AFTER: Duration = Duration::from_secs(2);
+/// First reconnect delay after losing the relay; doubles up to [`RECONNECT_MAX`].
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// What the engine reports about itself.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStatus {
+    /// Connected and authenticated to the relay.
+    pub relay_connected: bool,
+    /// Paired devices the relay reports online (hex ids).
+    pub online: Vec<String>,
+    /// Online devices with an established session, syncing.
+    pub syncing: Vec<String>,
+    /// Envelopes sealed and sent.
+    pub envelopes_sent: u64,
+    /// Envelopes received and opened.
+    pub envelopes_received: u64,
+    /// Bytes handed to the relay.
+    pub bytes_sent: u64,
+    /// Bytes received from the relay.
+    pub bytes_received: u64,
+    /// Envelopes or packets rejected (bad, unknown sender, replay, ...).
+    pub rejected: u64,
+}
+
+enum Command {
+    /// Peers were added or removed outside the engine (pairing, CLI).
+    PeersChanged,
+    /// Stop.
+    Shutdown,
+}
+
+/// A running sync engine. Dropping it stops the task.
+pub struct SyncEngine {
+    /// Commands to the task.
+    cmd: mpsc::UnboundedSender<Command>,
+    /// Latest status.
+    status: watch::Receiver<EngineStatus>,
+    /// The task; aborted on drop.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for SyncEngine {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl SyncEngine {
+    /// Starts syncing `store` through the relay at `relay_url`.
+    pub fn start(store: Store, relay_url: String) -> Result<Self> {
+        let kp = peers::load_or_create_identity(store.db())?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (status_tx, status_rx) = watch::channel(EngineStatus::default());
+        let engine = Engine {
+            me: kp.device_id(),
+            kp,
+            core: SyncCore::new(store.clone()),
+            store,
+            peers: HashMap::new(),
+            fragments: HashMap::new(),
+            next_fragment_id: 1,
+            status: status_tx,
+            stats: EngineStatus::default(),
+        };
+        let task = tokio::spawn(engine.run(relay_url, cmd_rx));
+        Ok(Self {
+            cmd: cmd_tx,
+            status: status_rx,
+            task: Some(task),
+        })
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> EngineStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status update.
+    pub fn watch_status(&self) -> watch::Receiver<EngineStatus> {
+        self.status.clone()
+    }
+
+    /// Tells the engine the set of peers changed (after pairing or removal).
+    pub fn peers_changed(&self) {
+        let _ = self.cmd.send(Command::PeersChanged);
+    }
+
+    /// Stops the engine and waits for its task.
+    pub async fn shutdown(mut self) {
+        let _ = self.cmd.send(Command::Shutdown);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Per-peer connection state (in memory; the session is persisted).
+struct PeerState {
+    /// Its static public key.
+    public: PublicKey,
+    /// The relay reports it online.
+    online: bool,
+    /// Established Double Ratchet session.
+    session: Option<Session>,
+    /// Our handshake in flight, with its first message and when it was sent
+    /// (re-sent when a crossing init shows the peer may have dropped it).
+    pending: Option<(PendingHandshake, Vec<u8>, std::time::Instant)>,
+    /// Session usable for sending and the initial sync was offered.
+    ready: bool,
+}
+
+/// A fragmented payload being reassembled.
+struct Reassembly {
+    id: u64,
+    total: u16,
+    parts: Vec<Option<Vec<u8>>>,
+}
+
+struct Engine {
+    store: Store,
+    kp: DeviceKeypair,
+    me: DeviceId,
+    core: SyncCore,
+    peers: HashMap<DeviceId, PeerState>,
+    fragments: HashMap<DeviceId, Reassembly>,
+    next_fragment_id: u64,
+    status: watch::Sender<EngineStatus>,
+    stats: EngineStatus,
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Engine {
+    async fn run(mut self, relay_url: String, mut cmd: mpsc::UnboundedReceiver<Command>) {
+        let mut delay = RECONNECT_MIN;
+        let mut changes = self.store.subscribe_changes();
+        loop {
+            self.load_peers();
+            let transport = tokio::select! {
+                t = Transport::connect(&relay_url, &self.kp) => t,
+                c = cmd.recv() => match c {
+                    Some(Command::PeersChanged) => continue,
+                    Some(Command::Shutdown) | None => return,
+                },
+            };
+            let mut transport = match transport {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!("relay connect failed: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            };
+            delay = RECONNECT_MIN;
+            self.stats.relay_connected = true;
+            self.publish_status();
+            let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
+            if let Err(e) = transport.watch(ids).await {
+                tracing::debug!("presence subscribe failed: {e}");
+            }
+            let stop = loop {
+                tokio::select! {
+                    ev = transport.next() => match ev {
+                        Some(TransportEvent::Closed(reason)) | Some(TransportEvent::Error(reason)) => {
+                            tracing::info!("relay connection closed: {reason}");
+                            break false;
+                        }
+                        None => break false,
+                        Some(ev) => self.on_transport_event(&mut transport, ev).await,
+                    },
+                    ch = changes.recv() => match ch {
+                        Ok((app, doc, origin)) => self.on_local_change(&mut transport, &app, &doc, &origin).await,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync_all(&mut transport).await,
+                        Err(_) => break true,
+                    },
+                    c = cmd.recv() => match c {
+                        Some(Command::PeersChanged) => {
+                            self.load_peers();
+                            let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
+                            let _ = transport.watch(ids).await;
+                        }
+                        Some(Command::Shutdown) | None => break true,
+                    },
+                }
+            };
+            transport.close().await;
+            self.stats.relay_connected = false;
+            for (id, p) in self.peers.iter_mut() {
+                p.online = false;
+                p.ready = false;
+                p.pending = None;
+                self.core.reset_peer(id);
+            }
+            self.publish_status();
+            if stop {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn publish_status(&mut self) {
+        self.stats.online = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.online)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        self.stats.syncing = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let _ = self.status.send(self.stats.clone());
+    }
+
+    /// Loads peer records (and sessions) from the store; forgets removed peers.
+    fn load_peers(&mut self) {
+        let db = self.store.db();
+        let records = match blocking(|| peers::peers(db)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot read peers: {e}");
+                return;
+            }
+        };
+        let ids: Vec<DeviceId> = records.iter().map(|(id, _)| *id).collect();
+        self.peers.retain(|id, _| ids.contains(id));
+        for (id, rec) in records {
+            if self.peers.contains_key(&id) {
+                continue;
+            }
+            let Ok(public) = rec.public() else { continue };
+            let session = blocking(|| peers::session_bytes(db, &id))
+                .ok()
+                .flatten()
+                .and_then(|b| Session::from_bytes(&b).ok());
+            self.peers.insert(
+                id,
+                PeerState {
+                    public,
+                    online: false,
+                    session,
+                    pending: None,
+                    ready: false,
+                },
+            );
+        }
+    }
+
+    async fn on_transport_event(&mut self, t: &mut Transport, ev: TransportEvent) {
+        match ev {
+            TransportEvent::Online(id) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.online = true;
+                    let _ = blocking(|| {
+                        peers::update_peer(self.store.db(), &id, |r| r.last_seen = peers::now())
+                    });
+                    self.start_peer(t, id).await;
+                }
+            }
+            TransportEvent::Offline(id) | TransportEvent::Undeliverable(id) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.online = false;
+                    p.ready = false;
+                    p.pending = None;
+                    self.core.reset_peer(&id);
+                    self.fragments.remove(&id);
+                }
+            }
+            TransportEvent::Packet { from, bytes } => {
+                self.stats.bytes_received += bytes.len() as u64;
+                if let Err(e) = self.on_packet(t, from, &bytes).await {
+                    self.stats.rejected += 1;
+                    tracing::debug!("packet from {from:?} rejected: {e}");
+                }
+            }
+            TransportEvent::Closed(_)
+            | TransportEvent::Error(_)
+            | TransportEvent::RendezvousData(_)
+            | TransportEvent::RendezvousPeer(_) => {}
+        }
+        self.publish_status();
+    }
+
+    /// A peer is online: handshake if needed, else start syncing.
+    async fn start_peer(&mut self, t: &mut Transport, id: DeviceId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.session.is_some() {
+            self.become_ready(t, id).await;
+        } else if p.pending.is_none() {
+            let (pending, init) = handshake::initiate(&self.kp, &p.public);
+            p.pending = Some((pending, init.clone(), std::time::Instant::now()));
+            self.send_raw(t, id, DevicePacket::HandshakeInit(init))
+                .await;
+        }
+    }
+
+    async fn become_ready(&mut self, t: &mut Transport, id: DeviceId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if p.ready || !p.online {
+            return;
+        }
+        p.ready = true;
+        let name = blocking(|| peers::device_name(self.store.db())).unwrap_or_default();
+        let mut payloads = vec![SyncPayload::Hello { name }];
+        let notes = blocking(|| peers::notes(self.store.db(), &id)).unwrap_or_default();
+        for (_, bytes) in &notes {
+            if let Ok(p) = SyncPayload::decode(bytes) {
+                payloads.push(p);
+            }
+        }
+        match blocking(|| self.core.on_peer_ready(&id)) {
+            Ok(batches) => payloads.extend(batches),
+            Err(e) => tracing::warn!("cannot generate sync for {id:?}: {e}"),
+        }
+        let note_keys: Vec<Vec<u8>> = notes.into_iter().map(|(k, _)| k).collect();
+        self.send_payloads(t, id, payloads, &note_keys).await;
+    }
+
+    /// A document changed (here, or from a peer): offer it to every other ready peer.
+    async fn on_local_change(
+        &mut self,
+        t: &mut Transport,
+        app: &str,
+        doc: &crate::doc::DocId,
+        origin: &crate::store::Origin,
+    ) {
+        let skip = match origin {
+            crate::store::Origin::Remote(hex) => DeviceId::parse(hex),
+            crate::store::Origin::Local => None,
+        };
+        let ready: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| p.ready && Some(**id) != skip)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let docs = vec![(app.to_string(), doc.clone())];
+            match blocking(|| self.core.generate_batches(&id, &docs)) {
+                Ok(b) if !b.is_empty() => self.send_payloads(t, id, b, &[]).await,
+                Ok(_) => {}
+                Err(e) => tracing::warn!("generate failed: {e}"),
+            }
+        }
+    }
+
+    async fn resync_all(&mut self, t: &mut Transport) {
+        let ready: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let docs = blocking(|| self.core.all_docs()).unwrap_or_default();
+            if let Ok(b) = blocking(|| self.core.generate_batches(&id, &docs)) {
+                self.send_payloads(t, id, b, &[]).await;
+            }
+        }
+    }
+
+    async fn send_raw(&mut self, t: &mut Transport, to: DeviceId, packet: DevicePacket) {
+        let bytes = packet.encode();
+        self.stats.bytes_sent += bytes.len() as u64;
+        if let Err(e) = t.send(to, bytes).await {
+            tracing::debug!("send to {to:?} failed: {e}");
+        }
+    }
+
+    /// Seals payloads (fragmenting large ones), persists the advanced session
+    /// (and removes sent notes) in one batch, then sends.
+    async fn send_payloads(
+        &mut self,
+        t: &mut Transport,
+        to: DeviceId,
+        payloads: Vec<SyncPayload>,
+        sent_notes: &[Vec<u8>],
+    ) {
+        let mut plaintexts = Vec::new();
+        for p in payloads {
+            let bytes = p.encode();
+            if bytes.len() <= MAX_ENVELOPE_PLAINTEXT {
+                plaintexts.push(bytes);
+                continue;
+            }
+            let parts: Vec<&[u8]> = bytes.chunks(MAX_ENVELOPE_PLAINTEXT - 32).collect();
+            if parts.len() > MAX_FRAGMENTS as usize {
+                tracing::warn!(
+                    "payload of {} bytes exceeds the fragment limit; dropped",
+                    bytes.len()
+                );
+                continue;
+            }
+            let id = self.next_fragment_id;
+            self.next_fragment_id += 1;
+            let total = parts.len() as u16;
+            for (i, part) in parts.into_iter().enumerate() {
+                plaintexts.push(
+                    SyncPayload::Fragment {
+                        id,
+                        index: i as u16,
+                        total,
+                        bytes: part.to_vec(),
+                    }
+                    .encode(),
+                );
+            }
+        }
+        let Some(p) = self.peers.get_mut(&to) else {
+            return;
+        };
+        let Some(session) = p.session.as_mut() else {
+            return;
+        };
+        let mut envelopes = Vec::with_capacity(plaintexts.len());
+        for pt in &plaintexts {
+            match session.seal(pt) {
+                Ok(env) => envelopes.push(env),
+                Err(e) => {
+                    tracing::warn!("seal for {to:?} failed: {e}");
+                    break;
+                }
+            }
+        }
+        let state = session.to_bytes();
+        let db = self.store.db();
+        let persisted = blocking(|| {
+            let mut b = db.batch();
+            peers::stage_session(db, &mut b, &to, &state);
+            for k in sent_notes {
+                peers::stage_remove_note(db, &mut b, k);
+            }
+            db.commit(b)
+        });
+        if let Err(e) = persisted {
+            // Nothing leaves unless the ratchet state that sealed it is durable.
+            tracing::warn!("cannot persist session for {to:?}: {e}");
+            return;
+        }
+        for env in envelopes {
+            self.stats.envelopes_sent += 1;
+            self.send_raw(t, to, DevicePacket::Sealed(env)).await;
+        }
+    }
+
+    async fn on_packet(&mut self, t: &mut Transport, from: DeviceId, bytes: &[u8]) -> Result<()> {
+        let packet =
+            DevicePacket::decode(bytes).map_err(|e| Error::BadOp(format!("packet: {e}")))?;
+        if !self.peers.contains_key(&from) {
+            return Err(Error::BadOp(
+                "packet from a device that is not paired".into(),
+            ));
+        }
+        match packet {
+            DevicePacket::HandshakeInit(init) => self.on_handshake_init(t, from, &init).await,
+            DevicePacket::HandshakeResponse(resp) => {
+                let db = self.store.db();
+                let Some(p) = self.peers.get_mut(&from) else {
+                    return Ok(());
+                };
+                let Some((pending, _, _)) = p.pending.take() else {
+                    return Err(Error::BadOp(
+                        "handshake response without a handshake".into(),
+                    ));
+                };
+                let session = pending
+                    .finish(&resp)
+                    .map_err(|e| Error::BadOp(format!("handshake: {e}")))?;
+                let bytes = session.to_bytes();
+                blocking(|| {
+                    let mut b = db.batch();
+                    peers::stage_session(db, &mut b, &from, &bytes);
+                    db.commit(b)
+                })?;
+                p.session = Some(session);
+                p.ready = false;
+                self.become_ready(t, from).await;
+                Ok(())
+            }
+            DevicePacket::Sealed(env) => self.on_sealed(t, from, &env).await,
+        }
+    }
+
+    async fn on_handshake_init(
+        &mut self,
+        t: &mut Transport,
+        from: DeviceId,
+        init: &[u8],
+    ) -> Result<()> {
+        let me = self.me;
+        let db = self.store.db();
+        let Some(p) = self.peers.get_mut(&from) else {
+            return Ok(());
+        };
+        if let Some((_, our_init, sent_at)) = &p.pending {
+            if handshake::initiator_wins(&me, &from) {
+                // Both started and ours wins: they will answer ours. If ours went
+                // out a while ago it was probably dropped (they did not know us
+                // yet), so send it again.
+                if sent_at.elapsed() > HANDSHAKE_RESEND_AFTER {
+                    let again = our_init.clone();
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        if let Some(pending) = p.pending.as_mut() {
+                            pending.2 = std::time::Instant::now();
+                        }
+                    }
+                    self.send_raw(t, from, DevicePacket::HandshakeInit(again))
+                        .await;
+                }
+                return Ok(());
+            }
+        }
+        let (session, response) = handshake::respond(&self.kp, &p.public, init)
+            .map_err(|e| Error::BadOp(format!("handshake: {e}")))?;
+        let bytes = session.to_bytes();
+        blocking(|| {
+            let mut b = db.batch();
+            peers::stage_session(db, &mut b, &from, &bytes);
+            db.commit(b)
+        })?;
+        p.pending = None;
+        p.session = Some(session);
+        p.ready = false;
+        self.send_raw(t, from, DevicePacket::HandshakeResponse(response))
+            .await;
+        // The initiator speaks first (it holds the first sending chain); we become
+        // ready when its first envelope arrives.
+        Ok(())
+    }
+
+    async fn on_sealed(&mut self, t: &mut Transport, from: DeviceId, env: &[u8]) -> Result<()> {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return Ok(());
+        };
+        let Some(session) = p.session.as_ref() else {
+            return Err(Error::BadOp("sealed envelope without a session".into()));
+        };
+        let mut next = session.clone();
+        let plaintext = next
+            .open(env)
+            .map_err(|e| Error::BadOp(format!("envelope: {e}")))?;
+        self.stats.envelopes_received += 1;
+        let payload =
+            SyncPayload::decode(&plaintext).map_err(|e| Error::BadOp(format!("payload: {e}")))?;
+        let payload = match payload {
+            SyncPayload::Fragment {
+                id,
+                index,
+                total,
+                bytes,
+            } => match self.reassemble(from, id, index, total, bytes) {
+                Some(full) => {
+                    SyncPayload::decode(&full).map_err(|e| Error::BadOp(format!("payload: {e}")))?
+                }
+                None => {
+                    // Not complete yet: only the ratchet advanced.
+                    self.commit_session(from, next)?;
+                    return Ok(());
+                }
+            },
+            other => other,
+        };
+        let was_ready = self.peers.get(&from).map(|p| p.ready).unwrap_or(false);
+        let session_bytes = next.to_bytes();
+        let db = self.store.db();
+        match payload {
+            SyncPayload::Batch(items) => {
+                let applied = blocking(|| {
+                    self.core.apply_batch(&from, items, |b| {
+                        peers::stage_session(db, b, &from, &session_bytes)
+                    })
+                })?;
+                self.install_session(from, next);
+                if !was_ready {
+                    self.become_ready(t, from).await;
+                }
+                let replies = blocking(|| self.core.generate_batches(&from, &applied.docs))?;
+                if !replies.is_empty() {
+                    self.send_payloads(t, from, replies, &[]).await;
+                }
+                return Ok(());
+            }
+            SyncPayload::Introduce(list) => {
+                let added = blocking(|| -> Result<Vec<DeviceId>> {
+                    let mut b = db.batch();
+                    let mut added = Vec::new();
+                    for PeerInfo { public_key, name } in list {
+                        let public = PublicKey::from(public_key);
+                        let id = DeviceId::from_public(&public);
+                        if id == self.me
+                            || peers::peer(db, &id)?.is_some()
+                            || peers::is_removed(db, &id)?
+                        {
+                            continue;
+                        }
+                        peers::stage_peer(db, &mut b, &public, &name)?;
+                        added.push(id);
+                    }
+                    peers::stage_session(db, &mut b, &from, &session_bytes);
+                    db.commit(b)?;
+                    Ok(added)
+                })?;
+                self.install_session(from, next);
+                if !added.is_empty() {
+                    self.load_peers();
+                    let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
+                    let _ = t.watch(ids).await;
+                }
+            }
+            SyncPayload::Removed(id) => {
+                let removed = DeviceId(id);
+                blocking(|| -> Result<()> {
+                    let mut b = db.batch();
+                    if removed == self.me {
+                        // We were removed from this user's devices: forget the sender.
+                        peers::stage_remove_peer(db, &mut b, &from)?;
+                    } else {
+                        peers::stage_remove_peer(db, &mut b, &removed)?;
+                        peers::stage_session(db, &mut b, &from, &session_bytes);
+                    }
+                    db.commit(b)
+                })?;
+                self.install_session(from, next);
+                self.load_peers();
+            }
+            SyncPayload::Hello { name } => {
+                blocking(|| -> Result<()> {
+                    let mut b = db.batch();
+                    peers::stage_session(db, &mut b, &from, &session_bytes);
+                    db.commit(b)?;
+                    peers::update_peer(db, &from, |r| r.name = name)
+                })?;
+                self.install_session(from, next);
+            }
+            SyncPayload::Fragment { .. } => return Err(Error::BadOp("nested fragment".into())),
+        }
+        if !was_ready {
+            self.become_ready(t, from).await;
+        }
+        Ok(())
+    }
+
+    fn install_session(&mut self, peer: DeviceId, session: Session) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.session = Some(session);
+        }
+    }
+
+    fn commit_session(&mut self, peer: DeviceId, session: Session) -> Result<()> {
+        let db = self.store.db();
+        let bytes = session.to_bytes();
+        blocking(|| {
+            let mut b = db.batch();
+            peers::stage_session(db, &mut b, &peer, &bytes);
+            db.commit(b)
+        })?;
+        self.install_session(peer, session);
+        Ok(())
+    }
+
+    fn reassemble(
+        &mut self,
+        from: DeviceId,
+        id: u64,
+        index: u16,
+        total: u16,
+        bytes: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        if total == 0 || total > MAX_FRAGMENTS || index >= total {
+            return None;
+        }
+        let r = self.fragments.entry(from).or_insert_with(|| Reassembly {
+            id,
+            total,
+            parts: vec![None; total as usize],
+        });
+        if r.id != id || r.total != total {
+            // A new payload started: the old one is abandoned (sync will resend).
+            *r = Reassembly {
+                id,
+                total,
+                parts: vec![None; total as usize],
+            };
+        }
+        r.parts[index as usize] = Some(bytes);
+        if r.parts.iter().all(Option::is_some) {
+            let parts = std::mem::take(&mut r.parts);
+            self.fragments.remove(&from);
+            Some(parts.into_iter().flatten().flatten().collect())
+        } else {
+            None
+        }
+    }
+}
+
+/// Shared handle type for callers that keep an engine beside other state.
+pub type SharedEngine = Arc<SyncEngine>;

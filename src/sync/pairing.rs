@@ -1,0 +1,220 @@
+//! Pairing two devices through the relay's rendezvous slot.
+//!
+//! The inviter makes an [`Invite`] (relay URL, slot id, one-time secret) and
+//! waits in the slot; the joiner opens the invite and joins the slot. Messages
+//! in the slot are sealed with the [`PairingChannel`] keyed by the secret, so
+//! the relay can neither read nor forge them:
+//!
+//! 1. joiner → inviter: `Introduce([joiner])` (its static key and name);
+//! 2. inviter → joiner: `Introduce([inviter, ...inviter's paired devices])`.
+//!
+//! Both store the other (the joiner also the inviter's devices) and print the
+//! six-digit safety code. The inviter queues an introduction of the joiner for
+//! each of its existing devices (sent over their own sessions when they are
+//! next online). Sessions are then set up by the sync engine's handshake.
+//! Nothing is stored unless the exchange authenticates.
+
+use std::time::Duration;
+
+use x25519_dalek::PublicKey;
+
+use super::invite::{Invite, InviteError};
+use super::peers;
+use super::transport::{Transport, TransportEvent};
+use super::wire::{PeerInfo, SyncPayload};
+use crate::crypto::pairing::{PairingChannel, TO_INVITER, TO_JOINER};
+use crate::crypto::{safety_code, DeviceId};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// The device on the other end of a completed pairing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Paired {
+    /// Its id (hex).
+    pub device_id: String,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// Its name.
+    pub name: String,
+    /// The six-digit code both devices show.
+    pub safety_code: String,
+    /// Devices learned through it (joiner side).
+    pub also_learned: usize,
+}
+
+fn pairing_err(e: impl std::fmt::Display) -> Error {
+    Error::BadOp(format!("pairing: {e}"))
+}
+
+/// An open invite, waiting in the rendezvous slot for the joiner.
+pub struct Inviter {
+    store: Store,
+    invite: Invite,
+    transport: Transport,
+}
+
+impl Inviter {
+    /// Connects to `relay_url`, opens a rendezvous slot and makes the invite.
+    pub async fn start(store: Store, relay_url: &str) -> Result<Self> {
+        let kp = peers::load_or_create_identity(store.db())?;
+        let invite = Invite::new(relay_url, peers::now());
+        let mut transport = Transport::connect(relay_url, &kp).await?;
+        transport.rendezvous(invite.slot).await?;
+        peers::set_relay_url(store.db(), relay_url)?;
+        Ok(Self {
+            store,
+            invite,
+            transport,
+        })
+    }
+
+    /// The invite to show the other device.
+    pub fn invite(&self) -> &Invite {
+        &self.invite
+    }
+
+    /// Waits (until the invite expires) for the joiner and completes the pairing.
+    pub async fn wait(mut self) -> Result<Paired> {
+        let channel = PairingChannel::new(&self.invite.secret, self.invite.slot);
+        let ttl = (self.invite.expires - peers::now()).max(1) as u64;
+        let hello = tokio::time::timeout(Duration::from_secs(ttl), next_data(&mut self.transport))
+            .await
+            .map_err(|_| pairing_err(InviteError::Expired))??;
+        let plain = channel.open(TO_INVITER, &hello).map_err(pairing_err)?;
+        let Ok(SyncPayload::Introduce(list)) = SyncPayload::decode(&plain) else {
+            return Err(pairing_err("unexpected message from joiner"));
+        };
+        let joiner = list
+            .first()
+            .ok_or_else(|| pairing_err("empty hello"))?
+            .clone();
+        let db = self.store.db();
+        let kp = peers::load_or_create_identity(db)?;
+        let joiner_pub = PublicKey::from(joiner.public_key);
+        let joiner_id = DeviceId::from_public(&joiner_pub);
+        if joiner_id == kp.device_id() {
+            return Err(pairing_err("a device cannot pair with itself"));
+        }
+        let existing = peers::peers(db)?;
+        let mut welcome = vec![PeerInfo {
+            public_key: *kp.public().as_bytes(),
+            name: peers::device_name(db)?,
+        }];
+        for (id, rec) in &existing {
+            if *id != joiner_id {
+                welcome.push(PeerInfo {
+                    public_key: *rec.public()?.as_bytes(),
+                    name: rec.name.clone(),
+                });
+            }
+        }
+        // Store the joiner and queue its introduction to every existing device.
+        let intro = SyncPayload::Introduce(vec![joiner.clone()]).encode();
+        let mut b = db.batch();
+        peers::stage_peer(db, &mut b, &joiner_pub, &joiner.name)?;
+        for (id, _) in &existing {
+            if *id != joiner_id {
+                peers::stage_note(db, &mut b, id, &intro);
+            }
+        }
+        db.commit(b)?;
+        let sealed = channel.seal(TO_JOINER, &SyncPayload::Introduce(welcome).encode());
+        self.transport.send_rendezvous(sealed).await?;
+        // Give the relay a moment to hand the welcome on before we hang up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.transport.close().await;
+        Ok(Paired {
+            device_id: joiner_id.to_string(),
+            fingerprint: joiner_id.fingerprint(),
+            name: joiner.name,
+            safety_code: safety_code(&kp.public(), &joiner_pub),
+            also_learned: 0,
+        })
+    }
+}
+
+/// Joins the pairing described by an invite URI.
+pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
+    let invite = Invite::parse(invite_uri, peers::now()).map_err(pairing_err)?;
+    let db = store.db();
+    let kp = peers::load_or_create_identity(db)?;
+    let channel = PairingChannel::new(&invite.secret, invite.slot);
+    let mut transport = Transport::connect(&invite.relay, &kp).await?;
+    transport.rendezvous(invite.slot).await?;
+    let me = PeerInfo {
+        public_key: *kp.public().as_bytes(),
+        name: peers::device_name(db)?,
+    };
+    transport
+        .send_rendezvous(channel.seal(TO_INVITER, &SyncPayload::Introduce(vec![me]).encode()))
+        .await?;
+    let ttl = (invite.expires - peers::now()).clamp(1, 600) as u64;
+    let welcome = tokio::time::timeout(Duration::from_secs(ttl), next_data(&mut transport))
+        .await
+        .map_err(|_| pairing_err("the inviting device did not answer in time"))??;
+    transport.close().await;
+    let plain = channel.open(TO_JOINER, &welcome).map_err(pairing_err)?;
+    let Ok(SyncPayload::Introduce(list)) = SyncPayload::decode(&plain) else {
+        return Err(pairing_err("unexpected message from inviter"));
+    };
+    let inviter = list
+        .first()
+        .ok_or_else(|| pairing_err("empty welcome"))?
+        .clone();
+    let inviter_pub = PublicKey::from(inviter.public_key);
+    let mut b = db.batch();
+    let mut learned = 0;
+    for p in &list {
+        let public = PublicKey::from(p.public_key);
+        if DeviceId::from_public(&public) == kp.device_id() {
+            continue;
+        }
+        peers::stage_peer(db, &mut b, &public, &p.name)?;
+        learned += 1;
+    }
+    db.commit(b)?;
+    peers::set_relay_url(db, &invite.relay)?;
+    let id = DeviceId::from_public(&inviter_pub);
+    Ok(Paired {
+        device_id: id.to_string(),
+        fingerprint: id.fingerprint(),
+        name: inviter.name,
+        safety_code: safety_code(&kp.public(), &inviter_pub),
+        also_learned: learned - 1,
+    })
+}
+
+/// The next rendezvous data message (other events are skipped).
+async fn next_data(t: &mut Transport) -> Result<Vec<u8>> {
+    loop {
+        match t.next().await {
+            Some(TransportEvent::RendezvousData(b)) => return Ok(b),
+            Some(TransportEvent::Closed(r)) | Some(TransportEvent::Error(r)) => {
+                return Err(pairing_err(format!("relay: {r}")))
+            }
+            None => return Err(pairing_err("relay connection lost")),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Removes a device: its records and session go here, and every other device
+/// is told (queued notes), so it receives nothing more from any of them.
+pub fn remove_device(store: &Store, id: &DeviceId) -> Result<()> {
+    let db = store.db();
+    if peers::peer(db, id)?.is_none() {
+        return Err(Error::BadOp(format!(
+            "no paired device {}",
+            id.fingerprint()
+        )));
+    }
+    let note = SyncPayload::Removed(id.0).encode();
+    let mut b = db.batch();
+    peers::stage_remove_peer(db, &mut b, id)?;
+    for (other, _) in peers::peers(db)? {
+        if other != *id {
+            peers::stage_note(db, &mut b, &other, &note);
+        }
+    }
+    db.commit(b)
+}
