@@ -65,6 +65,30 @@ pub struct EngineStatus {
     pub rejected: u64,
 }
 
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Relay URL (ws://...).
+    pub relay_url: String,
+    /// How often every ready peer is offered every document again from the
+    /// persisted sync states, recovering from messages lost in transit
+    /// (Automerge's sync assumes a reliable stream; the relay may drop).
+    pub resync_interval: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults for `relay_url`.
+    pub fn new(relay_url: impl Into<String>) -> Self {
+        Self {
+            relay_url: relay_url.into(),
+            resync_interval: RESYNC_INTERVAL,
+        }
+    }
+}
+
+/// Default [`EngineConfig::resync_interval`].
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
 enum Command {
     /// Peers were added or removed outside the engine (pairing, CLI).
     PeersChanged,
@@ -91,8 +115,13 @@ impl Drop for SyncEngine {
 }
 
 impl SyncEngine {
-    /// Starts syncing `store` through the relay at `relay_url`.
+    /// Starts syncing `store` through the relay at `relay_url` with default settings.
     pub fn start(store: Store, relay_url: String) -> Result<Self> {
+        Self::start_with(store, EngineConfig::new(relay_url))
+    }
+
+    /// Starts syncing `store` as configured.
+    pub fn start_with(store: Store, config: EngineConfig) -> Result<Self> {
         let kp = peers::load_or_create_identity(store.db())?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(EngineStatus::default());
@@ -107,7 +136,7 @@ impl SyncEngine {
             status: status_tx,
             stats: EngineStatus::default(),
         };
-        let task = tokio::spawn(engine.run(relay_url, cmd_rx));
+        let task = tokio::spawn(engine.run(config, cmd_rx));
         Ok(Self {
             cmd: cmd_tx,
             status: status_rx,
@@ -178,7 +207,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl Engine {
-    async fn run(mut self, relay_url: String, mut cmd: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, config: EngineConfig, mut cmd: mpsc::UnboundedReceiver<Command>) {
+        let relay_url = config.relay_url.clone();
         let mut delay = RECONNECT_MIN;
         let mut changes = self.store.subscribe_changes();
         loop {
@@ -206,8 +236,11 @@ impl Engine {
             if let Err(e) = transport.watch(ids).await {
                 tracing::debug!("presence subscribe failed: {e}");
             }
+            let mut resync = tokio::time::interval(config.resync_interval);
+            resync.tick().await;
             let stop = loop {
                 tokio::select! {
+                    _ = resync.tick() => self.on_tick(&mut transport).await,
                     ev = transport.next() => match ev {
                         Some(TransportEvent::Closed(reason)) | Some(TransportEvent::Error(reason)) => {
                             tracing::info!("relay connection closed: {reason}");
@@ -226,6 +259,7 @@ impl Engine {
                             self.load_peers();
                             let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
                             let _ = transport.watch(ids).await;
+                            self.flush_notes(&mut transport).await;
                         }
                         Some(Command::Shutdown) | None => break true,
                     },
@@ -397,6 +431,82 @@ impl Engine {
                 Err(e) => tracing::warn!("generate failed: {e}"),
             }
         }
+    }
+
+    /// Sends queued notes (introductions, removals) to every ready peer.
+    async fn flush_notes(&mut self, t: &mut Transport) {
+        let ready: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let notes = blocking(|| peers::notes(self.store.db(), &id)).unwrap_or_default();
+            if notes.is_empty() {
+                continue;
+            }
+            let payloads: Vec<SyncPayload> = notes
+                .iter()
+                .filter_map(|(_, b)| SyncPayload::decode(b).ok())
+                .collect();
+            let keys: Vec<Vec<u8>> = notes.into_iter().map(|(k, _)| k).collect();
+            self.send_payloads(t, id, payloads, &keys).await;
+        }
+    }
+
+    /// Periodic recovery: re-send stale handshakes, and re-offer every document
+    /// to every ready peer from the persisted sync states.
+    async fn on_tick(&mut self, t: &mut Transport) {
+        self.flush_notes(t).await;
+        let stale: Vec<(DeviceId, Vec<u8>)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.online)
+            .filter_map(|(id, p)| match p.pending.as_mut() {
+                Some((_, init, at)) if at.elapsed() > HANDSHAKE_RESEND_AFTER => {
+                    *at = std::time::Instant::now();
+                    Some((*id, init.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, init) in stale {
+            self.send_raw(t, id, DevicePacket::HandshakeInit(init))
+                .await;
+        }
+        let ready: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            match blocking(|| self.core.on_peer_ready(&id)) {
+                Ok(b) if !b.is_empty() => self.send_payloads(t, id, b, &[]).await,
+                Ok(_) => {}
+                Err(e) => tracing::warn!("resync for {id:?} failed: {e}"),
+            }
+        }
+        // A responder whose first message never came: start over as initiator.
+        let silent: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.online
+                    && !p.ready
+                    && p.pending.is_none()
+                    && p.session.as_ref().map(|s| !s.can_send()).unwrap_or(false)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.session = None;
+            }
+            self.start_peer(t, id).await;
+        }
+        self.publish_status();
     }
 
     async fn resync_all(&mut self, t: &mut Transport) {

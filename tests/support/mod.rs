@@ -1,0 +1,218 @@
+//! Test helpers shared by the sync tests: stores with engines, pairing, and a
+//! WebSocket proxy between devices and the relay that records every frame and
+//! can drop, duplicate, delay and reorder them.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use masq::storage::Durability;
+use masq::sync::engine::{EngineConfig, SyncEngine};
+use masq::sync::pairing::{join, Inviter};
+use masq::{Store, StoreOptions};
+use tokio::net::TcpListener;
+
+/// A store with its temp dir.
+pub struct Device {
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    pub engine: Option<SyncEngine>,
+}
+
+pub fn device(name: &str) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    masq::sync::peers::set_device_name(store.db(), name).unwrap();
+    Device {
+        store,
+        dir,
+        engine: None,
+    }
+}
+
+impl Device {
+    pub fn start(&mut self, url: &str) {
+        let cfg = EngineConfig {
+            relay_url: url.to_string(),
+            resync_interval: Duration::from_millis(500),
+        };
+        self.engine = Some(SyncEngine::start_with(self.store.clone(), cfg).unwrap());
+    }
+    pub async fn stop(&mut self) {
+        if let Some(e) = self.engine.take() {
+            e.shutdown().await;
+        }
+    }
+    pub fn id(&self) -> masq::crypto::DeviceId {
+        masq::sync::peers::load_or_create_identity(self.store.db())
+            .unwrap()
+            .device_id()
+    }
+}
+
+/// Pairs `joiner` with `inviter` through the relay at `url`.
+pub async fn pair(inviter: &Device, joiner: &Device, url: &str) {
+    let inv = Inviter::start(inviter.store.clone(), url).await.unwrap();
+    let uri = inv.invite().to_uri();
+    let (a, b) = tokio::join!(inv.wait(), join(&joiner.store, &uri));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.safety_code, b.safety_code);
+}
+
+/// Polls until `f` holds; panics with `what` after the timeout.
+pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    if !masq::demo::wait_until(timeout, &mut f).await {
+        panic!("timed out waiting for: {what}");
+    }
+}
+
+/// Fault settings of the proxy (probabilities in per mille).
+#[derive(Default)]
+pub struct Faults {
+    pub active: AtomicBool,
+    pub drop_permille: AtomicU64,
+    pub dup_permille: AtomicU64,
+    pub delay_max_ms: AtomicU64,
+}
+
+/// A WebSocket man-in-the-middle between devices and the relay.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// Every binary frame that passed, both directions.
+    pub tap: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub faults: Arc<Faults>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+fn rand(seed: &AtomicU64) -> u64 {
+    // xorshift, good enough for fault injection.
+    let mut x = seed.load(Ordering::Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    seed.store(x, Ordering::Relaxed);
+    x
+}
+
+pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tap = Arc::new(Mutex::new(Vec::new()));
+    let faults = Arc::new(Faults::default());
+    let (tap2, faults2) = (tap.clone(), faults.clone());
+    let rng = Arc::new(AtomicU64::new(seed.max(1)));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let (tap, faults, rng, relay_url) = (
+                tap2.clone(),
+                faults2.clone(),
+                rng.clone(),
+                relay_url.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok(down) = tokio_tungstenite::accept_async(sock).await else {
+                    return;
+                };
+                let Ok((up, _)) = tokio_tungstenite::connect_async(&relay_url).await else {
+                    return;
+                };
+                let (mut down_tx, mut down_rx) = down.split();
+                let (mut up_tx, mut up_rx) = up.split();
+                let (to_up, mut to_up_rx) = tokio::sync::mpsc::unbounded_channel::<
+                    tokio_tungstenite::tungstenite::Message,
+                >();
+                let (to_down, mut to_down_rx) = tokio::sync::mpsc::unbounded_channel::<
+                    tokio_tungstenite::tungstenite::Message,
+                >();
+                let w1 = tokio::spawn(async move {
+                    while let Some(m) = to_up_rx.recv().await {
+                        if up_tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let w2 = tokio::spawn(async move {
+                    while let Some(m) = to_down_rx.recv().await {
+                        if down_tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let forward = |m: tokio_tungstenite::tungstenite::Message,
+                               out: tokio::sync::mpsc::UnboundedSender<
+                    tokio_tungstenite::tungstenite::Message,
+                >| {
+                    use tokio_tungstenite::tungstenite::Message;
+                    if let Message::Binary(b) = &m {
+                        tap.lock().unwrap().push(b.to_vec());
+                        // Only post-auth traffic (Send/Deliver frames) is faulted, so
+                        // faults hit the sync protocol, not the relay handshake.
+                        let faultable = b.len() > 2 && (b[1] == 0x12 || b[1] == 0x03);
+                        if faultable && faults.active.load(Ordering::Relaxed) {
+                            if rand(&rng) % 1000 < faults.drop_permille.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            let copies = if rand(&rng) % 1000
+                                < faults.dup_permille.load(Ordering::Relaxed)
+                            {
+                                2
+                            } else {
+                                1
+                            };
+                            let max = faults.delay_max_ms.load(Ordering::Relaxed);
+                            for _ in 0..copies {
+                                let delay = if max > 0 { rand(&rng) % max } else { 0 };
+                                let (m, out) = (m.clone(), out.clone());
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                                    let _ = out.send(m);
+                                });
+                            }
+                            return;
+                        }
+                    }
+                    let _ = out.send(m);
+                };
+                loop {
+                    tokio::select! {
+                        m = down_rx.next() => match m { Some(Ok(m)) => forward(m, to_up.clone()), _ => break },
+                        m = up_rx.next() => match m { Some(Ok(m)) => forward(m, to_down.clone()), _ => break },
+                    }
+                }
+                w1.abort();
+                w2.abort();
+            });
+        }
+    });
+    Proxy {
+        addr,
+        tap,
+        faults,
+        task,
+    }
+}
