@@ -1,0 +1,196 @@
+//! Double Ratchet properties: random interleavings with loss, reordering and
+//! duplication; forward secrecy; post-compromise recovery; bad input.
+#![allow(clippy::unwrap_used)]
+
+use masq::crypto::handshake::{initiate, respond};
+use masq::crypto::{CryptoError, DeviceKeypair, Session};
+use proptest::prelude::*;
+
+fn pair() -> (Session, Session) {
+    let a = DeviceKeypair::generate();
+    let b = DeviceKeypair::generate();
+    let (pending, init) = initiate(&a, &b.public());
+    let (sb, resp) = respond(&b, &a.public(), &init).unwrap();
+    (pending.finish(&resp).unwrap(), sb)
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// a (true) or b (false) seals a message.
+    Send(bool),
+    /// Deliver the in-flight message at this index (mod len) to its recipient.
+    Deliver(usize),
+    /// Deliver it again (duplicate).
+    Duplicate(usize),
+    /// Lose it.
+    Drop(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => any::<bool>().prop_map(Step::Send),
+        4 => any::<usize>().prop_map(Step::Deliver),
+        1 => any::<usize>().prop_map(Step::Duplicate),
+        1 => any::<usize>().prop_map(Step::Drop),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn every_delivered_message_decrypts_exactly_once(steps in prop::collection::vec(step(), 1..120)) {
+        let (mut a, mut b) = pair();
+        // b cannot send before a's first message arrives: a speaks first.
+        let first = a.seal(b"first").unwrap();
+        prop_assert_eq!(b.open(&first).unwrap(), b"first");
+        // (from_a, plaintext, envelope, delivered)
+        let mut flight: Vec<(bool, Vec<u8>, Vec<u8>, bool)> = Vec::new();
+        let mut counter = 0u32;
+        for s in steps {
+            match s {
+                Step::Send(from_a) => {
+                    counter += 1;
+                    let pt = format!("m{counter}").into_bytes();
+                    let env = if from_a { a.seal(&pt) } else { b.seal(&pt) }.unwrap();
+                    flight.push((from_a, pt, env, false));
+                }
+                Step::Deliver(i) | Step::Duplicate(i) if !flight.is_empty() => {
+                    let i = i % flight.len();
+                    let (from_a, pt, env, delivered) = flight[i].clone();
+                    let rx = if from_a { &mut b } else { &mut a };
+                    let res = rx.open(&env);
+                    if delivered {
+                        prop_assert_eq!(res, Err(CryptoError::Replay));
+                    } else {
+                        prop_assert_eq!(res.unwrap(), pt);
+                        flight[i].3 = true;
+                    }
+                }
+                Step::Drop(i) if !flight.is_empty() => {
+                    let i = i % flight.len();
+                    if !flight[i].3 {
+                        flight.remove(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Everything still in flight and undelivered decrypts, in any order.
+        for (from_a, pt, env, delivered) in flight.into_iter().rev() {
+            let rx = if from_a { &mut b } else { &mut a };
+            if !delivered {
+                prop_assert_eq!(rx.open(&env).unwrap(), pt);
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_secrecy_state_after_n_cannot_read_earlier_messages() {
+    let (mut a, mut b) = pair();
+    let early: Vec<Vec<u8>> = (0..5)
+        .map(|i| a.seal(format!("early {i}").as_bytes()).unwrap())
+        .collect();
+    for e in &early {
+        b.open(e).unwrap();
+    }
+    // A round trip so the DH ratchet turns.
+    let r = b.seal(b"reply").unwrap();
+    a.open(&r).unwrap();
+    let later = a.seal(b"later").unwrap();
+    b.open(&later).unwrap();
+    // The attacker copies b's whole state now.
+    let stolen = Session::from_bytes(&b.to_bytes()).unwrap();
+    for e in &early {
+        let mut s = stolen.clone();
+        assert!(
+            s.open(e).is_err(),
+            "a stolen state must not decrypt earlier messages"
+        );
+    }
+}
+
+#[test]
+fn post_compromise_one_round_trip_locks_out_an_old_copy() {
+    let (mut a, mut b) = pair();
+    let m = a.seal(b"hi").unwrap();
+    b.open(&m).unwrap();
+    // The attacker copies a's full state.
+    let mut stolen = Session::from_bytes(&a.to_bytes()).unwrap();
+    // One DH ratchet round trip with fresh keys.
+    let r = b.seal(b"round").unwrap();
+    a.open(&r).unwrap();
+    let m2 = a.seal(b"after").unwrap();
+    b.open(&m2).unwrap();
+    let r2 = b.seal(b"new secret").unwrap();
+    assert_eq!(a.open(&r2).unwrap(), b"new secret");
+    assert!(
+        stolen.open(&r2).is_err(),
+        "an old copy must not decrypt after a DH round trip"
+    );
+}
+
+#[test]
+fn bad_envelopes_have_distinct_errors_and_change_nothing() {
+    let (mut a, mut b) = pair();
+    let good1 = a.seal(b"one").unwrap();
+    let good2 = a.seal(b"two").unwrap();
+    let before = b.to_bytes();
+    // Truncated.
+    assert_eq!(b.open(&good1[..50]), Err(CryptoError::Truncated));
+    // Tampered ciphertext and tampered header.
+    let mut t = good1.clone();
+    let last = t.len() - 1;
+    t[last] ^= 1;
+    assert_eq!(b.open(&t), Err(CryptoError::AuthFailed));
+    let mut h = good1.clone();
+    h[100] ^= 1;
+    assert!(matches!(
+        b.open(&h),
+        Err(CryptoError::AuthFailed) | Err(CryptoError::TooManySkipped)
+    ));
+    // Wrong version.
+    let mut v = good1.clone();
+    v[0] = 9;
+    assert_eq!(b.open(&v), Err(CryptoError::BadVersion(9)));
+    // Wrong recipient and unknown sender.
+    let mut wr = good1.clone();
+    wr[40] ^= 1;
+    assert_eq!(b.open(&wr), Err(CryptoError::WrongRecipient));
+    let mut us = good1.clone();
+    us[5] ^= 1;
+    assert_eq!(b.open(&us), Err(CryptoError::UnknownSender));
+    // Too far ahead.
+    let mut far = good1.clone();
+    far[101..105].copy_from_slice(&5000u32.to_be_bytes());
+    assert_eq!(b.open(&far), Err(CryptoError::TooManySkipped));
+    assert_eq!(
+        *b.to_bytes(),
+        *before,
+        "no bad input may change the session"
+    );
+    // Good messages still decrypt, then a replay is detected.
+    assert_eq!(b.open(&good2).unwrap(), b"two");
+    assert_eq!(b.open(&good1).unwrap(), b"one");
+    assert_eq!(b.open(&good1), Err(CryptoError::Replay));
+    // Garbage never panics.
+    for len in 0..300usize {
+        let g: Vec<u8> = (0..len).map(|i| (i * 73 % 256) as u8).collect();
+        let _ = b.open(&g);
+    }
+}
+
+#[test]
+fn session_state_round_trips_and_debug_hides_secrets() {
+    let (mut a, mut b) = pair();
+    let m = a.seal(b"x").unwrap();
+    b.open(&m).unwrap();
+    let copy = Session::from_bytes(&a.to_bytes()).unwrap();
+    assert_eq!(*copy.to_bytes(), *a.to_bytes());
+    let dbg = format!("{a:?}");
+    assert!(dbg.contains("redacted"));
+    assert!(Session::from_bytes(&[1, 2, 3]).is_err());
+    let mut bytes = a.to_bytes().to_vec();
+    bytes.push(0);
+    assert!(Session::from_bytes(&bytes).is_err());
+}
