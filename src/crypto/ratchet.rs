@@ -13,12 +13,13 @@
 
 use std::collections::VecDeque;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::Tag;
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::envelope::{pad, unpad, Envelope, RatchetHeader};
+use super::envelope::{unpad, Envelope, RatchetHeader};
 use super::error::CryptoError;
 use super::identity::DeviceId;
 use super::kdf::{kdf_ck, kdf_rk, message_key_material};
@@ -191,20 +192,19 @@ impl Session {
         let ad = env.header_bytes();
         let (key, nonce) = message_key_material(&mk);
         let cipher = XChaCha20Poly1305::new(key.as_ref().into());
-        let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &pad(plaintext),
-                    aad: &ad,
-                },
-            )
+        // header || padded plaintext, encrypted in place, then the tag: one buffer, no copies.
+        let target = super::envelope::padme(plaintext.len() + 1);
+        let mut out = Vec::with_capacity(ad.len() + target + super::envelope::TAG_LEN);
+        out.extend_from_slice(&ad);
+        out.extend_from_slice(plaintext);
+        out.push(0x80);
+        out.resize(ad.len() + target, 0);
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[ad.len()..])
             .map_err(|_| CryptoError::AuthFailed)?;
+        out.extend_from_slice(&tag);
         self.cks = Some(next);
         self.ns = self.ns.checked_add(1).ok_or(CryptoError::TooManySkipped)?;
-        let mut out = Vec::with_capacity(ad.len() + ct.len());
-        out.extend_from_slice(&ad);
-        out.extend_from_slice(&ct);
         Ok(out)
     }
 
@@ -227,16 +227,17 @@ impl Session {
         let (key, nonce) = message_key_material(mk);
         let cipher = XChaCha20Poly1305::new(key.as_ref().into());
         let ad = env.header_bytes();
-        let padded = cipher
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &env.ciphertext,
-                    aad: &ad,
-                },
-            )
+        let split = env
+            .ciphertext
+            .len()
+            .checked_sub(super::envelope::TAG_LEN)
+            .ok_or(CryptoError::Truncated)?;
+        let mut buf = env.ciphertext[..split].to_vec();
+        let tag = Tag::from_slice(&env.ciphertext[split..]);
+        cipher
+            .decrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut buf, tag)
             .map_err(|_| CryptoError::AuthFailed)?;
-        unpad(padded)
+        unpad(buf)
     }
 
     fn open_inner(&mut self, env: &Envelope) -> Result<Vec<u8>, CryptoError> {
