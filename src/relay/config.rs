@@ -13,8 +13,13 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Frames queued for one connection before it counts as too slow and is
 /// disconnected (memory per connection ≤ this × frame size).
 pub const OUTBOUND_QUEUE_FRAMES: usize = 256;
-/// tungstenite write buffer: flush threshold.
-pub const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+/// tungstenite write buffer: flush threshold (its default, 128 KiB, would be
+/// allocated per busy connection).
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// tungstenite read buffer per connection (its default is 128 KiB, which made
+/// 10k idle connections cost ~1.3 GB; frames larger than this still arrive,
+/// the buffer grows for them and shrinks back).
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// tungstenite write buffer hard cap (its default is unbounded).
 pub const MAX_WRITE_BUFFER_BYTES: usize = 4 * MAX_FRAME_BYTES;
 /// Sustained messages per second one device may send.
@@ -90,6 +95,7 @@ impl RelayConfig {
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(self.max_frame_bytes))
             .max_frame_size(Some(self.max_frame_bytes))
+            .read_buffer_size(READ_BUFFER_BYTES)
             .write_buffer_size(WRITE_BUFFER_BYTES)
             .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES.max(self.max_frame_bytes * 2))
     }
