@@ -9,15 +9,20 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod api;
+pub mod client;
 pub mod crypto;
 pub mod doc;
 pub mod error;
+pub mod http_head;
 pub mod kv;
 pub mod relay;
+pub mod service;
 pub mod storage;
 pub mod store;
 pub mod wire;
 
+pub use client::{Client, ClientOptions};
 pub use doc::{ChangeOp, DocId, Docs};
 pub use error::{Error, Result};
 pub use kv::{Bucket, ListOptions};

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use lru::LruCache;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
 
@@ -61,7 +61,7 @@ impl Default for StoreOptions {
 }
 
 /// Where a change came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "device")]
 pub enum Origin {
     /// Written on this device.
@@ -71,7 +71,7 @@ pub enum Origin {
 }
 
 /// Something that changed in an app's data, delivered to subscribers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A document changed.

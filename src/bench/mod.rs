@@ -2,6 +2,7 @@
 //! (criterion benches in `benches/` cover the in-process parts). Each prints a
 //! table (or `--json`) and reports ratios measured in the same run.
 
+pub mod store;
 pub mod sync;
 
 use clap::Subcommand;
@@ -13,6 +14,8 @@ use crate::cli::CliError;
 pub enum BenchCmd {
     /// Encrypted relayed sync between two stores vs in-process plaintext sync.
     Sync(sync::SyncBenchArgs),
+    /// A store with many small documents: create, open, list, read, RSS.
+    Store(store::StoreBenchArgs),
     /// Relay forwarding throughput and latency.
     Relay(crate::relay::bench::RelayBenchArgs),
 }
@@ -21,6 +24,9 @@ pub enum BenchCmd {
 pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
     match cmd {
         BenchCmd::Sync(args) => sync::run(args).await.map(|_| ()).map_err(CliError::from),
+        BenchCmd::Store(args) => tokio::task::block_in_place(|| store::run(args))
+            .map(|_| ())
+            .map_err(CliError::from),
         BenchCmd::Relay(args) => crate::relay::bench::run(args)
             .await
             .map(|_| ())

@@ -1,4 +1,5 @@
-//! `masq kv ...` and `masq doc ...` on a data directory opened in this process.
+//! `masq kv ...` and `masq doc ...`: each becomes an app-protocol request run
+//! by the [`Backend`] (the running daemon, or the data directory opened here).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -6,14 +7,15 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::Value as Json;
 
+use base64::Engine as _;
+
+use super::backend::Backend;
 use super::CliError;
-use crate::doc::{parse_heads, ChangeOp, DocId};
-use crate::kv::ListOptions;
-use crate::storage::Durability;
-use crate::store::{Store, StoreOptions};
+use crate::api::Request;
+use crate::doc::ChangeOp;
 
 /// Key-value commands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum KvCmd {
     /// Set KEY to VALUE (JSON; a bare word that is not JSON is taken as a string).
     Put {
@@ -110,7 +112,7 @@ pub enum KvCmd {
 }
 
 /// Document commands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum DocCmd {
     /// Create a document; prints its id.
     Create {
@@ -185,30 +187,17 @@ pub enum DocCmd {
     },
 }
 
-fn open(dir: PathBuf, durability: Durability) -> Result<Store, CliError> {
-    Ok(Store::open_with(
-        dir,
-        StoreOptions {
-            durability,
-            ..StoreOptions::default()
-        },
-    )?)
-}
-
-fn not_found(msg: String) -> CliError {
-    CliError {
-        code: 1,
-        message: msg,
-    }
-}
-
 fn parse_value(s: &str) -> Json {
     serde_json::from_str(s).unwrap_or_else(|_| Json::String(s.to_string()))
 }
 
+fn print_event(out: &mut impl Write, ev: &crate::store::Event) -> bool {
+    writeln!(out, "{}", serde_json::to_string(ev).unwrap_or_default()).is_ok()
+        && out.flush().is_ok()
+}
+
 /// Runs a `kv` command.
-pub fn kv(dir: PathBuf, durability: Durability, cmd: KvCmd) -> Result<(), CliError> {
-    let store = open(dir, durability)?;
+pub fn kv(backend: &Backend, cmd: KvCmd) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match cmd {
         KvCmd::Put {
@@ -217,18 +206,26 @@ pub fn kv(dir: PathBuf, durability: Durability, cmd: KvCmd) -> Result<(), CliErr
             key,
             value,
         } => {
-            store
-                .app(&app)?
-                .bucket(&bucket)?
-                .put(&key, &parse_value(&value))?;
+            let value = parse_value(&value);
+            backend.call(Some(&app), Request::KvPut { bucket, key, value })?;
         }
-        KvCmd::Get { app, bucket, key } => match store.app(&app)?.bucket(&bucket)?.get(&key)? {
-            Some(v) => writeln!(out, "{v}")?,
-            None => return Err(not_found(format!("no key {key:?} in bucket {bucket:?}"))),
-        },
+        KvCmd::Get { app, bucket, key } => {
+            let v = backend.call(Some(&app), Request::KvGet { bucket, key })?;
+            writeln!(out, "{v}")?;
+        }
         KvCmd::Del { app, bucket, key } => {
-            if !store.app(&app)?.bucket(&bucket)?.delete(&key)? {
-                return Err(not_found(format!("no key {key:?} in bucket {bucket:?}")));
+            let r = backend.call(
+                Some(&app),
+                Request::KvDelete {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                },
+            )?;
+            if r.get("deleted") != Some(&Json::Bool(true)) {
+                return Err(CliError {
+                    code: 1,
+                    message: format!("no key {key:?} in bucket {bucket:?}"),
+                });
             }
         }
         KvCmd::List {
@@ -238,13 +235,17 @@ pub fn kv(dir: PathBuf, durability: Durability, cmd: KvCmd) -> Result<(), CliErr
             start_after,
             limit,
         } => {
-            let b = store.app(&app)?.bucket(&bucket)?;
-            for (k, v) in b.list(&ListOptions {
-                prefix,
-                start_after,
-                limit,
-            })? {
-                writeln!(out, "{}", serde_json::json!({"key": k, "value": v}))?;
+            let list = backend.call(
+                Some(&app),
+                Request::KvList {
+                    bucket,
+                    prefix,
+                    start_after,
+                    limit,
+                },
+            )?;
+            for e in list.as_array().into_iter().flatten() {
+                writeln!(out, "{e}")?;
             }
         }
         KvCmd::Watch {
@@ -252,15 +253,16 @@ pub fn kv(dir: PathBuf, durability: Durability, cmd: KvCmd) -> Result<(), CliErr
             bucket,
             prefix,
         } => {
-            let mut sub = store.app(&app)?.bucket(&bucket)?.watch(&prefix);
-            while let Some(ev) = sub.blocking_next() {
-                writeln!(out, "{}", serde_json::to_string(&ev)?)?;
-                out.flush()?;
-            }
+            backend.for_each_event(&app, Request::KvWatch { bucket, prefix }, |ev| {
+                print_event(&mut out, ev)
+            })?;
         }
         KvCmd::Conflicts { app, bucket, key } => {
-            let vals = store.app(&app)?.bucket(&bucket)?.conflicts(&key)?;
-            writeln!(out, "{}", Json::Array(vals))?;
+            writeln!(
+                out,
+                "{}",
+                backend.call(Some(&app), Request::KvConflicts { bucket, key })?
+            )?;
         }
         KvCmd::Fill {
             app,
@@ -268,10 +270,16 @@ pub fn kv(dir: PathBuf, durability: Durability, cmd: KvCmd) -> Result<(), CliErr
             prefix,
             count,
         } => {
-            let b = store.app(&app)?.bucket(&bucket)?;
             for i in 0..count {
                 let key = format!("{prefix}{i}");
-                b.put(&key, &serde_json::json!({ "i": i }))?;
+                backend.call(
+                    Some(&app),
+                    Request::KvPut {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        value: serde_json::json!({ "i": i }),
+                    },
+                )?;
                 writeln!(out, "{key}")?;
                 out.flush()?;
             }
@@ -280,13 +288,18 @@ pub fn kv(dir: PathBuf, durability: Durability, cmd: KvCmd) -> Result<(), CliErr
     Ok(())
 }
 
+fn field(v: &Json, name: &str) -> String {
+    v.get(name)
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Runs a `doc` command.
-pub fn doc(dir: PathBuf, durability: Durability, cmd: DocCmd) -> Result<(), CliError> {
-    let store = open(dir, durability)?;
+pub fn doc(backend: &Backend, cmd: DocCmd) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match cmd {
         DocCmd::Create { app, json } => {
-            let docs = store.app(&app)?.docs();
             let ops = match json {
                 None => Vec::new(),
                 Some(j) => match serde_json::from_str::<Json>(&j)? {
@@ -300,15 +313,11 @@ pub fn doc(dir: PathBuf, durability: Durability, cmd: DocCmd) -> Result<(), CliE
                     _ => return Err(CliError::from("--json must be a JSON object")),
                 },
             };
-            writeln!(out, "{}", docs.create_with(&ops, None)?)?;
+            let r = backend.call(Some(&app), Request::DocCreate { ops, message: None })?;
+            writeln!(out, "{}", field(&r, "doc"))?;
         }
         DocCmd::Show { app, id, at } => {
-            let docs = store.app(&app)?.docs();
-            let id = DocId::parse(&id)?;
-            let v = match at {
-                Some(h) => docs.get_at(&id, &parse_heads(&h)?)?,
-                None => docs.get(&id)?,
-            };
+            let v = backend.call(Some(&app), Request::DocGet { doc: id, at })?;
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
         DocCmd::Edit {
@@ -317,24 +326,33 @@ pub fn doc(dir: PathBuf, durability: Durability, cmd: DocCmd) -> Result<(), CliE
             ops,
             message,
         } => {
-            let docs = store.app(&app)?.docs();
-            let id = DocId::parse(&id)?;
             let parsed: Json = serde_json::from_str(&ops)?;
             let ops: Vec<ChangeOp> = match parsed {
                 Json::Array(_) => serde_json::from_value(parsed)?,
                 other => vec![serde_json::from_value(other)?],
             };
-            let heads = docs.change(&id, &ops, message.as_deref())?;
-            writeln!(out, "{}", crate::doc::heads_hex(&heads).join(","))?;
+            let r = backend.call(
+                Some(&app),
+                Request::DocChange {
+                    doc: id,
+                    ops,
+                    message,
+                },
+            )?;
+            let heads: Vec<String> = serde_json::from_value(r["heads"].clone())?;
+            writeln!(out, "{}", heads.join(","))?;
         }
         DocCmd::History { app, id } => {
-            let docs = store.app(&app)?.docs();
-            for h in docs.history(&DocId::parse(&id)?)? {
-                writeln!(out, "{}", serde_json::to_string(&h)?)?;
+            let h = backend.call(Some(&app), Request::DocHistory { doc: id })?;
+            for e in h.as_array().into_iter().flatten() {
+                writeln!(out, "{e}")?;
             }
         }
         DocCmd::Export { app, id } => {
-            let bytes = store.app(&app)?.docs().export(&DocId::parse(&id)?)?;
+            let r = backend.call(Some(&app), Request::DocExport { doc: id })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(field(&r, "base64"))
+                .map_err(CliError::from)?;
             out.write_all(&bytes)?;
         }
         DocCmd::Import { app, file } => {
@@ -345,15 +363,18 @@ pub fn doc(dir: PathBuf, durability: Durability, cmd: DocCmd) -> Result<(), CliE
             } else {
                 std::fs::read(&file)?
             };
-            writeln!(out, "{}", store.app(&app)?.docs().import(&bytes)?)?;
+            let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let r = backend.call(Some(&app), Request::DocImport { base64 })?;
+            writeln!(out, "{}", field(&r, "doc"))?;
         }
         DocCmd::List { app } => {
-            for id in store.app(&app)?.docs().list()? {
-                writeln!(out, "{id}")?;
+            let l = backend.call(Some(&app), Request::DocList {})?;
+            for id in l.as_array().into_iter().flatten() {
+                writeln!(out, "{}", id.as_str().unwrap_or_default())?;
             }
         }
         DocCmd::Delete { app, id } => {
-            store.app(&app)?.docs().delete(&DocId::parse(&id)?)?;
+            backend.call(Some(&app), Request::DocDelete { doc: id })?;
         }
     }
     Ok(())

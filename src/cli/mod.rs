@@ -4,8 +4,11 @@
 //! Exit codes: 0 success, 1 "not found" (e.g. `kv get` of an absent key),
 //! 2 any other error (one line on stderr).
 
+mod backend;
 mod local;
 mod sync_cmds;
+
+pub use backend::Backend;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,8 +49,14 @@ pub enum Command {
     Devices(sync_cmds::DevicesCmd),
     /// Relay, devices, and documents not yet acknowledged by each device (JSON).
     Status,
-    /// Run the store daemon: sync with paired devices through the relay.
+    /// Apps allowed to use the store (browser origins, native apps).
+    #[command(subcommand)]
+    Apps(sync_cmds::AppsCmd),
+    /// Run the store daemon: serve local apps, sync with paired devices.
     Store {
+        /// Where apps connect (loopback only).
+        #[arg(long, default_value = crate::service::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
         /// Relay URL (remembered; default: the one used when pairing).
         #[arg(long)]
         relay: Option<String>,
@@ -106,14 +115,19 @@ pub fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MASQ_LOG"))
         .with_writer(std::io::stderr)
         .try_init();
+    let dir = data_dir(cli.data);
+    let with_backend = |f: &dyn Fn(&Backend) -> Result<(), CliError>| {
+        Backend::open(&dir, cli.durability).and_then(|b| f(&b))
+    };
     let result = match cli.command {
-        Command::Kv(cmd) => local::kv(data_dir(cli.data), cli.durability, cmd),
-        Command::Doc(cmd) => local::doc(data_dir(cli.data), cli.durability, cmd),
-        Command::Pair(cmd) => sync_cmds::pair(data_dir(cli.data), cli.durability, cmd),
-        Command::Devices(cmd) => sync_cmds::devices(data_dir(cli.data), cli.durability, cmd),
-        Command::Status => sync_cmds::status(data_dir(cli.data), cli.durability),
-        Command::Store { relay } => {
-            sync_cmds::store_daemon(data_dir(cli.data), cli.durability, relay)
+        Command::Kv(cmd) => with_backend(&|b| local::kv(b, cmd.clone())),
+        Command::Doc(cmd) => with_backend(&|b| local::doc(b, cmd.clone())),
+        Command::Pair(cmd) => with_backend(&|b| sync_cmds::pair(b, cmd.clone())),
+        Command::Devices(cmd) => with_backend(&|b| sync_cmds::devices(b, cmd.clone())),
+        Command::Apps(cmd) => with_backend(&|b| sync_cmds::apps(b, cmd.clone())),
+        Command::Status => with_backend(&sync_cmds::status),
+        Command::Store { listen, relay } => {
+            sync_cmds::store_daemon(dir.clone(), cli.durability, listen, relay)
         }
         Command::Relay(args) => run_async(crate::relay::run(args)),
         Command::Demo => run_async(async { crate::demo::run().await.map_err(CliError::from) }),

@@ -1,22 +1,21 @@
-//! `masq pair`, `masq devices`, `masq status`, `masq store`, `masq demo`:
-//! the commands that involve other devices.
+//! `masq pair`, `masq devices`, `masq status`, `masq apps` (admin requests run
+//! by the [`Backend`]) and `masq store` (the daemon).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
+use super::backend::Backend;
 use super::CliError;
-use crate::crypto::DeviceId;
+use crate::api::Request;
+use crate::service::daemon_file;
 use crate::storage::Durability;
 use crate::store::{Store, StoreOptions};
-use crate::sync::core::SyncCore;
-use crate::sync::engine::SyncEngine;
-use crate::sync::pairing::{self, Inviter};
 use crate::sync::peers;
 
 /// Pairing commands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum PairCmd {
     /// Make an invite (printed as a masq: URI and a QR code) and wait for the other device.
     Invite {
@@ -32,7 +31,7 @@ pub enum PairCmd {
 }
 
 /// Device commands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum DevicesCmd {
     /// This device and its paired devices.
     List,
@@ -48,181 +47,192 @@ pub enum DevicesCmd {
     },
 }
 
-fn open(dir: PathBuf, durability: Durability) -> Result<Store, CliError> {
-    Ok(Store::open_with(
-        dir,
-        StoreOptions {
-            durability,
-            ..StoreOptions::default()
-        },
-    )?)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
-fn relay_for(store: &Store, given: Option<String>) -> Result<String, CliError> {
-    match given.or(peers::relay_url(store.db())?) {
-        Some(r) => Ok(r),
-        None => Err(CliError::from(
-            "no relay configured: pass --relay ws://HOST:PORT",
-        )),
-    }
+/// App permission commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AppsCmd {
+    /// Browser origins (pending, approved, denied) and native apps, as JSON.
+    List,
+    /// Register a native app; prints its token (shown only this once).
+    Add {
+        /// App name (its namespace).
+        name: String,
+    },
+    /// Let a browser origin use the store (as the app it asked for, or --app).
+    Approve {
+        /// `http://host:port` of the web app.
+        origin: String,
+        /// Namespace to grant instead of the one it asked for.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Refuse a browser origin.
+    Deny {
+        /// The origin.
+        origin: String,
+    },
+    /// Revoke an origin or a native app (its open connections are closed).
+    Revoke {
+        /// Origin, or native app name.
+        who: String,
+    },
 }
 
 /// `masq pair ...`
-pub fn pair(dir: PathBuf, durability: Durability, cmd: PairCmd) -> Result<(), CliError> {
-    let store = open(dir, durability)?;
-    let rt = runtime()?;
-    let paired = match cmd {
-        PairCmd::Invite { relay } => {
-            let relay = relay_for(&store, relay)?;
-            rt.block_on(async {
-                let inviter = Inviter::start(store.clone(), &relay).await?;
-                let inv = inviter.invite();
-                println!("{}", inv.to_uri());
-                eprintln!("{}", inv.qr_text());
-                eprintln!("Waiting for the other device (valid 10 minutes, single use)...");
-                inviter.wait().await
-            })?
-        }
-        PairCmd::Join { invite } => rt.block_on(pairing::join(&store, &invite))?,
+pub fn pair(backend: &Backend, cmd: PairCmd) -> Result<(), CliError> {
+    let req = match cmd {
+        PairCmd::Invite { relay } => Request::PairInvite { relay },
+        PairCmd::Join { invite } => Request::PairJoin { invite },
     };
-    eprintln!("Paired with {} ({})", paired.name, paired.fingerprint);
+    let paired = backend.call_with_events(None, req, |answer| {
+        println!("{}", answer["invite"].as_str().unwrap_or_default());
+        eprintln!("{}", answer["qr"].as_str().unwrap_or_default());
+        eprintln!("Waiting for the other device (valid 10 minutes, single use)...");
+    })?;
+    if let Some(err) = paired.get("error") {
+        return Err(CliError::from(
+            err["message"]
+                .as_str()
+                .unwrap_or("pairing failed")
+                .to_string(),
+        ));
+    }
+    let s = |k: &str| paired[k].as_str().unwrap_or_default().to_string();
+    eprintln!("Paired with {} ({})", s("name"), s("fingerprint"));
     eprintln!(
         "Safety code: {}  — check that the other device shows the same code.",
-        paired.safety_code
+        s("safety_code")
     );
-    if paired.also_learned > 0 {
-        eprintln!(
-            "Also learned {} other device(s) of yours.",
-            paired.also_learned
-        );
+    let learned = paired["also_learned"].as_u64().unwrap_or(0);
+    if learned > 0 {
+        eprintln!("Also learned {learned} other device(s) of yours.");
     }
     Ok(())
 }
 
-fn find_device(store: &Store, needle: &str) -> Result<DeviceId, CliError> {
-    let needle = needle.to_lowercase();
-    let matches: Vec<DeviceId> = peers::peers(store.db())?
-        .into_iter()
-        .map(|(id, _)| id)
-        .filter(|id| id.to_string().starts_with(&needle) || id.fingerprint().starts_with(&needle))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(CliError {
-            code: 1,
-            message: format!("no paired device matches {needle:?}"),
-        }),
-        _ => Err(CliError::from(format!(
-            "{needle:?} matches several devices; give more of the id"
-        ))),
-    }
-}
-
 /// `masq devices ...`
-pub fn devices(dir: PathBuf, durability: Durability, cmd: DevicesCmd) -> Result<(), CliError> {
-    let store = open(dir, durability)?;
-    let db = store.db();
+pub fn devices(backend: &Backend, cmd: DevicesCmd) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match cmd {
         DevicesCmd::List => {
-            let me = peers::load_or_create_identity(db)?;
+            let v = backend.call(None, Request::DevicesList {})?;
+            let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
             writeln!(
                 out,
                 "{}  {}  (this device)",
-                me.device_id().fingerprint(),
-                peers::device_name(db)?
+                s(&v["me"], "fingerprint"),
+                s(&v["me"], "name")
             )?;
-            for (id, rec) in peers::peers(db)? {
-                let seen = if rec.last_seen == 0 {
-                    "never seen online".to_string()
-                } else {
-                    format!("last seen {}", rec.last_seen)
+            for d in v["devices"].as_array().into_iter().flatten() {
+                let seen = match (d["online"].as_bool(), d["last_seen"].as_i64()) {
+                    (Some(true), _) => "online".to_string(),
+                    (_, Some(0) | None) => "never seen online".to_string(),
+                    (_, Some(t)) => format!("last seen {t}"),
                 };
-                let code = crate::crypto::safety_code(&me.public(), &rec.public()?);
                 writeln!(
                     out,
                     "{}  {}  {}  safety code {}",
-                    id.fingerprint(),
-                    rec.name,
+                    s(d, "fingerprint"),
+                    s(d, "name"),
                     seen,
-                    code
+                    s(d, "safety_code")
                 )?;
             }
         }
         DevicesCmd::Remove { id } => {
-            let id = find_device(&store, &id)?;
-            pairing::remove_device(&store, &id)?;
+            let r = backend.call(None, Request::DevicesRemove { device: id })?;
             eprintln!(
                 "Removed {}; your other devices will be told when they are next online.",
-                id.fingerprint()
+                r["removed"].as_str().unwrap_or_default()
             );
         }
-        DevicesCmd::Name { name } => peers::set_device_name(db, &name)?,
+        DevicesCmd::Name { name } => {
+            backend.call(None, Request::DevicesName { name })?;
+        }
     }
     Ok(())
 }
 
 /// `masq status`: relay, devices, and documents each device has not acknowledged yet.
-pub fn status(dir: PathBuf, durability: Durability) -> Result<(), CliError> {
-    let store = open(dir, durability)?;
-    let db = store.db();
-    let me = peers::load_or_create_identity(db)?;
-    let core = SyncCore::new(store.clone());
-    let mut report = serde_json::json!({
-        "device": me.device_id().to_string(),
-        "fingerprint": me.device_id().fingerprint(),
-        "relay": peers::relay_url(db)?,
-        "peers": [],
-    });
-    let mut list = Vec::new();
-    for (id, rec) in peers::peers(db)? {
-        let pending: Vec<String> = core
-            .unacknowledged(&id)?
-            .into_iter()
-            .map(|(a, d)| format!("{a}/{d}"))
-            .collect();
-        list.push(serde_json::json!({
-            "device": id.to_string(), "name": rec.name, "last_seen": rec.last_seen,
-            "session": peers::session_bytes(db, &id)?.is_some(),
-            "unacknowledged_docs": pending.len(), "unacknowledged": pending,
-        }));
-    }
-    report["peers"] = serde_json::Value::Array(list);
-    println!("{}", serde_json::to_string_pretty(&report)?);
+pub fn status(backend: &Backend) -> Result<(), CliError> {
+    let v = backend.call(None, Request::Status {})?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 
-/// `masq store`: the daemon — syncs with paired devices until interrupted.
+/// `masq apps ...`
+pub fn apps(backend: &Backend, cmd: AppsCmd) -> Result<(), CliError> {
+    let req = match cmd {
+        AppsCmd::List => Request::AppsList {},
+        AppsCmd::Add { name } => Request::AppsAdd { name },
+        AppsCmd::Approve { origin, app } => Request::AppsApprove { origin, app },
+        AppsCmd::Deny { origin } => Request::AppsDeny { origin },
+        AppsCmd::Revoke { who } => Request::AppsRevoke { who },
+    };
+    let is_add = matches!(req, Request::AppsAdd { .. });
+    let v = backend.call(None, req)?;
+    if is_add {
+        println!("{}", v["token"].as_str().unwrap_or_default());
+    } else if !v.is_null() {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// `masq store`: the daemon — serves local apps on loopback and syncs with
+/// paired devices until SIGINT or SIGTERM.
 pub fn store_daemon(
     dir: PathBuf,
     durability: Durability,
+    listen: std::net::SocketAddr,
     relay: Option<String>,
 ) -> Result<(), CliError> {
-    let store = open(dir, durability)?;
-    let relay = relay_for(&store, relay)?;
-    peers::set_relay_url(store.db(), &relay)?;
-    let rt = runtime()?;
+    let store = Store::open_with(
+        &dir,
+        StoreOptions {
+            durability,
+            ..StoreOptions::default()
+        },
+    )?;
+    if let Some(relay) = &relay {
+        peers::set_relay_url(store.db(), relay)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let engine = SyncEngine::start(store.clone(), relay.clone())?;
-        eprintln!("masq store: syncing through {relay} (Ctrl-C to stop)");
-        let mut status = engine.watch_status();
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                changed = status.changed() => {
-                    if changed.is_err() { break; }
-                    let s = status.borrow().clone();
-                    tracing::info!(relay = s.relay_connected, online = s.online.len(), syncing = s.syncing.len(), "status");
-                }
+        let service = crate::service::start(
+            store.clone(),
+            crate::service::ServiceConfig {
+                listen,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let addr = service.local_addr();
+        daemon_file::write(
+            &dir,
+            &daemon_file::DaemonInfo {
+                ws_url: service.ws_url(),
+                http_url: format!("http://{addr}"),
+                pid: std::process::id(),
+                admin_token: service.admin_token().to_string(),
+            },
+        )?;
+        let relay = peers::relay_url(store.db())?;
+        eprintln!(
+            "masq store: serving apps on http://{addr} ({})",
+            match &relay {
+                Some(r) => format!("syncing through {r}"),
+                None => "not syncing: no relay yet (pair, or pass --relay)".into(),
             }
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
-        engine.shutdown().await;
+        daemon_file::remove(&dir);
+        service.shutdown().await;
         store.db().persist_all()?;
         Ok::<(), CliError>(())
     })

@@ -2,8 +2,8 @@
 //! JSON-path operations, with history, time travel, subscriptions, deletion
 //! (a tombstone that syncs), export and import.
 //!
-//! Each app has a *catalog*, itself an Automerge document (`_catalog`), whose
-//! root maps every document id of the app to its state (`"doc"`, `"deleted"`,
+//! Each app has a *catalog*, itself Automerge documents (256 shards,
+//! `_catalog.00` … `_catalog.ff`), whose roots map every document id of the app to its state (`"doc"`, `"deleted"`,
 //! or `"kv"` for key-value shards). Because the catalog is a replicated
 //! document like any other, new documents and deletions propagate by sync.
 
@@ -35,8 +35,8 @@ pub const MAX_CHANGE_BYTES: usize = 16 * 1024 * 1024;
 #[serde(transparent)]
 pub struct DocId(String);
 
-/// The catalog document's id.
-pub const CATALOG_ID: &str = "_catalog";
+/// Prefix of the catalog shard documents' ids (`_catalog.<two hex digits>`).
+pub const CATALOG_PREFIX: &str = "_catalog.";
 
 impl DocId {
     /// A fresh random id.
@@ -68,9 +68,14 @@ impl DocId {
         }
     }
 
-    /// The catalog's id.
-    pub fn catalog() -> Self {
-        DocId(CATALOG_ID.to_string())
+    /// The id of the catalog shard that lists `doc`: `_catalog.<BLAKE3(doc)[0] as hex>`.
+    /// Sharding keeps each catalog document small (a store with 100k documents
+    /// has ~400 entries per shard), so creating a document stays cheap.
+    pub fn catalog_for(doc: &DocId) -> Self {
+        DocId(format!(
+            "{CATALOG_PREFIX}{:02x}",
+            blake3::hash(doc.0.as_bytes()).as_bytes()[0]
+        ))
     }
 
     /// An internal id (callers guarantee the `_` prefix and no NUL).
@@ -95,6 +100,11 @@ impl fmt::Debug for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DocId({})", self.0)
     }
+}
+
+/// Whether an id names a catalog shard.
+pub fn is_catalog(id: &DocId) -> bool {
+    id.0.starts_with(CATALOG_PREFIX)
 }
 
 /// Whether an id names an internal document (catalog, KV shard).
@@ -192,7 +202,7 @@ impl Docs {
     pub fn create_with(&self, ops: &[ChangeOp], message: Option<&str>) -> Result<DocId> {
         let id = DocId::random();
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog())?;
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
         let doc_h = store.doc_handle(self.app_name(), &id)?;
         let mut cat = cat_h
             .lock()
@@ -232,7 +242,7 @@ impl Docs {
         let staged = vec![
             Staged {
                 app: self.app_name().to_string(),
-                id: DocId::catalog(),
+                id: DocId::catalog_for(&id),
                 guard: cat,
                 before: cat_before,
             },
@@ -247,19 +257,15 @@ impl Docs {
         Ok(id)
     }
 
-    /// Ids of the app's live documents.
+    /// Ids of the app's live documents (those stored here; deleted ones are gone).
     pub fn list(&self) -> Result<Vec<DocId>> {
-        let h = self
+        let mut out: Vec<DocId> = self
             .store()
-            .doc_handle(self.app_name(), &DocId::catalog())?;
-        let cat = h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
-        let mut out: Vec<DocId> = cat
-            .doc
-            .keys(ROOT)
-            .filter(|k| catalog_entry(&cat.doc, k).as_deref() == Some(CATALOG_DOC))
+            .db()
+            .doc_ids(self.app_name())?
+            .into_iter()
             .map(DocId)
+            .filter(|d| !is_internal(d))
             .collect();
         out.sort();
         Ok(out)
@@ -277,7 +283,7 @@ impl Docs {
         }
         let cat_h = self
             .store()
-            .doc_handle(self.app_name(), &DocId::catalog())?;
+            .doc_handle(self.app_name(), &DocId::catalog_for(id))?;
         let cat = cat_h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;
@@ -409,7 +415,7 @@ impl Docs {
     pub fn delete(&self, id: &DocId) -> Result<()> {
         self.existing(id)?;
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog())?;
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
         let mut cat = cat_h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;
@@ -426,7 +432,7 @@ impl Docs {
             .stage_remove_doc(&mut batch, self.app_name(), id.as_str())?;
         let staged = vec![Staged {
             app: self.app_name().to_string(),
-            id: DocId::catalog(),
+            id: DocId::catalog_for(id),
             guard: cat,
             before,
         }];
@@ -460,7 +466,7 @@ impl Docs {
             .map_err(|e| Error::BadOp(format!("not an Automerge file: {e}")))?;
         let id = DocId::random();
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog())?;
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
         let doc_h = store.doc_handle(self.app_name(), &id)?;
         let mut cat = cat_h
             .lock()
@@ -486,7 +492,7 @@ impl Docs {
         let staged = vec![
             Staged {
                 app: self.app_name().to_string(),
-                id: DocId::catalog(),
+                id: DocId::catalog_for(&id),
                 guard: cat,
                 before: cat_before,
             },

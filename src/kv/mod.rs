@@ -222,20 +222,28 @@ impl Bucket {
             .map_err(|_| Error::Storage("lock poisoned".into()))?
             .into_iter()
             .any(|b| b);
-        let cat_h = if new_shard {
-            Some(store.doc_handle(app, &DocId::catalog())?)
-        } else {
-            None
-        };
+        // Catalog shards that must list a new KV shard, in id order (lock order).
+        let mut cats: std::collections::BTreeMap<DocId, Vec<DocId>> =
+            std::collections::BTreeMap::new();
+        if new_shard {
+            for (id, _) in &handles {
+                cats.entry(DocId::catalog_for(id))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        let cat_handles: Vec<(DocId, Vec<DocId>, crate::store::DocHandle)> = cats
+            .into_iter()
+            .map(|(c, ids)| store.doc_handle(app, &c).map(|h| (c, ids, h)))
+            .collect::<Result<_>>()?;
         let mut staged: Vec<Staged<'_>> = Vec::new();
-        if let Some(h) = &cat_h {
+        for (cat_id, ids, h) in &cat_handles {
             let mut cat = h
                 .lock()
                 .map_err(|_| Error::Storage("lock poisoned".into()))?;
             let before = cat.doc.get_heads();
-            let missing: Vec<&DocId> = handles
+            let missing: Vec<&DocId> = ids
                 .iter()
-                .map(|(id, _)| id)
                 .filter(|id| catalog_entry(&cat.doc, id.as_str()).is_none())
                 .collect();
             if !missing.is_empty() {
@@ -250,7 +258,7 @@ impl Bucket {
             }
             staged.push(Staged {
                 app: app.to_string(),
-                id: DocId::catalog(),
+                id: cat_id.clone(),
                 guard: cat,
                 before,
             });

@@ -13,14 +13,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -31,6 +28,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::config::{auth_proof, RelayConfig, MAX_HTTP_HEAD_BYTES};
 use crate::crypto::{random_bytes, DeviceId};
+use crate::http_head::{read_head, respond, Prefixed};
 use crate::wire::relay_frame::{codes, Frame, UndeliverableReason};
 
 /// Bytes one connection may have queued (besides the frame count limit).
@@ -279,46 +277,6 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
     .await;
 }
 
-/// A stream that first replays bytes already read (the HTTP head we peeked at).
-struct Prefixed {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Decrements the open-socket count when a socket's handler ends.
 struct SocketGuard(Arc<Hub>);
 impl Drop for SocketGuard {
@@ -331,54 +289,36 @@ async fn handle_socket(mut stream: TcpStream, hub: Arc<Hub>) {
     let open = hub.open_sockets.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = SocketGuard(hub.clone());
     // Read the request head (bounded, with the handshake timeout).
-    let mut head = Vec::with_capacity(1024);
-    let read_head = async {
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            if head.len() > MAX_HTTP_HEAD_BYTES {
-                return false;
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
+    let Some(head) = read_head(
+        &mut stream,
+        MAX_HTTP_HEAD_BYTES,
+        hub.config.handshake_timeout,
+    )
+    .await
+    else {
+        return;
     };
-    match tokio::time::timeout(hub.config.handshake_timeout, read_head).await {
-        Ok(true) => {}
-        _ => return,
-    }
-    let first_line = head
-        .split(|b| *b == b'\n')
-        .next()
-        .map(|l| String::from_utf8_lossy(l).to_string())
-        .unwrap_or_default();
-    let mut parts = first_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let is_upgrade = String::from_utf8_lossy(&head)
-        .to_ascii_lowercase()
-        .contains("upgrade: websocket");
-    if method == "GET" && !is_upgrade {
-        let (status, body, ctype) = match path {
+    if head.method == "GET" && !head.is_websocket() {
+        let (status, body, ctype) = match head.path() {
             "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
             "/metrics" => ("200 OK", hub.metrics.render(), "text/plain; version=0.0.4"),
             _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
         };
-        let resp = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        let _ = stream.write_all(resp.as_bytes()).await;
-        let _ = stream.shutdown().await;
+        respond(&mut stream, status, ctype, "", body.as_bytes()).await;
         return;
     }
     if open > hub.config.max_connections {
-        let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        respond(
+            &mut stream,
+            "503 Service Unavailable",
+            "text/plain",
+            "",
+            b"",
+        )
+        .await;
         return;
     }
-    let prefixed = Prefixed {
-        prefix: head,
-        pos: 0,
-        inner: stream,
-    };
+    let prefixed = Prefixed::new(head.raw, stream);
     let ws =
         match tokio_tungstenite::accept_async_with_config(prefixed, Some(hub.config.websocket()))
             .await

@@ -248,3 +248,17 @@ impl Db {
         Ok(())
     }
 }
+
+impl Drop for Db {
+    /// Flushes memtables to disk tables on a clean close, so the next open does
+    /// not replay the whole journal (a 100k-document store opened in 1.2 s
+    /// before, most of it journal replay). After a crash the journal still
+    /// recovers everything.
+    fn drop(&mut self) {
+        for ks in [&self.docs, &self.chunks, &self.kv, &self.meta] {
+            if let Err(e) = ks.rotate_memtable_and_wait() {
+                tracing::warn!("flushing {:?} on close failed: {e}", ks.name());
+            }
+        }
+    }
+}

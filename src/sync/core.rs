@@ -84,7 +84,7 @@ impl SyncCore {
         let mut out = Vec::new();
         for app in self.store.apps()? {
             let mut ids = self.store.db().doc_ids(&app)?;
-            ids.sort_by_key(|id| (id != crate::doc::CATALOG_ID, id.clone()));
+            ids.sort_by_key(|id| (!id.starts_with(crate::doc::CATALOG_PREFIX), id.clone()));
             for id in ids {
                 out.push((app.clone(), DocId::parse_any(&id)?));
             }
@@ -167,11 +167,29 @@ impl SyncCore {
             };
             match Message::decode(&it.msg) {
                 Ok(m) => {
-                    sorted.insert((it.app, doc.as_str() != crate::doc::CATALOG_ID, doc), m);
+                    sorted.insert((it.app, !crate::doc::is_catalog(&doc), doc), m);
                 }
                 Err(_) => applied.rejected += 1,
             }
         }
+        // Documents this device already deleted (tombstone in its catalog) must not
+        // come back through late sync messages. Checked before any document lock
+        // is taken, so the catalog-before-document lock order holds.
+        let mut deleted_here: std::collections::HashSet<(String, DocId)> =
+            std::collections::HashSet::new();
+        for (app, _, doc) in sorted.keys() {
+            if is_internal(doc) {
+                continue;
+            }
+            let h = store.doc_handle(app, &DocId::catalog_for(doc))?;
+            let cat = h
+                .lock()
+                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+            if catalog_entry(&cat.doc, doc.as_str()).as_deref() == Some(CATALOG_DELETED) {
+                deleted_here.insert((app.clone(), doc.clone()));
+            }
+        }
+        sorted.retain(|(app, _, doc), _| !deleted_here.contains(&(app.clone(), doc.clone())));
         let handles: Vec<_> = sorted
             .keys()
             .map(|(app, _, doc)| {
@@ -218,12 +236,12 @@ impl SyncCore {
             peers::stage_sync_state(db, &mut batch, peer, app, doc.as_str(), &st.encode());
             let after = g.doc.get_heads();
             if after != before {
-                if doc.as_str() == crate::doc::CATALOG_ID {
+                if crate::doc::is_catalog(doc) {
                     let ts: Vec<String> = changed_keys(&g.doc, &before, &after)
                         .into_iter()
                         .filter(|k| catalog_entry(&g.doc, k).as_deref() == Some(CATALOG_DELETED))
                         .collect();
-                    tombstones.insert(app.clone(), ts);
+                    tombstones.entry(app.clone()).or_default().extend(ts);
                 } else if let Some(bucket) = bucket_of_shard(doc) {
                     let keys = changed_keys(&g.doc, &before, &after);
                     for (key, value) in stage_reindex(

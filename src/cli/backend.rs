@@ -1,0 +1,188 @@
+//! Where a CLI command runs: in the running `masq store` daemon of the data
+//! directory (found through its `store.json`, spoken to with its admin token),
+//! or — when none answers — on the directory opened in this process. Both take
+//! the same [`Request`]s and give the same JSON, so every command prints the
+//! same thing either way.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+
+use super::CliError;
+use crate::api::execute::Outcome;
+use crate::api::{ApiError, Request, Response};
+use crate::client::{Auth, Connection};
+use crate::service::{admin, daemon_file, Shared};
+use crate::storage::Durability;
+use crate::store::{Event, Store, StoreOptions};
+
+/// How long the CLI waits for a daemon named in `store.json` to answer.
+pub const DAEMON_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A CLI command's way to the data.
+pub enum Backend {
+    /// A running daemon, over its admin connection.
+    Daemon {
+        /// Runtime for the connection.
+        rt: Runtime,
+        /// The connection.
+        conn: Connection,
+    },
+    /// The data directory, opened here.
+    Local {
+        /// Runtime for the async admin operations.
+        rt: Runtime,
+        /// Admin context without a listener or sync engine.
+        shared: Arc<Shared>,
+    },
+}
+
+/// An app-protocol error as a CLI error: `not_found` exits 1, the rest 2.
+fn api_err(e: ApiError) -> CliError {
+    CliError {
+        code: if e.code == "not_found" { 1 } else { 2 },
+        message: e.message,
+    }
+}
+
+fn runtime() -> Result<Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+impl Backend {
+    /// The daemon of `dir` if one answers, else `dir` opened here.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, CliError> {
+        let rt = runtime()?;
+        if let Some(info) = daemon_file::read(dir) {
+            let connected = rt.block_on(async {
+                tokio::time::timeout(
+                    DAEMON_CONNECT_TIMEOUT,
+                    Connection::connect(&info.ws_url, &Auth::Token(info.admin_token)),
+                )
+                .await
+            });
+            if let Ok(Ok(conn)) = connected {
+                return Ok(Backend::Daemon { rt, conn });
+            }
+        }
+        let store = Store::open_with(
+            dir,
+            StoreOptions {
+                durability,
+                ..StoreOptions::default()
+            },
+        )?;
+        let shared = Arc::new(Shared::new(
+            store,
+            0,
+            crate::sync::engine::RESYNC_INTERVAL,
+            false,
+        ));
+        Ok(Backend::Local { rt, shared })
+    }
+
+    /// Whether a daemon does the work.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Backend::Daemon { .. })
+    }
+
+    /// Runs a request for `app` (data requests) or the store (admin requests).
+    pub fn call(&self, app: Option<&str>, req: Request) -> Result<Json, CliError> {
+        self.call_with_events(app, req, |_| {})
+    }
+
+    /// Like [`call`](Self::call); messages that follow the answer (the
+    /// `paired` message of `pair.invite`) are awaited and given to `follow`.
+    pub fn call_with_events(
+        &self,
+        app: Option<&str>,
+        req: Request,
+        mut follow: impl FnMut(&Json),
+    ) -> Result<Json, CliError> {
+        let is_invite = matches!(req, Request::PairInvite { .. });
+        match self {
+            Backend::Daemon { rt, conn } => rt.block_on(async {
+                if let Request::PairInvite { relay } = &req {
+                    let (answer, paired) =
+                        conn.pair_invite(relay.clone()).await.map_err(api_err)?;
+                    follow(&answer);
+                    return Ok(paired.await.unwrap_or(Json::Null));
+                }
+                conn.call(app, req).await.map_err(api_err)
+            }),
+            Backend::Local { rt, shared } => {
+                if req.is_admin() {
+                    return rt.block_on(async {
+                        let (tx, mut rx) = mpsc::channel(4);
+                        let answer = admin::handle(shared, 1, req, &tx).await.map_err(api_err)?;
+                        if !is_invite {
+                            return Ok(answer);
+                        }
+                        follow(&answer);
+                        while let Some(m) = rx.recv().await {
+                            if let Ok(Response::Paired { paired, .. }) =
+                                serde_json::from_str::<Response>(m.to_text().unwrap_or(""))
+                            {
+                                return Ok(paired);
+                            }
+                        }
+                        Ok(Json::Null)
+                    });
+                }
+                match self.execute_local(shared, app, req)? {
+                    Outcome::Value(v) => Ok(v),
+                    Outcome::Subscribe(_) => Err(CliError::from("use watch for subscriptions")),
+                }
+            }
+        }
+    }
+
+    fn execute_local(
+        &self,
+        shared: &Shared,
+        app: Option<&str>,
+        req: Request,
+    ) -> Result<Outcome, CliError> {
+        let app = app.ok_or_else(|| CliError::from("--app is required"))?;
+        let app = shared.store.app(app)?;
+        crate::api::execute(&app, req).map_err(api_err)
+    }
+
+    /// Runs a watch/subscribe request and calls `each` for every event until
+    /// the store goes away or `each` returns false.
+    pub fn for_each_event(
+        &self,
+        app: &str,
+        req: Request,
+        mut each: impl FnMut(&Event) -> bool,
+    ) -> Result<(), CliError> {
+        match self {
+            Backend::Daemon { rt, conn } => rt.block_on(async {
+                let (_, mut rx) = conn.subscribe(Some(app), req).await.map_err(api_err)?;
+                while let Some(ev) = rx.recv().await {
+                    if !each(&ev) {
+                        break;
+                    }
+                }
+                Ok(())
+            }),
+            Backend::Local { shared, .. } => match self.execute_local(shared, Some(app), req)? {
+                Outcome::Subscribe(mut sub) => {
+                    while let Some(ev) = sub.blocking_next() {
+                        if !each(&ev) {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+                Outcome::Value(_) => Err(CliError::from("not a subscription")),
+            },
+        }
+    }
+}

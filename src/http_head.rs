@@ -1,0 +1,222 @@
+//! The little HTTP both servers (relay, store service) need before a
+//! WebSocket upgrade: read a bounded request head, parse it with `httparse`,
+//! answer plain GETs, and hand the already-read bytes to tungstenite.
+//!
+//! Architecture invariant: knows nothing of relay frames, the app protocol or storage.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most headers parsed from one request head.
+pub const MAX_HEADERS: usize = 32;
+
+/// A parsed request head.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// The raw bytes read (replayed to tungstenite on upgrade).
+    pub raw: Vec<u8>,
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request target, with its query.
+    pub target: String,
+    /// Header names (lower-cased) and values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// A query parameter (no percent-decoding beyond `%XX` and `+`).
+    pub fn query(&self, name: &str) -> Option<String> {
+        let q = self.target.split_once('?')?.1;
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| percent_decode(v))
+        })
+    }
+
+    /// Whether this asks for a WebSocket upgrade.
+    pub fn is_websocket(&self) -> bool {
+        self.header("upgrade")
+            .map(|v| v.eq_ignore_ascii_case("websocket"))
+            .unwrap_or(false)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads and parses a request head of at most `max_bytes` within `timeout`.
+/// `None` if the peer closed, was too slow, sent too much or sent garbage.
+pub async fn read_head(
+    stream: &mut TcpStream,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Option<Head> {
+    let mut raw = Vec::with_capacity(1024);
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            if raw.len() > max_bytes {
+                return false;
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(timeout, read).await, Ok(true)) {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&raw) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let head = Head {
+        method: req.method.unwrap_or("").to_string(),
+        target: req.path.unwrap_or("").to_string(),
+        headers: req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+        raw: Vec::new(),
+    };
+    Some(Head { raw, ..head })
+}
+
+/// Writes a complete response and closes the connection.
+pub async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n{extra_headers}connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A stream that first replays bytes already read (the HTTP head we parsed).
+pub struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    /// `inner`, with `prefix` to be read first.
+    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_percent_decoding() {
+        let h = Head {
+            target: "/ws?app=notes&token=a%2Fb+c&x".into(),
+            ..Head::default()
+        };
+        assert_eq!(h.path(), "/ws");
+        assert_eq!(h.query("app").as_deref(), Some("notes"));
+        assert_eq!(h.query("token").as_deref(), Some("a/b c"));
+        assert_eq!(h.query("x").as_deref(), Some(""));
+        assert_eq!(h.query("y"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

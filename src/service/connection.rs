@@ -1,0 +1,545 @@
+//! One connection to the store service: the HTTP head (Host check, plain
+//! GETs), authentication at the WebSocket upgrade, then the app protocol.
+//!
+//! Per WebSocket connection three tasks run: the reader (this function: parses
+//! frames, enforces permissions, feeds the worker), the worker (executes
+//! requests strictly in the order they arrived, running runs of data requests
+//! in one blocking call, and owns the subscriptions), and the writer (drains a
+//! bounded queue into the socket). A full queue makes the worker wait, and a
+//! full worker queue makes the reader stop reading: memory stays bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{
+    admin, registry, Shared, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HTTP_HEAD_BYTES, OUTBOUND_QUEUE,
+};
+use crate::api::execute::Outcome;
+use crate::api::{
+    parse_request, ApiError, ConnState, Request, Response, MAX_MESSAGE_BYTES, MAX_PIPELINED,
+    MAX_SUBSCRIPTIONS,
+};
+use crate::http_head::{read_head, respond, Head, Prefixed};
+
+/// WebSocket close code: the app's access was revoked or refused.
+pub const CLOSE_REVOKED: u16 = 4003;
+
+/// Who is on the other end.
+#[derive(Debug, Clone, PartialEq)]
+enum Role {
+    /// The store's owner (admin token): every op, any namespace.
+    Admin,
+    /// An app bound to its namespace.
+    App { name: String, via: Via },
+    /// A browser origin waiting for the user's approval.
+    Pending { origin: String, app: String },
+    /// A refused browser origin.
+    Denied { app: String },
+}
+
+/// How an app proved who it is (re-checked when the registry changes).
+#[derive(Debug, Clone, PartialEq)]
+enum Via {
+    /// A native app's token.
+    Token(String),
+    /// An approved browser origin.
+    Origin(String),
+}
+
+/// Whether a Host header names this machine (`localhost`, `127.0.0.1`, `[::1]`,
+/// with or without a port). Anything else may be a DNS-rebinding page.
+pub fn host_is_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, _)) => return inside == "::1",
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map(|(n, _)| n).unwrap_or(host)
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1"
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Decides who a WebSocket upgrade request is, or the HTTP refusal.
+fn authenticate(head: &Head, shared: &Shared) -> Result<Role, (&'static str, String)> {
+    let db = shared.store.db();
+    let internal = |e: crate::error::Error| ("500 Internal Server Error", e.to_string());
+    let origin = head.header("origin");
+    let token = head
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .or_else(|| head.query("token"));
+    if let Some(token) = token {
+        if constant_time_eq(&token, &shared.admin_token) {
+            if let Some(o) = origin {
+                if !shared.own_origins.iter().any(|own| own == o) {
+                    return Err((
+                        "403 Forbidden",
+                        format!("the admin token is not accepted from origin {o}"),
+                    ));
+                }
+            }
+            return Ok(Role::Admin);
+        }
+        return match registry::native_for_token(db, &token).map_err(internal)? {
+            Some(name) => Ok(Role::App {
+                name,
+                via: Via::Token(token),
+            }),
+            None => Err(("401 Unauthorized", "unknown token".into())),
+        };
+    }
+    let Some(origin) = origin else {
+        return Err((
+            "401 Unauthorized",
+            "send a token (native apps: `masq apps add NAME`) or connect from a web page".into(),
+        ));
+    };
+    let Some(app) = head.query("app") else {
+        return Err(("400 Bad Request", "name your app: /ws?app=NAME".into()));
+    };
+    let rec =
+        registry::request(db, origin, &app).map_err(|e| ("400 Bad Request", e.to_string()))?;
+    if rec.state == registry::OriginState::Pending {
+        // Lets a manager connection see the new request.
+        shared.registry_changed();
+    }
+    Ok(match rec.state {
+        registry::OriginState::Approved => Role::App {
+            name: rec.app,
+            via: Via::Origin(origin.to_string()),
+        },
+        registry::OriginState::Pending => Role::Pending {
+            origin: origin.to_string(),
+            app: rec.app,
+        },
+        registry::OriginState::Denied => Role::Denied { app: rec.app },
+    })
+}
+
+/// The role after a registry change (None: unchanged).
+fn recheck(role: &Role, shared: &Shared) -> Option<Role> {
+    let db = shared.store.db();
+    match role {
+        Role::Admin | Role::Denied { .. } => None,
+        Role::App { name, via } => {
+            let still = match via {
+                Via::Token(t) => {
+                    registry::native_for_token(db, t).ok().flatten().as_ref() == Some(name)
+                }
+                Via::Origin(o) => registry::origin(db, o)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.state == registry::OriginState::Approved && &r.app == name)
+                    .unwrap_or(false),
+            };
+            (!still).then(|| Role::Denied { app: name.clone() })
+        }
+        Role::Pending { origin, app } => match registry::origin(db, origin).ok().flatten() {
+            Some(r) if r.state == registry::OriginState::Approved => Some(Role::App {
+                name: r.app,
+                via: Via::Origin(origin.clone()),
+            }),
+            Some(r) if r.state == registry::OriginState::Pending => None,
+            _ => Some(Role::Denied { app: app.clone() }),
+        },
+    }
+}
+
+/// Counts a live connection while alive.
+struct ConnGuard(Arc<Shared>);
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one TCP connection.
+pub(crate) async fn handle(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    closing: broadcast::Receiver<()>,
+) {
+    let Some(head) = read_head(&mut stream, MAX_HTTP_HEAD_BYTES, HEAD_TIMEOUT).await else {
+        return;
+    };
+    if !host_is_loopback(head.header("host")) {
+        respond(
+            &mut stream,
+            "403 Forbidden",
+            "text/plain",
+            "",
+            b"bad Host header: the store answers only to localhost, 127.0.0.1 and [::1]\n",
+        )
+        .await;
+        return;
+    }
+    if !head.is_websocket() {
+        let (status, ctype, body): (&str, &str, &[u8]) = match (head.method.as_str(), head.path()) {
+            ("GET", "/healthz") => ("200 OK", "text/plain", b"ok\n"),
+            ("GET", "/") => (
+                "200 OK",
+                "text/plain",
+                b"masq store: apps connect to /ws (see docs/protocol.md)\n",
+            ),
+            _ => ("404 Not Found", "text/plain", b"not found\n"),
+        };
+        respond(&mut stream, status, ctype, "", body).await;
+        return;
+    }
+    if head.path() != "/ws" {
+        respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            "",
+            b"not found\n",
+        )
+        .await;
+        return;
+    }
+    if shared.connections.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        respond(
+            &mut stream,
+            "503 Service Unavailable",
+            "text/plain",
+            "",
+            b"too many connections\n",
+        )
+        .await;
+        return;
+    }
+    let _guard = ConnGuard(shared.clone());
+    let auth = {
+        let (head, shared) = (head.clone(), shared.clone());
+        tokio::task::spawn_blocking(move || authenticate(&head, &shared)).await
+    };
+    let role = match auth {
+        Ok(Ok(role)) => role,
+        Ok(Err((status, msg))) => {
+            respond(
+                &mut stream,
+                status,
+                "text/plain",
+                "",
+                format!("{msg}\n").as_bytes(),
+            )
+            .await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+        .max_write_buffer_size(2 * MAX_MESSAGE_BYTES);
+    let ws = match tokio_tungstenite::accept_async_with_config(
+        Prefixed::new(head.raw, stream),
+        Some(config),
+    )
+    .await
+    {
+        Ok(ws) => ws,
+        Err(_) => return,
+    };
+    serve(ws, role, shared, closing).await;
+}
+
+fn text(r: &Response) -> Message {
+    Message::text(serde_json::to_string(r).unwrap_or_default())
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    }))
+}
+
+fn state_msg(role: &Role) -> Message {
+    let (state, app) = match role {
+        Role::Admin => (ConnState::Ready, None),
+        Role::App { name, .. } => (ConnState::Ready, Some(name.clone())),
+        Role::Pending { app, .. } => (ConnState::Pending, Some(app.clone())),
+        Role::Denied { app } => (ConnState::Denied, Some(app.clone())),
+    };
+    text(&Response::State { state, app })
+}
+
+/// A request on its way to the worker, with the namespace it acts in.
+pub(crate) struct Job {
+    /// The client's id.
+    pub id: u64,
+    /// The namespace (data requests).
+    pub app: Option<String>,
+    /// The request.
+    pub request: Request,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<Prefixed>;
+
+async fn serve(ws: Ws, mut role: Role, shared: Arc<Shared>, mut closing: broadcast::Receiver<()>) {
+    let (mut sink, mut stream) = ws.split();
+    let (out, mut out_rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            let last = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let (jobs, jobs_rx) = mpsc::channel::<Job>(MAX_PIPELINED);
+    let worker = AbortOnDrop(tokio::spawn(worker(shared.clone(), jobs_rx, out.clone())));
+    let _ = out.send(state_msg(&role)).await;
+    if matches!(role, Role::Denied { .. }) {
+        let _ = out
+            .send(close(CLOSE_REVOKED, "this origin was refused by the user"))
+            .await;
+    }
+    let mut registry = shared.registry_version.subscribe();
+    loop {
+        tokio::select! {
+            _ = closing.recv() => {
+                let _ = out.send(close(1001, "the store is shutting down")).await;
+                break;
+            }
+            changed = registry.changed() => {
+                if changed.is_err() { break; }
+                let next = {
+                    let (r, s) = (role.clone(), shared.clone());
+                    tokio::task::spawn_blocking(move || recheck(&r, &s)).await.ok().flatten()
+                };
+                if let Some(next) = next {
+                    role = next;
+                    let _ = out.send(state_msg(&role)).await;
+                    if let Role::Denied { .. } = role {
+                        let _ = out.send(close(CLOSE_REVOKED, "access revoked by the user")).await;
+                        break;
+                    }
+                }
+            }
+            msg = stream.next() => {
+                let msg = match msg {
+                    None => break,
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                        let _ = out.send(close(1009, &format!("message too large: {e}"))).await;
+                        break;
+                    }
+                    Some(Err(_)) => break,
+                    Some(Ok(m)) => m,
+                };
+                match msg {
+                    Message::Text(t) => {
+                        if let Err((id, error)) = route(t.as_str(), &role, &jobs).await {
+                            let _ = out.send(text(&Response::Err { id, error })).await;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let error = ApiError::new("bad_frame", "send JSON text frames");
+                        let _ = out.send(text(&Response::Err { id: 0, error })).await;
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    drop(jobs);
+    drop(worker);
+    drop(out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+}
+
+/// Checks a request against the connection's role and queues it.
+async fn route(text: &str, role: &Role, jobs: &mpsc::Sender<Job>) -> Result<(), (u64, ApiError)> {
+    let env = parse_request(text)?;
+    let id = env.id;
+    let app = match role {
+        Role::Pending { .. } => {
+            return Err((
+                id,
+                ApiError::new(
+                    "not_approved",
+                    "waiting for the user to approve this app in the store manager",
+                ),
+            ))
+        }
+        Role::Denied { .. } => {
+            return Err((id, ApiError::new("denied", "the user refused this app")))
+        }
+        Role::App { name, .. } => {
+            if env.request.is_admin() {
+                return Err((
+                    id,
+                    ApiError::new("forbidden", "admin operations need the admin token"),
+                ));
+            }
+            Some(name.clone())
+        }
+        Role::Admin => env.app.clone(),
+    };
+    jobs.send(Job {
+        id,
+        app,
+        request: env.request,
+    })
+    .await
+    .map_err(|_| (id, ApiError::new("closing", "connection is closing")))
+}
+
+/// Aborts a task when dropped (subscription forwarders, the worker).
+struct AbortOnDrop(JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn is_data(req: &Request) -> bool {
+    !req.is_admin() && !matches!(req, Request::Unsubscribe { .. })
+}
+
+async fn worker(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, out: mpsc::Sender<Message>) {
+    let mut subs: HashMap<u64, AbortOnDrop> = HashMap::new();
+    let mut next_sub: u64 = 1;
+    let mut batch: Vec<Job> = Vec::new();
+    while jobs.recv_many(&mut batch, 256).await > 0 {
+        let mut pending = std::mem::take(&mut batch).into_iter().peekable();
+        while let Some(job) = pending.next() {
+            if !is_data(&job.request) {
+                let reply = match job.request {
+                    Request::Unsubscribe { sub } => match subs.remove(&sub) {
+                        Some(_) => Ok(serde_json::Value::Null),
+                        None => Err(ApiError::new("not_found", format!("no subscription {sub}"))),
+                    },
+                    req => admin::handle(&shared, job.id, req, &out).await,
+                };
+                let _ = out.send(answer(job.id, reply)).await;
+                continue;
+            }
+            // A run of data requests goes to one blocking call, in order.
+            let mut run = vec![job];
+            while let Some(j) = pending.next_if(|j| is_data(&j.request)) {
+                run.push(j);
+            }
+            let store = shared.store.clone();
+            let results = tokio::task::spawn_blocking(move || {
+                run.into_iter()
+                    .map(|j| {
+                        let r = match j.app.as_deref() {
+                            None => Err(ApiError::new(
+                                "bad_request",
+                                "admin requests name an \"app\"",
+                            )),
+                            Some(a) => store
+                                .app(a)
+                                .map_err(ApiError::from)
+                                .and_then(|app| crate::api::execute(&app, j.request)),
+                        };
+                        (j.id, r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (id, r) in results {
+                let reply = match r {
+                    Ok(Outcome::Value(v)) => Ok(v),
+                    Ok(Outcome::Subscribe(mut sub)) => {
+                        if subs.len() >= MAX_SUBSCRIPTIONS {
+                            Err(ApiError::new(
+                                "too_many_subscriptions",
+                                format!("at most {MAX_SUBSCRIPTIONS} per connection"),
+                            ))
+                        } else {
+                            let n = next_sub;
+                            next_sub += 1;
+                            // The answer goes out before the first event, so a
+                            // client knows the sub id before it sees events;
+                            // events meanwhile wait in the subscription.
+                            let _ = out
+                                .send(answer(id, Ok(serde_json::json!({ "sub": n }))))
+                                .await;
+                            let out = out.clone();
+                            subs.insert(
+                                n,
+                                AbortOnDrop(tokio::spawn(async move {
+                                    while let Some(event) = sub.next().await {
+                                        if out
+                                            .send(text(&Response::Event { sub: n, event }))
+                                            .await
+                                            .is_err()
+                                        {
+                                            break;
+                                        }
+                                    }
+                                })),
+                            );
+                            continue;
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = out.send(answer(id, reply)).await;
+            }
+        }
+    }
+}
+
+fn answer(id: u64, r: Result<serde_json::Value, ApiError>) -> Message {
+    text(&match r {
+        Ok(ok) => Response::Ok { id, ok },
+        Err(error) => Response::Err { id, error },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:7070",
+            "127.0.0.1:1",
+            "[::1]:7070",
+            "LOCALHOST:3",
+        ] {
+            assert!(host_is_loopback(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.com",
+            "evil.com:7070",
+            "127.0.0.1.evil.com",
+            "[::2]:1",
+            "",
+            "localhost.evil:1",
+        ] {
+            assert!(!host_is_loopback(Some(bad)), "{bad}");
+        }
+        assert!(!host_is_loopback(None));
+    }
+}

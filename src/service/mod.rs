@@ -1,0 +1,245 @@
+//! The store service: what `masq store` serves to the apps on this device —
+//! HTTP and the app WebSocket (`/ws`) on loopback — and the daemon file that
+//! lets local tools find it.
+//!
+//! - [`registry`]: which browser origins and native apps may use the store.
+//! - `connection`: one app connection — authentication at the upgrade,
+//!   then requests executed in order, pushed events, permission changes.
+//! - `admin`: the admin operations (apps, devices, pairing, status), open only
+//!   to the admin token.
+//! - [`daemon_file`]: `store.json` in the data dir (URL, pid, admin token; mode 0600).
+//!
+//! Architecture invariant: the service never touches fjall or Automerge
+//! directly; data requests go through [`crate::api::execute`], so the service,
+//! peer-mode clients and the CLI behave alike.
+
+pub mod admin;
+mod connection;
+pub mod daemon_file;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::store::Store;
+use crate::sync::engine::{EngineConfig, SyncEngine};
+
+/// Default listen address of `masq store`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Longest HTTP request head accepted.
+pub const MAX_HTTP_HEAD_BYTES: usize = 8 * 1024;
+/// Time from TCP accept to a complete request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most simultaneous app connections (past this new ones get 503).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Messages queued for one connection's writer (answers and events) before
+/// the request worker and event forwarders wait for the socket.
+pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Where to listen (must be a loopback address).
+    pub listen: SocketAddr,
+    /// Sync engine settings used when a relay is known.
+    pub resync_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            resync_interval: crate::sync::engine::RESYNC_INTERVAL,
+        }
+    }
+}
+
+/// What every connection of the service shares.
+pub struct Shared {
+    /// The store.
+    pub store: Store,
+    /// The admin token (hex), compared in constant time.
+    pub admin_token: String,
+    /// The origins the store's own pages are served from (the manager page may
+    /// use the admin token; no other origin may).
+    pub own_origins: Vec<String>,
+    /// Bumped whenever the app registry changes, so connections re-check
+    /// whether they are still (or now) allowed.
+    pub registry_version: watch::Sender<u64>,
+    /// The sync engine, running once a relay is known.
+    pub engine: Mutex<Option<SyncEngine>>,
+    /// Engine settings.
+    pub resync_interval: Duration,
+    /// Live connections.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// Whether this process syncs (the daemon does; the CLI working on a
+    /// data directory directly does not start an engine).
+    pub sync_enabled: bool,
+}
+
+impl Shared {
+    /// State for serving `store` on `port` (or, with `sync_enabled` false, for
+    /// running admin operations in a CLI process without a listener).
+    pub fn new(store: Store, port: u16, resync_interval: Duration, sync_enabled: bool) -> Self {
+        Self {
+            store,
+            admin_token: hex::encode(*crate::crypto::random_bytes::<32>()),
+            own_origins: vec![
+                format!("http://127.0.0.1:{port}"),
+                format!("http://localhost:{port}"),
+                format!("http://[::1]:{port}"),
+            ],
+            registry_version: watch::channel(0).0,
+            engine: Mutex::new(None),
+            resync_interval,
+            connections: Default::default(),
+            sync_enabled,
+        }
+    }
+
+    /// Tells connections the registry changed.
+    pub fn registry_changed(&self) {
+        self.registry_version.send_modify(|v| *v += 1);
+    }
+
+    /// Starts the sync engine if a relay is configured and it is not running;
+    /// otherwise tells the running engine the set of peers changed.
+    pub async fn ensure_engine(&self) -> crate::error::Result<()> {
+        let mut engine = self.engine.lock().await;
+        if let Some(e) = engine.as_ref() {
+            e.peers_changed();
+            return Ok(());
+        }
+        if !self.sync_enabled {
+            return Ok(());
+        }
+        if let Some(url) = crate::sync::peers::relay_url(self.store.db())? {
+            *engine = Some(SyncEngine::start_with(
+                self.store.clone(),
+                EngineConfig {
+                    relay_url: url,
+                    resync_interval: self.resync_interval,
+                },
+            )?);
+        }
+        Ok(())
+    }
+}
+
+/// A running store service. Dropping it stops accepting; [`shutdown`](Self::shutdown)
+/// also stops the sync engine and waits.
+pub struct ServiceHandle {
+    /// Where it listens.
+    addr: SocketAddr,
+    /// The admin token.
+    admin_token: String,
+    /// Shared state (for the engine at shutdown).
+    shared: Arc<Shared>,
+    /// Stops the accept loop.
+    stop: watch::Sender<bool>,
+    /// The accept loop.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl ServiceHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://ADDR/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The sync engine's status, if it runs.
+    pub async fn engine_status(&self) -> Option<crate::sync::engine::EngineStatus> {
+        self.shared.engine.lock().await.as_ref().map(|e| e.status())
+    }
+
+    /// Stops accepting, closes connections, stops the engine.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        if let Some(e) = self.shared.engine.lock().await.take() {
+            e.shutdown().await;
+        }
+    }
+}
+
+/// Starts serving `store` (and syncing it, if a relay is known).
+pub async fn start(store: Store, config: ServiceConfig) -> std::io::Result<ServiceHandle> {
+    if !config.listen.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the store serves apps on loopback only (127.0.0.1 or [::1])",
+        ));
+    }
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::new(
+        store,
+        addr.port(),
+        config.resync_interval,
+        true,
+    ));
+    let admin_token = shared.admin_token.clone();
+    shared
+        .ensure_engine()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+    Ok(ServiceHandle {
+        addr,
+        admin_token,
+        shared,
+        stop: stop_tx,
+        task: Some(task),
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut conns = tokio::task::JoinSet::new();
+    let (closing_tx, _) = broadcast::channel::<()>(1);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let closing = closing_tx.subscribe();
+                conns.spawn(connection::handle(stream, shared, closing));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let _ = closing_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
