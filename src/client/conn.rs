@@ -49,6 +49,9 @@ struct Routes {
     subs: HashMap<u64, mpsc::Sender<Event>>,
     /// `pair.invite` completions awaited, by request id.
     paired: HashMap<u64, oneshot::Sender<Json>>,
+    /// The connection ended: new requests fail at once instead of waiting
+    /// for an answer that cannot come.
+    closed: bool,
 }
 
 /// A live connection. Dropping it closes the socket.
@@ -143,6 +146,7 @@ impl Connection {
             }
             // Closed: fail everything still waiting.
             let mut r = lock(&reader_routes);
+            r.closed = true;
             for (_, tx) in r.answers.drain() {
                 let _ = tx.send(Err(ApiError::new(
                     "disconnected",
@@ -204,7 +208,16 @@ impl Connection {
         request: Request,
     ) -> Result<oneshot::Receiver<Answer>, ApiError> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.routes).answers.insert(id, tx);
+        {
+            let mut r = lock(&self.routes);
+            if r.closed {
+                return Err(ApiError::new(
+                    "disconnected",
+                    "the store closed the connection",
+                ));
+            }
+            r.answers.insert(id, tx);
+        }
         let env = Envelope {
             id,
             app: app.map(str::to_string),
