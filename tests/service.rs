@@ -238,6 +238,21 @@ async fn host_header_and_credentials_are_checked_before_the_upgrade() {
     let r = raw_http(&addr, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 
+    // An app without a token is told to register rather than silently
+    // starting a separate peer-mode store beside a running one.
+    let mut o = ClientOptions::new("todo");
+    o.store_url = Some(d.info.ws_url.clone());
+    o.token = None;
+    match Client::connect_with(o).await {
+        Err(ClientError::Refused {
+            status: 401,
+            message,
+        }) => {
+            assert!(message.contains("masq apps add todo"), "{message}")
+        }
+        Err(e) => panic!("expected refusal, got {e}"),
+        Ok(_) => panic!("expected refusal, got a client"),
+    }
     // Client errors are clear.
     let mut o = ClientOptions::new("todo");
     o.store_url = Some(d.info.ws_url.clone());

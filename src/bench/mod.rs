@@ -2,6 +2,7 @@
 //! (criterion benches in `benches/` cover the in-process parts). Each prints a
 //! table (or `--json`) and reports ratios measured in the same run.
 
+pub mod local;
 pub mod store;
 pub mod sync;
 
@@ -18,6 +19,8 @@ pub enum BenchCmd {
     Store(store::StoreBenchArgs),
     /// Relay forwarding throughput and latency.
     Relay(crate::relay::bench::RelayBenchArgs),
+    /// kv get/put over the app WebSocket API vs the embedded API.
+    Local(local::LocalBenchArgs),
 }
 
 /// Runs a benchmark command.
@@ -27,6 +30,7 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         BenchCmd::Store(args) => tokio::task::block_in_place(|| store::run(args))
             .map(|_| ())
             .map_err(CliError::from),
+        BenchCmd::Local(args) => local::run(args).await.map(|_| ()).map_err(CliError::from),
         BenchCmd::Relay(args) => crate::relay::bench::run(args)
             .await
             .map(|_| ())

@@ -184,9 +184,31 @@ impl Client {
             )
             .await
             .unwrap_or_else(|_| Err(ClientError::Connect("timed out".into()))),
-            None => Err(ClientError::Connect(
-                "no token (set MASQ_TOKEN or ClientOptions::token)".into(),
-            )),
+            None => {
+                // Without a token we cannot use a store, but if one runs here
+                // peer mode would split the app's data: say so instead.
+                let addr = url
+                    .trim_start_matches("ws://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let probe = tokio::time::timeout(
+                    LOCAL_CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await;
+                match probe {
+                    Ok(Ok(_)) => Err(ClientError::Refused {
+                        status: 401,
+                        message: format!(
+                            "a store runs at {url}: register the app with `masq apps add {}` and set MASQ_TOKEN",
+                            opts.app
+                        ),
+                    }),
+                    _ => Err(ClientError::Connect("no store answers".into())),
+                }
+            }
         };
         match attempt {
             Ok(conn) => {
