@@ -20,7 +20,7 @@ use crate::api::execute::Outcome;
 use crate::api::{ApiError, ConnState, Request};
 use crate::doc::{ChangeOp, Subscription};
 use crate::store::{Event, Store};
-use crate::sync::engine::{EngineConfig, SyncEngine};
+use crate::sync::engine::EngineSlot;
 use crate::sync::pairing::{self, Inviter, Paired};
 
 /// How long [`Client::connect`] waits for a local store before peer mode.
@@ -107,25 +107,12 @@ impl ClientOptions {
 /// Peer mode: an embedded store and, once a relay is known, its sync engine.
 struct Peer {
     store: Store,
-    engine: tokio::sync::Mutex<Option<SyncEngine>>,
-    resync_interval: Duration,
+    engine: EngineSlot,
 }
 
 impl Peer {
     async fn ensure_engine(&self) -> Result<(), ClientError> {
-        let mut e = self.engine.lock().await;
-        if let Some(engine) = e.as_ref() {
-            engine.peers_changed();
-        } else if let Some(url) = crate::sync::peers::relay_url(self.store.db())? {
-            *e = Some(SyncEngine::start_with(
-                self.store.clone(),
-                EngineConfig {
-                    relay_url: url,
-                    resync_interval: self.resync_interval,
-                },
-            )?);
-        }
-        Ok(())
+        Ok(self.engine.ensure().await?)
     }
 }
 
@@ -242,9 +229,8 @@ impl Client {
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))??;
         let peer = Peer {
+            engine: EngineSlot::new(store.clone(), opts.resync_interval),
             store,
-            engine: tokio::sync::Mutex::new(None),
-            resync_interval: opts.resync_interval,
         };
         peer.ensure_engine().await?;
         Ok(Self {
@@ -479,9 +465,7 @@ impl Client {
     /// Stops syncing (peer mode) and closes the connection.
     pub async fn close(self) {
         if let Backend::Peer(p) = self.backend {
-            if let Some(e) = p.engine.lock().await.take() {
-                e.shutdown().await;
-            }
+            p.engine.shutdown().await;
         }
     }
 }

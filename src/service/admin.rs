@@ -230,5 +230,5 @@ pub(crate) async fn handle(
 }
 
 async fn engine_status(shared: &Shared) -> Option<EngineStatus> {
-    shared.engine.lock().await.as_ref().map(|e| e.status())
+    shared.engine.status().await
 }

@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Mutex};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::store::Store;
-use crate::sync::engine::{EngineConfig, SyncEngine};
+use crate::sync::engine::EngineSlot;
 
 /// Default listen address of `masq store`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -74,9 +74,7 @@ pub struct Shared {
     /// whether they are still (or now) allowed.
     pub registry_version: watch::Sender<u64>,
     /// The sync engine, running once a relay is known.
-    pub engine: Mutex<Option<SyncEngine>>,
-    /// Engine settings.
-    pub resync_interval: Duration,
+    pub engine: EngineSlot,
     /// Live connections.
     pub connections: std::sync::atomic::AtomicUsize,
     /// Whether this process syncs (the daemon does; the CLI working on a
@@ -89,6 +87,7 @@ impl Shared {
     /// running admin operations in a CLI process without a listener).
     pub fn new(store: Store, port: u16, resync_interval: Duration, sync_enabled: bool) -> Self {
         Self {
+            engine: EngineSlot::new(store.clone(), resync_interval),
             store,
             admin_token: hex::encode(*crate::crypto::random_bytes::<32>()),
             own_origins: vec![
@@ -97,8 +96,6 @@ impl Shared {
                 format!("http://[::1]:{port}"),
             ],
             registry_version: watch::channel(0).0,
-            engine: Mutex::new(None),
-            resync_interval,
             connections: Default::default(),
             sync_enabled,
         }
@@ -109,25 +106,10 @@ impl Shared {
         self.registry_version.send_modify(|v| *v += 1);
     }
 
-    /// Starts the sync engine if a relay is configured and it is not running;
-    /// otherwise tells the running engine the set of peers changed.
+    /// Starts (or updates) the sync engine, unless this process does not sync.
     pub async fn ensure_engine(&self) -> crate::error::Result<()> {
-        let mut engine = self.engine.lock().await;
-        if let Some(e) = engine.as_ref() {
-            e.peers_changed();
-            return Ok(());
-        }
-        if !self.sync_enabled {
-            return Ok(());
-        }
-        if let Some(url) = crate::sync::peers::relay_url(self.store.db())? {
-            *engine = Some(SyncEngine::start_with(
-                self.store.clone(),
-                EngineConfig {
-                    relay_url: url,
-                    resync_interval: self.resync_interval,
-                },
-            )?);
+        if self.sync_enabled {
+            self.engine.ensure().await?;
         }
         Ok(())
     }
@@ -174,7 +156,7 @@ impl ServiceHandle {
 
     /// The sync engine's status, if it runs.
     pub async fn engine_status(&self) -> Option<crate::sync::engine::EngineStatus> {
-        self.shared.engine.lock().await.as_ref().map(|e| e.status())
+        self.shared.engine.status().await
     }
 
     /// Stops accepting, closes connections, stops the engine.
@@ -183,9 +165,7 @@ impl ServiceHandle {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
-        if let Some(e) = self.shared.engine.lock().await.take() {
-            e.shutdown().await;
-        }
+        self.shared.engine.shutdown().await;
     }
 }
 

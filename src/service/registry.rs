@@ -93,14 +93,19 @@ pub fn origin(db: &Db, origin: &str) -> Result<Option<OriginRecord>> {
     }
 }
 
-/// Every origin record.
-pub fn origins(db: &Db) -> Result<Vec<OriginRecord>> {
+/// Every record under `prefix`.
+fn records<T: serde::de::DeserializeOwned>(db: &Db, prefix: &[u8]) -> Result<Vec<T>> {
     let mut out = Vec::new();
-    for g in db.meta.prefix(ORIGIN) {
+    for g in db.meta.prefix(prefix) {
         let (_, v) = g.into_inner()?;
         out.push(serde_json::from_slice(&v)?);
     }
     Ok(out)
+}
+
+/// Every origin record.
+pub fn origins(db: &Db) -> Result<Vec<OriginRecord>> {
+    records(db, ORIGIN)
 }
 
 fn put_origin(db: &Db, rec: &OriginRecord) -> Result<()> {
@@ -195,12 +200,7 @@ pub fn add_native(db: &Db, name: &str) -> Result<String> {
 
 /// Every native app.
 pub fn natives(db: &Db) -> Result<Vec<NativeRecord>> {
-    let mut out = Vec::new();
-    for g in db.meta.prefix(NATIVE) {
-        let (_, v) = g.into_inner()?;
-        out.push(serde_json::from_slice(&v)?);
-    }
-    Ok(out)
+    records(db, NATIVE)
 }
 
 /// The native app a token belongs to.
@@ -225,4 +225,51 @@ pub fn revoke(db: &Db, who: &str) -> Result<()> {
     let mut b = db.batch();
     b.remove(&db.meta, key(NATIVE, who));
     db.commit(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::storage::Durability;
+
+    #[test]
+    fn origins_tokens_and_the_pending_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Durability::Buffered).unwrap();
+        for bad in [
+            "javascript:alert(1)",
+            "http://",
+            "http://a/b",
+            "file:///etc",
+        ] {
+            assert!(request(&db, bad, "app").is_err(), "{bad}");
+        }
+        // A page cycling through origins cannot grow the registry without bound.
+        for i in 0..(MAX_PENDING_ORIGINS + 10) {
+            request(&db, &format!("http://p{i}.example"), "x").unwrap();
+        }
+        let pending = origins(&db).unwrap();
+        assert!(pending.len() <= MAX_PENDING_ORIGINS, "{}", pending.len());
+        // Approval keeps the asked-for namespace unless told otherwise.
+        let last = format!("http://p{}.example", MAX_PENDING_ORIGINS + 9);
+        assert_eq!(approve(&db, &last, None).unwrap().app, "x");
+        assert!(approve(&db, "http://never.example", None).is_err());
+        // Tokens: only the hash is stored; revoking forgets it.
+        let token = add_native(&db, "notes").unwrap();
+        assert!(add_native(&db, "notes").is_err());
+        assert_eq!(
+            native_for_token(&db, &token).unwrap().as_deref(),
+            Some("notes")
+        );
+        assert!(!natives(&db).unwrap()[0].token_hash.contains(&token));
+        revoke(&db, "notes").unwrap();
+        assert_eq!(native_for_token(&db, &token).unwrap(), None);
+        revoke(&db, &last).unwrap();
+        assert_eq!(
+            origin(&db, &last).unwrap().unwrap().state,
+            OriginState::Denied
+        );
+        assert!(revoke(&db, "nobody").is_err());
+    }
 }

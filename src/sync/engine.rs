@@ -860,3 +860,56 @@ impl Engine {
 
 /// Shared handle type for callers that keep an engine beside other state.
 pub type SharedEngine = Arc<SyncEngine>;
+
+/// The sync engine of a store that starts syncing once it knows a relay
+/// (after pairing, or `--relay`): shared by the store daemon and peer-mode
+/// clients, which both pair at run time.
+pub struct EngineSlot {
+    /// The store to sync.
+    store: Store,
+    /// Resync interval for the engine when it starts.
+    resync_interval: Duration,
+    /// The engine, once started.
+    engine: tokio::sync::Mutex<Option<SyncEngine>>,
+}
+
+impl EngineSlot {
+    /// An empty slot for `store`.
+    pub fn new(store: Store, resync_interval: Duration) -> Self {
+        Self {
+            store,
+            resync_interval,
+            engine: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Starts the engine if a relay is configured and it is not running;
+    /// otherwise tells the running engine the set of peers changed.
+    pub async fn ensure(&self) -> Result<()> {
+        let mut engine = self.engine.lock().await;
+        if let Some(e) = engine.as_ref() {
+            e.peers_changed();
+        } else if let Some(url) = peers::relay_url(self.store.db())? {
+            *engine = Some(SyncEngine::start_with(
+                self.store.clone(),
+                EngineConfig {
+                    relay_url: url,
+                    resync_interval: self.resync_interval,
+                },
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The engine's status, if it runs.
+    pub async fn status(&self) -> Option<EngineStatus> {
+        self.engine.lock().await.as_ref().map(|e| e.status())
+    }
+
+    /// Stops the engine, if it runs, and waits for it.
+    pub async fn shutdown(&self) {
+        if let Some(e) = self.engine.lock().await.take() {
+            e.shutdown().await;
+        }
+    }
+}
