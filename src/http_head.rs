@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Most headers parsed from one request head.
 pub const MAX_HEADERS: usize = 32;
@@ -84,8 +83,8 @@ fn percent_decode(s: &str) -> String {
 
 /// Reads and parses a request head of at most `max_bytes` within `timeout`.
 /// `None` if the peer closed, was too slow, sent too much or sent garbage.
-pub async fn read_head(
-    stream: &mut TcpStream,
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     max_bytes: usize,
     timeout: Duration,
 ) -> Option<Head> {
@@ -131,8 +130,8 @@ pub async fn read_head(
 }
 
 /// Writes a complete response and closes the connection.
-pub async fn respond(
-    stream: &mut TcpStream,
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: &str,
     content_type: &str,
     extra_headers: &str,
@@ -148,15 +147,15 @@ pub async fn respond(
 }
 
 /// A stream that first replays bytes already read (the HTTP head we parsed).
-pub struct Prefixed {
+pub struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Prefixed {
+impl<S> Prefixed<S> {
     /// `inner`, with `prefix` to be read first.
-    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
             prefix,
             pos: 0,
@@ -165,7 +164,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -186,7 +185,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -112,10 +112,13 @@ impl Drop for RelayClient {
 impl RelayClient {
     /// Connects to `url` (ws://...) and authenticates as `keypair`.
     pub async fn connect(url: &str, keypair: &DeviceKeypair) -> Result<Self, RelayClientError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        let stream = super::tls::connect_stream(url)
+            .await
+            .map_err(|e| RelayClientError::Connect(e.to_string()))?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             url,
+            stream,
             Some(RelayConfig::default().websocket()),
-            true,
         )
         .await
         .map_err(|e| RelayClientError::Connect(e.to_string()))?;

@@ -62,6 +62,10 @@ pub struct RelayConfig {
     pub ping_interval: Duration,
     /// See [`RENDEZVOUS_TTL`].
     pub rendezvous_ttl: Duration,
+    /// TLS (wss://) when set; plain ws otherwise (the default, for loopback).
+    /// Envelopes are sealed end to end either way; TLS hides the frame
+    /// headers (device ids) from the network.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for RelayConfig {
@@ -77,6 +81,7 @@ impl Default for RelayConfig {
             idle_timeout: IDLE_TIMEOUT,
             ping_interval: PING_INTERVAL,
             rendezvous_ttl: RENDEZVOUS_TTL,
+            tls: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod server;
+pub mod tls;
 
 pub use config::RelayConfig;
 pub use server::{start, RelayHandle};
@@ -43,6 +44,12 @@ pub struct RelayArgs {
     /// Seconds of silence before a connection is closed.
     #[arg(long, default_value_t = config::IDLE_TIMEOUT.as_secs())]
     pub idle_secs: u64,
+    /// Serve wss://: PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Serve wss://: PEM private key (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl From<RelayArgs> for RelayConfig {
@@ -62,9 +69,14 @@ impl From<RelayArgs> for RelayConfig {
 
 /// Runs the relay until SIGINT or SIGTERM, then closes every connection with a reason.
 pub async fn run(args: RelayArgs) -> std::io::Result<()> {
-    let handle = start(args.into()).await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let handle = start(RelayConfig { tls, ..args.into() }).await?;
     eprintln!(
-        "masq relay listening on ws://{} (GET /healthz, /metrics)",
+        "masq relay listening on {scheme}://{} (GET /healthz, /metrics)",
         handle.local_addr()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

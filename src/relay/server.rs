@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -265,7 +266,20 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let hub = hub.clone();
-                conns.spawn(async move { handle_socket(stream, hub).await });
+                match hub.config.tls.clone() {
+                    None => {
+                        conns.spawn(async move { handle_socket(stream, hub).await });
+                    }
+                    Some(tls) => {
+                        conns.spawn(async move {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                            let handshake = tokio::time::timeout(hub.config.handshake_timeout, acceptor.accept(stream));
+                            if let Ok(Ok(tls_stream)) = handshake.await {
+                                handle_socket(tls_stream, hub).await;
+                            }
+                        });
+                    }
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -285,7 +299,10 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn handle_socket(mut stream: TcpStream, hub: Arc<Hub>) {
+async fn handle_socket<S>(mut stream: S, hub: Arc<Hub>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let open = hub.open_sockets.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = SocketGuard(hub.clone());
     // Read the request head (bounded, with the handshake timeout).
@@ -332,7 +349,7 @@ async fn handle_socket(mut stream: TcpStream, hub: Arc<Hub>) {
     run_connection(ws, hub).await;
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<Prefixed>;
+type Ws<S> = tokio_tungstenite::WebSocketStream<Prefixed<S>>;
 
 /// A close frame: code 0 is a normal close (1000), others are 4000 + [`codes`] value.
 fn close_msg(code: u16, reason: &str) -> Message {
@@ -344,7 +361,10 @@ fn close_msg(code: u16, reason: &str) -> Message {
 }
 
 /// Challenge, authenticate, then serve the connection until it ends.
-async fn run_connection(ws: Ws, hub: Arc<Hub>) {
+async fn run_connection<S>(ws: Ws<S>, hub: Arc<Hub>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sink, mut stream) = ws.split();
     // Authenticate.
     let relay_secret = StaticSecret::from(*random_bytes::<32>());

@@ -296,7 +296,7 @@ pub(crate) struct Job {
     pub request: Request,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<Prefixed>;
+type Ws = tokio_tungstenite::WebSocketStream<Prefixed<TcpStream>>;
 
 async fn serve(ws: Ws, mut role: Role, shared: Arc<Shared>, mut closing: broadcast::Receiver<()>) {
     let (mut sink, mut stream) = ws.split();
