@@ -1,0 +1,312 @@
+//! Crash and fault campaign: three real `masq store` processes and a real
+//! `masq relay` process; writers on every store; at random moments a store or
+//! the relay is killed with SIGKILL and restarted. In the end every
+//! acknowledged write must be on every store. Prints rounds, kills, writes
+//! and losses (which must be 0).
+//!
+//! Short form by default (3 rounds); `MASQ_CAMPAIGN_ROUNDS=50` for the long
+//! form, `MASQ_CAMPAIGN_SEED=N` to replay a run.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use masq::api::Request;
+use masq::client::{Auth, ClientOptions, Connection};
+use masq::service::daemon_file;
+use masq::Client;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(90);
+
+fn masq(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_masq"));
+    c.arg("--data").arg(dir);
+    c
+}
+
+/// A store process that can be killed and restarted on its directory.
+struct Store {
+    dir: PathBuf,
+    child: Option<Child>,
+    ws_url: String,
+    admin: String,
+}
+
+impl Store {
+    fn start(dir: PathBuf, relay: &str) -> Self {
+        let mut s = Store {
+            dir,
+            child: None,
+            ws_url: String::new(),
+            admin: String::new(),
+        };
+        s.spawn(Some(relay));
+        s
+    }
+    fn spawn(&mut self, relay: Option<&str>) {
+        let mut cmd = masq(&self.dir);
+        cmd.args(["store", "--listen", "127.0.0.1:0"]);
+        if let Some(r) = relay {
+            cmd.args(["--relay", r]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let info = loop {
+            if let Some(i) = daemon_file::read(&self.dir).filter(|i| i.pid == child.id()) {
+                break i;
+            }
+            assert!(started.elapsed() < T, "store did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.ws_url = info.ws_url;
+        self.admin = info.admin_token;
+        self.child = Some(child);
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn(None);
+    }
+    async fn admin(&self) -> Connection {
+        Connection::connect(&self.ws_url, &Auth::Token(self.admin.clone()))
+            .await
+            .unwrap()
+    }
+    /// Every key of the campaign bucket, read page by page through the CLI.
+    fn keys(&self) -> BTreeSet<String> {
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let mut cmd = masq(&self.dir);
+            cmd.args([
+                "kv", "list", "--app", "campaign", "--bucket", "c", "--limit", "10000",
+            ]);
+            if let Some(last) = keys.iter().next_back().cloned() {
+                cmd.args(["--start-after", last.as_str()]);
+            }
+            let out = cmd.output().unwrap();
+            let page: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["key"].as_str().map(str::to_string))
+                .collect();
+            if page.is_empty() {
+                return keys;
+            }
+            keys.extend(page);
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Relay {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Relay {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Relay { port, child: None };
+        r.spawn();
+        r
+    }
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_masq"))
+            .args(["relay", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < T, "relay did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+    fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// xorshift64*: a small seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+async fn pair(inviter: &Store, joiner: &Store) {
+    let admin = inviter.admin().await;
+    let (answer, paired) = admin.pair_invite(None).await.unwrap();
+    let out = masq(&joiner.dir)
+        .args(["pair", "join", answer["invite"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::timeout(T, paired).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kills_of_stores_and_relay() {
+    let rounds: u64 = std::env::var("MASQ_CAMPAIGN_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("MASQ_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("campaign seed {seed} (replay with MASQ_CAMPAIGN_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut relay = Relay::start();
+    let mut stores: Vec<Store> = dirs
+        .iter()
+        .map(|d| Store::start(d.path().to_path_buf(), &relay.url()))
+        .collect();
+    pair(&stores[0], &stores[1]).await;
+    pair(&stores[0], &stores[2]).await;
+    let mut tokens = Vec::new();
+    for s in &stores {
+        let v = s
+            .admin()
+            .await
+            .call(
+                None,
+                Request::AppsAdd {
+                    name: "campaign".into(),
+                },
+            )
+            .await
+            .unwrap();
+        tokens.push(v["token"].as_str().unwrap().to_string());
+    }
+
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (mut kills, mut relay_kills) = (0u64, 0u64);
+    for round in 0..rounds {
+        // Writers on every store until told to stop (or their store dies).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for (i, s) in stores.iter().enumerate() {
+            let mut o = ClientOptions::new("campaign");
+            o.store_url = Some(s.ws_url.clone());
+            o.token = Some(tokens[i].clone());
+            o.require_store = true;
+            let client = Client::connect_with(o).await.unwrap();
+            let (acked, stop) = (acked.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("r{round}-s{i}-{n}");
+                    if client.put("c", &key, &json!(n)).await.is_err() {
+                        break; // its store was killed: unacknowledged, not counted
+                    }
+                    acked.lock().unwrap().insert(key);
+                    n += 1;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
+        let victim = rng.below(4);
+        if victim == 3 {
+            relay.restart();
+            relay_kills += 1;
+        } else {
+            stores[victim as usize].kill();
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        if victim < 3 {
+            stores[victim as usize].restart();
+        }
+    }
+    let expected = acked.lock().unwrap().clone();
+    eprintln!(
+        "campaign: {rounds} rounds, {kills} store kills, {relay_kills} relay kills, {} acknowledged writes",
+        expected.len()
+    );
+    assert!(!expected.is_empty());
+    let deadline = Instant::now() + T;
+    loop {
+        let missing: Vec<usize> = stores
+            .iter()
+            .map(|s| expected.difference(&s.keys()).count())
+            .collect();
+        if missing.iter().all(|m| *m == 0) {
+            eprintln!("campaign: losses 0 on every store");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged writes missing per store after convergence time: {missing:?} (seed {seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // And the stores agree with each other, not only on the acknowledged keys.
+    let all: Vec<BTreeSet<String>> = stores.iter().map(|s| s.keys()).collect();
+    assert!(
+        all.windows(2).all(|w| w[0] == w[1]),
+        "stores differ (seed {seed})"
+    );
+}
