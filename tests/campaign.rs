@@ -8,6 +8,8 @@
 //! form, `MASQ_CAMPAIGN_SEED=N` to replay a run.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use masq::api::Request;
 use masq::client::{Auth, ClientOptions, Connection};
-use masq::service::daemon_file;
 use masq::Client;
 use serde_json::json;
 
@@ -48,24 +49,7 @@ impl Store {
         s
     }
     fn spawn(&mut self, relay: Option<&str>) {
-        let mut cmd = masq(&self.dir);
-        cmd.args(["store", "--listen", "127.0.0.1:0"]);
-        if let Some(r) = relay {
-            cmd.args(["--relay", r]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let info = loop {
-            if let Some(i) = daemon_file::read(&self.dir).filter(|i| i.pid == child.id()) {
-                break i;
-            }
-            assert!(started.elapsed() < T, "store did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (child, info) = support::spawn_store_daemon(&self.dir, None, relay);
         self.ws_url = info.ws_url;
         self.admin = info.admin_token;
         self.child = Some(child);

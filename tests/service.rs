@@ -57,24 +57,7 @@ fn start_daemon(relay: Option<&str>) -> Daemon {
 }
 
 fn start_daemon_in(dir: tempfile::TempDir, relay: Option<&str>) -> Daemon {
-    let mut cmd = masq(dir.path());
-    cmd.args(["store", "--listen", "127.0.0.1:0"]);
-    if let Some(r) = relay {
-        cmd.args(["--relay", r]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let info = loop {
-        if let Some(i) = daemon_file::read(dir.path()).filter(|i| i.pid == child.id()) {
-            break i;
-        }
-        assert!(started.elapsed() < T, "daemon did not write store.json");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (child, info) = support::spawn_store_daemon(dir.path(), Some("buffered"), relay);
     Daemon { child, dir, info }
 }
 

@@ -216,3 +216,37 @@ pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
         task,
     }
 }
+
+/// Spawns `masq [--durability D] store --listen 127.0.0.1:0 [--relay R]` on
+/// `dir` and waits until it has written its `store.json` (this child's pid).
+pub fn spawn_store_daemon(
+    dir: &std::path::Path,
+    durability: Option<&str>,
+    relay: Option<&str>,
+) -> (std::process::Child, masq::service::daemon_file::DaemonInfo) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_masq"));
+    cmd.arg("--data").arg(dir);
+    if let Some(d) = durability {
+        cmd.args(["--durability", d]);
+    }
+    cmd.args(["store", "--listen", "127.0.0.1:0"]);
+    if let Some(r) = relay {
+        cmd.args(["--relay", r]);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(i) = masq::service::daemon_file::read(dir).filter(|i| i.pid == child.id()) {
+            return (child, i);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "masq store did not write store.json"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
