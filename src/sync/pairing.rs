@@ -56,9 +56,8 @@ pub struct Inviter {
 impl Inviter {
     /// Connects to `relay_url`, opens a rendezvous slot and makes the invite.
     pub async fn start(store: Store, relay_url: &str) -> Result<Self> {
-        let kp = peers::load_or_create_identity(store.db())?;
         let invite = Invite::new(relay_url, peers::now());
-        let mut transport = Transport::connect(relay_url, &kp).await?;
+        let mut transport = Transport::connect(relay_url, &rendezvous_identity()).await?;
         transport.rendezvous(invite.slot).await?;
         peers::set_relay_url(store.db(), relay_url)?;
         Ok(Self {
@@ -139,7 +138,7 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     let db = store.db();
     let kp = peers::load_or_create_identity(db)?;
     let channel = PairingChannel::new(&invite.secret, invite.slot);
-    let mut transport = Transport::connect(&invite.relay, &kp).await?;
+    let mut transport = Transport::connect(&invite.relay, &rendezvous_identity()).await?;
     transport.rendezvous(invite.slot).await?;
     let me = PeerInfo {
         public_key: *kp.public().as_bytes(),
@@ -182,6 +181,15 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
         safety_code: safety_code(&kp.public(), &inviter_pub),
         also_learned: learned - 1,
     })
+}
+
+/// The key a pairing connection shows the relay: a fresh one per pairing,
+/// never the device's own. The device's own key travels sealed inside the
+/// pairing messages; on the relay, a pairing connection under the device key
+/// would replace the running sync engine's connection (one connection per
+/// device), and the relay would learn which device is pairing.
+fn rendezvous_identity() -> crate::crypto::DeviceKeypair {
+    crate::crypto::DeviceKeypair::generate()
 }
 
 /// The next rendezvous data message (other events are skipped).
