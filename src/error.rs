@@ -78,7 +78,14 @@ pub enum Error {
     /// Automerge rejected an operation or an input.
     #[error("automerge: {0}")]
     Automerge(#[from] automerge::AutomergeError),
-    /// The storage engine failed (disk full, I/O error, ...).
+    /// The disk holding the data directory is full. Nothing acknowledged is
+    /// lost; writes are refused until space is freed and the store reopened.
+    #[error("the disk holding {0} is full: free some space and restart the store (acknowledged writes are safe)")]
+    DiskFull(PathBuf),
+    /// The data directory is on a read-only file system.
+    #[error("data directory {0} is on a read-only file system: writes are refused")]
+    ReadOnly(PathBuf),
+    /// The storage engine failed (I/O error, ...).
     #[error("storage: {0}")]
     Storage(String),
     /// Plain I/O failure.
@@ -111,6 +118,8 @@ impl Error {
             Error::UnknownHeads(_) => "unknown_heads",
             Error::Corrupt { .. } => "corrupt",
             Error::Automerge(_) => "automerge",
+            Error::DiskFull(_) => "disk_full",
+            Error::ReadOnly(_) => "read_only",
             Error::Storage(_) => "storage",
             Error::Io(_) => "io",
             Error::Json(_) => "json",

@@ -12,7 +12,7 @@
 pub mod doc_chunks;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -78,6 +78,9 @@ pub struct Db {
     path: PathBuf,
     /// Number of fsyncs issued (for benchmarks: writes per fsync).
     fsyncs: AtomicU64,
+    /// Set when a commit round failed (disk full, read-only, I/O error):
+    /// closing then skips the memtable flush, which could never finish.
+    write_failed: AtomicBool,
 }
 
 impl std::fmt::Debug for Db {
@@ -88,6 +91,19 @@ impl std::fmt::Debug for Db {
 
 /// Failed commit rounds remembered so their writers get the error.
 pub const MAX_REMEMBERED_FAILURES: usize = 64;
+/// Bytes the probe file writes when a commit fails, to tell a full disk.
+const WRITE_PROBE_BYTES: usize = 64 * 1024;
+
+/// Why a commit round failed, kept to answer every writer of that round.
+#[derive(Debug, Clone)]
+enum WriteFailure {
+    /// The disk is full.
+    DiskFull,
+    /// The file system is read-only.
+    ReadOnly,
+    /// Anything else, as the engine said it.
+    Other(String),
+}
 
 /// Batches waiting for the next group commit round.
 #[derive(Default)]
@@ -101,7 +117,7 @@ struct CommitQueue {
     /// A leader is committing right now.
     leader_active: bool,
     /// Ticket ranges whose round failed, with the error.
-    failures: Vec<(u64, u64, String)>,
+    failures: Vec<(u64, u64, WriteFailure)>,
 }
 
 /// fjall's block cache size; the documents' own cache is separate (see `store`).
@@ -118,6 +134,12 @@ impl Db {
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => Error::Locked(dir.to_path_buf()),
+                fjall::Error::Io(io) if io.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+                    Error::ReadOnly(dir.to_path_buf())
+                }
+                fjall::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                    Error::DiskFull(dir.to_path_buf())
+                }
                 other => Error::from(other),
             })?;
         let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
@@ -133,6 +155,7 @@ impl Db {
             queue_cv: Condvar::new(),
             path: dir.to_path_buf(),
             fsyncs: AtomicU64::new(0),
+            write_failed: AtomicBool::new(false),
         })
     }
 
@@ -186,7 +209,11 @@ impl Db {
                     .iter()
                     .find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket))
                 {
-                    Some((_, _, msg)) => Err(Error::Storage(msg.clone())),
+                    Some((_, _, failure)) => Err(match failure {
+                        WriteFailure::DiskFull => Error::DiskFull(self.path.clone()),
+                        WriteFailure::ReadOnly => Error::ReadOnly(self.path.clone()),
+                        WriteFailure::Other(msg) => Error::Storage(msg.clone()),
+                    }),
                     None => Ok(()),
                 };
             }
@@ -208,7 +235,10 @@ impl Db {
                 .lock()
                 .map_err(|_| Error::Storage("commit queue poisoned".into()))?;
             if let Err(e) = result {
-                q.failures.push((lo, hi, e.to_string()));
+                let failure = self.diagnose(&e);
+                self.write_failed.store(true, Ordering::Relaxed);
+                tracing::error!("write to {} failed: {e} ({failure:?})", self.path.display());
+                q.failures.push((lo, hi, failure));
                 if q.failures.len() > MAX_REMEMBERED_FAILURES {
                     q.failures.remove(0);
                 }
@@ -216,6 +246,28 @@ impl Db {
             q.done = hi;
             q.leader_active = false;
             self.queue_cv.notify_all();
+        }
+    }
+
+    /// Says why a commit round failed. The engine's own error after a failed
+    /// write is often only "poisoned", so a small probe file shows whether the
+    /// disk is full or read-only.
+    fn diagnose(&self, e: &Error) -> WriteFailure {
+        use std::io::{ErrorKind, Write};
+        let probe = self.path.join(".write-probe");
+        let result = std::fs::File::create(&probe).and_then(|mut f| {
+            f.write_all(&[0u8; WRITE_PROBE_BYTES])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&probe);
+        match result {
+            Err(io) if io.kind() == ErrorKind::StorageFull => WriteFailure::DiskFull,
+            Err(io) if io.kind() == ErrorKind::ReadOnlyFilesystem => WriteFailure::ReadOnly,
+            Err(io) => WriteFailure::Other(format!("{e} (writing a probe file: {io})")),
+            Ok(()) if self.write_failed.load(Ordering::Relaxed) => WriteFailure::Other(format!(
+                "{e}: an earlier write failed and the storage engine stopped; restart the store (acknowledged writes are safe)"
+            )),
+            Ok(()) => WriteFailure::Other(e.to_string()),
         }
     }
 
@@ -255,6 +307,13 @@ impl Drop for Db {
     /// before, most of it journal replay). After a crash the journal still
     /// recovers everything.
     fn drop(&mut self) {
+        if self.write_failed.load(Ordering::Relaxed) {
+            // The disk refused a write (full, read-only, failing): a flush
+            // would wait forever for space. The journal has every
+            // acknowledged write; the next open replays it.
+            tracing::warn!("not flushing on close: a write to the data directory failed");
+            return;
+        }
         for ks in [&self.docs, &self.chunks, &self.kv, &self.meta] {
             if let Err(e) = ks.rotate_memtable_and_wait() {
                 tracing::warn!("flushing {:?} on close failed: {e}", ks.name());
