@@ -38,6 +38,14 @@ pub struct DocMeta {
 }
 
 impl DocMeta {
+    /// Parses a metadata record read back from disk (`doc` names it in errors).
+    pub fn decode(doc: &str, bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            doc: doc.to_string(),
+            reason: format!("metadata: {e}"),
+        })
+    }
+
     /// Bytes the document takes on disk, a rough guide to its size in memory.
     pub fn stored_bytes(&self) -> u64 {
         self.snapshot_bytes + self.incr_bytes
@@ -93,12 +101,7 @@ impl Db {
     pub fn doc_meta(&self, app: &str, doc: &str) -> Result<Option<DocMeta>> {
         match self.docs.get(doc_key(app, doc))? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    doc: doc.to_string(),
-                    reason: format!("metadata: {e}"),
-                }),
+            Some(bytes) => DocMeta::decode(doc, &bytes).map(Some),
         }
     }
 
