@@ -667,3 +667,95 @@ async fn cli_uses_the_directory_when_no_daemon_answers() {
     let c = d.client("x", &token).await;
     assert_eq!(c.get("default", "k").await.unwrap(), Some(json!("v")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_page_client_module_and_app_data_are_served() {
+    let d = start_daemon(None);
+    let addr = d.info.http_url.trim_start_matches("http://").to_string();
+    let get = |path: &str| {
+        raw_http(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+        )
+    };
+
+    // The manager page: HTML that no other site may frame or script.
+    let page = get("/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("content-type: text/html"), "{page}");
+    assert!(page.contains("frame-ancestors 'none'") && page.contains("x-frame-options: DENY"));
+    assert!(
+        page.contains("id=\"pair-invite\""),
+        "the page is the manager"
+    );
+    assert!(
+        !page.contains(&d.info.admin_token),
+        "the page itself carries no token"
+    );
+    assert!(get("/manager.js").contains("masq-client.js"));
+    // The client module: loadable by any origin (access is decided at connect).
+    let js = get("/masq-client.js");
+    assert!(js.contains("access-control-allow-origin: *"), "{js}");
+    assert!(js.contains("text/javascript") && js.contains("export function connect"));
+    assert!(get("/masq-client.d.ts").contains("export function connect"));
+    assert!(
+        get("/store.json").starts_with("HTTP/1.1 404"),
+        "no file from the data dir"
+    );
+
+    // `masq manager` prints the link with this run's token.
+    let link = cli(&d.path(), &["manager"]);
+    assert_eq!(
+        link,
+        format!("{}/#token={}", d.info.http_url, d.info.admin_token)
+    );
+
+    // apps.data: documents, buckets with key counts, per-device sync state.
+    let admin = d.admin().await;
+    for k in ["a", "b", "c"] {
+        admin
+            .call(
+                Some("notes"),
+                Request::KvPut {
+                    bucket: "prefs".into(),
+                    key: k.into(),
+                    value: serde_json::json!(1),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let doc = admin
+        .call(
+            Some("notes"),
+            Request::DocCreate {
+                ops: vec![],
+                message: None,
+            },
+        )
+        .await
+        .unwrap()["doc"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = admin
+        .call(
+            None,
+            Request::AppsData {
+                name: "notes".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(data["docs"][0]["doc"], doc, "{data}");
+    assert_eq!(
+        data["buckets"],
+        serde_json::json!([{"bucket": "prefs", "keys": 3, "more": false}])
+    );
+    assert_eq!(data["devices"], serde_json::json!([]));
+    let apps = admin.call(None, Request::AppsList {}).await.unwrap();
+    assert_eq!(apps["namespaces"], serde_json::json!(["notes"]), "{apps}");
+    let cli_data: serde_json::Value =
+        serde_json::from_str(&cli(&d.path(), &["apps", "data", "notes"])).unwrap();
+    assert_eq!(cli_data, data, "the CLI prints the same answer");
+}

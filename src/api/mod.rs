@@ -187,6 +187,12 @@ pub enum Request {
     /// Admin only: registered apps and origins.
     #[serde(rename = "apps.list")]
     AppsList {},
+    /// Admin only: one app's documents, KV buckets and sync state per device.
+    #[serde(rename = "apps.data")]
+    AppsData {
+        /// App name (its namespace).
+        name: String,
+    },
     /// Admin only: registers a native app and returns its token (shown once).
     #[serde(rename = "apps.add")]
     AppsAdd {
@@ -234,7 +240,7 @@ pub enum Request {
     /// Admin only: relay, devices online, unacknowledged documents.
     #[serde(rename = "status")]
     Status {},
-    /// Admin only: makes an invite; `ok` is `{"invite", "qr"}` and a
+    /// Admin only: makes an invite; `ok` is `{"invite", "qr", "qr_svg"}` and a
     /// `{"paired": ...}` message follows when the other device joins.
     #[serde(rename = "pair.invite")]
     PairInvite {
@@ -260,6 +266,7 @@ impl Request {
         matches!(
             self,
             Request::AppsList {}
+                | Request::AppsData { .. }
                 | Request::AppsAdd { .. }
                 | Request::AppsApprove { .. }
                 | Request::AppsDeny { .. }

@@ -61,6 +61,13 @@ pub enum Command {
         #[arg(long)]
         relay: Option<String>,
     },
+    /// Print (or open) the link to the running store's manager page; the
+    /// link carries this run's admin token, so treat it like a password.
+    Manager {
+        /// Also open it in the default browser.
+        #[arg(long)]
+        open: bool,
+    },
     /// Run the blind relay.
     Relay(crate::relay::RelayArgs),
     /// A relay and two stores in one process: pair, edit, converge.
@@ -129,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::Store { listen, relay } => {
             sync_cmds::store_daemon(dir.clone(), cli.durability, listen, relay)
         }
+        Command::Manager { open } => sync_cmds::manager(&dir, open),
         Command::Relay(args) => run_async(crate::relay::run(args)),
         Command::Demo => run_async(async { crate::demo::run().await.map_err(CliError::from) }),
         Command::Bench(cmd) => run_async(crate::bench::run(cmd)),

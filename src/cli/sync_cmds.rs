@@ -52,6 +52,11 @@ pub enum DevicesCmd {
 pub enum AppsCmd {
     /// Browser origins (pending, approved, denied) and native apps, as JSON.
     List,
+    /// One app's documents, KV buckets and sync state per device, as JSON.
+    Data {
+        /// App name (its namespace).
+        name: String,
+    },
     /// Register a native app; prints its token (shown only this once).
     Add {
         /// App name (its namespace).
@@ -163,6 +168,7 @@ pub fn status(backend: &Backend) -> Result<(), CliError> {
 pub fn apps(backend: &Backend, cmd: AppsCmd) -> Result<(), CliError> {
     let req = match cmd {
         AppsCmd::List => Request::AppsList {},
+        AppsCmd::Data { name } => Request::AppsData { name },
         AppsCmd::Add { name } => Request::AppsAdd { name },
         AppsCmd::Approve { origin, app } => Request::AppsApprove { origin, app },
         AppsCmd::Deny { origin } => Request::AppsDeny { origin },
@@ -174,6 +180,39 @@ pub fn apps(backend: &Backend, cmd: AppsCmd) -> Result<(), CliError> {
         println!("{}", v["token"].as_str().unwrap_or_default());
     } else if !v.is_null() {
         println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// `masq manager`: the manager link of the store running on `dir`.
+pub fn manager(dir: &std::path::Path, open: bool) -> Result<(), CliError> {
+    let not_running = || CliError {
+        code: 1,
+        message: format!(
+            "no store is running on {} (start it with `masq store`)",
+            dir.display()
+        ),
+    };
+    let info = crate::service::daemon_file::read(dir).ok_or_else(not_running)?;
+    let addr = info
+        .http_url
+        .strip_prefix("http://")
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .ok_or_else(|| CliError::from(format!("store.json has a bad URL {:?}", info.http_url)))?;
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|_| not_running())?;
+    let link = format!("{}/#token={}", info.http_url, info.admin_token);
+    println!("{link}");
+    if open {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        std::process::Command::new(opener)
+            .arg(&link)
+            .status()
+            .map_err(|e| CliError::from(format!("could not run {opener}: {e}")))?;
     }
     Ok(())
 }

@@ -314,6 +314,21 @@ impl Bucket {
         Ok(())
     }
 
+    /// How many keys the bucket holds, counting at most `cap` (then `true`:
+    /// there are more).
+    pub fn count(&self, cap: usize) -> Result<(usize, bool)> {
+        let prefix = index_key(&self.app.name, &self.name, "");
+        let mut n = 0;
+        for g in self.app.store.db().kv.prefix(prefix) {
+            g.key()?;
+            if n == cap {
+                return Ok((n, true));
+            }
+            n += 1;
+        }
+        Ok((n, false))
+    }
+
     /// Entries in key order.
     pub fn list(&self, opts: &ListOptions) -> Result<Vec<(String, Json)>> {
         let limit = opts.limit.unwrap_or(1000).min(MAX_LIST_LIMIT);

@@ -80,7 +80,57 @@ pub fn apps_json(store: &Store) -> Result<Json> {
     Ok(json!({
         "origins": registry::origins(db)?,
         "native": natives,
+        "namespaces": store.apps()?,
     }))
+}
+
+/// Most keys [`app_data_json`] counts per bucket; past it the count says `more`.
+pub const MAX_COUNTED_KEYS: usize = 100_000;
+
+/// One app's documents (with heads), KV buckets (with key counts) and, per
+/// paired device, the app's documents that device has not acknowledged yet.
+pub fn app_data_json(store: &Store, name: &str, online: Option<&[String]>) -> Result<Json> {
+    let app = store.app(name)?;
+    let docs = app.docs();
+    let mut doc_list = Vec::new();
+    for id in docs.list()? {
+        let heads = docs.heads(&id)?;
+        doc_list.push(json!({
+            "doc": id.to_string(),
+            "heads": crate::doc::heads_hex(&heads),
+        }));
+    }
+    let mut buckets: Vec<String> = store
+        .db()
+        .doc_ids(name)?
+        .into_iter()
+        .filter_map(|d| crate::doc::DocId::parse_any(&d).ok())
+        .filter_map(|d| crate::kv::bucket_of_shard(&d).map(str::to_string))
+        .collect();
+    buckets.sort();
+    buckets.dedup();
+    let mut bucket_list = Vec::new();
+    for b in buckets {
+        let (keys, more) = app.bucket(&b)?.count(MAX_COUNTED_KEYS)?;
+        bucket_list.push(json!({ "bucket": b, "keys": keys, "more": more }));
+    }
+    let core = SyncCore::new(store.clone());
+    let mut devices = Vec::new();
+    for (id, rec) in peers::peers(store.db())? {
+        let pending: Vec<String> = core
+            .unacknowledged(&id)?
+            .into_iter()
+            .filter(|(a, _)| a == name)
+            .map(|(_, d)| d.to_string())
+            .collect();
+        devices.push(json!({
+            "device": id.to_string(),
+            "name": rec.name,
+            "online": online.map(|o| o.contains(&id.to_string())),
+            "unacknowledged": pending,
+        }));
+    }
+    Ok(json!({ "app": name, "docs": doc_list, "buckets": bucket_list, "devices": devices }))
 }
 
 /// Finds a paired device by hex id or fingerprint prefix.
@@ -120,6 +170,13 @@ pub(crate) async fn handle(
     };
     match req {
         Request::AppsList {} => blocking(Box::new(apps_json)).await,
+        Request::AppsData { name } => {
+            let online = engine_status(shared).await.map(|s| s.online);
+            blocking(Box::new(move |s| {
+                app_data_json(s, &name, online.as_deref())
+            }))
+            .await
+        }
         Request::AppsAdd { name } => {
             let r = blocking(Box::new(move |s| {
                 Ok(json!({ "token": registry::add_native(s.db(), &name)? }))
@@ -194,7 +251,11 @@ pub(crate) async fn handle(
                 .await
                 .map_err(ApiError::from)?;
             let invite = inviter.invite();
-            let answer = json!({ "invite": invite.to_uri(), "qr": invite.qr_text() });
+            let answer = json!({
+                "invite": invite.to_uri(),
+                "qr": invite.qr_text(),
+                "qr_svg": invite.qr_svg(),
+            });
             let (shared, out) = (shared.clone(), out.clone());
             tokio::spawn(async move {
                 let paired = match inviter.wait().await {

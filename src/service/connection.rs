@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    admin, registry, Shared, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HTTP_HEAD_BYTES, OUTBOUND_QUEUE,
+    admin, registry, web, Shared, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HTTP_HEAD_BYTES,
+    OUTBOUND_QUEUE,
 };
 use crate::api::execute::Outcome;
 use crate::api::{
@@ -194,16 +195,28 @@ pub(crate) async fn handle(
         return;
     }
     if !head.is_websocket() {
-        let (status, ctype, body): (&str, &str, &[u8]) = match (head.method.as_str(), head.path()) {
-            ("GET", "/healthz") => ("200 OK", "text/plain", b"ok\n"),
-            ("GET", "/") => (
-                "200 OK",
-                "text/plain",
-                b"masq store: apps connect to /ws (see docs/protocol.md)\n",
-            ),
-            _ => ("404 Not Found", "text/plain", b"not found\n"),
+        let asset = match (head.method.as_str(), head.path()) {
+            ("GET", "/healthz") => Some(web::Asset {
+                content_type: "text/plain",
+                headers: "",
+                body: b"ok\n",
+            }),
+            ("GET", path) => web::asset(path),
+            _ => None,
         };
-        respond(&mut stream, status, ctype, "", body).await;
+        match asset {
+            Some(a) => respond(&mut stream, "200 OK", a.content_type, a.headers, a.body).await,
+            None => {
+                respond(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    "",
+                    b"not found\n",
+                )
+                .await
+            }
+        }
         return;
     }
     if head.path() != "/ws" {

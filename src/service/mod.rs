@@ -17,6 +17,7 @@ pub mod admin;
 mod connection;
 pub mod daemon_file;
 pub mod registry;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -135,6 +135,17 @@ impl Invite {
             Err(_) => String::new(),
         }
     }
+
+    /// The URI as a QR code in SVG, for the store manager page.
+    pub fn qr_svg(&self) -> String {
+        match qrcode::QrCode::new(self.to_uri().as_bytes()) {
+            Ok(code) => code
+                .render::<qrcode::render::svg::Color>()
+                .min_dimensions(240, 240)
+                .build(),
+            Err(_) => String::new(),
+        }
+    }
 }
 
 fn percent_encode(s: &str) -> String {

@@ -1,0 +1,333 @@
+// End-to-end test of the store manager page and the notes example in a real
+// headless Chromium, against real `masq relay` and `masq store` processes.
+//
+//   cd tests/browser && npm ci && node run.mjs
+//
+// Environment: MASQ_BIN (default ../../target/release/masq), CHROMIUM
+// (default /usr/bin/chromium), MASQ_ARTIFACTS (screenshots; default
+// ../../target/browser). .ci/run installs Chromium and runs this.
+//
+// The flow (issue M6): two stores are paired from their manager pages; the
+// notes page on store A waits for approval, is approved on A's manager page and
+// writes a note; the note shows up in a notes page on store B (approved on B's
+// manager page); an edit on B shows up on A; a page from an origin nobody
+// approved is refused (and cannot use the admin token); denying and revoking
+// from the manager close the pages' access.
+
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, mkdirSync, rmSync, existsSync } from "node:fs";
+import { createServer } from "node:http";
+import { createServer as createNetServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve, extname, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const MASQ = resolve(process.env.MASQ_BIN || join(root, "target/release/masq"));
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = resolve(process.env.MASQ_ARTIFACTS || join(root, "target/browser"));
+/** How long one expectation may take (sync through a relay included). */
+const STEP_TIMEOUT_MS = 30_000;
+
+const children = [];
+const servers = [];
+const temps = [];
+let browser;
+
+function log(msg) {
+  console.log(`[browser-test] ${msg}`);
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createNetServer();
+    s.once("error", rej);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+async function until(what, fn, timeout = STEP_TIMEOUT_MS) {
+  const start = Date.now();
+  let last;
+  while (Date.now() - start < timeout) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ""}`);
+}
+
+function run(args) {
+  const p = spawn(MASQ, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  p.stderr.on("data", (d) => (err = (err + d).slice(-4000)));
+  p.on("exit", (code, sig) => {
+    if (!p.stopping) log(`masq ${args.join(" ")} exited (${code ?? sig}): ${err}`);
+  });
+  children.push(p);
+  return p;
+}
+
+async function startRelay() {
+  const port = await freePort();
+  run(["relay", "--listen", `127.0.0.1:${port}`]);
+  await until("the relay", async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok);
+  return `ws://127.0.0.1:${port}`;
+}
+
+async function startStore(name, relay) {
+  const dir = mkdtempSync(join(tmpdir(), `masq-browser-${name}-`));
+  temps.push(dir);
+  execFileSync(MASQ, ["--data", dir, "devices", "name", name]);
+  const p = run(["--data", dir, "store", "--listen", "127.0.0.1:0", "--relay", relay]);
+  const info = await until(`store ${name}'s store.json`, () => {
+    const f = join(dir, "store.json");
+    if (!existsSync(f)) return null;
+    const i = JSON.parse(readFileSync(f, "utf8"));
+    return i.pid === p.pid ? i : null;
+  });
+  // The link comes from the CLI, as a user would get it.
+  const link = execFileSync(MASQ, ["--data", dir, "manager"], { encoding: "utf8" }).trim();
+  return { name, dir, http: info.http_url, ws: info.ws_url, token: info.admin_token, link };
+}
+
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".md": "text/plain" };
+
+/** A static file server for examples/notes on its own port (its own origin). */
+async function serveNotes() {
+  const base = join(root, "examples/notes");
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    const file = join(base, path === "/" ? "index.html" : path.slice(1));
+    if (!file.startsWith(base) || !existsSync(file)) {
+      res.writeHead(404).end("not found");
+      return;
+    }
+    res.writeHead(200, { "content-type": TYPES[extname(file)] || "application/octet-stream" });
+    res.end(readFileSync(file));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  servers.push(server);
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+async function newPage(context, label) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT_MS);
+  page.on("pageerror", (e) => log(`${label}: page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") log(`${label}: console: ${m.text()}`);
+  });
+  return page;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+/** Text of the first element matching `sel`, or "". */
+async function text(page, sel) {
+  const el = await page.$(sel);
+  return el ? (await el.textContent()) || "" : "";
+}
+
+async function main() {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const relay = await startRelay();
+  const [a, b] = await Promise.all([startStore("laptop", relay), startStore("phone", relay)]);
+  log(`stores: ${a.http} ${b.http}; relay ${relay}`);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
+
+  // ---- 1. Pair the two stores from their manager pages.
+  const mA = await newPage(context, "manager A");
+  const mB = await newPage(context, "manager B");
+  await mA.goto(a.link);
+  await mB.goto(b.link);
+  await mA.waitForFunction(() => document.querySelector("#conn-state")?.textContent.includes("ready"));
+  await mB.waitForFunction(() => document.querySelector("#conn-state")?.textContent.includes("ready"));
+  log("manager pages connected");
+
+  await mA.click("#pair-invite");
+  const invite = await until("an invite on manager A", async () => {
+    const v = await mA.inputValue("#invite-text");
+    return v.startsWith("masq:") ? v : null;
+  });
+  await mA.waitForSelector("#invite-qr svg");
+  await mB.fill("#join-input", invite);
+  await mB.click("#join-button");
+  await mB.waitForFunction(() => document.querySelector("#pair-status")?.textContent.includes("Paired with laptop"));
+  await mA.waitForFunction(() => document.querySelector("#pair-status")?.textContent.includes("Paired with phone"));
+  const idA = await until("A's device id", () => mB.getAttribute("#devices [data-device]", "data-device"));
+  const idB = await until("B's device id", () => mA.getAttribute("#devices [data-device]", "data-device"));
+  const codeA = await text(mA, `#devices [data-device="${idB}"] .safety-code`);
+  const codeB = await text(mB, `#devices [data-device="${idA}"] .safety-code`);
+  if (!codeA.trim() || codeA.trim() !== codeB.trim())
+    throw new Error(`safety codes differ or are missing: ${JSON.stringify(codeA)} vs ${JSON.stringify(codeB)}`);
+  if (!(await mA.textContent("#pair-status")).includes(codeA.trim()))
+    throw new Error("the pairing status does not show the safety code");
+  await until("B shown online on A", async () => (await text(mA, `#devices [data-device="${idB}"] .online`)).trim() === "online");
+  await until("A shown online on B", async () => (await text(mB, `#devices [data-device="${idA}"] .online`)).trim() === "online");
+  log(`paired from the manager pages; safety code ${codeA.trim()}; both online`);
+
+  // ---- 2. The notes page on A waits for approval; approve it on A's manager.
+  const notesOrigin = await serveNotes();
+  const nA = await newPage(context, "notes A");
+  await nA.goto(`${notesOrigin}/?store=${encodeURIComponent(a.http)}`);
+  await nA.waitForSelector("#state[data-state=pending]");
+  await shot(nA, "notes-pending");
+  const pendingA = `#pending [data-origin="${notesOrigin}"]`;
+  await mA.waitForSelector(pendingA);
+  await shot(mA, "manager-pending");
+  await mA.click(`${pendingA} button.approve`);
+  await nA.waitForSelector("#state[data-state=ready]");
+  await mA.waitForSelector(`#apps [data-origin="${notesOrigin}"]`);
+  log("notes page approved on A's manager page");
+
+  // Write a note on A.
+  await nA.click("#new-note");
+  await nA.waitForSelector("#notes li[data-doc]");
+  const docId = await nA.getAttribute("#notes li[data-doc]", "data-doc");
+  await nA.fill("#title", "Groceries");
+  await nA.fill("#text", "milk\n");
+  await nA.locator("#text").blur();
+  await until("the note saved on A", async () => {
+    const d = await nA.evaluate(async ([store, doc]) => {
+      const { connect } = await import(`${store}/masq-client.js`);
+      const m = await connect({ app: "notes", url: store });
+      try {
+        return await m.docs.read(doc);
+      } finally {
+        m.close();
+      }
+    }, [a.http, docId]);
+    return d.title === "Groceries" && d.text === "milk\n";
+  });
+  log(`note ${docId} written on A`);
+
+  // ---- 3. The note shows up in a notes page on B (approved on B's manager).
+  const nB = await newPage(context, "notes B");
+  await nB.goto(`${notesOrigin}/?store=${encodeURIComponent(b.http)}`);
+  await nB.waitForSelector("#state[data-state=pending]");
+  const pendingB = `#pending [data-origin="${notesOrigin}"]`;
+  await mB.waitForSelector(pendingB);
+  await mB.click(`${pendingB} button.approve`);
+  await nB.waitForSelector("#state[data-state=ready]");
+  const rowB = `#notes li[data-doc="${docId}"]`;
+  await nB.waitForFunction((sel) => document.querySelector(sel)?.textContent.includes("Groceries"), rowB);
+  log("the note from A shows up on B");
+
+  // ---- 4. An edit on B shows up on A.
+  await nB.click(rowB);
+  await nB.waitForFunction(() => document.querySelector("#text")?.value === "milk\n");
+  await nB.fill("#text", "milk\neggs\n");
+  await nB.locator("#text").blur();
+  // A shows the note open in its editor: the edit must appear there and in the list.
+  await nA.locator("#title").blur();
+  await nA.waitForFunction(() => document.querySelector("#text")?.value === "milk\neggs\n");
+  log("the edit on B shows up on A");
+
+  // The manager shows the app's document and that B has it.
+  await mA.waitForSelector(`#app-data section.app[data-app="notes"] [data-doc="${docId}"]`);
+  await mA.waitForFunction(
+    ([sel]) => document.querySelector(sel)?.textContent.includes("in sync"),
+    [`#app-data section.app[data-app="notes"] .sync [data-device="${idB}"]`],
+  );
+  await shot(mA, "manager");
+  await shot(nA, "notes-a");
+  await shot(nB, "notes-b");
+
+  // ---- 5. A page from an origin nobody approved is refused.
+  const otherOrigin = await serveNotes();
+  const evil = await newPage(context, "unapproved page");
+  await evil.goto(`${otherOrigin}/?store=${encodeURIComponent(a.http)}`);
+  await evil.waitForSelector("#state[data-state=pending]");
+  const probe = await evil.evaluate(
+    async ([ws, token]) => {
+      const talk = (url, msg) =>
+        new Promise((res) => {
+          const s = new WebSocket(url);
+          const seen = [];
+          s.onmessage = (e) => {
+            seen.push(JSON.parse(e.data));
+            if (seen.length === 1 && msg) s.send(JSON.stringify(msg));
+            if (seen.length === 2) {
+              s.close();
+              res({ opened: true, seen });
+            }
+          };
+          s.onclose = () => res({ opened: seen.length > 0, seen });
+          setTimeout(() => res({ opened: seen.length > 0, seen, timeout: true }), 5000);
+        });
+      return {
+        data: await talk(`${ws}?app=notes`, { id: 1, op: "doc.list" }),
+        admin: await talk(`${ws}?token=${token}`, null),
+      };
+    },
+    [a.ws, a.token],
+  );
+  const [state, answer] = probe.data.seen;
+  if (state?.state !== "pending" || answer?.error?.code !== "not_approved")
+    throw new Error(`an unapproved origin was not refused: ${JSON.stringify(probe.data)}`);
+  if (probe.admin.opened) throw new Error(`a foreign page used the admin token: ${JSON.stringify(probe.admin)}`);
+  if ((await evil.$$("#notes li[data-doc]")).length !== 0) throw new Error("an unapproved page shows notes");
+  log("an unapproved origin gets not_approved and cannot use the admin token");
+  const pendingEvil = `#pending [data-origin="${otherOrigin}"]`;
+  await mA.waitForSelector(pendingEvil);
+  await mA.click(`${pendingEvil} button.deny`);
+  await evil.waitForSelector("#state[data-state=denied]");
+  await shot(evil, "notes-denied");
+  log("denying it on the manager page closes it");
+
+  // ---- 6. Revoking the approved notes origin on A ends its access.
+  await mA.click(`#apps [data-origin="${notesOrigin}"] button.revoke`);
+  await nA.waitForSelector("#state[data-state=denied]");
+  log("revoking the notes origin on A's manager page closes the notes page");
+
+  log(`PASS; screenshots in ${ARTIFACTS}`);
+}
+
+async function cleanup() {
+  if (browser) await browser.close().catch(() => {});
+  for (const s of servers) s.close();
+  for (const p of children) {
+    p.stopping = true;
+    p.kill("SIGTERM");
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  for (const d of temps) rmSync(d, { recursive: true, force: true });
+}
+
+main().then(
+  async () => {
+    await cleanup();
+    process.exit(0);
+  },
+  async (e) => {
+    console.error(`[browser-test] FAIL: ${e.stack || e}`);
+    await cleanup();
+    process.exit(1);
+  },
+);

@@ -1,0 +1,123 @@
+// Types of masq-client.js (served by the store at /masq-client.d.ts).
+// The protocol behind them: docs/protocol.md, "App protocol".
+
+/** An error answered by the store or by the client; `code` is stable. */
+export class MasqError extends Error {
+  /** e.g. `not_found`, `not_approved`, `denied`, `disconnected`, `unreachable`, `too_large`. */
+  code: string;
+}
+
+/** Where the connection stands. `pending`: the user has not approved this page yet. */
+export type State = "connecting" | "pending" | "ready" | "denied" | "closed";
+
+export interface ConnectOptions {
+  /** The namespace a web page asks for (the user approves origin + app). */
+  app?: string;
+  /** A native app token or the store's admin token, instead of `app`. */
+  token?: string;
+  /** The store: `http://127.0.0.1:7070` or its `ws://…/ws` URL. Default: the store that served the module. */
+  url?: string;
+}
+
+/** One change operation (JSON-Pointer paths). */
+export type ChangeOp =
+  | { op: "put"; path: string; value: unknown }
+  | { op: "put_text"; path: string; value: string }
+  | { op: "put_counter"; path: string; value: number }
+  | { op: "delete"; path: string }
+  | { op: "insert"; path: string; value: unknown }
+  | { op: "splice"; path: string; index: number; delete?: number; insert?: string }
+  | { op: "increment"; path: string; by?: number };
+
+/** Where a change came from. */
+export type Origin = { kind: "local" } | { kind: "remote"; device: string };
+
+export type Event =
+  | { type: "kv"; bucket: string; key: string; value: unknown | null; origin: Origin }
+  | { type: "doc"; doc: string; heads: string[]; patches: unknown[]; origin: Origin }
+  | { type: "doc_deleted"; doc: string; origin: Origin }
+  /** Events were missed (or the connection was re-opened): re-read what you show. */
+  | { type: "lagged"; missed: number | null };
+
+export interface Subscription {
+  /** Stops the events. */
+  close(): Promise<void>;
+  readonly closed: boolean;
+}
+
+export interface BucketOptions {
+  bucket?: string;
+}
+
+export interface HistoryEntry {
+  hash: string;
+  actor: string;
+  seq: number;
+  time: number;
+  message: string | null;
+  deps: string[];
+}
+
+export interface Invite {
+  /** The `masq:` URI to give the other device. */
+  invite: string;
+  /** The invite as a terminal QR code. */
+  qr: string;
+  /** The invite as an SVG QR code. */
+  qr_svg: string;
+  /** Resolves when the other device has joined. */
+  paired: Promise<PairedDevice>;
+}
+
+export interface PairedDevice {
+  device_id: string;
+  fingerprint: string;
+  name: string;
+  safety_code: string;
+  /** How many other devices of the user this pairing introduced. */
+  also_learned: number;
+}
+
+export interface Masq {
+  readonly state: State;
+  /** The namespace this connection acts in (`null` for an admin connection). */
+  readonly app: string | null;
+  /** Calls `cb` on every state change; returns a function that stops it. */
+  onState(cb: (state: State) => void): () => void;
+  /** Resolves when the store serves this app; rejects if it refuses it. */
+  ready(): Promise<void>;
+  /** A raw request; waits until ready; resolves to the answer's `ok`. */
+  request(op: string, args?: Record<string, unknown>): Promise<any>;
+  /** Admin only: opens a pairing invite. */
+  pairInvite(relay?: string): Promise<Invite>;
+  kv: {
+    /** The value, or undefined if absent. */
+    get(key: string, opts?: BucketOptions): Promise<unknown | undefined>;
+    /** Resolves once the write is durable. */
+    put(key: string, value: unknown, opts?: BucketOptions): Promise<null>;
+    putMany(entries: [string, unknown][], opts?: BucketOptions): Promise<null>;
+    delete(key: string, opts?: BucketOptions): Promise<boolean>;
+    list(opts?: BucketOptions & { prefix?: string; startAfter?: string; limit?: number }): Promise<{ key: string; value: unknown }[]>;
+    conflicts(key: string, opts?: BucketOptions): Promise<unknown[]>;
+    watch(cb: (event: Event) => void, opts?: BucketOptions & { prefix?: string }): Promise<Subscription>;
+  };
+  docs: {
+    /** Creates a document; resolves to its id. */
+    create(ops?: ChangeOp[], message?: string): Promise<string>;
+    /** The document as JSON (at past heads if given). */
+    read(doc: string, opts?: { at?: string[] }): Promise<any>;
+    /** Applies the operations atomically; resolves to the new heads. */
+    change(doc: string, ops: ChangeOp[], message?: string): Promise<string[]>;
+    heads(doc: string): Promise<string[]>;
+    history(doc: string): Promise<HistoryEntry[]>;
+    list(): Promise<string[]>;
+    delete(doc: string): Promise<void>;
+    /** Events of one document, or of every document of the app (`null`). */
+    subscribe(doc: string | null, cb: (event: Event) => void): Promise<Subscription>;
+  };
+  /** Closes the connection for good. */
+  close(): void;
+}
+
+/** Connects; resolves once the store said `pending` or `ready`. */
+export function connect(opts: ConnectOptions): Promise<Masq>;

@@ -1,0 +1,369 @@
+// masq-client.js — the browser client of a masq store (served at /masq-client.js).
+//
+// A dependency-free ES module speaking the app protocol of docs/protocol.md
+// ("App protocol") over the store's WebSocket:
+//
+//   import { connect } from "http://127.0.0.1:7070/masq-client.js";
+//   const masq = await connect({ app: "notes" });
+//   masq.onState(s => console.log(s));   // pending until the user approves
+//   await masq.kv.put("theme", "dark");
+//   const id = await masq.docs.create([{ op: "put", path: "/title", value: "Hi" }]);
+//
+// Requests made before the store has approved the page wait (they are sent
+// once the state is `ready`); requests in flight when the connection drops
+// fail with code `disconnected`. The client reconnects by itself with backoff
+// and re-opens every live watch and subscription, which then get a `lagged`
+// event (re-read what you show: changes may have happened meanwhile).
+
+/** Longest pause between reconnection attempts, in milliseconds. */
+const MAX_BACKOFF_MS = 5000;
+/** First pause between reconnection attempts, in milliseconds. */
+const MIN_BACKOFF_MS = 200;
+/** WebSocket close code the store uses when the app is refused or revoked. */
+const CLOSE_REVOKED = 4003;
+/** Requests queued while not ready; past this `request` fails (`queue_full`). */
+const MAX_QUEUED = 1024;
+
+/** An error answered by the store (or by this client): `code` is stable. */
+export class MasqError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = "MasqError";
+    this.code = code;
+  }
+}
+
+/** The store that served this module, as a WebSocket URL. */
+function defaultUrl() {
+  return wsUrl(new URL(".", import.meta.url).href);
+}
+
+/** Maps `http(s)://host[:port][/ws]` to `ws(s)://host[:port]/ws`. */
+function wsUrl(base) {
+  const u = new URL(base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (!u.pathname.endsWith("/ws")) u.pathname = "/ws";
+  u.search = "";
+  u.hash = "";
+  return u;
+}
+
+/**
+ * Connects to the store. Resolves once the store said who we are (state
+ * `pending` or `ready`); rejects if the store refuses the app or cannot be
+ * reached.
+ *
+ * opts.app: the namespace a web page asks for; opts.token: a native or admin
+ * token instead; opts.url: the store (`http://127.0.0.1:7070` or its `/ws`
+ * URL; default: the store that served this module).
+ */
+export function connect(opts = {}) {
+  try {
+    const masq = new Masq(opts);
+    return masq._first.then(() => masq);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/** One live watch or subscription; survives reconnects. */
+class Subscription {
+  constructor(masq, request, cb) {
+    this._masq = masq;
+    this._request = request;
+    this._cb = cb;
+    this._sub = null;
+    this.closed = false;
+  }
+  /** Stops the events. */
+  async close() {
+    if (this.closed) return;
+    this.closed = true;
+    this._masq._subs.delete(this);
+    const sub = this._sub;
+    this._sub = null;
+    if (sub !== null && this._masq.state === "ready") {
+      this._masq._bySub.delete(sub);
+      try {
+        await this._masq.request("unsubscribe", { sub });
+      } catch (_) {
+        // The connection went away: nothing left to stop.
+      }
+    }
+  }
+}
+
+class Masq {
+  constructor(opts) {
+    this._url = opts.url ? wsUrl(opts.url) : defaultUrl();
+    if (opts.token) this._url.searchParams.set("token", opts.token);
+    else if (opts.app) this._url.searchParams.set("app", opts.app);
+    else throw new MasqError("bad_request", "connect needs { app } or { token }");
+    this.state = "connecting";
+    this.app = opts.app || null;
+    this._ws = null;
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {resolve, reject, paired}
+    this._pairWaiters = new Map(); // pair.invite id -> {resolve, reject}
+    this._queue = []; // requests waiting for `ready`
+    this._listeners = new Set();
+    this._readyWaiters = [];
+    this._subs = new Set(); // live Subscription objects
+    this._bySub = new Map(); // store's sub id -> Subscription
+    this._backoff = MIN_BACKOFF_MS;
+    this._closedByUser = false;
+    this._everConnected = false;
+    this._first = new Promise((resolve, reject) => {
+      this._firstResolve = resolve;
+      this._firstReject = reject;
+    });
+    this._open();
+  }
+
+  /** Calls `cb(state)` on every state change; returns a function that stops it. */
+  onState(cb) {
+    this._listeners.add(cb);
+    return () => this._listeners.delete(cb);
+  }
+
+  /** Resolves when the store serves this app (rejects if it refuses it). */
+  ready() {
+    if (this.state === "ready") return Promise.resolve();
+    if (this.state === "denied" || this.state === "closed")
+      return Promise.reject(new MasqError(this.state, `the connection is ${this.state}`));
+    return new Promise((resolve, reject) => this._readyWaiters.push({ resolve, reject }));
+  }
+
+  /** Sends one raw request (`op` and its arguments); resolves to its `ok`. */
+  request(op, args = {}) {
+    if (this.state === "denied" || this.state === "closed")
+      return Promise.reject(new MasqError(this.state, `the connection is ${this.state}`));
+    return new Promise((resolve, reject) => {
+      const entry = { msg: { ...args, op }, resolve, reject };
+      if (this.state === "ready") this._send(entry);
+      else if (this._queue.length >= MAX_QUEUED)
+        reject(new MasqError("queue_full", "too many requests waiting for the store"));
+      else this._queue.push(entry);
+    });
+  }
+
+  /**
+   * Admin only: opens a pairing invite. Resolves to `{invite, qr, qr_svg,
+   * paired}` where `paired` resolves when the other device has joined.
+   */
+  pairInvite(relay) {
+    return new Promise((resolve, reject) => {
+      const msg = relay ? { op: "pair.invite", relay } : { op: "pair.invite" };
+      const go = () => {
+        const id = this._nextId++;
+        const paired = new Promise((pres, prej) => this._pairWaiters.set(id, { resolve: pres, reject: prej }));
+        paired.catch(() => {}); // callers that never await it get no unhandled rejection
+        this._pending.set(id, {
+          resolve: (ok) => resolve({ ...ok, paired }),
+          reject: (e) => {
+            this._pairWaiters.delete(id);
+            reject(e);
+          },
+        });
+        this._ws.send(JSON.stringify({ ...msg, id }));
+      };
+      this.ready().then(go, reject);
+    });
+  }
+
+  /** Closes the connection for good. */
+  close() {
+    this._closedByUser = true;
+    if (this._ws) this._ws.close(1000);
+    this._setState("closed");
+  }
+
+  _send(entry) {
+    const id = this._nextId++;
+    this._pending.set(id, entry);
+    this._ws.send(JSON.stringify({ ...entry.msg, id }));
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    if (state === "ready") {
+      const waiters = this._readyWaiters.splice(0);
+      waiters.forEach((w) => w.resolve());
+      const queued = this._queue.splice(0);
+      queued.forEach((e) => this._send(e));
+    } else if (state === "denied" || state === "closed") {
+      const err = new MasqError(state, state === "denied" ? "the store refused this app" : "the connection is closed");
+      this._readyWaiters.splice(0).forEach((w) => w.reject(err));
+      this._queue.splice(0).forEach((e) => e.reject(err));
+      this._firstReject(err);
+    }
+    for (const cb of this._listeners) {
+      try {
+        cb(state);
+      } catch (e) {
+        console.error(e);
+      }
+    }
+  }
+
+  _open() {
+    const ws = new WebSocket(this._url.href);
+    this._ws = ws;
+    ws.onmessage = (ev) => this._onMessage(ev.data);
+    ws.onclose = (ev) => this._onClose(ev);
+    ws.onerror = () => {}; // onclose follows and decides
+  }
+
+  _onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch (_) {
+      return; // The store only sends JSON; ignore what cannot be read.
+    }
+    if (typeof msg.state === "string") {
+      if (msg.app !== undefined) this.app = msg.app;
+      this._backoff = MIN_BACKOFF_MS;
+      this._everConnected = true;
+      if (msg.state === "ready" && this.state !== "ready") this._resubscribe();
+      this._setState(msg.state === "revoked" ? "denied" : msg.state);
+      this._firstResolve();
+      return;
+    }
+    if (msg.sub !== undefined && msg.event !== undefined) {
+      const s = this._bySub.get(msg.sub);
+      if (s && !s.closed) {
+        try {
+          s._cb(msg.event);
+        } catch (e) {
+          console.error(e);
+        }
+      }
+      return;
+    }
+    if (msg.paired !== undefined) {
+      const w = this._pairWaiters.get(msg.id);
+      if (!w) return;
+      this._pairWaiters.delete(msg.id);
+      if (msg.paired && msg.paired.error) w.reject(new MasqError(msg.paired.error.code, msg.paired.error.message));
+      else w.resolve(msg.paired);
+      return;
+    }
+    const entry = this._pending.get(msg.id);
+    if (!entry) return;
+    this._pending.delete(msg.id);
+    if (msg.error) entry.reject(new MasqError(msg.error.code, msg.error.message));
+    else entry.resolve(msg.ok);
+  }
+
+  _onClose(ev) {
+    const err = new MasqError("disconnected", "the connection to the store ended before the answer");
+    for (const e of this._pending.values()) e.reject(err);
+    this._pending.clear();
+    for (const w of this._pairWaiters.values()) w.reject(err);
+    this._pairWaiters.clear();
+    this._bySub.clear();
+    for (const s of this._subs) s._sub = null;
+    if (this._closedByUser || this.state === "closed") return;
+    if (ev.code === CLOSE_REVOKED || this.state === "denied") {
+      this._setState("denied");
+      return;
+    }
+    if (!this._everConnected) {
+      // Never got in: say so instead of retrying forever in silence. (Browsers
+      // hide the HTTP status of a refused upgrade, so both causes are named.)
+      this._firstReject(
+        new MasqError(
+          "unreachable",
+          `no masq store answered at ${this._url.origin}, or it refused the connection ` +
+            "(a wrong or old token, or a page origin it does not accept)",
+        ),
+      );
+      this._setState("closed");
+      return;
+    }
+    this._setState("connecting");
+    const wait = this._backoff;
+    this._backoff = Math.min(this._backoff * 2, MAX_BACKOFF_MS);
+    setTimeout(() => {
+      if (!this._closedByUser) this._open();
+    }, wait);
+  }
+
+  /** After a (re)connect: opens every live subscription again. */
+  _resubscribe() {
+    const again = [...this._subs].filter((s) => s._sub === null && !s.closed);
+    for (const s of again) {
+      this._send({
+        msg: s._request,
+        resolve: (ok) => {
+          s._sub = ok.sub;
+          this._bySub.set(ok.sub, s);
+          try {
+            s._cb({ type: "lagged", missed: null });
+          } catch (e) {
+            console.error(e);
+          }
+        },
+        reject: (e) => console.error("masq: could not re-subscribe", e),
+      });
+    }
+  }
+
+  async _subscribe(request, cb) {
+    const s = new Subscription(this, request, cb);
+    const ok = await this.request(request.op, request);
+    s._sub = ok.sub;
+    this._subs.add(s);
+    this._bySub.set(ok.sub, s);
+    return s;
+  }
+
+  /** Key-value API (`bucket` defaults to `default`). */
+  get kv() {
+    const b = (opts) => (opts && opts.bucket ? { bucket: opts.bucket } : {});
+    return {
+      /** The value, or undefined if the key is absent. */
+      get: async (key, opts) => {
+        try {
+          return await this.request("kv.get", { ...b(opts), key });
+        } catch (e) {
+          if (e.code === "not_found") return undefined;
+          throw e;
+        }
+      },
+      put: (key, value, opts) => this.request("kv.put", { ...b(opts), key, value }),
+      putMany: (entries, opts) => this.request("kv.put_many", { ...b(opts), entries }),
+      delete: async (key, opts) => (await this.request("kv.delete", { ...b(opts), key })).deleted,
+      list: (opts = {}) => {
+        const args = { ...b(opts) };
+        if (opts.prefix) args.prefix = opts.prefix;
+        if (opts.startAfter !== undefined) args.start_after = opts.startAfter;
+        if (opts.limit !== undefined) args.limit = opts.limit;
+        return this.request("kv.list", args);
+      },
+      conflicts: (key, opts) => this.request("kv.conflicts", { ...b(opts), key }),
+      watch: (cb, opts = {}) => this._subscribe({ op: "kv.watch", ...b(opts), prefix: opts.prefix || "" }, cb),
+    };
+  }
+
+  /** Document API: ids are strings, changes are lists of operations. */
+  get docs() {
+    return {
+      create: async (ops = [], message) =>
+        (await this.request("doc.create", message ? { ops, message } : { ops })).doc,
+      read: (doc, opts = {}) => this.request("doc.get", opts.at ? { doc, at: opts.at } : { doc }),
+      change: async (doc, ops, message) =>
+        (await this.request("doc.change", message ? { doc, ops, message } : { doc, ops })).heads,
+      heads: async (doc) => (await this.request("doc.heads", { doc })).heads,
+      history: (doc) => this.request("doc.history", { doc }),
+      list: () => this.request("doc.list"),
+      delete: async (doc) => {
+        await this.request("doc.delete", { doc });
+      },
+      subscribe: (doc, cb) => this._subscribe(doc ? { op: "doc.subscribe", doc } : { op: "doc.subscribe" }, cb),
+    };
+  }
+}
