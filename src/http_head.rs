@@ -141,8 +141,11 @@ pub async fn respond<S: AsyncWrite + Unpin>(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n{extra_headers}connection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body).await;
+    // One write: with TCP_NODELAY, a separate body write can arrive after the
+    // client has parsed the head and given up reading (refusal messages lost).
+    let mut all = head.into_bytes();
+    all.extend_from_slice(body);
+    let _ = stream.write_all(&all).await;
     let _ = stream.shutdown().await;
 }
 
