@@ -16,6 +16,7 @@ pub mod doc;
 pub mod error;
 pub mod http_head;
 pub mod kv;
+pub mod rate_limit;
 pub mod relay;
 pub mod service;
 pub mod storage;

@@ -759,3 +759,81 @@ async fn manager_page_client_module_and_app_data_are_served() {
         serde_json::from_str(&cli(&d.path(), &["apps", "data", "notes"])).unwrap();
     assert_eq!(cli_data, data, "the CLI prints the same answer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_app_is_capped_and_slowed_while_other_apps_are_served() {
+    const RATE: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let (child, info) = support::spawn_store_daemon_with(
+        dir.path(),
+        Some("buffered"),
+        None,
+        &["--app-rate", &RATE.to_string()],
+    );
+    let d = Daemon { child, dir, info };
+    let flood_token = d.app_token("flood").await;
+    let polite_token = d.app_token("polite").await;
+    let addr = d.info.http_url.trim_start_matches("http://").to_string();
+
+    // At most MAX_CONNECTIONS_PER_APP connections per app; others still get in.
+    let max = masq::service::app_limits::MAX_CONNECTIONS_PER_APP;
+    let mut floods = Vec::new();
+    for _ in 0..max {
+        floods.push(
+            Connection::connect(&d.info.ws_url, &Auth::Token(flood_token.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    let r = raw_http(
+        &addr,
+        &format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {flood_token}\r\n\r\n"
+        ),
+    );
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("too many connections for app flood"), "{r}");
+    let polite = d.client("polite", &polite_token).await;
+    floods.truncate(2);
+
+    // The flood: 5 x RATE pipelined requests over two connections (one budget).
+    let flood = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let calls = (0..5 * RATE).map(|i| {
+            floods[(i % 2) as usize].call(
+                None,
+                Request::KvGet {
+                    bucket: "b".into(),
+                    key: format!("k{i}"),
+                },
+            )
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert!(answers
+            .iter()
+            .all(|a| matches!(a, Err(e) if e.code == "not_found")));
+        started.elapsed()
+    });
+    // Meanwhile the polite app is served in full, from its own budget.
+    for i in 0..50 {
+        polite
+            .put("b", &format!("k{i}"), &serde_json::json!(i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        polite.get("b", "k49").await.unwrap(),
+        Some(serde_json::json!(49))
+    );
+    assert!(
+        !flood.is_finished(),
+        "the polite app finished while the flood was still being paced"
+    );
+    // Lower bound only (a slow machine makes it longer, never shorter): the
+    // burst covers RATE requests, the other 4 x RATE come at RATE per second.
+    let took = flood.await.unwrap();
+    assert!(
+        took >= Duration::from_millis(3_500),
+        "5 x {RATE} requests at {RATE}/s took only {took:?}: not throttled"
+    );
+}

@@ -143,6 +143,9 @@ pub async fn run(args: LocalBenchArgs) -> Result<LocalBenchReport> {
         store.clone(),
         crate::service::ServiceConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            // The service's capacity, not one app's default share
+            // (`service::app_limits::APP_REQUESTS_PER_SEC`).
+            app_rate: u32::MAX,
             ..Default::default()
         },
     )

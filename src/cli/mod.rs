@@ -60,6 +60,10 @@ pub enum Command {
         /// Relay URL (remembered; default: the one used when pairing).
         #[arg(long)]
         relay: Option<String>,
+        /// Requests per second one app may send over all its connections;
+        /// faster apps are slowed down, not refused.
+        #[arg(long, default_value_t = crate::service::app_limits::APP_REQUESTS_PER_SEC)]
+        app_rate: u32,
     },
     /// Print (or open) the link to the running store's manager page; the
     /// link carries this run's admin token, so treat it like a password.
@@ -133,9 +137,11 @@ pub fn main() -> ExitCode {
         Command::Devices(cmd) => with_backend(&|b| sync_cmds::devices(b, cmd.clone())),
         Command::Apps(cmd) => with_backend(&|b| sync_cmds::apps(b, cmd.clone())),
         Command::Status => with_backend(&sync_cmds::status),
-        Command::Store { listen, relay } => {
-            sync_cmds::store_daemon(dir.clone(), cli.durability, listen, relay)
-        }
+        Command::Store {
+            listen,
+            relay,
+            app_rate,
+        } => sync_cmds::store_daemon(dir.clone(), cli.durability, listen, relay, app_rate),
         Command::Manager { open } => sync_cmds::manager(&dir, open),
         Command::Relay(args) => run_async(crate::relay::run(args)),
         Command::Demo => run_async(async { crate::demo::run().await.map_err(CliError::from) }),

@@ -224,6 +224,7 @@ pub fn store_daemon(
     durability: Durability,
     listen: std::net::SocketAddr,
     relay: Option<String>,
+    app_rate: u32,
 ) -> Result<(), CliError> {
     let store = Store::open_with(
         &dir,
@@ -243,6 +244,7 @@ pub fn store_daemon(
             store.clone(),
             crate::service::ServiceConfig {
                 listen,
+                app_rate,
                 ..Default::default()
             },
         )

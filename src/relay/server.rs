@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
+
+use crate::rate_limit::TokenBucket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
@@ -806,36 +808,5 @@ fn leave_slot(hub: &Hub, s: [u8; 32], conn_id: u64) {
             Frame::RendezvousPeer { joined: false }.encode(),
             &hub.metrics,
         );
-    }
-}
-
-/// Per-connection token bucket for the message rate limit.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: rate as f64,
-            burst: burst as f64,
-            tokens: burst as f64,
-            last: Instant::now(),
-        }
-    }
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::app_limits::{AppSlot, MAX_CONNECTIONS_PER_APP};
 use super::{
     admin, registry, web, Shared, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HTTP_HEAD_BYTES,
     OUTBOUND_QUEUE,
@@ -262,6 +263,25 @@ pub(crate) async fn handle(
         }
         Err(_) => return,
     };
+    let slot = match app_key(&role) {
+        None => None,
+        Some(key) => match shared.app_limits.admit(&key) {
+            Some(slot) => Some(slot),
+            None => {
+                let msg =
+                    format!("too many connections for {key} (at most {MAX_CONNECTIONS_PER_APP})\n");
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "",
+                    msg.as_bytes(),
+                )
+                .await;
+                return;
+            }
+        },
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
@@ -275,7 +295,7 @@ pub(crate) async fn handle(
         Ok(ws) => ws,
         Err(_) => return,
     };
-    serve(ws, role, shared, closing).await;
+    serve(ws, role, shared, closing, slot).await;
 }
 
 fn text(r: &Response) -> Message {
@@ -311,7 +331,23 @@ pub(crate) struct Job {
 
 type Ws = tokio_tungstenite::WebSocketStream<Prefixed<TcpStream>>;
 
-async fn serve(ws: Ws, mut role: Role, shared: Arc<Shared>, mut closing: broadcast::Receiver<()>) {
+/// Whose connection and request budget a role uses (None: the admin, unlimited;
+/// a denied origin, closed at once).
+fn app_key(role: &Role) -> Option<String> {
+    match role {
+        Role::Admin | Role::Denied { .. } => None,
+        Role::App { name, .. } => Some(format!("app {name}")),
+        Role::Pending { origin, .. } => Some(format!("origin {origin}")),
+    }
+}
+
+async fn serve(
+    ws: Ws,
+    mut role: Role,
+    shared: Arc<Shared>,
+    mut closing: broadcast::Receiver<()>,
+    slot: Option<AppSlot>,
+) {
     let (mut sink, mut stream) = ws.split();
     let (out, mut out_rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
     let writer = tokio::spawn(async move {
@@ -365,6 +401,9 @@ async fn serve(ws: Ws, mut role: Role, shared: Arc<Shared>, mut closing: broadca
                 };
                 match msg {
                     Message::Text(t) => {
+                        if let Some(slot) = &slot {
+                            slot.pace().await;
+                        }
                         if let Err((id, error)) = route(t.as_str(), &role, &jobs).await {
                             let _ = out.send(text(&Response::Err { id, error })).await;
                         }

@@ -7,6 +7,8 @@
 //!   then requests executed in order, pushed events, permission changes.
 //! - `admin`: the admin operations (apps, devices, pairing, status), open only
 //!   to the admin token.
+//! - [`app_limits`]: connections per app and requests per second per app.
+//! - [`web`]: the manager page and the browser client, served over plain HTTP.
 //! - [`daemon_file`]: `store.json` in the data dir (URL, pid, admin token; mode 0600).
 //!
 //! Architecture invariant: the service never touches fjall or Automerge
@@ -14,6 +16,7 @@
 //! peer-mode clients and the CLI behave alike.
 
 pub mod admin;
+pub mod app_limits;
 mod connection;
 pub mod daemon_file;
 pub mod registry;
@@ -49,6 +52,9 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     /// Sync engine settings used when a relay is known.
     pub resync_interval: Duration,
+    /// Requests per second one app may send over all its connections
+    /// ([`app_limits::APP_REQUESTS_PER_SEC`] by default).
+    pub app_rate: u32,
 }
 
 impl Default for ServiceConfig {
@@ -58,6 +64,7 @@ impl Default for ServiceConfig {
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7070))),
             resync_interval: crate::sync::engine::RESYNC_INTERVAL,
+            app_rate: app_limits::APP_REQUESTS_PER_SEC,
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct Shared {
     pub engine: EngineSlot,
     /// Live connections.
     pub connections: std::sync::atomic::AtomicUsize,
+    /// Per-app connection caps and request rates.
+    pub app_limits: Arc<app_limits::AppLimits>,
     /// Whether this process syncs (the daemon does; the CLI working on a
     /// data directory directly does not start an engine).
     pub sync_enabled: bool,
@@ -98,6 +107,7 @@ impl Shared {
             ],
             registry_version: watch::channel(0).0,
             connections: Default::default(),
+            app_limits: Arc::new(app_limits::AppLimits::new(app_limits::APP_REQUESTS_PER_SEC)),
             sync_enabled,
         }
     }
@@ -180,12 +190,9 @@ pub async fn start(store: Store, config: ServiceConfig) -> std::io::Result<Servi
     }
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(
-        store,
-        addr.port(),
-        config.resync_interval,
-        true,
-    ));
+    let mut shared = Shared::new(store, addr.port(), config.resync_interval, true);
+    shared.app_limits = Arc::new(app_limits::AppLimits::new(config.app_rate));
+    let shared = Arc::new(shared);
     let admin_token = shared.admin_token.clone();
     shared
         .ensure_engine()

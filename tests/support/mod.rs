@@ -224,6 +224,16 @@ pub fn spawn_store_daemon(
     durability: Option<&str>,
     relay: Option<&str>,
 ) -> (std::process::Child, masq::service::daemon_file::DaemonInfo) {
+    spawn_store_daemon_with(dir, durability, relay, &[])
+}
+
+/// [`spawn_store_daemon`] with extra `masq store` arguments.
+pub fn spawn_store_daemon_with(
+    dir: &std::path::Path,
+    durability: Option<&str>,
+    relay: Option<&str>,
+    extra: &[&str],
+) -> (std::process::Child, masq::service::daemon_file::DaemonInfo) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_masq"));
     cmd.arg("--data").arg(dir);
     if let Some(d) = durability {
@@ -233,6 +243,7 @@ pub fn spawn_store_daemon(
     if let Some(r) = relay {
         cmd.args(["--relay", r]);
     }
+    cmd.args(extra);
     let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
