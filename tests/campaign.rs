@@ -1,8 +1,9 @@
 //! Crash and fault campaign: three real `masq store` processes and a real
 //! `masq relay` process; writers on every store; at random moments a store or
-//! the relay is killed with SIGKILL and restarted. In the end every
-//! acknowledged write must be on every store. Prints rounds, kills, writes
-//! and losses (which must be 0).
+//! the relay is killed with SIGKILL and restarted. Writers put KV keys and
+//! change one document per store. In the end every acknowledged write (key or
+//! document field) must be on every store, and every document's heads must be
+//! equal on all three. Prints rounds, kills, writes and losses (which must be 0).
 //!
 //! Short form by default (3 rounds); `MASQ_CAMPAIGN_ROUNDS=50` for the long
 //! form, `MASQ_CAMPAIGN_SEED=N` to replay a run.
@@ -222,7 +223,26 @@ async fn acknowledged_writes_survive_kills_of_stores_and_relay() {
         tokens.push(v["token"].as_str().unwrap().to_string());
     }
 
+    // One document per store, written only there; all three sync everywhere.
+    let mut docs = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        let v = s
+            .admin()
+            .await
+            .call(
+                Some("campaign"),
+                Request::DocCreate {
+                    ops: vec![],
+                    message: Some(format!("store {i}")),
+                },
+            )
+            .await
+            .unwrap();
+        docs.push(v["doc"].as_str().unwrap().to_string());
+    }
+
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let acked_doc: Arc<Mutex<BTreeSet<(usize, String)>>> = Arc::default();
     let (mut kills, mut relay_kills) = (0u64, 0u64);
     for round in 0..rounds {
         // Writers on every store until told to stop (or their store dies).
@@ -234,7 +254,8 @@ async fn acknowledged_writes_survive_kills_of_stores_and_relay() {
             o.token = Some(tokens[i].clone());
             o.require_store = true;
             let client = Client::connect_with(o).await.unwrap();
-            let (acked, stop) = (acked.clone(), stop.clone());
+            let (acked, acked_doc, stop) = (acked.clone(), acked_doc.clone(), stop.clone());
+            let doc = docs[i].clone();
             writers.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -242,7 +263,17 @@ async fn acknowledged_writes_survive_kills_of_stores_and_relay() {
                     if client.put("c", &key, &json!(n)).await.is_err() {
                         break; // its store was killed: unacknowledged, not counted
                     }
-                    acked.lock().unwrap().insert(key);
+                    acked.lock().unwrap().insert(key.clone());
+                    if n % 4 == 0 {
+                        let op = masq::ChangeOp::Put {
+                            path: format!("/{key}"),
+                            value: json!(n),
+                        };
+                        if client.change_doc(&doc, &[op], None).await.is_err() {
+                            break;
+                        }
+                        acked_doc.lock().unwrap().insert((i, key));
+                    }
                     n += 1;
                 }
             }));
@@ -292,5 +323,66 @@ async fn acknowledged_writes_survive_kills_of_stores_and_relay() {
     assert!(
         all.windows(2).all(|w| w[0] == w[1]),
         "stores differ (seed {seed})"
+    );
+
+    // Documents: every acknowledged field on every store, and equal heads for
+    // every document of the app on all three.
+    let doc_writes = acked_doc.lock().unwrap().clone();
+    loop {
+        let mut data = Vec::new();
+        for s in &stores {
+            let v = s
+                .admin()
+                .await
+                .call(
+                    None,
+                    Request::AppsData {
+                        name: "campaign".into(),
+                    },
+                )
+                .await
+                .unwrap();
+            data.push(v["docs"].clone());
+        }
+        if data.windows(2).all(|w| w[0] == w[1]) {
+            eprintln!(
+                "campaign: {} documents with equal heads on every store",
+                data[0].as_array().map(Vec::len).unwrap_or(0)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "document heads differ after convergence time (seed {seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut doc_losses = 0;
+    for s in &stores {
+        let admin = s.admin().await;
+        for (i, doc) in docs.iter().enumerate() {
+            let v = admin
+                .call(
+                    Some("campaign"),
+                    Request::DocGet {
+                        doc: doc.clone(),
+                        at: None,
+                    },
+                )
+                .await
+                .unwrap();
+            doc_losses += doc_writes
+                .iter()
+                .filter(|(w, key)| *w == i && v.get(key).is_none())
+                .count();
+        }
+    }
+    eprintln!(
+        "campaign: {} acknowledged document writes, losses {doc_losses}",
+        doc_writes.len()
+    );
+    assert_eq!(
+        doc_losses, 0,
+        "acknowledged document writes lost (seed {seed})"
     );
 }
