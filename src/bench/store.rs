@@ -1,5 +1,6 @@
-//! `masq bench store`: a store with many small documents — time to create them,
-//! time to open the store again, time to read a sample, and RSS.
+//! `masq bench store`: a store with many small documents (and optionally one
+//! big KV bucket) — time to create them, time to open the store again, time to
+//! read a sample and to list the bucket, and RSS.
 
 use std::time::Instant;
 
@@ -17,6 +18,9 @@ pub struct StoreBenchArgs {
     /// Documents to create.
     #[arg(long, default_value_t = 100_000)]
     pub docs: usize,
+    /// Keys to put into one bucket (`big`) besides the documents.
+    #[arg(long, default_value_t = 0)]
+    pub keys: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -27,7 +31,14 @@ pub struct StoreBenchArgs {
     pub create_only: Option<std::path::PathBuf>,
 }
 
-fn create(dir: &std::path::Path, n: usize, pb: &ProgressBar) -> Result<()> {
+/// Keys per `put_many` while filling the big bucket.
+const KEYS_PER_BATCH: usize = 10_000;
+
+fn key(i: usize) -> String {
+    format!("key-{i:08}")
+}
+
+fn create(dir: &std::path::Path, n: usize, keys: usize, pb: &ProgressBar) -> Result<()> {
     let opts = StoreOptions {
         durability: Durability::Buffered,
         ..StoreOptions::default()
@@ -46,6 +57,11 @@ fn create(dir: &std::path::Path, n: usize, pb: &ProgressBar) -> Result<()> {
             pb.set_position(i as u64);
         }
     }
+    let big = store.app("bench")?.bucket("big")?;
+    for start in (0..keys).step_by(KEYS_PER_BATCH) {
+        let end = (start + KEYS_PER_BATCH).min(keys);
+        big.put_many((start..end).map(|i| (key(i), serde_json::json!(i))))?;
+    }
     store.db().persist_all()
 }
 
@@ -54,6 +70,8 @@ fn create(dir: &std::path::Path, n: usize, pb: &ProgressBar) -> Result<()> {
 pub struct StoreBenchReport {
     /// Documents.
     pub docs: usize,
+    /// Keys in the big bucket.
+    pub keys: usize,
     /// Seconds to create them (buffered durability).
     pub create_secs: f64,
     /// Seconds to open the store again.
@@ -62,6 +80,10 @@ pub struct StoreBenchReport {
     pub list_secs: f64,
     /// Seconds to read 1000 documents spread over the store (cold).
     pub read_1000_secs: f64,
+    /// Seconds to list every key of the big bucket (pages of 10 000).
+    pub list_keys_secs: f64,
+    /// Seconds to get 1000 keys spread over the big bucket.
+    pub get_1000_keys_secs: f64,
     /// RSS in MiB right after opening.
     pub rss_after_open_mib: f64,
     /// RSS in MiB after open + list + reads.
@@ -76,13 +98,16 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     if let Some(dir) = &args.create_only {
-        create(dir, args.docs, &ProgressBar::hidden())?;
+        create(dir, args.docs, args.keys, &ProgressBar::hidden())?;
         return Ok(StoreBenchReport {
             docs: args.docs,
+            keys: args.keys,
             create_secs: 0.0,
             open_secs: 0.0,
             list_secs: 0.0,
             read_1000_secs: 0.0,
+            list_keys_secs: 0.0,
+            get_1000_keys_secs: 0.0,
             rss_after_open_mib: 0.0,
             rss_mib: 0.0,
         });
@@ -100,6 +125,8 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
             "store",
             "--docs",
             &args.docs.to_string(),
+            "--keys",
+            &args.keys.to_string(),
             "--create-only",
         ])
         .arg(dir.path())
@@ -125,8 +152,37 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
         docs.get(id)?;
     }
     let read_1000_secs = t.elapsed().as_secs_f64();
+    let big = store.app("bench")?.bucket("big")?;
+    let t = Instant::now();
+    let mut listed = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = big.list(&crate::kv::ListOptions {
+            start_after: after.take(),
+            limit: Some(crate::kv::MAX_LIST_LIMIT),
+            ..Default::default()
+        })?;
+        let Some((last, _)) = page.last() else { break };
+        listed += page.len();
+        after = Some(last.clone());
+    }
+    let list_keys_secs = t.elapsed().as_secs_f64();
+    if listed != args.keys {
+        return Err(crate::error::Error::BadOp(format!(
+            "listed {listed} keys, expected {}",
+            args.keys
+        )));
+    }
+    let t = Instant::now();
+    for i in (0..args.keys).step_by((args.keys / 1000).max(1)).take(1000) {
+        big.get(&key(i))?;
+    }
+    let get_1000_keys_secs = t.elapsed().as_secs_f64();
     let report = StoreBenchReport {
         docs: args.docs,
+        keys: args.keys,
+        list_keys_secs,
+        get_1000_keys_secs,
         create_secs,
         open_secs,
         list_secs,
@@ -137,7 +193,10 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("masq bench store: {} small documents", report.docs);
+        println!(
+            "masq bench store: {} small documents, {} keys in one bucket",
+            report.docs, report.keys
+        );
         println!(
             "  create          {:>8.2} s ({:.0} docs/s)",
             create_secs,
@@ -146,6 +205,10 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
         println!("  open            {:>8.3} s", open_secs);
         println!("  list all        {:>8.3} s", list_secs);
         println!("  read 1000 cold  {:>8.3} s", read_1000_secs);
+        if args.keys > 0 {
+            println!("  list {} keys {:>8.3} s", args.keys, list_keys_secs);
+            println!("  get 1000 keys   {:>8.3} s", get_1000_keys_secs);
+        }
         println!("  RSS after open  {:>8.1} MiB", report.rss_after_open_mib);
         println!("  RSS at the end  {:>8.1} MiB", report.rss_mib);
     }
