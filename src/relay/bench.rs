@@ -32,6 +32,13 @@ pub struct RelayBenchArgs {
     /// Run the relay as a separate `masq relay` process so its RSS is measured alone.
     #[arg(long)]
     pub separate_process: bool,
+    /// Relay nodes (separate processes sharing `--cluster`); connections
+    /// alternate between them, so with 2 or more every message crosses nodes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Redis URL for `--nodes` > 1.
+    #[arg(long)]
+    pub cluster: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -59,6 +66,8 @@ pub struct RelayBenchRow {
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayBenchReport {
+    /// Relay nodes (2+: every message crossed nodes through Redis).
+    pub nodes: usize,
     /// Rows per size.
     pub rows: Vec<RelayBenchRow>,
     /// Idle connections opened for the memory figure.
@@ -85,7 +94,9 @@ pub fn rss_mib_of(pid: u32) -> f64 {
 }
 
 /// Starts `masq relay` as a child on a free loopback port; returns it and its URL.
-async fn spawn_relay_process() -> std::io::Result<(tokio::process::Child, String)> {
+async fn spawn_relay_process(
+    cluster: Option<&str>,
+) -> std::io::Result<(tokio::process::Child, String)> {
     use tokio::io::AsyncBufReadExt;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -102,6 +113,7 @@ async fn spawn_relay_process() -> std::io::Result<(tokio::process::Child, String
             "--queue-frames",
             "4096",
         ])
+        .args(cluster.map(|c| vec!["--cluster", c]).unwrap_or_default())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -154,9 +166,22 @@ fn now_micros(t0: Instant) -> u64 {
 /// Runs the benchmark.
 pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
     raise_nofile();
-    let (relay, child, url) = if args.separate_process {
-        let (child, url) = spawn_relay_process().await?;
-        (None, Some(child), url)
+    let (relay, children, urls) = if args.nodes > 1 {
+        let cluster = args
+            .cluster
+            .as_deref()
+            .ok_or_else(|| std::io::Error::other("--nodes needs --cluster redis://HOST:PORT"))?;
+        let mut children = Vec::new();
+        let mut urls = Vec::new();
+        for _ in 0..args.nodes {
+            let (child, url) = spawn_relay_process(Some(cluster)).await?;
+            children.push(child);
+            urls.push(url);
+        }
+        (None, children, urls)
+    } else if args.separate_process {
+        let (child, url) = spawn_relay_process(None).await?;
+        (None, vec![child], vec![url])
     } else {
         let r = start(RelayConfig {
             rate_per_sec: u32::MAX / 2,
@@ -166,7 +191,7 @@ pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
         })
         .await?;
         let url = r.url();
-        (Some(r), None, url)
+        (Some(r), Vec::new(), vec![url])
     };
     let n = args.connections.max(2) & !1;
     let pb = ProgressBar::new(n as u64);
@@ -177,9 +202,9 @@ pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
     pb.set_message("connecting");
     let mut keys = Vec::with_capacity(n);
     let mut clients = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let kp = DeviceKeypair::generate();
-        let c = RelayClient::connect(&url, &kp)
+        let c = RelayClient::connect(&urls[i % urls.len()], &kp)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         keys.push(kp.device_id());
@@ -319,18 +344,19 @@ pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
         pb.set_position(0);
         pb.set_length(args.idle as u64);
         for _ in 0..args.idle {
-            match RelayClient::connect(&url, &DeviceKeypair::generate()).await {
+            match RelayClient::connect(&urls[0], &DeviceKeypair::generate()).await {
                 Ok(c) => idle.push(c),
                 Err(_) => break,
             }
             pb.inc(1);
         }
     }
-    let (rss, alone) = match &child {
+    let (rss, alone) = match children.first() {
         Some(c) => (c.id().map(rss_mib_of).unwrap_or(0.0), true),
         None => (rss_mib(), false),
     };
     let report = RelayBenchReport {
+        nodes: urls.len(),
         rows,
         idle_connections: idle.len(),
         rss_mib: rss,
@@ -343,7 +369,12 @@ pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
             serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?
         );
     } else {
-        println!("masq bench relay ({} connections)", n);
+        println!(
+            "masq bench relay ({} connections, {} node{})",
+            n,
+            report.nodes,
+            if report.nodes == 1 { "" } else { "s" }
+        );
         println!(
             "{:>6} {:>8} {:>12} {:>14} {:>10} {:>10}",
             "mode", "size", "messages", "msgs/s", "p50 ms", "p99 ms"
@@ -354,7 +385,9 @@ pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
                 r.mode, r.size, r.messages, r.msgs_per_sec, r.p50_ms, r.p99_ms
             );
         }
-        let whose = if report.relay_rss_alone {
+        let whose = if report.nodes > 1 {
+            "first relay node alone"
+        } else if report.relay_rss_alone {
             "relay process alone"
         } else {
             "relay and clients in one process"
@@ -369,7 +402,7 @@ pub async fn run(args: RelayBenchArgs) -> std::io::Result<RelayBenchReport> {
     if let Some(r) = relay {
         r.shutdown().await;
     }
-    if let Some(mut c) = child {
+    for mut c in children {
         let _ = c.kill().await;
     }
     Ok(report)

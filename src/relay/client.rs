@@ -110,8 +110,25 @@ impl Drop for RelayClient {
 }
 
 impl RelayClient {
-    /// Connects to `url` (ws://...) and authenticates as `keypair`.
+    /// Connects to `url` and authenticates as `keypair`. `url` may name
+    /// several nodes of one relay cluster, comma-separated
+    /// (`ws://a:7071,ws://b:7071`): they are tried in order, so the first is
+    /// preferred and the others take over when it is down.
     pub async fn connect(url: &str, keypair: &DeviceKeypair) -> Result<Self, RelayClientError> {
+        let mut last = RelayClientError::Connect(format!("no relay URL in {url:?}"));
+        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            match Self::connect_one(one, keypair).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!("relay {one}: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(url: &str, keypair: &DeviceKeypair) -> Result<Self, RelayClientError> {
         let stream = super::tls::connect_stream(url)
             .await
             .map_err(|e| RelayClientError::Connect(e.to_string()))?;

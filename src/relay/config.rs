@@ -66,6 +66,9 @@ pub struct RelayConfig {
     /// Envelopes are sealed end to end either way; TLS hides the frame
     /// headers (device ids) from the network.
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Redis URL of the cluster this node belongs to (`--cluster`); None: a
+    /// single relay.
+    pub cluster: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -82,6 +85,7 @@ impl Default for RelayConfig {
             ping_interval: PING_INTERVAL,
             rendezvous_ttl: RENDEZVOUS_TTL,
             tls: None,
+            cluster: None,
         }
     }
 }

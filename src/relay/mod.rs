@@ -4,13 +4,15 @@
 //!
 //! - [`config`]: every limit, as a named constant, and the auth proof.
 //! - [`server`]: the WebSocket server (plus `/healthz`, `/metrics`).
-//! - [`client`]: the device side.
+//! - [`client`]: the device side (a relay URL may list several nodes, comma-separated).
+//! - [`cluster`]: several relay nodes as one, over Redis pub/sub (`--cluster`).
 //! - [`bench`]: `masq bench relay`.
 //!
 //! Frame bytes live in [`crate::wire::relay_frame`].
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod server;
 pub mod tls;
@@ -50,6 +52,10 @@ pub struct RelayArgs {
     /// Serve wss://: PEM private key (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Act as one node of a relay cluster sharing this Redis
+    /// (`redis://HOST:PORT`): devices on different nodes reach each other.
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 impl From<RelayArgs> for RelayConfig {
@@ -62,6 +68,7 @@ impl From<RelayArgs> for RelayConfig {
             rate_burst: a.burst.max(1),
             max_connections: a.max_connections,
             idle_timeout: std::time::Duration::from_secs(a.idle_secs.max(1)),
+            cluster: a.cluster,
             ..RelayConfig::default()
         }
     }

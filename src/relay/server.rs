@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 
+use super::cluster::{Cluster, Inbound};
 use crate::rate_limit::TokenBucket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -62,6 +63,10 @@ pub struct Metrics {
     pub drops_bad_frame: AtomicU64,
     /// Failed authentications.
     pub drops_auth_failed: AtomicU64,
+    /// Messages handed to the cluster for devices on other nodes.
+    pub cluster_sent: AtomicU64,
+    /// Messages from other nodes delivered to devices here.
+    pub cluster_delivered: AtomicU64,
 }
 
 impl Metrics {
@@ -89,6 +94,16 @@ impl Metrics {
             "masq_relay_bytes_total {}\n",
             g(&self.bytes_forwarded)
         ));
+        s.push_str("# TYPE masq_relay_cluster_messages_total counter\n");
+        for (dir, v) in [
+            ("sent", &self.cluster_sent),
+            ("delivered", &self.cluster_delivered),
+        ] {
+            s.push_str(&format!(
+                "masq_relay_cluster_messages_total{{direction=\"{dir}\"}} {}\n",
+                g(v)
+            ));
+        }
         s.push_str("# TYPE masq_relay_drops_total counter\n");
         for (reason, v) in [
             ("offline", &self.drops_offline),
@@ -187,6 +202,8 @@ struct Hub {
     next_conn: AtomicU64,
     open_sockets: AtomicUsize,
     shutdown: watch::Receiver<bool>,
+    /// The link to the other nodes (`--cluster`), if any.
+    cluster: Option<Cluster>,
 }
 
 /// A running relay. Dropping it stops accepting; [`shutdown`](Self::shutdown)
@@ -238,6 +255,15 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::default());
+    let (cluster, inbound) = match &config.cluster {
+        Some(url) => {
+            let (c, inbound) = Cluster::connect(url)
+                .await
+                .map_err(|e| std::io::Error::other(format!("cluster {url}: {e}")))?;
+            (Some(c), Some(inbound))
+        }
+        None => (None, None),
+    };
     let hub = Arc::new(Hub {
         config,
         conns: Mutex::new(HashMap::new()),
@@ -247,7 +273,11 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
         next_conn: AtomicU64::new(1),
         open_sockets: AtomicUsize::new(0),
         shutdown: rx,
+        cluster,
     });
+    if let Some(inbound) = inbound {
+        tokio::spawn(apply_cluster_events(hub.clone(), inbound));
+    }
     let task = tokio::spawn(accept_loop(listener, hub));
     tracing::info!(%addr, "relay listening");
     Ok(RelayHandle {
@@ -495,6 +525,9 @@ where
     }
     tracing::debug!(device = %device.fingerprint(), "device connected");
     notify_presence(&hub, device, true);
+    if let Some(c) = &hub.cluster {
+        c.device_connected(device);
+    }
 
     // Writer task: drains the bounded queue; stops on kill.
     let kill = me.kill.clone();
@@ -605,7 +638,17 @@ where
     };
     if removed {
         hub.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-        notify_presence(&hub, device, false);
+        // Replaced by a connection on another node: still online for watchers.
+        let moved = me.kill.reason().map(|(c, _)| c) == Some(codes::REPLACED);
+        if !moved {
+            notify_presence(&hub, device, false);
+        }
+        if let Some(c) = &hub.cluster {
+            c.device_disconnected(device, moved);
+        }
+    }
+    if let Some(c) = &hub.cluster {
+        c.rendezvous_leave(device, conn_id);
     }
     if let Ok(mut w) = hub.watchers.lock() {
         for set in w.values_mut() {
@@ -668,6 +711,29 @@ fn handle_frame(
             }
             let target = hub.conns.lock().ok().and_then(|c| c.get(&to).cloned());
             match target {
+                None if hub.cluster.is_some() => {
+                    if let Some(c) = &hub.cluster {
+                        m.cluster_sent.fetch_add(1, Ordering::Relaxed);
+                        c.send_to_device(
+                            to,
+                            Frame::Deliver {
+                                from: device,
+                                payload,
+                            }
+                            .encode(),
+                            Inbound::ToConn {
+                                device,
+                                conn_id: me.conn_id,
+                                frame: Frame::Undeliverable {
+                                    msg_id,
+                                    to,
+                                    reason: UndeliverableReason::Offline,
+                                }
+                                .encode(),
+                            },
+                        );
+                    }
+                }
                 None => {
                     m.drops_offline.fetch_add(1, Ordering::Relaxed);
                     refuse(UndeliverableReason::Offline)
@@ -705,10 +771,48 @@ fn handle_frame(
                 Ok(c) => ids.iter().map(|id| c.contains_key(id)).collect(),
                 Err(_) => return,
             };
+            let mut elsewhere = Vec::new();
             for (id, on) in ids.into_iter().zip(online) {
-                me.push(Frame::Presence { id, online: on }.encode(), m);
+                if !on && hub.cluster.is_some() {
+                    elsewhere.push(id);
+                } else {
+                    me.push(Frame::Presence { id, online: on }.encode(), m);
+                }
+            }
+            if let Some(c) = &hub.cluster {
+                c.query_presence(device, me.conn_id, elsewhere);
             }
         }
+        Frame::RendezvousJoin(s) if hub.cluster.is_some() => {
+            if slot.is_some() {
+                me.push(
+                    Frame::Error {
+                        code: codes::RENDEZVOUS_REFUSED,
+                        message: "rendezvous slot is full or already used".into(),
+                    }
+                    .encode(),
+                    m,
+                );
+                return;
+            }
+            *slot = Some(s);
+            if let Some(c) = &hub.cluster {
+                c.rendezvous_join(device, me.conn_id, s, hub.config.rendezvous_ttl);
+            }
+        }
+        Frame::RendezvousSend(payload) if hub.cluster.is_some() => match (*slot, &hub.cluster) {
+            (Some(s), Some(c)) => c.rendezvous_send(me.conn_id, s, payload),
+            _ => {
+                me.push(
+                    Frame::Error {
+                        code: codes::NO_RENDEZVOUS,
+                        message: "no one else in the rendezvous slot".into(),
+                    }
+                    .encode(),
+                    m,
+                );
+            }
+        },
         Frame::RendezvousJoin(s) => {
             let ttl = hub.config.rendezvous_ttl;
             let mut refused = None;
@@ -808,5 +912,43 @@ fn leave_slot(hub: &Hub, s: [u8; 32], conn_id: u64) {
             Frame::RendezvousPeer { joined: false }.encode(),
             &hub.metrics,
         );
+    }
+}
+
+/// Applies what the cluster says to this node's connections.
+async fn apply_cluster_events(hub: Arc<Hub>, mut events: mpsc::UnboundedReceiver<Inbound>) {
+    while let Some(ev) = events.recv().await {
+        let m = &hub.metrics;
+        let conn_of = |d: &DeviceId| hub.conns.lock().ok().and_then(|c| c.get(d).cloned());
+        match ev {
+            Inbound::ToDevice { device, frame } => {
+                if let Some(p) = conn_of(&device) {
+                    let len = frame.len() as u64;
+                    if p.push(frame, m) {
+                        m.cluster_delivered.fetch_add(1, Ordering::Relaxed);
+                        m.messages_forwarded.fetch_add(1, Ordering::Relaxed);
+                        m.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+            }
+            Inbound::ToConn {
+                device,
+                conn_id,
+                frame,
+            } => {
+                if let Some(p) = conn_of(&device).filter(|p| p.conn_id == conn_id) {
+                    p.push(frame, m);
+                }
+            }
+            Inbound::Claimed(device) => {
+                if let Some(p) = conn_of(&device) {
+                    p.kill.kill(
+                        codes::REPLACED,
+                        "replaced by a newer connection of this device (on another relay node)",
+                    );
+                }
+            }
+            Inbound::Presence { device, online } => notify_presence(&hub, device, online),
+        }
     }
 }

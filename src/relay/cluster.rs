@@ -1,0 +1,573 @@
+//! Several relay nodes acting as one, over Redis pub/sub (`masq relay
+//! --cluster redis://HOST:PORT`). No home-made cluster protocol, and nothing
+//! stored in Redis but presence keys that expire.
+//!
+//! Channels and keys (all prefixed `masq:`):
+//! - `masq:dev:<device hex>`: the node holding a device's connection is
+//!   subscribed. Messages: `0 ‖ frame` (a frame to push to the device as is,
+//!   e.g. `Deliver`), or `1 ‖ node id` (a newer connection of this device
+//!   opened on that node: any other node closes its own, as one relay does).
+//!   A `PUBLISH` that reached nobody means the device is offline everywhere.
+//! - `masq:presence`: every node is subscribed; `device(32) ‖ online(1) ‖ node id`.
+//! - `masq:presence:<device hex>` = node id, expiring after
+//!   [`PRESENCE_TTL`] unless the node refreshes it; read when a device
+//!   subscribes to the presence of devices held by other nodes.
+//! - `masq:slot:<slot hex>` (counter, expires with the rendezvous TTL) and the
+//!   channel of the same name: pairing rendezvous across nodes. Messages:
+//!   `kind(1) ‖ member tag(24) ‖ data` (0 joined, 1 data, 2 left).
+//!
+//! Architecture invariant: this module knows Redis and the channel layout; it
+//! never touches the relay's connection table. It hands frames for local
+//! devices to the server as [`Inbound`] events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::crypto::DeviceId;
+use crate::wire::relay_frame::{codes, Frame};
+
+/// How long a node's claim that a device is online lives without a refresh.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// How often a node refreshes the presence keys of its devices.
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// Most publishes sent to Redis in one pipeline.
+pub const PUBLISH_BATCH: usize = 256;
+/// Publishes waiting for Redis before senders are told the recipient is busy.
+pub const PUBLISH_QUEUE: usize = 65_536;
+
+const KIND_FRAME: u8 = 0;
+const KIND_CLAIM: u8 = 1;
+const SLOT_JOINED: u8 = 0;
+const SLOT_DATA: u8 = 1;
+const SLOT_LEFT: u8 = 2;
+
+/// What the cluster asks the local server to do.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Push `frame` to the device's current connection on this node.
+    ToDevice {
+        /// The device.
+        device: DeviceId,
+        /// Encoded frame.
+        frame: Vec<u8>,
+    },
+    /// Push `frame` to one connection (if it is still the device's current one).
+    ToConn {
+        /// The device.
+        device: DeviceId,
+        /// Its connection.
+        conn_id: u64,
+        /// Encoded frame.
+        frame: Vec<u8>,
+    },
+    /// Another node now holds the device: close the local connection.
+    Claimed(DeviceId),
+    /// A device came online or went offline on another node.
+    Presence {
+        /// The device.
+        device: DeviceId,
+        /// Whether it is online now.
+        online: bool,
+    },
+}
+
+enum SubCmd {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+struct Publish {
+    channel: String,
+    payload: Vec<u8>,
+    /// Sent to the server if nobody received the message.
+    if_nobody: Option<Inbound>,
+}
+
+/// A rendezvous member on this node: (device, connection).
+type Member = (DeviceId, u64);
+
+/// This node's link to the cluster.
+pub struct Cluster {
+    /// Random id of this node (hex), in claims, presence and member tags.
+    node: String,
+    /// For commands other than publish (presence keys, slot counters).
+    conn: MultiplexedConnection,
+    /// To the publisher task (in order).
+    publish: mpsc::Sender<Publish>,
+    /// To the subscription task (in order).
+    subs: mpsc::UnboundedSender<SubCmd>,
+    /// To the server.
+    inbound: mpsc::UnboundedSender<Inbound>,
+    /// Devices connected here (their presence keys are refreshed).
+    local: Arc<Mutex<HashSet<DeviceId>>>,
+    /// Rendezvous slots with members on this node.
+    slots: Arc<Mutex<HashMap<[u8; 32], Vec<Member>>>>,
+    /// Publisher, subscriber, refresher.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn dev_channel(d: &DeviceId) -> String {
+    format!("masq:dev:{d}")
+}
+fn presence_key(d: &DeviceId) -> String {
+    format!("masq:presence:{d}")
+}
+fn slot_name(s: &[u8; 32]) -> String {
+    format!("masq:slot:{}", hex::encode(s))
+}
+const PRESENCE_CHANNEL: &str = "masq:presence";
+
+/// A member tag: node id (16 bytes) and connection id (8 bytes).
+fn tag(node: &str, conn_id: u64) -> [u8; 24] {
+    let mut t = [0u8; 24];
+    if let Ok(n) = hex::decode(node) {
+        let len = n.len().min(16);
+        t[..len].copy_from_slice(&n[..len]);
+    }
+    t[16..].copy_from_slice(&conn_id.to_be_bytes());
+    t
+}
+
+impl Cluster {
+    /// Connects to Redis at `url`; returns the link and the events for the server.
+    pub async fn connect(
+        url: &str,
+    ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<Inbound>)> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_multiplexed_async_connection().await?;
+        let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
+        sink.subscribe(PRESENCE_CHANNEL).await?;
+        let node = hex::encode(*crate::crypto::random_bytes::<16>());
+        let (inbound, inbound_rx) = mpsc::unbounded_channel();
+        let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (subs, mut subs_rx) = mpsc::unbounded_channel::<SubCmd>();
+        let local: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
+        let slots: Arc<Mutex<HashMap<[u8; 32], Vec<Member>>>> = Arc::default();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(publisher(
+            conn.clone(),
+            publish_rx,
+            inbound.clone(),
+        )));
+        tasks.push(tokio::spawn(async move {
+            while let Some(cmd) = subs_rx.recv().await {
+                let r = match cmd {
+                    SubCmd::Subscribe(c) => sink.subscribe(c).await,
+                    SubCmd::Unsubscribe(c) => sink.unsubscribe(c).await,
+                };
+                if let Err(e) = r {
+                    tracing::warn!("cluster: (un)subscribe failed: {e}");
+                }
+            }
+        }));
+        {
+            let (inbound, node, slots) = (inbound.clone(), node.clone(), slots.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Some(msg) = stream.next().await {
+                    let channel = msg.get_channel_name().to_string();
+                    on_message(&channel, msg.get_payload_bytes(), &node, &slots, &inbound);
+                }
+                tracing::error!("cluster: the Redis subscription ended");
+            }));
+        }
+        {
+            let (mut conn, local, node) = (conn.clone(), local.clone(), node.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+                loop {
+                    tick.tick().await;
+                    let devices: Vec<DeviceId> = match local.lock() {
+                        Ok(l) => l.iter().copied().collect(),
+                        Err(_) => return,
+                    };
+                    if devices.is_empty() {
+                        continue;
+                    }
+                    let mut pipe = redis::pipe();
+                    for d in &devices {
+                        pipe.cmd("SET")
+                            .arg(presence_key(d))
+                            .arg(&node)
+                            .arg("EX")
+                            .arg(PRESENCE_TTL.as_secs())
+                            .ignore();
+                    }
+                    let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                    if let Err(e) = r {
+                        tracing::warn!("cluster: presence refresh failed: {e}");
+                    }
+                }
+            }));
+        }
+        Ok((
+            Self {
+                node,
+                conn,
+                publish,
+                subs,
+                inbound,
+                local,
+                slots,
+                tasks,
+            },
+            inbound_rx,
+        ))
+    }
+
+    fn publish(&self, channel: String, payload: Vec<u8>, if_nobody: Option<Inbound>) {
+        let p = Publish {
+            channel,
+            payload,
+            if_nobody,
+        };
+        if let Err(mpsc::error::TrySendError::Full(p)) = self.publish.try_send(p) {
+            tracing::warn!("cluster: publish queue full");
+            if let Some(i) = p.if_nobody {
+                let _ = self.inbound.send(i);
+            }
+        }
+    }
+
+    /// A device connected here: take its channel, claim it from other nodes,
+    /// mark it online.
+    pub fn device_connected(&self, device: DeviceId) {
+        if let Ok(mut l) = self.local.lock() {
+            l.insert(device);
+        }
+        let mut claim = vec![KIND_CLAIM];
+        claim.extend_from_slice(self.node.as_bytes());
+        self.publish(dev_channel(&device), claim, None);
+        let _ = self.subs.send(SubCmd::Subscribe(dev_channel(&device)));
+        let mut conn = self.conn.clone();
+        let node = self.node.clone();
+        let publish = self.publish.clone();
+        tokio::spawn(async move {
+            // The key first, then the event: whoever hears "online" and asks
+            // finds the key.
+            let r: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(presence_key(&device))
+                .arg(&node)
+                .arg("EX")
+                .arg(PRESENCE_TTL.as_secs())
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("cluster: presence set failed: {e}");
+            }
+            let _ = publish
+                .send(Publish {
+                    channel: PRESENCE_CHANNEL.into(),
+                    payload: presence_payload(&device, true, &node),
+                    if_nobody: None,
+                })
+                .await;
+        });
+    }
+
+    /// The device's connection here ended (and was not replaced here).
+    /// `moved`: a newer connection on another node replaced it, so the
+    /// device is still online (no presence change).
+    pub fn device_disconnected(&self, device: DeviceId, moved: bool) {
+        if let Ok(mut l) = self.local.lock() {
+            l.remove(&device);
+        }
+        let _ = self.subs.send(SubCmd::Unsubscribe(dev_channel(&device)));
+        if moved {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let node = self.node.clone();
+        let publish = self.publish.clone();
+        tokio::spawn(async move {
+            // Only if the key is still ours: the device may be on another node now.
+            let deleted: redis::RedisResult<i64> = redis::Script::new(
+                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+            )
+            .key(presence_key(&device))
+            .arg(&node)
+            .invoke_async(&mut conn)
+            .await;
+            if let Ok(1) = deleted {
+                let _ = publish.try_send(Publish {
+                    channel: PRESENCE_CHANNEL.into(),
+                    payload: presence_payload(&device, false, &node),
+                    if_nobody: None,
+                });
+            }
+        });
+    }
+
+    /// Sends `frame` to `to`, held by some other node; `if_offline` goes back
+    /// to the server if no node holds it.
+    pub fn send_to_device(&self, to: DeviceId, frame: Vec<u8>, if_offline: Inbound) {
+        let mut payload = Vec::with_capacity(frame.len() + 1);
+        payload.push(KIND_FRAME);
+        payload.extend_from_slice(&frame);
+        self.publish(dev_channel(&to), payload, Some(if_offline));
+    }
+
+    /// Answers a presence subscription for devices not connected here.
+    pub fn query_presence(&self, device: DeviceId, conn_id: u64, ids: Vec<DeviceId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            let keys: Vec<String> = ids.iter().map(presence_key).collect();
+            let vals: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|_| vec![None; keys.len()]);
+            for (id, v) in ids.into_iter().zip(vals) {
+                let _ = inbound.send(Inbound::ToConn {
+                    device,
+                    conn_id,
+                    frame: Frame::Presence {
+                        id,
+                        online: v.is_some(),
+                    }
+                    .encode(),
+                });
+            }
+        });
+    }
+
+    /// A connection joins rendezvous slot `s` (at most two members in the
+    /// whole cluster; a Redis counter decides).
+    pub fn rendezvous_join(&self, device: DeviceId, conn_id: u64, s: [u8; 32], ttl: Duration) {
+        let mut conn = self.conn.clone();
+        let (inbound, slots, node) = (self.inbound.clone(), self.slots.clone(), self.node.clone());
+        let (subs, publish) = (self.subs.clone(), self.publish.clone());
+        tokio::spawn(async move {
+            let name = slot_name(&s);
+            let n: redis::RedisResult<(i64, i64)> = redis::pipe()
+                .cmd("INCR")
+                .arg(&name)
+                .cmd("EXPIRE")
+                .arg(&name)
+                .arg(ttl.as_secs().max(1))
+                .query_async(&mut conn)
+                .await;
+            let n = match n {
+                Ok((n, _)) => n,
+                Err(e) => {
+                    tracing::warn!("cluster: rendezvous counter failed: {e}");
+                    i64::MAX
+                }
+            };
+            if n > 2 {
+                let _ = inbound.send(Inbound::ToConn {
+                    device,
+                    conn_id,
+                    frame: Frame::Error {
+                        code: codes::RENDEZVOUS_REFUSED,
+                        message: "rendezvous slot is full or already used".into(),
+                    }
+                    .encode(),
+                });
+                return;
+            }
+            let first_here = match slots.lock() {
+                Ok(mut sl) => {
+                    let m = sl.entry(s).or_default();
+                    m.push((device, conn_id));
+                    m.len() == 1
+                }
+                Err(_) => return,
+            };
+            if first_here {
+                let _ = subs.send(SubCmd::Subscribe(name.clone()));
+            }
+            if n == 2 {
+                // Give the subscription a moment to be in place on both sides.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut payload = vec![SLOT_JOINED];
+                payload.extend_from_slice(&tag(&node, conn_id));
+                let _ = publish
+                    .send(Publish {
+                        channel: name,
+                        payload,
+                        if_nobody: None,
+                    })
+                    .await;
+                let _ = inbound.send(Inbound::ToConn {
+                    device,
+                    conn_id,
+                    frame: Frame::RendezvousPeer { joined: true }.encode(),
+                });
+            }
+        });
+    }
+
+    /// Whether this connection is in a rendezvous slot (on this node).
+    pub fn in_slot(&self, device: DeviceId, conn_id: u64) -> Option<[u8; 32]> {
+        let slots = self.slots.lock().ok()?;
+        slots
+            .iter()
+            .find(|(_, m)| m.contains(&(device, conn_id)))
+            .map(|(s, _)| *s)
+    }
+
+    /// Data for the other member of the connection's slot.
+    pub fn rendezvous_send(&self, conn_id: u64, s: [u8; 32], data: Vec<u8>) {
+        let mut payload = vec![SLOT_DATA];
+        payload.extend_from_slice(&tag(&self.node, conn_id));
+        payload.extend_from_slice(&data);
+        self.publish(slot_name(&s), payload, None);
+    }
+
+    /// The connection left (or closed); the other member is told.
+    pub fn rendezvous_leave(&self, device: DeviceId, conn_id: u64) {
+        let Some(s) = self.in_slot(device, conn_id) else {
+            return;
+        };
+        let last = match self.slots.lock() {
+            Ok(mut sl) => {
+                let m = sl.entry(s).or_default();
+                m.retain(|x| *x != (device, conn_id));
+                let empty = m.is_empty();
+                if empty {
+                    sl.remove(&s);
+                }
+                empty
+            }
+            Err(_) => return,
+        };
+        let mut payload = vec![SLOT_LEFT];
+        payload.extend_from_slice(&tag(&self.node, conn_id));
+        self.publish(slot_name(&s), payload, None);
+        if last {
+            let _ = self.subs.send(SubCmd::Unsubscribe(slot_name(&s)));
+        }
+    }
+}
+
+fn presence_payload(device: &DeviceId, online: bool, node: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(33 + node.len());
+    p.extend_from_slice(device.as_bytes());
+    p.push(online as u8);
+    p.extend_from_slice(node.as_bytes());
+    p
+}
+
+/// One message from Redis, turned into events for the server.
+fn on_message(
+    channel: &str,
+    payload: &[u8],
+    node: &str,
+    slots: &Mutex<HashMap<[u8; 32], Vec<Member>>>,
+    inbound: &mpsc::UnboundedSender<Inbound>,
+) {
+    if channel == PRESENCE_CHANNEL {
+        if payload.len() < 33 || &payload[33..] == node.as_bytes() {
+            return;
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&payload[..32]);
+        let _ = inbound.send(Inbound::Presence {
+            device: DeviceId(id),
+            online: payload[32] != 0,
+        });
+    } else if let Some(hex_id) = channel.strip_prefix("masq:dev:") {
+        let Some(device) = hex::decode(hex_id)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(DeviceId)
+        else {
+            return;
+        };
+        match payload.split_first() {
+            Some((&KIND_FRAME, frame)) => {
+                let _ = inbound.send(Inbound::ToDevice {
+                    device,
+                    frame: frame.to_vec(),
+                });
+            }
+            Some((&KIND_CLAIM, claimer)) if claimer != node.as_bytes() => {
+                let _ = inbound.send(Inbound::Claimed(device));
+            }
+            _ => {}
+        }
+    } else if let Some(hex_slot) = channel.strip_prefix("masq:slot:") {
+        let Some(s) = hex::decode(hex_slot)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            return;
+        };
+        if payload.len() < 25 {
+            return;
+        }
+        let (kind, from, data) = (payload[0], &payload[1..25], &payload[25..]);
+        let members: Vec<Member> = match slots.lock() {
+            Ok(sl) => sl.get(&s).cloned().unwrap_or_default(),
+            Err(_) => return,
+        };
+        for (device, conn_id) in members {
+            if tag(node, conn_id).as_slice() == from {
+                continue; // its own message
+            }
+            let frame = match kind {
+                SLOT_JOINED => Frame::RendezvousPeer { joined: true },
+                SLOT_LEFT => Frame::RendezvousPeer { joined: false },
+                SLOT_DATA => Frame::RendezvousData(data.to_vec()),
+                _ => continue,
+            };
+            let _ = inbound.send(Inbound::ToConn {
+                device,
+                conn_id,
+                frame: frame.encode(),
+            });
+        }
+    }
+}
+
+/// Sends publishes in order, many per round trip.
+async fn publisher(
+    mut conn: MultiplexedConnection,
+    mut rx: mpsc::Receiver<Publish>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+) {
+    let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < PUBLISH_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for p in &batch {
+            pipe.cmd("PUBLISH").arg(&p.channel).arg(&p.payload);
+        }
+        let counts: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+        let counts = counts.unwrap_or_else(|e| {
+            tracing::warn!("cluster: publish failed: {e}");
+            vec![0; batch.len()]
+        });
+        for (p, n) in batch.drain(..).zip(counts) {
+            if n == 0 {
+                if let Some(i) = p.if_nobody {
+                    let _ = inbound.send(i);
+                }
+            }
+        }
+    }
+}
