@@ -38,8 +38,12 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 /// Most publishes sent to Redis in one pipeline.
 pub const PUBLISH_BATCH: usize = 256;
-/// Publishes waiting for Redis before senders are told the recipient is busy.
+/// Publishes waiting for Redis.
 pub const PUBLISH_QUEUE: usize = 65_536;
+/// Device payload bytes waiting for Redis; past this, the connections that
+/// send stop being read until Redis catches up (backpressure, no drops), so a
+/// node's memory stays bounded when Redis is slower than its devices.
+pub const MAX_PUBLISH_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 const KIND_FRAME: u8 = 0;
 const KIND_CLAIM: u8 = 1;
@@ -87,6 +91,19 @@ struct Publish {
     payload: Vec<u8>,
     /// Sent to the server if nobody received the message.
     if_nobody: Option<Inbound>,
+    /// Bytes counted in `Cluster::queued` for it (0: small control messages
+    /// sent from background tasks, not counted).
+    counted: usize,
+}
+
+/// A device's message for a device on another node, waiting to be published.
+pub struct RemoteSend {
+    /// The recipient.
+    pub to: DeviceId,
+    /// The encoded frame for it (`Deliver`).
+    pub frame: Vec<u8>,
+    /// Sent back to the server if no node holds the recipient.
+    pub if_offline: Inbound,
 }
 
 /// A rendezvous member on this node: (device, connection).
@@ -100,6 +117,8 @@ pub struct Cluster {
     conn: MultiplexedConnection,
     /// To the publisher task (in order).
     publish: mpsc::Sender<Publish>,
+    /// Room for device payload bytes in `publish` (see [`MAX_PUBLISH_QUEUE_BYTES`]).
+    room: Arc<tokio::sync::Semaphore>,
     /// To the subscription task (in order).
     subs: mpsc::UnboundedSender<SubCmd>,
     /// To the server.
@@ -157,11 +176,13 @@ impl Cluster {
         let (subs, mut subs_rx) = mpsc::unbounded_channel::<SubCmd>();
         let local: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
         let slots: Arc<Mutex<HashMap<[u8; 32], Vec<Member>>>> = Arc::default();
+        let room = Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISH_QUEUE_BYTES));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(publisher(
             conn.clone(),
             publish_rx,
             inbound.clone(),
+            room.clone(),
         )));
         tasks.push(tokio::spawn(async move {
             while let Some(cmd) = subs_rx.recv().await {
@@ -218,6 +239,7 @@ impl Cluster {
                 node,
                 conn,
                 publish,
+                room,
                 subs,
                 inbound,
                 local,
@@ -228,17 +250,16 @@ impl Cluster {
         ))
     }
 
+    /// Queues a small control publish (claims, presence, rendezvous).
     fn publish(&self, channel: String, payload: Vec<u8>, if_nobody: Option<Inbound>) {
         let p = Publish {
             channel,
             payload,
             if_nobody,
+            counted: 0,
         };
-        if let Err(mpsc::error::TrySendError::Full(p)) = self.publish.try_send(p) {
-            tracing::warn!("cluster: publish queue full");
-            if let Some(i) = p.if_nobody {
-                let _ = self.inbound.send(i);
-            }
+        if self.publish.try_send(p).is_err() {
+            tracing::warn!("cluster: publish queue full; control message dropped");
         }
     }
 
@@ -273,6 +294,7 @@ impl Cluster {
                     channel: PRESENCE_CHANNEL.into(),
                     payload: presence_payload(&device, true, &node),
                     if_nobody: None,
+                    counted: 0,
                 })
                 .await;
         });
@@ -306,6 +328,7 @@ impl Cluster {
                     channel: PRESENCE_CHANNEL.into(),
                     payload: presence_payload(&device, false, &node),
                     if_nobody: None,
+                    counted: 0,
                 });
             }
         });
@@ -313,11 +336,25 @@ impl Cluster {
 
     /// Sends `frame` to `to`, held by some other node; `if_offline` goes back
     /// to the server if no node holds it.
-    pub fn send_to_device(&self, to: DeviceId, frame: Vec<u8>, if_offline: Inbound) {
-        let mut payload = Vec::with_capacity(frame.len() + 1);
+    /// Waits for room in the queue to Redis (backpressure on the sender).
+    pub async fn send_to_device(&self, send: RemoteSend) {
+        let mut payload = Vec::with_capacity(send.frame.len() + 1);
         payload.push(KIND_FRAME);
-        payload.extend_from_slice(&frame);
-        self.publish(dev_channel(&to), payload, Some(if_offline));
+        payload.extend_from_slice(&send.frame);
+        let len = payload.len().min(MAX_PUBLISH_QUEUE_BYTES);
+        let Ok(permit) = self.room.acquire_many(len as u32).await else {
+            return;
+        };
+        permit.forget(); // given back by the publisher once sent
+        let p = Publish {
+            channel: dev_channel(&send.to),
+            payload,
+            if_nobody: Some(send.if_offline),
+            counted: len,
+        };
+        if self.publish.send(p).await.is_err() {
+            self.room.add_permits(len);
+        }
     }
 
     /// Answers a presence subscription for devices not connected here.
@@ -404,6 +441,7 @@ impl Cluster {
                         channel: name,
                         payload,
                         if_nobody: None,
+                        counted: 0,
                     })
                     .await;
                 let _ = inbound.send(Inbound::ToConn {
@@ -543,6 +581,7 @@ async fn publisher(
     mut conn: MultiplexedConnection,
     mut rx: mpsc::Receiver<Publish>,
     inbound: mpsc::UnboundedSender<Inbound>,
+    room: Arc<tokio::sync::Semaphore>,
 ) {
     let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
     while let Some(first) = rx.recv().await {
@@ -562,6 +601,8 @@ async fn publisher(
             tracing::warn!("cluster: publish failed: {e}");
             vec![0; batch.len()]
         });
+        let bytes: usize = batch.iter().map(|p| p.counted).sum();
+        room.add_permits(bytes);
         for (p, n) in batch.drain(..).zip(counts) {
             if n == 0 {
                 if let Some(i) = p.if_nobody {

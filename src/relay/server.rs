@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 
-use super::cluster::{Cluster, Inbound};
+use super::cluster::{Cluster, Inbound, RemoteSend};
 use crate::rate_limit::TokenBucket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -587,7 +587,23 @@ where
         };
         match msg {
             Message::Binary(b) => match Frame::decode(&b) {
-                Ok(frame) => handle_frame(&hub, &me, device, frame, &mut bucket, &mut slot),
+                Ok(frame) => {
+                    let mut remote = None;
+                    handle_frame(
+                        &hub,
+                        &me,
+                        device,
+                        frame,
+                        &mut bucket,
+                        &mut slot,
+                        &mut remote,
+                    );
+                    // A message for another node waits here for room in the
+                    // queue to Redis: the device is not read meanwhile.
+                    if let (Some(send), Some(c)) = (remote, &hub.cluster) {
+                        c.send_to_device(send).await;
+                    }
+                }
                 Err(e) => {
                     hub.metrics.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
                     me.push(
@@ -690,6 +706,7 @@ fn handle_frame(
     frame: Frame,
     bucket: &mut TokenBucket,
     slot: &mut Option<[u8; 32]>,
+    remote: &mut Option<RemoteSend>,
 ) {
     let m = &hub.metrics;
     match frame {
@@ -712,27 +729,25 @@ fn handle_frame(
             let target = hub.conns.lock().ok().and_then(|c| c.get(&to).cloned());
             match target {
                 None if hub.cluster.is_some() => {
-                    if let Some(c) = &hub.cluster {
-                        m.cluster_sent.fetch_add(1, Ordering::Relaxed);
-                        c.send_to_device(
-                            to,
-                            Frame::Deliver {
-                                from: device,
-                                payload,
+                    m.cluster_sent.fetch_add(1, Ordering::Relaxed);
+                    *remote = Some(RemoteSend {
+                        to,
+                        frame: Frame::Deliver {
+                            from: device,
+                            payload,
+                        }
+                        .encode(),
+                        if_offline: Inbound::ToConn {
+                            device,
+                            conn_id: me.conn_id,
+                            frame: Frame::Undeliverable {
+                                msg_id,
+                                to,
+                                reason: UndeliverableReason::Offline,
                             }
                             .encode(),
-                            Inbound::ToConn {
-                                device,
-                                conn_id: me.conn_id,
-                                frame: Frame::Undeliverable {
-                                    msg_id,
-                                    to,
-                                    reason: UndeliverableReason::Offline,
-                                }
-                                .encode(),
-                            },
-                        );
-                    }
+                        },
+                    });
                 }
                 None => {
                     m.drops_offline.fetch_add(1, Ordering::Relaxed);
