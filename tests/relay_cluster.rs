@@ -194,8 +194,10 @@ async fn devices_on_different_nodes_route_presence_rendezvous_and_replace() {
     }
 
     // Presence across nodes: b leaves node 2, a on node 1 sees it.
+    // (Answers to the repeated subscriptions above may still be queued: skip
+    // "online" until "offline" comes; `next` fails the test after T.)
     b.close().await;
-    assert!(!presence_of(&mut a, kb.device_id()).await, "b offline");
+    while presence_of(&mut a, kb.device_id()).await {}
 
     // Rendezvous across nodes: one member on each, a third is refused.
     let (_, c) = connect(&url1).await;
