@@ -3,6 +3,7 @@
 //! table (or `--json`) and reports ratios measured in the same run.
 
 pub mod local;
+pub mod peers;
 pub mod store;
 pub mod sync;
 
@@ -21,6 +22,8 @@ pub enum BenchCmd {
     Relay(crate::relay::bench::RelayBenchArgs),
     /// kv get/put over the app WebSocket API vs the embedded API.
     Local(local::LocalBenchArgs),
+    /// The masq side of the automerge-repo comparison (benches/peers/run).
+    Peers(peers::PeersBenchArgs),
 }
 
 /// Runs a benchmark command.
@@ -31,6 +34,7 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
             .map(|_| ())
             .map_err(CliError::from),
         BenchCmd::Local(args) => local::run(args).await.map(|_| ()).map_err(CliError::from),
+        BenchCmd::Peers(args) => peers::run(args).await.map(|_| ()).map_err(CliError::from),
         BenchCmd::Relay(args) => crate::relay::bench::run(args)
             .await
             .map(|_| ())
