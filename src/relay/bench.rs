@@ -79,18 +79,24 @@ pub struct RelayBenchReport {
     pub relay_rss_alone: bool,
 }
 
-/// RSS of another process in MiB (Linux).
-pub fn rss_mib_of(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A `kB` field of a `/proc/.../status` file (`VmRSS:`, `VmHWM:`) in MiB;
+/// 0 where there is no procfs (Linux only).
+pub fn status_mib(status_file: &str, field: &str) -> f64 {
+    std::fs::read_to_string(status_file)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// RSS of another process in MiB (Linux).
+pub fn rss_mib_of(pid: u32) -> f64 {
+    status_mib(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
 /// Starts `masq relay` as a child on a free loopback port; returns it and its URL.
@@ -133,16 +139,7 @@ async fn spawn_relay_process(
 
 /// Resident set size of this process in MiB (Linux).
 pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    status_mib("/proc/self/status", "VmRSS:")
 }
 
 fn raise_nofile() {

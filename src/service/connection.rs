@@ -195,14 +195,16 @@ pub(crate) async fn handle(
         .await;
         return;
     }
-    if !head.is_websocket() {
-        let asset = match (head.method.as_str(), head.path()) {
-            ("GET", "/healthz") => Some(web::Asset {
+    if !head.is_websocket() || head.path() != "/ws" {
+        // Plain GETs of the served files; an upgrade anywhere but /ws is 404 too.
+        let asset = match (head.method.as_str(), head.path(), head.is_websocket()) {
+            (_, _, true) => None,
+            ("GET", "/healthz", _) => Some(web::Asset {
                 content_type: "text/plain",
                 headers: "",
                 body: b"ok\n",
             }),
-            ("GET", path) => web::asset(path),
+            ("GET", path, _) => web::asset(path),
             _ => None,
         };
         match asset {
@@ -218,17 +220,6 @@ pub(crate) async fn handle(
                 .await
             }
         }
-        return;
-    }
-    if head.path() != "/ws" {
-        respond(
-            &mut stream,
-            "404 Not Found",
-            "text/plain",
-            "",
-            b"not found\n",
-        )
-        .await;
         return;
     }
     if shared.connections.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
