@@ -88,6 +88,11 @@ impl EngineConfig {
 
 /// Default [`EngineConfig::resync_interval`].
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Changed documents are offered to peers at most this often: every change
+/// made within one window travels in one sealed message per peer (a burst of
+/// 100 000 small changes is a few thousand messages, not 100 000), at the cost
+/// of up to this much added latency.
+pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(20);
 
 enum Command {
     /// Peers were added or removed outside the engine (pairing, CLI).
@@ -238,9 +243,18 @@ impl Engine {
             }
             let mut resync = tokio::time::interval(config.resync_interval);
             resync.tick().await;
+            let mut debounce = tokio::time::interval(SYNC_DEBOUNCE);
+            debounce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Documents changed since the last flush, with the one peer they
+            // came from (not offered back to it), or None if changed here.
+            let mut dirty: HashMap<(String, crate::doc::DocId), Option<DeviceId>> = HashMap::new();
             let stop = loop {
                 tokio::select! {
                     _ = resync.tick() => self.on_tick(&mut transport).await,
+                    _ = debounce.tick(), if !dirty.is_empty() => {
+                        let batch = std::mem::take(&mut dirty);
+                        self.offer_changed(&mut transport, batch).await;
+                    }
                     ev = transport.next() => match ev {
                         Some(TransportEvent::Closed(reason)) | Some(TransportEvent::Error(reason)) => {
                             tracing::info!("relay connection closed: {reason}");
@@ -250,8 +264,20 @@ impl Engine {
                         Some(ev) => self.on_transport_event(&mut transport, ev).await,
                     },
                     ch = changes.recv() => match ch {
-                        Ok((app, doc, origin)) => self.on_local_change(&mut transport, &app, &doc, &origin).await,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync_all(&mut transport).await,
+                        Ok((app, doc, origin)) => {
+                            let from = match &origin {
+                                crate::store::Origin::Remote(hex) => DeviceId::parse(hex),
+                                crate::store::Origin::Local => None,
+                            };
+                            dirty
+                                .entry((app, doc))
+                                .and_modify(|f| if *f != from { *f = None })
+                                .or_insert(from);
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            dirty.clear();
+                            self.resync_all(&mut transport).await
+                        }
                         Err(_) => break true,
                     },
                     c = cmd.recv() => match c {
@@ -405,26 +431,28 @@ impl Engine {
         self.send_payloads(t, id, payloads, &note_keys).await;
     }
 
-    /// A document changed (here, or from a peer): offer it to every other ready peer.
-    async fn on_local_change(
+    /// Documents changed (here, or from a peer) during the last debounce
+    /// window: offer them to every ready peer, except each one's source.
+    async fn offer_changed(
         &mut self,
         t: &mut Transport,
-        app: &str,
-        doc: &crate::doc::DocId,
-        origin: &crate::store::Origin,
+        changed: HashMap<(String, crate::doc::DocId), Option<DeviceId>>,
     ) {
-        let skip = match origin {
-            crate::store::Origin::Remote(hex) => DeviceId::parse(hex),
-            crate::store::Origin::Local => None,
-        };
         let ready: Vec<DeviceId> = self
             .peers
             .iter()
-            .filter(|(id, p)| p.ready && Some(**id) != skip)
+            .filter(|(_, p)| p.ready)
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
-            let docs = vec![(app.to_string(), doc.clone())];
+            let docs: Vec<(String, crate::doc::DocId)> = changed
+                .iter()
+                .filter(|(_, from)| **from != Some(id))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if docs.is_empty() {
+                continue;
+            }
             match blocking(|| self.core.generate_batches(&id, &docs)) {
                 Ok(b) if !b.is_empty() => self.send_payloads(t, id, b, &[]).await,
                 Ok(_) => {}
