@@ -394,10 +394,11 @@ impl Store {
                 }
                 let mut meta = s.guard.meta.clone();
                 let bytes = s.guard.doc.save_after(&s.before);
-                db.stage_chunk(&mut batch, &s.app, s.id.as_str(), &mut meta, &bytes)?;
-                if needs_compaction(&meta) {
+                if needs_compaction(&meta.with_chunk(bytes.len())) {
                     let snap = s.guard.doc.save();
                     db.stage_snapshot(&mut batch, &s.app, s.id.as_str(), &mut meta, &snap)?;
+                } else {
+                    db.stage_chunk(&mut batch, &s.app, s.id.as_str(), &mut meta, &bytes)?;
                 }
                 changed.push((s.app.clone(), s.id.clone(), meta));
             }

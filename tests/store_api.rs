@@ -124,6 +124,12 @@ fn many_changes_compact_and_reload() {
             !masq::storage::doc_chunks::needs_compaction(&meta),
             "after each write the layout is within the compaction policy: {meta:?}"
         );
+        // Compaction deleted every folded chunk: what is stored is the
+        // snapshot plus exactly the live incremental chunks.
+        let mut prefix = masq::storage::doc_chunks::doc_key("a", id.as_str());
+        prefix.push(0);
+        let stored = store.db().chunks.prefix(&prefix).count();
+        assert_eq!(stored, 1 + meta.incr_chunks as usize, "{meta:?}");
     }
     let store = Store::open(dir.path()).unwrap();
     let docs = store.app("a").unwrap().docs();
