@@ -215,3 +215,140 @@ fn garbage_sync_messages_are_rejected_without_harm() {
         .put("k", &json!(1))
         .unwrap();
 }
+
+/// Many changes in one sync message travel as one Automerge bundle: every
+/// kind of edit (text, map, list, counter, concurrent edits on both sides)
+/// still converges to the same heads and JSON, and what A sends is a small
+/// fraction of the individual change chunks.
+#[test]
+fn many_changes_travel_as_a_bundle_and_converge() {
+    let mut a = node();
+    let mut b = node();
+    let docs_a = a.core.store().app("notes").unwrap().docs();
+    let docs_b = b.core.store().app("notes").unwrap().docs();
+    let id = docs_a
+        .create_with(
+            &[
+                ChangeOp::PutText {
+                    path: "/t".into(),
+                    value: String::new(),
+                },
+                ChangeOp::Put {
+                    path: "/list".into(),
+                    value: json!([]),
+                },
+                ChangeOp::PutCounter {
+                    path: "/n".into(),
+                    value: 0,
+                },
+            ],
+            None,
+        )
+        .unwrap();
+    // A history first, so the 2 000 changes below are under a third of the
+    // document (more, and Automerge sends the whole document instead).
+    for i in 0..5000 {
+        docs_a
+            .change(
+                &id,
+                &[ChangeOp::Put {
+                    path: "/h".into(),
+                    value: json!(i),
+                }],
+                None,
+            )
+            .unwrap();
+    }
+    sync_pair(&mut a, &mut b);
+    assert_eq!(docs_b.get(&id).unwrap()["h"], json!(4999));
+    let synced = docs_a.heads(&id).unwrap();
+    for i in 0..2000usize {
+        let op = match i % 4 {
+            0 => ChangeOp::Splice {
+                path: "/t".into(),
+                index: i / 4,
+                delete: 0,
+                insert: "x".into(),
+            },
+            1 => ChangeOp::Put {
+                path: format!("/k{}", i % 50),
+                value: json!({"i": i, "s": "v"}),
+            },
+            2 => ChangeOp::Insert {
+                path: format!("/list/{}", i / 4),
+                value: json!(i),
+            },
+            _ => ChangeOp::Increment {
+                path: "/n".into(),
+                by: 1,
+            },
+        };
+        docs_a.change(&id, &[op], None).unwrap();
+    }
+    // B edits concurrently.
+    for i in 0..20 {
+        docs_b
+            .change(
+                &id,
+                &[ChangeOp::Put {
+                    path: format!("/b{i}"),
+                    value: json!(i),
+                }],
+                None,
+            )
+            .unwrap();
+    }
+    let raw_changes = docs_a
+        .read(&id, |d| d.save_after(&synced).len())
+        .unwrap();
+    assert!(raw_changes > 100_000, "{raw_changes}");
+
+    // One exchange from A's side, bytes counted.
+    let mut sent_by_a = 0usize;
+    let mut to_b = a.core.on_peer_ready(&b.id).unwrap();
+    let mut to_a = b.core.on_peer_ready(&a.id).unwrap();
+    for _round in 0..100 {
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        let (mut next_a, mut next_b) = (Vec::new(), Vec::new());
+        for p in to_b.drain(..) {
+            let bytes = p.encode();
+            sent_by_a += bytes.len();
+            let SyncPayload::Batch(items) = SyncPayload::decode(&bytes).unwrap() else {
+                panic!()
+            };
+            let applied = b.core.apply_batch(&a.id, items, |_| {}).unwrap();
+            assert_eq!(applied.rejected, 0);
+            next_a.extend(b.core.generate_batches(&a.id, &applied.docs).unwrap());
+        }
+        for p in to_a.drain(..) {
+            let SyncPayload::Batch(items) = SyncPayload::decode(&p.encode()).unwrap() else {
+                panic!()
+            };
+            let applied = a.core.apply_batch(&b.id, items, |_| {}).unwrap();
+            assert_eq!(applied.rejected, 0);
+            next_b.extend(a.core.generate_batches(&b.id, &applied.docs).unwrap());
+        }
+        to_a = next_a;
+        to_b = next_b;
+    }
+    assert!(to_a.is_empty() && to_b.is_empty(), "sync did not quiesce");
+    assert_eq!(docs_a.heads(&id).unwrap(), docs_b.heads(&id).unwrap());
+    let doc = docs_b.get(&id).unwrap();
+    assert_eq!(doc, docs_a.get(&id).unwrap());
+    assert_eq!(doc["n"], json!(500));
+    assert_eq!(doc["t"].as_str().unwrap().len(), 500);
+    assert_eq!(doc["list"].as_array().unwrap().len(), 500);
+    assert_eq!(doc["b19"], json!(19));
+    assert!(
+        sent_by_a * 5 < raw_changes,
+        "A sent {sent_by_a} bytes for {raw_changes} bytes of change chunks"
+    );
+    // B stored the changes durably: a reopened copy has them.
+    let Node { core, _dir, .. } = b;
+    drop((core, docs_b));
+    let reopened = Store::open(_dir.path()).unwrap();
+    let docs = reopened.app("notes").unwrap().docs();
+    assert_eq!(docs.get(&id).unwrap(), doc);
+}
