@@ -196,11 +196,12 @@ impl Bucket {
 
     /// The shards a write touches, with their entries, in shard order.
     fn write(&self, entries: Vec<(String, Option<Json>)>) -> Result<()> {
-        let mut by_shard: BTreeMap<usize, Vec<(String, Option<String>)>> = BTreeMap::new();
+        // Per shard, key -> new value; a key given twice keeps its last value.
+        let mut by_shard: BTreeMap<usize, BTreeMap<String, Option<String>>> = BTreeMap::new();
         for (k, v) in entries {
             validate_key(&k)?;
             let enc = v.as_ref().map(encode_value).transpose()?;
-            by_shard.entry(shard_of(&k)).or_default().push((k, enc));
+            by_shard.entry(shard_of(&k)).or_default().insert(k, enc);
         }
         if by_shard.is_empty() {
             return Ok(());
@@ -265,7 +266,6 @@ impl Bucket {
         }
         let db = store.db();
         let mut batch = db.batch();
-        let mut events = Vec::new();
         for ((id, h), (_, items)) in handles.iter().zip(by_shard.iter()) {
             let mut g = h
                 .lock()
@@ -286,10 +286,16 @@ impl Bucket {
                     Ok(())
                 })
                 .map_err(|f| f.error)?;
-            let keys = items.iter().map(|(k, _)| k.as_str());
-            events.extend(stage_reindex(
-                db, &mut batch, app, &self.name, &g.doc, keys,
-            )?);
+            // A local put (or delete) supersedes every value of the key this
+            // device has seen, so the new winner is what was just written:
+            // index it as is, without reading it back from Automerge.
+            for (k, v) in items {
+                let ik = index_key(app, &self.name, k);
+                match v {
+                    Some(enc) => batch.insert(&db.kv, ik, enc.as_bytes()),
+                    None => batch.remove(&db.kv, ik),
+                }
+            }
             staged.push(Staged {
                 app: app.to_string(),
                 id: id.clone(),
@@ -299,6 +305,10 @@ impl Bucket {
         }
         store.commit_docs(batch, staged, &Origin::Local)?;
         if store.has_listeners(app) {
+            let events = by_shard.into_values().flatten().map(|(key, enc)| {
+                let value = enc.map(|e| serde_json::from_str(&e).unwrap_or(Json::String(e)));
+                (key, value)
+            });
             for (key, value) in events {
                 store.publish(
                     app,
