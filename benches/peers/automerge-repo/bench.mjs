@@ -3,17 +3,25 @@
 //
 //   node bench.mjs --workload a|b|c [--edits N] [--docs N] [--seconds N]
 //                  [--rate N] [--timeout S] [--yield-every N] [--batch N]
-//                  [--tmpdir DIR]
+//                  [--processes 3|1] [--tmpdir DIR]
 //
 // Runs ONE workload and prints ONE JSON line on stdout. Diagnostics go to
 // stderr. See README.md for what is measured and how.
+//
+// By default the sync server, peer A and peer B each run in their own Node
+// process (this file, forked with --role), as they would in a deployment: the
+// sync server is its own process, the two peers are two devices. The parent
+// process only runs the byte-counting proxy and coordinates the run over IPC.
+// --processes 1 runs all three repos in one process (one JS thread).
 
 import fs from "node:fs"
 import net from "node:net"
 import os from "node:os"
 import path from "node:path"
+import { fork } from "node:child_process"
 import { performance } from "node:perf_hooks"
 import { createRequire } from "node:module"
+import { fileURLToPath } from "node:url"
 
 import { Repo } from "@automerge/automerge-repo"
 import {
@@ -23,13 +31,24 @@ import {
 import { NodeFSStorageAdapter } from "@automerge/automerge-repo-storage-nodefs"
 import { WebSocketServer } from "ws"
 
+// automerge-repo reports some errors with console.log; keep stdout for the
+// one JSON line.
+console.log = (...args) => console.error(...args)
+
+const SERVER_PEER_ID = "storage-server-bench"
+
+// Set once the run is over and the repos are being shut down. automerge-repo
+// 2.5.6's WebSocketClientAdapter can throw an unhandled 'error' event when it
+// is shut down while a reconnect is in flight; from then on that is ignored.
+let shuttingDown = false
+
 // ---------------------------------------------------------------- arguments
 
 function usage(msg) {
   if (msg) process.stderr.write(`bench.mjs: ${msg}\n`)
   process.stderr.write(
-    "usage: node bench.mjs --workload a|b|c [--edits N] [--docs N] " +
-      "[--seconds N] [--rate N] [--timeout S] [--yield-every N] [--batch N] [--tmpdir DIR]\n",
+    "usage: node bench.mjs --workload a|b|c [--edits N] [--docs N] [--seconds N] [--rate N]\n" +
+      "                      [--timeout S] [--yield-every N] [--batch N] [--processes 3|1] [--tmpdir DIR]\n",
   )
   process.exit(2)
 }
@@ -37,13 +56,15 @@ function usage(msg) {
 function parseArgs(argv) {
   const opts = {
     workload: null,
+    role: null,
     edits: 100_000,
     docs: 10_000,
     seconds: 60,
     rate: 100,
     timeout: 300,
-    yieldEvery: 0,
+    yieldEvery: null, // a: 0, b: 100
     batch: 1000,
+    processes: 3,
     tmpdir: os.tmpdir(),
   }
   const numeric = {
@@ -54,12 +75,18 @@ function parseArgs(argv) {
     "--timeout": "timeout",
     "--yield-every": "yieldEvery",
     "--batch": "batch",
+    "--processes": "processes",
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === "-h" || a === "--help") usage()
     if (a === "--workload") {
       opts.workload = argv[++i]
+      continue
+    }
+    if (a === "--role") {
+      // internal: this process is a child running one repo
+      opts.role = argv[++i]
       continue
     }
     if (a === "--tmpdir") {
@@ -75,6 +102,7 @@ function parseArgs(argv) {
     }
     usage(`unknown argument ${a}`)
   }
+  if (opts.role) return opts
   if (!["a", "b", "c"].includes(opts.workload)) usage("--workload a|b|c is required")
   if (opts.workload === "a" && !(Number.isInteger(opts.edits) && opts.edits >= 1))
     usage("--edits must be a positive integer")
@@ -82,16 +110,25 @@ function parseArgs(argv) {
     usage("--docs must be a positive integer")
   if (opts.workload === "c" && !(opts.seconds > 0 && opts.rate > 0))
     usage("--seconds and --rate must be > 0")
+  if (![1, 3].includes(opts.processes)) usage("--processes must be 3 or 1")
+  // (a): one synchronous loop by default, so its changes go out in few sync
+  // messages (see README). (b): give the event loop a turn every 100 creates
+  // on A and every 100 finds on B, so that the peers keep answering the sync
+  // server's keepalive pings.
+  if (opts.yieldEvery === null) opts.yieldEvery = opts.workload === "b" ? 100 : 0
   return opts
 }
 
 const opts = parseArgs(process.argv.slice(2))
-const log = (...args) => process.stderr.write(`[amrepo-bench] ${args.join(" ")}\n`)
+const tag = opts.role ? `amrepo-bench:${opts.role}` : "amrepo-bench"
+const log = (...args) => process.stderr.write(`[${tag}] ${args.join(" ")}\n`)
 
 // ------------------------------------------------------------------ helpers
 
 const sleep = ms => new Promise(r => setTimeout(r, ms))
 const yieldToLoop = () => new Promise(r => setImmediate(r))
+/** Wall clock with sub-millisecond resolution, comparable across processes. */
+const epochNow = () => performance.timeOrigin + performance.now()
 
 class TimeoutError extends Error {}
 
@@ -151,9 +188,9 @@ function rejectAt(deadlineMs, what) {
   return p
 }
 
-/** Resolve when poll() is true, polling every `everyMs`. */
+/** Resolve when poll() (may be async) is true, polling every `everyMs`. */
 async function pollUntil(poll, deadlineMs, what, everyMs = 10) {
-  while (!poll()) {
+  while (!(await poll())) {
     if (Date.now() > deadlineMs) throw new TimeoutError(`timed out waiting for ${what}`)
     await sleep(everyMs)
   }
@@ -167,6 +204,10 @@ function percentile(sorted, p) {
 }
 
 const round3 = x => (x == null ? null : Math.round(x * 1000) / 1000)
+
+function cpuSeconds(delta) {
+  return (delta.user + delta.system) / 1e6
+}
 
 function versions() {
   const require = createRequire(import.meta.url)
@@ -200,6 +241,297 @@ function versions() {
   }
   v.node = process.versions.node
   return v
+}
+
+// ---------------------------------------------------------------------- RPC
+//
+// The parent drives each repo ("role") through a tiny request/response
+// protocol. With --processes 3 the messages go over the child-process IPC
+// channel; with --processes 1 over an in-process queue.
+
+class Endpoint {
+  #send
+  #next = 1
+  #pending = new Map()
+  #handlers = {}
+  constructor(send) {
+    this.#send = send
+  }
+  serve(handlers) {
+    this.#handlers = handlers
+  }
+  call(method, args = {}) {
+    const id = this.#next++
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject })
+      this.#send({ t: "call", id, method, args })
+    })
+  }
+  failAll(err) {
+    for (const { reject } of this.#pending.values()) reject(err)
+    this.#pending.clear()
+  }
+  async receive(msg) {
+    if (msg.t === "ret") {
+      const p = this.#pending.get(msg.id)
+      if (!p) return
+      this.#pending.delete(msg.id)
+      if (msg.ok) p.resolve(msg.value)
+      else p.reject(msg.timeout ? new TimeoutError(msg.error) : new Error(msg.error))
+    } else if (msg.t === "call") {
+      const h = this.#handlers[msg.method]
+      try {
+        if (!h) throw new Error(`no such method ${msg.method}`)
+        const value = await h(msg.args)
+        this.#send({ t: "ret", id: msg.id, ok: true, value })
+      } catch (e) {
+        this.#send({
+          t: "ret",
+          id: msg.id,
+          ok: false,
+          timeout: e instanceof TimeoutError,
+          error: e instanceof TimeoutError ? e.message : (e?.stack ?? String(e)),
+        })
+      }
+    }
+  }
+}
+
+function localPair() {
+  let a, b
+  a = new Endpoint(m => setImmediate(() => b.receive(m)))
+  b = new Endpoint(m => setImmediate(() => a.receive(m)))
+  return [a, b]
+}
+
+// -------------------------------------------------------------------- roles
+
+/**
+ * Sync server, configured like automerge-repo's sync-server
+ * (automerge-repo-sync-server): a Repo with a WebSocketServerAdapter, NodeFS
+ * storage and a share policy that never announces documents (it only serves
+ * documents peers ask for).
+ */
+function serverRole(dir) {
+  let wss, repo
+  let closing = false
+  return {
+    async init() {
+      wss = new WebSocketServer({ host: "127.0.0.1", port: 0 })
+      await new Promise((resolve, reject) => {
+        wss.once("listening", resolve)
+        wss.once("error", reject)
+      })
+      repo = new Repo({
+        network: [new WebSocketServerAdapter(wss)],
+        storage: new NodeFSStorageAdapter(dir),
+        peerId: SERVER_PEER_ID,
+        sharePolicy: async () => false,
+      })
+      repo.networkSubsystem.on("peer-disconnected", ({ peerId }) => closing || log(`${peerId} disconnected`))
+      return { port: wss.address().port }
+    },
+    peers: () => repo.peers,
+    flush: () => repo.flush(),
+    quiet() {
+      closing = shuttingDown = true
+    },
+    async shutdown() {
+      closing = true
+      await repo.shutdown()
+      await new Promise(r => wss.close(() => r()))
+    },
+  }
+}
+
+/** Peer A or B: default (generous) share policy and its own NodeFS storage. */
+function peerRole(name, dir) {
+  let repo
+  let closing = false
+  let handle // the shared document of (a) and (c)
+  // (b)
+  const b = { nDone: 0, unavailableFirst: 0 }
+  // (c)
+  const c = { sentAt: [], seenAt: [], nSeen: 0, expect: 0, prefix: null }
+
+  const complete = (h, j) => {
+    if (!h.isReady()) return false
+    const d = h.doc()
+    for (let k = 0; k < 10; k++) if (d[`k${k}`] !== j * 10 + k) return false
+    return true
+  }
+
+  return {
+    async init({ url }) {
+      repo = new Repo({
+        network: [new WebSocketClientAdapter(url)],
+        storage: new NodeFSStorageAdapter(dir),
+        peerId: `peer-${name}`,
+      })
+      const adapter = repo.networkSubsystem.adapters[0]
+      adapter.on("peer-disconnected", ({ peerId }) => closing || log(`disconnected from ${peerId}`))
+    },
+    connected: () => repo.peers.includes(SERVER_PEER_ID),
+    flush: () => repo.flush(),
+    quiet() {
+      closing = shuttingDown = true
+    },
+    shutdown() {
+      closing = true
+      return repo.shutdown()
+    },
+
+    /**
+     * Create an empty document and wait until the sync server has stored it
+     * (A's sync state with the server reports A's heads). Waiting matters: if
+     * B asks before the server has the document, the server answers
+     * "unavailable", and because the document is empty its arrival on the
+     * server emits no "change" event, so the server never pushes it to B.
+     */
+    async createEmpty({ deadline }) {
+      handle = repo.create()
+      await pollUntil(
+        () => {
+          const sid = repo.getStorageIdOfPeer(SERVER_PEER_ID)
+          return sid && sameHeads(handle.getSyncInfo(sid)?.lastHeads, handle.heads())
+        },
+        deadline,
+        "the sync server to store the new document",
+      )
+      return handle.url
+    },
+    async find({ url }) {
+      handle = await repo.find(url)
+    },
+
+    // (a) --------------------------------------------------------------
+    async editLoop({ n, yieldEvery }) {
+      const t0 = performance.now()
+      for (let i = 0; i < n; i++) {
+        handle.change(d => {
+          d[`k${i % 100}`] = i
+        })
+        if (yieldEvery > 0 && (i + 1) % yieldEvery === 0) await yieldToLoop()
+      }
+      return { heads: handle.heads(), loopMs: performance.now() - t0 }
+    },
+    async waitHeads({ heads, key, value, deadline }) {
+      await waitFor(
+        handle,
+        "heads-changed",
+        () => handle.doc()[key] === value && sameHeads(handle.heads(), heads),
+        deadline,
+        `peer ${name} to receive all edits`,
+      )
+    },
+    changes: () => handle.metrics().numChanges,
+
+    // (b) --------------------------------------------------------------
+    async createDocs({ first, last, yieldEvery }) {
+      const urls = []
+      for (let j = first; j < last; j++) {
+        const init = {}
+        for (let k = 0; k < 10; k++) init[`k${k}`] = j * 10 + k
+        urls.push(repo.create(init).url)
+        if (yieldEvery > 0 && (j + 1) % yieldEvery === 0) await yieldToLoop()
+      }
+      return urls
+    },
+    async fetchDocs({ urls, first, deadline, yieldEvery }) {
+      // B gets document j by its URL (handed over out of band).
+      const fetchOne = async (url, j) => {
+        const h = await repo.find(url, { allowableStates: ["ready", "unavailable"] })
+        if (h.isReady()) {
+          await waitFor(h, "heads-changed", () => complete(h, j), deadline, `document ${j} on B`)
+        } else {
+          // The server did not have it yet and said so; it pushes the
+          // document when A's copy arrives. The handle turns "ready" only
+          // after its "heads-changed" event, so poll as well.
+          b.unavailableFirst++
+          await waitFor(h, "heads-changed", () => complete(h, j), deadline, `document ${j} on B`, 20)
+        }
+        b.nDone++
+      }
+      const all = []
+      for (let i = 0; i < urls.length; i++) {
+        all.push(fetchOne(urls[i], first + i))
+        if (yieldEvery > 0 && (i + 1) % yieldEvery === 0) await yieldToLoop()
+      }
+      await Promise.all(all)
+    },
+    docsProgress: () => ({ done: b.nDone, unavailableFirst: b.unavailableFirst }),
+
+    // (c) --------------------------------------------------------------
+    /** Watch the other side's keys (`prefix`) and note when each first shows up. */
+    watch({ prefix, expect }) {
+      c.prefix = prefix
+      c.expect = expect
+      c.seenAt = new Array(expect).fill(null)
+      handle.on("change", ({ patches }) => {
+        const now = epochNow()
+        for (const p of patches) {
+          if (p.action !== "put" || p.path.length !== 1) continue
+          const key = p.path[0]
+          if (typeof key !== "string" || key[0] !== prefix) continue
+          const n = Number(key.slice(1))
+          if (!(n >= 0 && n < expect) || c.seenAt[n] !== null) continue
+          c.seenAt[n] = now
+          c.nSeen++
+        }
+      })
+    },
+    /**
+     * Write `rate` edits/s for `seconds` (key prefix + n, value Date.now()). A
+     * 5 ms ticker brings the count up to floor(elapsed * rate) + 1, so the
+     * rate holds even when a tick is late.
+     */
+    async write({ prefix, seconds, rate }) {
+      const perPeer = Math.floor(seconds * rate)
+      const t0 = performance.now()
+      await new Promise(resolve => {
+        const tick = () => {
+          const elapsed = (performance.now() - t0) / 1000
+          const target = Math.min(perPeer, Math.floor(elapsed * rate) + 1)
+          while (c.sentAt.length < target) {
+            const n = c.sentAt.length
+            c.sentAt.push(epochNow())
+            handle.change(d => {
+              d[`${prefix}${n}`] = Date.now()
+            })
+          }
+          if (c.sentAt.length >= perPeer && elapsed >= seconds) {
+            clearInterval(timer)
+            resolve()
+          }
+        }
+        const timer = setInterval(tick, 5)
+        tick()
+      })
+      return { writeMs: performance.now() - t0 }
+    },
+    cstate: () => ({ sent: c.sentAt.length, seen: c.nSeen, heads: handle.heads() }),
+    latencyData: () => ({ sentAt: c.sentAt, seenAt: c.seenAt }),
+  }
+}
+
+/** Handlers every role process has, for measuring itself. */
+function measureHandlers() {
+  let cpu0 = null
+  return {
+    mark() {
+      cpu0 = process.cpuUsage()
+    },
+    report() {
+      return {
+        cpu_seconds: cpu0 ? cpuSeconds(process.cpuUsage(cpu0)) : null,
+        peak_rss_mib: process.resourceUsage().maxRSS / 1024,
+      }
+    },
+  }
+}
+
+function makeRole(role, tmp) {
+  return role === "server" ? serverRole(path.join(tmp, "server")) : peerRole(role, path.join(tmp, role))
 }
 
 // -------------------------------------------------------------- the network
@@ -237,89 +569,104 @@ function startProxy(targetPort) {
   })
 }
 
-async function setup(tmp) {
-  // Sync server, configured like automerge-repo's sync-server: a Repo with a
-  // WebSocketServerAdapter, NodeFS storage and a share policy that never
-  // announces documents (it only serves documents peers ask for).
-  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 })
-  await new Promise((resolve, reject) => {
-    wss.once("listening", resolve)
-    wss.once("error", reject)
-  })
-  const serverPort = wss.address().port
-  const server = new Repo({
-    network: [new WebSocketServerAdapter(wss)],
-    storage: new NodeFSStorageAdapter(path.join(tmp, "server")),
-    peerId: "storage-server-bench",
-    sharePolicy: async () => false,
-  })
+// ------------------------------------------------------------ the processes
 
-  const proxy = await startProxy(serverPort)
-  const url = `ws://127.0.0.1:${proxy.port}`
+/** Start one role, in a child process (split) or in this process. */
+function startRole(role, tmp, split, env) {
+  if (!split) {
+    const [parentEnd, roleEnd] = localPair()
+    roleEnd.serve(makeRole(role, tmp))
+    return { role, ep: parentEnd, child: null }
+  }
+  const child = fork(fileURLToPath(import.meta.url), ["--role", role, "--tmpdir", tmp], {
+    // the child's stdout goes to our stderr: stdout carries only the JSON line
+    stdio: ["ignore", 2, 2, "ipc"],
+    serialization: "advanced",
+  })
+  const ep = new Endpoint(m => child.connected && child.send(m))
+  child.on("message", m => ep.receive(m))
+  child.on("exit", (code, signal) => {
+    if (!env.closing) {
+      const err = new Error(`the ${role} process exited (code ${code}, signal ${signal})`)
+      env.failed = err
+      ep.failAll(err)
+    }
+  })
+  return { role, ep, child }
+}
 
-  // Two peers with default (generous) share policy and their own NodeFS storage.
-  const mkPeer = name =>
-    new Repo({
-      network: [new WebSocketClientAdapter(url)],
-      storage: new NodeFSStorageAdapter(path.join(tmp, name)),
-      peerId: `peer-${name}`,
-    })
-  const A = mkPeer("a")
-  const B = mkPeer("b")
+/** Child-process entry point: serve one role over IPC until told to exit. */
+async function childMain() {
+  const role = makeRole(opts.role, opts.tmpdir)
+  const ep = new Endpoint(m => process.connected && process.send(m))
+  ep.serve({
+    ...role,
+    ...measureHandlers(),
+    exit() {
+      setImmediate(() => process.exit(0))
+    },
+  })
+  process.on("message", m => ep.receive(m))
+  process.on("disconnect", () => process.exit(0))
+}
+
+async function setup(tmp, split) {
+  const env = { split, closing: false, failed: null }
+  env.server = startRole("server", tmp, split, env)
+  const { port } = await env.server.ep.call("init")
+  env.proxy = await startProxy(port)
+  const url = `ws://127.0.0.1:${env.proxy.port}`
+  env.A = startRole("a", tmp, split, env)
+  env.B = startRole("b", tmp, split, env)
+  await Promise.all([env.A.ep.call("init", { url }), env.B.ep.call("init", { url })])
+  env.roles = [env.server, env.A, env.B]
 
   const deadline = Date.now() + 30_000
   await pollUntil(
-    () =>
-      A.peers.includes("storage-server-bench") &&
-      B.peers.includes("storage-server-bench") &&
-      server.peers.includes("peer-a") &&
-      server.peers.includes("peer-b"),
+    async () => {
+      const [a, b, peers] = await Promise.all([
+        env.A.ep.call("connected"),
+        env.B.ep.call("connected"),
+        env.server.ep.call("peers"),
+      ])
+      return a && b && peers.includes("peer-a") && peers.includes("peer-b")
+    },
     deadline,
     "peers to connect to the sync server",
   )
-  return { wss, server, proxy, A, B }
+  return env
 }
 
 async function teardown(env) {
-  if (env) {
-    // Clients first (clean WebSocket close), then the server.
-    await Promise.allSettled([env.A.shutdown(), env.B.shutdown()])
-    await Promise.allSettled([env.server.shutdown()])
-    await new Promise(r => env.wss.close(() => r()))
-    for (const s of env.proxy.sockets) s.destroy()
-    await new Promise(r => env.proxy.server.close(() => r()))
+  if (!env) return
+  env.closing = shuttingDown = true
+  const call = (r, m) => (env.failed ? Promise.resolve() : r.ep.call(m))
+  await Promise.allSettled(env.roles.map(r => call(r, "quiet"))) // no disconnect logs from here on
+  // Clients first (clean WebSocket close), then the server.
+  await Promise.allSettled([call(env.A, "shutdown"), call(env.B, "shutdown")])
+  await Promise.allSettled([call(env.server, "shutdown")])
+  for (const s of env.proxy?.sockets ?? []) s.destroy()
+  if (env.proxy) await new Promise(r => env.proxy.server.close(() => r()))
+  if (env.split) {
+    await Promise.all(
+      env.roles.map(
+        ({ child }) =>
+          new Promise(resolve => {
+            if (child.exitCode !== null || child.signalCode !== null) return resolve()
+            child.once("exit", resolve)
+            if (child.connected) child.send({ t: "call", id: 0, method: "exit", args: {} })
+            setTimeout(() => child.kill("SIGKILL"), 5_000).unref()
+          }),
+      ),
+    )
   }
-}
-
-/**
- * Setup for (a) and (c): create an empty document on A, wait until the sync
- * server has it (A's sync state with the server reports A's heads), then find
- * it on B.
- *
- * Waiting matters: if B asks before the server has the document, the server
- * answers "unavailable", and because the document is empty its arrival on the
- * server emits no "change" event, so the server never pushes it to B (B's
- * handle would sit in "requesting" until its 60 s timeout).
- */
-async function shareEmptyDoc(env, deadlineMs) {
-  const { A, B } = env
-  const hA = A.create()
-  await pollUntil(
-    () => {
-      const sid = A.getStorageIdOfPeer("storage-server-bench")
-      return sid && sameHeads(hA.getSyncInfo(sid)?.lastHeads, hA.heads())
-    },
-    deadlineMs,
-    "the sync server to store the new document",
-  )
-  const hB = await B.find(hA.url)
-  return { hA, hB }
 }
 
 // ----------------------------------------------------------- measurement
 
-function startMeasure(env) {
-  // Kept on env so that a timeout can still report the measured window.
+async function startMeasure(env) {
+  // Each repo process notes its own CPU counter; then the window starts here.
+  if (env.split) await Promise.all(env.roles.map(r => r.ep.call("mark")))
   env.measure = {
     t0: performance.now(),
     cpu0: process.cpuUsage(),
@@ -328,201 +675,177 @@ function startMeasure(env) {
   return env.measure
 }
 
-function endMeasure(env, m) {
+async function endMeasure(env, m) {
   const seconds = (performance.now() - m.t0) / 1000
-  const cpu = process.cpuUsage(m.cpu0)
-  return {
-    seconds: round3(seconds),
-    cpu_seconds: round3((cpu.user + cpu.system) / 1e6),
-    peak_rss_mib: round3(process.resourceUsage().maxRSS / 1024),
-    wire_bytes: env.proxy.bytes - m.bytes0,
+  const bytes = env.proxy.bytes - m.bytes0
+  const ownCpu = cpuSeconds(process.cpuUsage(m.cpu0))
+  const ownRss = process.resourceUsage().maxRSS / 1024
+  const r = { seconds: round3(seconds), wire_bytes: bytes }
+  if (!env.split) {
+    r.cpu_seconds = round3(ownCpu)
+    r.peak_rss_mib = round3(ownRss)
+    return r
   }
+  // Sum over the three repo processes. A process that does not answer within
+  // 30 s (event loop blocked) counts as null.
+  const reports = await Promise.all(
+    env.roles.map(role =>
+      Promise.race([role.ep.call("report").catch(() => null), sleep(30_000).then(() => null)]),
+    ),
+  )
+  const sum = k => (reports.every(x => x) ? round3(reports.reduce((s, x) => s + x[k], 0)) : null)
+  r.cpu_seconds = sum("cpu_seconds")
+  r.peak_rss_mib = sum("peak_rss_mib")
+  r.by_process = Object.fromEntries(
+    env.roles.map((role, i) => [
+      role.role,
+      reports[i]
+        ? { cpu_seconds: round3(reports[i].cpu_seconds), peak_rss_mib: round3(reports[i].peak_rss_mib) }
+        : null,
+    ]),
+  )
+  r.by_process.harness = { cpu_seconds: round3(ownCpu), peak_rss_mib: round3(ownRss) }
+  return r
 }
 
 // -------------------------------------------------------------- workloads
 
+/** Create an empty document on A, wait until the server has it, find it on B. */
+async function shareEmptyDoc(env) {
+  const url = await env.A.ep.call("createEmpty", { deadline: Date.now() + 30_000 })
+  await env.B.ep.call("find", { url })
+  await sleep(500) // let setup traffic and throttled saves settle
+}
+
 /** (a) one document, N single-key edits on A; done when B has A's heads. */
 async function workloadA(env, o) {
   const N = o.edits
-  const { hA, hB } = await shareEmptyDoc(env, Date.now() + 30_000)
-  await sleep(500) // let setup traffic and throttled saves settle
-
-  const m = startMeasure(env)
-  const deadline = Date.now() + o.timeout * 1000
-  for (let i = 0; i < N; i++) {
-    hA.change(d => {
-      d[`k${i % 100}`] = i
-    })
-    if (o.yieldEvery > 0 && (i + 1) % o.yieldEvery === 0) await yieldToLoop()
-  }
-  log(`workload a: ${N} changes on A took ${((performance.now() - m.t0) / 1000).toFixed(3)} s`)
-  const lastKey = `k${(N - 1) % 100}`
-  const headsA = hA.heads()
+  await shareEmptyDoc(env)
   env.params = { edits: N, yield_every: o.yieldEvery }
-  env.progress = () => ({ b_changes: hB.metrics().numChanges, a_changes: hA.metrics().numChanges })
-  await waitFor(
-    hB,
-    "heads-changed",
-    () => hB.doc()[lastKey] === N - 1 && sameHeads(hB.heads(), headsA),
-    deadline,
-    `B to receive all ${N} edits`,
-  )
-  const r = endMeasure(env, m)
-  return { params: { edits: N, yield_every: o.yieldEvery }, ...r, converged: true }
+  env.progress = async () => ({
+    a_changes: await env.A.ep.call("changes"),
+    b_changes: await env.B.ep.call("changes"),
+  })
+
+  const m = await startMeasure(env)
+  const deadline = Date.now() + o.timeout * 1000
+  const { heads, loopMs } = await env.A.ep.call("editLoop", { n: N, yieldEvery: o.yieldEvery })
+  log(`workload a: ${N} changes on A took ${(loopMs / 1000).toFixed(3)} s`)
+  await Promise.race([
+    env.B.ep.call("waitHeads", { heads, key: `k${(N - 1) % 100}`, value: N - 1, deadline }),
+    rejectAt(deadline + 1000, `B to receive all ${N} edits`),
+  ])
+  return { ...(await endMeasure(env, m)), converged: true }
 }
 
 /**
  * (b) D documents with keys k0..k9 created on A; done when B has them all.
  *
  * Documents go in batches of `--batch` (default 1000; 0 = all at once): A
- * creates a batch, B finds every URL of it, and the next batch starts when B
- * has the whole batch. Creating 10 000 documents in one burst overloads
- * automerge-repo 2.5.6 (see README): its 60 s internal timeouts fire and some
- * documents never arrive.
+ * creates a batch, its URLs are handed to B, B finds every URL of it, and the
+ * next batch starts when B has the whole batch.
  */
 async function workloadB(env, o) {
-  const { A, B } = env
   const D = o.docs
   const batch = o.batch > 0 ? Math.min(o.batch, D) : D
+  env.params = { docs: D, batch, yield_every: o.yieldEvery }
+  let last = { done: 0, unavailableFirst: 0 }
+  const poll = async () => {
+    last = await Promise.race([env.B.ep.call("docsProgress"), sleep(5_000).then(() => last)])
+    return last
+  }
+  env.progress = async () => ({ docs_on_b: (await poll()).done })
   await sleep(200)
 
-  const m = startMeasure(env)
+  const m = await startMeasure(env)
   const deadline = Date.now() + o.timeout * 1000
   const elapsed = () => ((performance.now() - m.t0) / 1000).toFixed(1)
-  let unavailableFirst = 0
-  let nDone = 0
-  env.params = { docs: D, batch, yield_every: o.yieldEvery }
-  env.progress = () => ({ docs_on_b: nDone })
-  const complete = (h, j) => {
-    if (!h.isReady()) return false
-    const d = h.doc()
-    for (let k = 0; k < 10; k++) if (d[`k${k}`] !== j * 10 + k) return false
-    return true
-  }
-  // B gets document j (URL handed over out of band, in-process).
-  const fetchOnB = async (url, j) => {
-    const h = await B.find(url, { allowableStates: ["ready", "unavailable"] })
-    if (h.isReady()) {
-      await waitFor(h, "heads-changed", () => complete(h, j), deadline, `document ${j} on B`)
-    } else {
-      // The server did not have it yet and said so; it pushes the document
-      // when A's copy arrives. The handle turns "ready" only after its
-      // "heads-changed" event, so poll as well.
-      unavailableFirst++
-      await waitFor(h, "heads-changed", () => complete(h, j), deadline, `document ${j} on B`, 20)
-    }
-    nDone++
-  }
-  const progress = setInterval(() => log(`workload b: ${nDone}/${D} on B after ${elapsed()} s`), 10_000)
+  let busy = false
+  const progress = setInterval(async () => {
+    if (busy) return
+    busy = true
+    const p = await poll()
+    busy = false
+    log(`workload b: ${p.done}/${D} on B after ${elapsed()} s`)
+  }, 10_000)
   const watchdog = rejectAt(deadline, `all ${D} documents on B`)
   try {
     for (let first = 0; first < D; first += batch) {
-      const last = Math.min(D, first + batch)
-      const urls = []
-      for (let j = first; j < last; j++) {
-        const init = {}
-        for (let k = 0; k < 10; k++) init[`k${k}`] = j * 10 + k
-        urls.push(A.create(init).url)
-        if (o.yieldEvery > 0 && (j + 1) % o.yieldEvery === 0) await yieldToLoop()
-      }
+      const lastJ = Math.min(D, first + batch)
+      const urls = await Promise.race([
+        env.A.ep.call("createDocs", { first, last: lastJ, yieldEvery: o.yieldEvery }),
+        watchdog,
+      ])
       // Rejects on the first timeout.
-      await Promise.race([Promise.all(urls.map((url, i) => fetchOnB(url, first + i))), watchdog])
+      await Promise.race([
+        env.B.ep.call("fetchDocs", { urls, first, deadline, yieldEvery: o.yieldEvery }),
+        watchdog,
+      ])
     }
   } finally {
     clearInterval(progress)
     watchdog.cancel()
   }
-  const r = endMeasure(env, m)
-  if (unavailableFirst > 0)
-    log(`workload b: ${unavailableFirst}/${D} finds on B were first answered "unavailable"`)
-  return { params: { docs: D, batch, yield_every: o.yieldEvery }, ...r, converged: true }
+  const r = await endMeasure(env, m)
+  const p = await poll()
+  if (p.unavailableFirst > 0)
+    log(`workload b: ${p.unavailableFirst}/${D} finds on B were first answered "unavailable"`)
+  return { ...r, converged: true }
 }
 
 /**
  * (c) A and B each write `rate` edits/s for `seconds` into one shared
- * document (A writes a{n}, B writes b{n}, value Date.now()). Latency is from
- * just before the local handle.change() to the other side's "change" event
- * whose patches contain that key.
+ * document (A writes a{n}, B writes b{n}). Latency is from just before the
+ * writer's handle.change() to the other side's "change" event whose patches
+ * first contain that key, both taken on the shared wall clock
+ * (performance.timeOrigin + performance.now()).
  */
 async function workloadC(env, o) {
-  const { hA, hB } = await shareEmptyDoc(env, Date.now() + 30_000)
-  await sleep(500)
-
-  const perPeer = Math.floor(o.seconds * o.rate) // edits each side makes
-  const sent = { a: new Float64Array(perPeer), b: new Float64Array(perPeer) }
-  const seen = { a: new Uint8Array(perPeer), b: new Uint8Array(perPeer) }
-  const nSent = { a: 0, b: 0 }
-  const nSeen = { a: 0, b: 0 }
-  const latencies = []
-
-  // receiver: B watches A's keys ("a"), A watches B's keys ("b")
-  const watch = (handle, prefix) => {
-    handle.on("change", ({ patches }) => {
-      const now = performance.now()
-      for (const p of patches) {
-        if (p.action !== "put" || p.path.length !== 1) continue
-        const key = p.path[0]
-        if (typeof key !== "string" || key[0] !== prefix) continue
-        const n = Number(key.slice(1))
-        if (!(n >= 0 && n < nSent[prefix]) || seen[prefix][n]) continue
-        seen[prefix][n] = 1
-        nSeen[prefix]++
-        latencies.push(now - sent[prefix][n])
-      }
-    })
-  }
-  watch(hB, "a")
-  watch(hA, "b")
-
-  const m = startMeasure(env)
-  const deadline = Date.now() + (o.seconds + o.timeout) * 1000
+  await shareEmptyDoc(env)
+  const perPeer = Math.floor(o.seconds * o.rate)
+  await env.B.ep.call("watch", { prefix: "a", expect: perPeer })
+  await env.A.ep.call("watch", { prefix: "b", expect: perPeer })
   env.params = { seconds: o.seconds, rate_per_peer: o.rate, edits_per_peer: perPeer }
-  env.progress = () => ({ sent_a: nSent.a, sent_b: nSent.b, seen_a_on_b: nSeen.a, seen_b_on_a: nSeen.b })
-  const write = (handle, prefix) => {
-    const n = nSent[prefix]
-    sent[prefix][n] = performance.now()
-    nSent[prefix] = n + 1
-    handle.change(d => {
-      d[`${prefix}${n}`] = Date.now()
-    })
+  const states = async () => Promise.all([env.A.ep.call("cstate"), env.B.ep.call("cstate")])
+  env.progress = async () => {
+    const [a, b] = await states()
+    return { sent_a: a.sent, sent_b: b.sent, seen_a_on_b: b.seen, seen_b_on_a: a.seen }
   }
-  // A 5 ms ticker; each tick each side catches up to floor(elapsed * rate)
-  // edits, so the rate holds even if a tick is late.
-  await new Promise(resolve => {
-    const tick = () => {
-      const elapsed = (performance.now() - m.t0) / 1000
-      const target = Math.min(perPeer, Math.floor(elapsed * o.rate) + 1)
-      while (nSent.a < target || nSent.b < target) {
-        if (nSent.a < target) write(hA, "a")
-        if (nSent.b < target) write(hB, "b")
-      }
-      if (nSent.a >= perPeer && nSent.b >= perPeer && elapsed >= o.seconds) {
-        clearInterval(timer)
-        resolve()
-      }
-    }
-    const timer = setInterval(tick, 5)
-    tick()
-  })
+
+  const m = await startMeasure(env)
+  const deadline = Date.now() + (o.seconds + o.timeout) * 1000
+  await Promise.all([
+    env.A.ep.call("write", { prefix: "a", seconds: o.seconds, rate: o.rate }),
+    env.B.ep.call("write", { prefix: "b", seconds: o.seconds, rate: o.rate }),
+  ])
   const writeSeconds = (performance.now() - m.t0) / 1000
 
   // convergence: everything seen on the other side and equal heads
-  const converged = () =>
-    nSeen.a === perPeer && nSeen.b === perPeer && sameHeads(hA.heads(), hB.heads())
+  let sa, sb
   try {
-    await Promise.race([
-      // "change" fires after "heads-changed", and after watch() counted the keys
-      waitFor(hA, "change", converged, deadline, "convergence (A)", 100),
-      waitFor(hB, "change", converged, deadline, "convergence (B)", 100),
-    ])
-  } catch (e) {
-    log(
-      `workload c: sent a=${nSent.a} b=${nSent.b}, seen a=${nSeen.a} b=${nSeen.b}, ` +
-        `heads A=${hA.heads()} B=${hB.heads()}`,
+    await pollUntil(
+      async () => {
+        ;[sa, sb] = await states()
+        return sa.seen === perPeer && sb.seen === perPeer && sameHeads(sa.heads, sb.heads)
+      },
+      deadline,
+      "convergence",
+      10,
     )
+  } catch (e) {
+    if (sa) log(`workload c: sent a=${sa.sent} b=${sb.sent}, seen a on b=${sb.seen} b on a=${sa.seen}`)
     throw e
   }
-  const r = endMeasure(env, m)
+  const r = await endMeasure(env, m)
+
+  const [la, lb] = await Promise.all([env.A.ep.call("latencyData"), env.B.ep.call("latencyData")])
+  const latencies = []
+  // B saw A's keys, A saw B's keys
+  for (const [sent, seen] of [
+    [la.sentAt, lb.seenAt],
+    [lb.sentAt, la.seenAt],
+  ])
+    for (let n = 0; n < perPeer; n++) if (seen[n] != null) latencies.push(seen[n] - sent[n])
   latencies.sort((x, y) => x - y)
   log(
     `workload c: writes took ${writeSeconds.toFixed(3)} s, ` +
@@ -530,7 +853,6 @@ async function workloadC(env, o) {
       `${latencies.length} latencies, max ${latencies.at(-1)?.toFixed(1)} ms`,
   )
   return {
-    params: { seconds: o.seconds, rate_per_peer: o.rate, edits_per_peer: perPeer },
     ...r,
     converged: true,
     p50_ms: round3(percentile(latencies, 50)),
@@ -542,28 +864,35 @@ async function workloadC(env, o) {
 
 async function main() {
   const tmp = fs.mkdtempSync(path.join(opts.tmpdir, "masq-bench-amrepo-"))
+  let env
   for (const sig of ["SIGINT", "SIGTERM"]) {
     process.once(sig, () => {
       process.stderr.write(`bench.mjs: ${sig}, removing ${tmp}\n`)
+      for (const r of env?.roles ?? []) r.child?.kill("SIGKILL")
       fs.rmSync(tmp, { recursive: true, force: true })
       process.exit(130)
     })
   }
-  let env
+  const split = opts.processes === 3
   let exitCode = 0
+  const line = extra => ({
+    system: "automerge-repo",
+    workload: opts.workload,
+    params: env?.params ?? {},
+    processes: opts.processes,
+    ...extra,
+    versions: versions(),
+  })
   try {
-    env = await setup(tmp)
+    env = await setup(tmp, split)
     const run = { a: workloadA, b: workloadB, c: workloadC }[opts.workload]
     const res = await run(env, opts)
     // Not part of the measured window: how long persisting everything takes
     // once converged (automerge-repo saves asynchronously, debounced 100 ms).
     const f0 = performance.now()
-    await Promise.all([env.A.flush(), env.B.flush(), env.server.flush()])
+    await Promise.all(env.roles.map(r => r.ep.call("flush")))
     const flushMs = performance.now() - f0
-    const line = {
-      system: "automerge-repo",
-      workload: opts.workload,
-      params: res.params,
+    const out = line({
       seconds: res.seconds,
       cpu_seconds: res.cpu_seconds,
       peak_rss_mib: res.peak_rss_mib,
@@ -572,20 +901,21 @@ async function main() {
       p50_ms: res.p50_ms ?? null,
       p99_ms: res.p99_ms ?? null,
       flush_after_ms: round3(flushMs),
-      versions: versions(),
-    }
-    process.stdout.write(JSON.stringify(line) + "\n")
+    })
+    if (res.by_process) out.by_process = res.by_process
+    process.stdout.write(JSON.stringify(out) + "\n")
   } catch (e) {
     exitCode = 1
     if (e instanceof TimeoutError) {
       process.stderr.write(`bench.mjs: NOT CONVERGED: ${e.message} (workload ${opts.workload})\n`)
       if (env?.measure) {
         // Still one JSON line, so the comparison table can show "did not finish".
-        const r = endMeasure(env, env.measure)
-        const line = {
-          system: "automerge-repo",
-          workload: opts.workload,
-          params: env.params ?? {},
+        const r = await endMeasure(env, env.measure)
+        let progress = null
+        try {
+          progress = await Promise.race([env.progress?.(), sleep(10_000).then(() => null)])
+        } catch {}
+        const out = line({
           seconds: r.seconds,
           cpu_seconds: r.cpu_seconds,
           peak_rss_mib: r.peak_rss_mib,
@@ -593,19 +923,20 @@ async function main() {
           converged: false,
           p50_ms: null,
           p99_ms: null,
-          progress: env.progress?.() ?? null,
-          versions: versions(),
-        }
-        process.stdout.write(JSON.stringify(line) + "\n")
+          progress,
+        })
+        if (r.by_process) out.by_process = r.by_process
+        process.stdout.write(JSON.stringify(out) + "\n")
       }
     } else process.stderr.write(`bench.mjs: error: ${e?.stack ?? e}\n`)
   }
   const t0 = performance.now()
   try {
-    await Promise.race([teardown(env), sleep(10_000)])
+    await Promise.race([teardown(env), sleep(15_000)])
   } catch (e) {
     process.stderr.write(`bench.mjs: teardown error: ${e?.stack ?? e}\n`)
   }
+  for (const r of env?.roles ?? []) if (r.child && r.child.exitCode === null) r.child.kill("SIGKILL")
   fs.rmSync(tmp, { recursive: true, force: true })
   log(`teardown (shutdown + removing ${tmp}) took ${((performance.now() - t0) / 1000).toFixed(1)} s`)
   process.exit(exitCode)
@@ -617,10 +948,19 @@ async function main() {
 let unhandled = 0
 process.on("unhandledRejection", e => {
   if (++unhandled <= 3)
-    process.stderr.write(`bench.mjs: unhandled rejection inside automerge-repo: ${e?.message ?? e}\n`)
+    process.stderr.write(`[${tag}] unhandled rejection inside automerge-repo: ${e?.message ?? e}\n`)
+})
+process.on("uncaughtException", e => {
+  if (shuttingDown) {
+    process.stderr.write(`[${tag}] ignored during shutdown: ${e?.message ?? e}\n`)
+    return
+  }
+  process.stderr.write(`[${tag}] uncaught exception: ${e?.stack ?? e}\n`)
+  process.exit(1)
 })
 process.on("exit", () => {
-  if (unhandled > 3) process.stderr.write(`bench.mjs: ${unhandled} unhandled rejections in total\n`)
+  if (unhandled > 3) process.stderr.write(`[${tag}] ${unhandled} unhandled rejections in total\n`)
 })
 
-await main()
+if (opts.role) await childMain()
+else await main()
