@@ -298,9 +298,7 @@ fn many_changes_travel_as_a_bundle_and_converge() {
             )
             .unwrap();
     }
-    let raw_changes = docs_a
-        .read(&id, |d| d.save_after(&synced).len())
-        .unwrap();
+    let raw_changes = docs_a.read(&id, |d| d.save_after(&synced).len()).unwrap();
     assert!(raw_changes > 100_000, "{raw_changes}");
 
     // One exchange from A's side, bytes counted.

@@ -104,7 +104,6 @@ fn split_change_chunks(mut data: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
-
 /// Sync states and the logic around them.
 pub struct SyncCore {
     /// The local store.
