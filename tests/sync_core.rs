@@ -350,3 +350,78 @@ fn many_changes_travel_as_a_bundle_and_converge() {
     let docs = reopened.app("notes").unwrap().docs();
     assert_eq!(docs.get(&id).unwrap(), doc);
 }
+
+/// A lost frame stalls a document's sync (its state waits for a reply); the
+/// resync tick restarts only such states, on the second tick that finds them
+/// waiting with nothing received, and then the document converges. A tick
+/// with nothing to say sends nothing.
+#[test]
+fn resync_tick_recovers_a_lost_frame_and_is_quiet_otherwise() {
+    let mut a = node();
+    let mut b = node();
+    let docs_a = a.core.store().app("notes").unwrap().docs();
+    let docs_b = b.core.store().app("notes").unwrap().docs();
+    let id = docs_a
+        .create_with(
+            &[ChangeOp::Put {
+                path: "/v".into(),
+                value: json!(1),
+            }],
+            None,
+        )
+        .unwrap();
+    sync_pair(&mut a, &mut b);
+    assert_eq!(docs_b.get(&id).unwrap(), json!({"v": 1}));
+    // In sync: ticks on both sides have nothing to send.
+    assert!(a.core.on_resync_tick(&b.id).unwrap().is_empty());
+    assert!(b.core.on_resync_tick(&a.id).unwrap().is_empty());
+
+    docs_a
+        .change(
+            &id,
+            &[ChangeOp::Put {
+                path: "/v".into(),
+                value: json!(2),
+            }],
+            None,
+        )
+        .unwrap();
+    let lost = a
+        .core
+        .generate_batches(&b.id, &[("notes".into(), id.clone())]);
+    assert_eq!(
+        lost.unwrap().len(),
+        1,
+        "the change was offered (and the frame is lost)"
+    );
+    // First tick: the state is waiting, maybe for a slow reply: left alone.
+    assert!(a.core.on_resync_tick(&b.id).unwrap().is_empty());
+    // Second tick, still nothing received: restarted, the change is offered again.
+    let again = a.core.on_resync_tick(&b.id).unwrap();
+    assert!(!again.is_empty());
+    let mut to_b = again;
+    let mut to_a = Vec::new();
+    for _ in 0..20 {
+        let mut next_a = Vec::new();
+        let mut next_b = Vec::new();
+        for p in to_b.drain(..) {
+            let SyncPayload::Batch(items) = p else {
+                panic!()
+            };
+            let applied = b.core.apply_batch(&a.id, items, |_| {}).unwrap();
+            next_a.extend(b.core.generate_batches(&a.id, &applied.docs).unwrap());
+        }
+        for p in to_a.drain(..) {
+            let SyncPayload::Batch(items) = p else {
+                panic!()
+            };
+            let applied = a.core.apply_batch(&b.id, items, |_| {}).unwrap();
+            next_b.extend(a.core.generate_batches(&b.id, &applied.docs).unwrap());
+        }
+        to_a = next_a;
+        to_b = next_b;
+    }
+    assert!(to_a.is_empty() && to_b.is_empty());
+    assert_eq!(docs_b.get(&id).unwrap(), json!({"v": 2}));
+    assert_eq!(docs_a.heads(&id).unwrap(), docs_b.heads(&id).unwrap());
+}

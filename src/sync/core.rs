@@ -110,6 +110,12 @@ pub struct SyncCore {
     store: Store,
     /// In-memory Automerge sync state per (peer, app, doc).
     states: HashMap<StateKey, State>,
+    /// Messages received per state so far (progress, for the resync tick).
+    received: HashMap<StateKey, u64>,
+    /// States that were waiting for a reply ("in flight") at the last resync
+    /// tick, with their `received` count then: still waiting at the next tick
+    /// with nothing received in between means a frame was lost.
+    in_flight_at_last_tick: HashMap<StateKey, u64>,
 }
 
 /// What one received batch did.
@@ -127,6 +133,8 @@ impl SyncCore {
         Self {
             store,
             states: HashMap::new(),
+            received: HashMap::new(),
+            in_flight_at_last_tick: HashMap::new(),
         }
     }
 
@@ -153,6 +161,40 @@ impl SyncCore {
     /// starts from the persisted shared heads.
     pub fn reset_peer(&mut self, peer: &DeviceId) {
         self.states.retain(|(p, _, _), _| p != peer);
+        self.received.retain(|(p, _, _), _| p != peer);
+        self.in_flight_at_last_tick.retain(|(p, _, _), _| p != peer);
+    }
+
+    /// The periodic resync with a connected peer: every document is offered
+    /// again, and only the states that have waited for a reply since the
+    /// previous tick (a lost frame) restart from the persisted shared heads.
+    ///
+    /// Resetting every state on every tick (as a reconnect does) made each
+    /// tick re-exchange everything in flight: in the peers bench (2 × 100
+    /// edits/s on one document) one tick cost about 25 CPU-seconds and
+    /// pushed the p99 write-to-visible latency from 19 ms to seconds.
+    pub fn on_resync_tick(&mut self, peer: &DeviceId) -> Result<Vec<SyncPayload>> {
+        let waiting: Vec<(StateKey, u64)> = self
+            .states
+            .iter()
+            .filter(|((p, _, _), st)| p == peer && st.in_flight)
+            .map(|(k, _)| (k.clone(), self.received.get(k).copied().unwrap_or(0)))
+            .collect();
+        let (previous, others): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.in_flight_at_last_tick)
+                .into_iter()
+                .partition(|((p, _, _), _)| p == peer);
+        self.in_flight_at_last_tick = others;
+        for (k, received) in waiting {
+            if previous.get(&k) == Some(&received) {
+                // In flight at both ticks, nothing received in between: lost.
+                self.states.remove(&k);
+            } else {
+                self.in_flight_at_last_tick.insert(k, received);
+            }
+        }
+        let docs = self.all_docs()?;
+        self.generate_batches(peer, &docs)
     }
 
     /// Every document of every app in the store, catalogs first.
@@ -308,6 +350,10 @@ impl SyncCore {
                     .get_mut(&key)
                     .ok_or_else(|| Error::Storage("sync state vanished".into()))?
             };
+            *self
+                .received
+                .entry((*peer, app.clone(), doc.clone()))
+                .or_insert(0) += 1;
             if g.doc.receive_sync_message(st, msg).is_err() {
                 applied.rejected += 1;
                 continue;

@@ -510,7 +510,7 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
-            match blocking(|| self.core.on_peer_ready(&id)) {
+            match blocking(|| self.core.on_resync_tick(&id)) {
                 Ok(b) if !b.is_empty() => self.send_payloads(t, id, b, &[]).await,
                 Ok(_) => {}
                 Err(e) => tracing::warn!("resync for {id:?} failed: {e}"),
