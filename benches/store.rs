@@ -81,6 +81,17 @@ fn kv_put(c: &mut Criterion) {
             raw.persist(fjall::PersistMode::Buffer).unwrap();
         })
     });
+    // The floor under a replicated put: one Automerge change putting one key
+    // of a map the size of a KV shard (~200 keys), nothing stored.
+    let mut shard = automerge::Automerge::new();
+    g.bench_function("raw_automerge_put_change", |bch| {
+        bch.iter(|| {
+            i += 1;
+            shard
+                .transact(|tx| tx.put(automerge::ROOT, format!("key{}", i % 200), "{\"n\":1}"))
+                .unwrap();
+        })
+    });
     g.bench_function("masq_kv_put", |bch| {
         bch.iter(|| {
             i += 1;
