@@ -211,6 +211,10 @@ pub(crate) struct Staged<'a> {
     pub id: DocId,
     pub guard: MutexGuard<'a, LoadedDoc>,
     pub before: Vec<ChangeHash>,
+    /// The change's patches, when the writer logged them while applying;
+    /// otherwise (`None`) they are computed with `diff(before, after)`,
+    /// which walks the whole document, for subscribers only.
+    pub patches: Option<Vec<automerge::Patch>>,
 }
 
 impl Store {
@@ -426,10 +430,11 @@ impl Store {
                 let app = s.app.as_str();
                 if self.has_listeners(app) && !crate::doc::is_internal(&s.id) {
                     let heads = s.guard.doc.get_heads();
-                    let patches = s
-                        .guard
-                        .doc
-                        .diff(&s.before, &heads)
+                    let raw = match s.patches.take() {
+                        Some(p) => p,
+                        None => s.guard.doc.diff(&s.before, &heads),
+                    };
+                    let patches = raw
                         .iter()
                         .map(|p| crate::doc::json::patch(&s.guard.doc, p))
                         .collect();

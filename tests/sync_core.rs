@@ -425,3 +425,60 @@ fn resync_tick_recovers_a_lost_frame_and_is_quiet_otherwise() {
     assert_eq!(docs_b.get(&id).unwrap(), json!({"v": 2}));
     assert_eq!(docs_a.heads(&id).unwrap(), docs_b.heads(&id).unwrap());
 }
+
+/// A subscriber on the receiving store gets the remote change as patches
+/// (logged while the change applies), with the same shape as local ones.
+#[test]
+fn remote_changes_reach_subscribers_as_patches() {
+    let mut a = node();
+    let mut b = node();
+    let docs_a = a.core.store().app("notes").unwrap().docs();
+    let docs_b = b.core.store().app("notes").unwrap().docs();
+    let id = docs_a
+        .create_with(
+            &[ChangeOp::PutText {
+                path: "/t".into(),
+                value: "ab".into(),
+            }],
+            None,
+        )
+        .unwrap();
+    sync_pair(&mut a, &mut b);
+    let mut sub = docs_b.subscribe(Some(id.clone()));
+    docs_a
+        .change(
+            &id,
+            &[
+                ChangeOp::Put {
+                    path: "/a".into(),
+                    value: json!(1),
+                },
+                ChangeOp::Splice {
+                    path: "/t".into(),
+                    index: 1,
+                    delete: 0,
+                    insert: "X".into(),
+                },
+            ],
+            None,
+        )
+        .unwrap();
+    sync_pair(&mut a, &mut b);
+    let mut seen = Vec::new();
+    while let Some(ev) = sub.try_next() {
+        if let masq::Event::Doc { doc, patches, .. } = ev {
+            assert_eq!(doc, id);
+            seen.extend(patches);
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|p| p["action"] == "put" && p["path"] == json!(["a"])),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|p| p["path"] == json!(["t", 1])),
+        "{seen:?}"
+    );
+    assert_eq!(docs_b.get(&id).unwrap(), json!({"a": 1, "t": "aXb"}));
+}

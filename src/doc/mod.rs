@@ -245,12 +245,14 @@ impl Docs {
                 id: DocId::catalog_for(&id),
                 guard: cat,
                 before: cat_before,
+                patches: None,
             },
             Staged {
                 app: self.app_name().to_string(),
                 id: id.clone(),
                 guard: doc,
                 before: doc_before,
+                patches: None,
             },
         ];
         store.commit_docs(batch, staged, &Origin::Local)?;
@@ -369,17 +371,26 @@ impl Docs {
             }
             o
         };
-        let out = g
-            .doc
-            .transact_with(|_| opts(), f)
-            .map_err(|f| f.error)?
-            .result;
+        // With subscribers, log the change's patches as it is made: cheaper
+        // than diffing the document afterwards, which walks all of it.
+        let (out, patches) = if !is_internal(id) && self.store().has_listeners(self.app_name()) {
+            let mut done = g
+                .doc
+                .transact_and_log_patches_with(|_| opts(), f)
+                .map_err(|f| f.error)?;
+            let patches = g.doc.make_patches(&mut done.patch_log);
+            (done.result, Some(patches))
+        } else {
+            let done = g.doc.transact_with(|_| opts(), f).map_err(|f| f.error)?;
+            (done.result, None)
+        };
         let batch = self.store().db().batch();
         let staged = vec![Staged {
             app: self.app_name().to_string(),
             id: id.clone(),
             guard: g,
             before,
+            patches,
         }];
         self.store().commit_docs(batch, staged, &Origin::Local)?;
         Ok(out)
@@ -435,6 +446,7 @@ impl Docs {
             id: DocId::catalog_for(id),
             guard: cat,
             before,
+            patches: None,
         }];
         store.commit_docs(batch, staged, &Origin::Local)?;
         store.forget(self.app_name(), id);
@@ -495,12 +507,14 @@ impl Docs {
                 id: DocId::catalog_for(&id),
                 guard: cat,
                 before: cat_before,
+                patches: None,
             },
             Staged {
                 app: self.app_name().to_string(),
                 id: id.clone(),
                 guard: doc,
                 before: Vec::new(),
+                patches: None,
             },
         ];
         store.commit_docs(batch, staged, &Origin::Local)?;

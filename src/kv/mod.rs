@@ -262,6 +262,7 @@ impl Bucket {
                 id: cat_id.clone(),
                 guard: cat,
                 before,
+                patches: None,
             });
         }
         let db = store.db();
@@ -301,6 +302,7 @@ impl Bucket {
                 id: id.clone(),
                 guard: g,
                 before,
+                patches: None,
             });
         }
         store.commit_docs(batch, staged, &Origin::Local)?;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::ChangeHash;
+use automerge::PatchLog;
 
 use super::peers;
 use super::wire::{DocMessage, SyncPayload};
@@ -354,21 +354,38 @@ impl SyncCore {
                 .received
                 .entry((*peer, app.clone(), doc.clone()))
                 .or_insert(0) += 1;
-            if g.doc.receive_sync_message(st, msg).is_err() {
+            // Patches are logged while the changes apply (cost proportional to
+            // the changes) when someone needs them: catalog and KV shard
+            // reindexing, and the app's subscribers. Diffing afterwards walks
+            // the whole document, which made each change of a large document
+            // slow to become visible.
+            let wanted = crate::doc::is_catalog(doc)
+                || bucket_of_shard(doc).is_some()
+                || (!is_internal(doc) && store.has_listeners(app));
+            let mut log = if wanted {
+                PatchLog::active()
+            } else {
+                PatchLog::inactive()
+            };
+            if g.doc
+                .receive_sync_message_log_patches(st, msg, &mut log)
+                .is_err()
+            {
                 applied.rejected += 1;
                 continue;
             }
+            let patches = wanted.then(|| g.doc.make_patches(&mut log));
             peers::stage_sync_state(db, &mut batch, peer, app, doc.as_str(), &st.encode());
             let after = g.doc.get_heads();
             if after != before {
                 if crate::doc::is_catalog(doc) {
-                    let ts: Vec<String> = changed_keys(&g.doc, &before, &after)
+                    let ts: Vec<String> = changed_keys(patches.as_deref().unwrap_or_default())
                         .into_iter()
                         .filter(|k| catalog_entry(&g.doc, k).as_deref() == Some(CATALOG_DELETED))
                         .collect();
                     tombstones.entry(app.clone()).or_default().extend(ts);
                 } else if let Some(bucket) = bucket_of_shard(doc) {
-                    let keys = changed_keys(&g.doc, &before, &after);
+                    let keys = changed_keys(patches.as_deref().unwrap_or_default());
                     for (key, value) in stage_reindex(
                         db,
                         &mut batch,
@@ -395,6 +412,7 @@ impl SyncCore {
                 id: doc.clone(),
                 guard: g,
                 before,
+                patches,
             });
         }
         // Tombstoned documents: drop their data in the same batch.
@@ -431,15 +449,11 @@ impl SyncCore {
     }
 }
 
-/// Root-map keys whose value differs between two versions of a document.
-fn changed_keys(
-    doc: &automerge::Automerge,
-    before: &[ChangeHash],
-    after: &[ChangeHash],
-) -> Vec<String> {
+/// Root-map keys that `patches` touch.
+fn changed_keys(patches: &[automerge::Patch]) -> Vec<String> {
     use automerge::{PatchAction, Prop};
     let mut keys: Vec<String> = Vec::new();
-    for p in doc.diff(before, after) {
+    for p in patches.iter().cloned() {
         if p.obj != automerge::ROOT {
             if let Some((_, Prop::Map(k))) = p.path.first() {
                 keys.push(k.clone());
