@@ -35,32 +35,48 @@ fn node() -> Node {
 
 /// Runs the protocol between a and b until neither has anything to send.
 fn sync_pair(a: &mut Node, b: &mut Node) -> usize {
-    let mut to_b = a.core.on_peer_ready(&b.id).unwrap();
-    let mut to_a = b.core.on_peer_ready(&a.id).unwrap();
+    let to_b = a.core.on_peer_ready(&b.id).unwrap();
+    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    exchange(a, b, to_b, to_a).0
+}
+
+/// Delivers payloads both ways, and the replies they cause, until neither
+/// side has anything to send. Returns (rounds, bytes A sent).
+fn exchange(
+    a: &mut Node,
+    b: &mut Node,
+    mut to_b: Vec<SyncPayload>,
+    mut to_a: Vec<SyncPayload>,
+) -> (usize, usize) {
     let mut rounds = 0;
+    let mut sent_by_a = 0;
     while !(to_a.is_empty() && to_b.is_empty()) {
         rounds += 1;
         assert!(rounds < 100, "sync did not quiesce");
         let mut next_a = Vec::new();
         let mut next_b = Vec::new();
         for p in to_b.drain(..) {
-            let SyncPayload::Batch(items) = SyncPayload::decode(&p.encode()).unwrap() else {
+            let bytes = p.encode();
+            sent_by_a += bytes.len();
+            let SyncPayload::Batch(items) = SyncPayload::decode(&bytes).unwrap() else {
                 panic!()
             };
             let applied = b.core.apply_batch(&a.id, items, |_| {}).unwrap();
+            assert_eq!(applied.rejected, 0);
             next_a.extend(b.core.generate_batches(&a.id, &applied.docs).unwrap());
         }
         for p in to_a.drain(..) {
-            let SyncPayload::Batch(items) = p else {
+            let SyncPayload::Batch(items) = SyncPayload::decode(&p.encode()).unwrap() else {
                 panic!()
             };
             let applied = a.core.apply_batch(&b.id, items, |_| {}).unwrap();
+            assert_eq!(applied.rejected, 0);
             next_b.extend(a.core.generate_batches(&b.id, &applied.docs).unwrap());
         }
         to_a = next_a;
         to_b = next_b;
     }
-    rounds
+    (rounds, sent_by_a)
 }
 
 #[test]
@@ -302,36 +318,9 @@ fn many_changes_travel_as_a_bundle_and_converge() {
     assert!(raw_changes > 100_000, "{raw_changes}");
 
     // One exchange from A's side, bytes counted.
-    let mut sent_by_a = 0usize;
-    let mut to_b = a.core.on_peer_ready(&b.id).unwrap();
-    let mut to_a = b.core.on_peer_ready(&a.id).unwrap();
-    for _round in 0..100 {
-        if to_a.is_empty() && to_b.is_empty() {
-            break;
-        }
-        let (mut next_a, mut next_b) = (Vec::new(), Vec::new());
-        for p in to_b.drain(..) {
-            let bytes = p.encode();
-            sent_by_a += bytes.len();
-            let SyncPayload::Batch(items) = SyncPayload::decode(&bytes).unwrap() else {
-                panic!()
-            };
-            let applied = b.core.apply_batch(&a.id, items, |_| {}).unwrap();
-            assert_eq!(applied.rejected, 0);
-            next_a.extend(b.core.generate_batches(&a.id, &applied.docs).unwrap());
-        }
-        for p in to_a.drain(..) {
-            let SyncPayload::Batch(items) = SyncPayload::decode(&p.encode()).unwrap() else {
-                panic!()
-            };
-            let applied = a.core.apply_batch(&b.id, items, |_| {}).unwrap();
-            assert_eq!(applied.rejected, 0);
-            next_b.extend(a.core.generate_batches(&b.id, &applied.docs).unwrap());
-        }
-        to_a = next_a;
-        to_b = next_b;
-    }
-    assert!(to_a.is_empty() && to_b.is_empty(), "sync did not quiesce");
+    let to_b = a.core.on_peer_ready(&b.id).unwrap();
+    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    let (_, sent_by_a) = exchange(&mut a, &mut b, to_b, to_a);
     assert_eq!(docs_a.heads(&id).unwrap(), docs_b.heads(&id).unwrap());
     let doc = docs_b.get(&id).unwrap();
     assert_eq!(doc, docs_a.get(&id).unwrap());
@@ -399,29 +388,7 @@ fn resync_tick_recovers_a_lost_frame_and_is_quiet_otherwise() {
     // Second tick, still nothing received: restarted, the change is offered again.
     let again = a.core.on_resync_tick(&b.id).unwrap();
     assert!(!again.is_empty());
-    let mut to_b = again;
-    let mut to_a = Vec::new();
-    for _ in 0..20 {
-        let mut next_a = Vec::new();
-        let mut next_b = Vec::new();
-        for p in to_b.drain(..) {
-            let SyncPayload::Batch(items) = p else {
-                panic!()
-            };
-            let applied = b.core.apply_batch(&a.id, items, |_| {}).unwrap();
-            next_a.extend(b.core.generate_batches(&a.id, &applied.docs).unwrap());
-        }
-        for p in to_a.drain(..) {
-            let SyncPayload::Batch(items) = p else {
-                panic!()
-            };
-            let applied = a.core.apply_batch(&b.id, items, |_| {}).unwrap();
-            next_b.extend(a.core.generate_batches(&b.id, &applied.docs).unwrap());
-        }
-        to_a = next_a;
-        to_b = next_b;
-    }
-    assert!(to_a.is_empty() && to_b.is_empty());
+    exchange(&mut a, &mut b, again, Vec::new());
     assert_eq!(docs_b.get(&id).unwrap(), json!({"v": 2}));
     assert_eq!(docs_a.heads(&id).unwrap(), docs_b.heads(&id).unwrap());
 }
