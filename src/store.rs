@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
@@ -22,8 +23,10 @@ use tokio::sync::broadcast;
 
 use crate::doc::{DocId, Docs};
 use crate::error::{Error, Result};
-use crate::kv::Bucket;
+use crate::kv::pending::Folder;
+use crate::kv::{bucket_of_shard, Bucket};
 use crate::storage::doc_chunks::{needs_compaction, DocMeta};
+use crate::storage::kv_pending::PendingRecord;
 use crate::storage::{Db, Durability};
 
 /// Default memory budget for loaded documents.
@@ -49,6 +52,12 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Memory budget for loaded documents (least recently used are evicted).
     pub cache_bytes: usize,
+    /// Fold local key-value writes into their shard documents on a
+    /// background thread (the default). When `false`, they are folded only
+    /// when a shard needs it (a remote change, `conflicts`, a full pending
+    /// list) or on [`Store::flush_kv`]; until then other devices do not get
+    /// them. Tests use it to hold writes pending.
+    pub fold_in_background: bool,
 }
 
 impl Default for StoreOptions {
@@ -56,6 +65,7 @@ impl Default for StoreOptions {
         Self {
             durability: Durability::Fsync,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            fold_in_background: true,
         }
     }
 }
@@ -118,6 +128,10 @@ pub(crate) struct LoadedDoc {
     pub meta: DocMeta,
     /// Whether anything is stored for it yet.
     pub exists: bool,
+    /// Local key-value writes of a shard document not yet folded into `doc`
+    /// (durable as records; see [`crate::kv::pending`]). Always empty for
+    /// other documents.
+    pub kv_pending: Vec<PendingRecord>,
 }
 
 type DocKey = (String, DocId);
@@ -167,6 +181,29 @@ pub(crate) struct StoreInner {
     changes: broadcast::Sender<DocChanged>,
     /// The data directory.
     dir: PathBuf,
+    /// Shard documents with pending key-value writes, and the folder thread's state.
+    pub(crate) folder: Folder,
+    /// Sequence number of the next pending key-value write (store-wide).
+    kv_seq: AtomicU64,
+}
+
+/// Owns the folder thread; shared by the [`Store`] handles applications hold
+/// (not by the thread's own), so dropping the last of them stops the thread,
+/// lets it fold what is pending, and joins it before the database closes.
+struct StoreOwner {
+    inner: Arc<StoreInner>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StoreOwner {
+    fn drop(&mut self) {
+        self.inner.folder.stop();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the key-value folder thread panicked");
+            }
+        }
+    }
 }
 
 /// A masq store: documents and key-value buckets of every app on this device.
@@ -174,6 +211,9 @@ pub(crate) struct StoreInner {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<StoreInner>,
+    /// Held for its `Drop` (stops the folder thread); `None` only in the
+    /// folder thread's own handle.
+    _owner: Option<Arc<StoreOwner>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -227,20 +267,60 @@ impl Store {
     pub fn open_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let db = Db::open(&dir, opts.durability)?;
-        Ok(Self {
-            inner: Arc::new(StoreInner {
-                db,
-                cache: Mutex::new(DocCache {
-                    lru: LruCache::unbounded(),
-                    bytes: 0,
-                    budget: opts.cache_bytes,
-                }),
-                actor: ActorId::random(),
-                events: Mutex::new(HashMap::new()),
-                changes: broadcast::channel(CHANGE_CHANNEL_CAPACITY).0,
-                dir,
+        // Writes left pending by the last run (a crash, or a closed store
+        // that did not fold in the background) are folded first thing.
+        let pending = db.scan_pending()?;
+        let folder = Folder::default();
+        for (app, id) in &pending.docs {
+            folder.mark(app, &DocId::parse_any(id)?);
+        }
+        let inner = Arc::new(StoreInner {
+            db,
+            cache: Mutex::new(DocCache {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                budget: opts.cache_bytes,
             }),
+            actor: ActorId::random(),
+            events: Mutex::new(HashMap::new()),
+            changes: broadcast::channel(CHANGE_CHANNEL_CAPACITY).0,
+            dir,
+            folder,
+            kv_seq: AtomicU64::new(pending.max_seq + 1),
+        });
+        let thread = if opts.fold_in_background {
+            let store = Store {
+                inner: inner.clone(),
+                _owner: None,
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("masq-kv-fold".into())
+                    .spawn(move || store.inner.folder.run(store.clone()))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            _owner: Some(Arc::new(StoreOwner {
+                inner: inner.clone(),
+                thread,
+            })),
+            inner,
         })
+    }
+
+    /// Folds every pending local key-value write into its shard document now
+    /// and waits until it is committed. Writes are already durable and
+    /// readable before this; it matters only for what Automerge (and so sync,
+    /// export and history) sees.
+    pub fn flush_kv(&self) -> Result<()> {
+        self.inner.folder.flush(self)
+    }
+
+    /// Number for the next pending key-value write.
+    pub(crate) fn next_kv_seq(&self) -> u64 {
+        self.inner.kv_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The data directory.
@@ -340,6 +420,7 @@ impl Store {
                 doc: Automerge::new().with_actor(self.inner.actor.clone()),
                 meta: DocMeta::default(),
                 exists: false,
+                kv_pending: self.load_pending(app, id)?,
             }),
             Some(stored) => {
                 let meta = stored.meta.clone();
@@ -349,8 +430,17 @@ impl Store {
                     doc,
                     meta,
                     exists: true,
+                    kv_pending: self.load_pending(app, id)?,
                 })
             }
+        }
+    }
+
+    fn load_pending(&self, app: &str, id: &DocId) -> Result<Vec<PendingRecord>> {
+        if bucket_of_shard(id).is_some() {
+            self.inner.db.load_pending(app, id.as_str())
+        } else {
+            Ok(Vec::new())
         }
     }
 
@@ -399,7 +489,14 @@ impl Store {
                 let mut meta = s.guard.meta.clone();
                 let bytes = s.guard.doc.save_after(&s.before);
                 if needs_compaction(&meta.with_chunk(bytes.len())) {
-                    let snap = s.guard.doc.save();
+                    // KV shards are small and compact often; DEFLATE's set-up
+                    // (zeroing its tables, per column) cost more than the
+                    // rest of their `save`. fjall compresses its blocks anyway.
+                    let snap = if bucket_of_shard(&s.id).is_some() {
+                        s.guard.doc.save_nocompress()
+                    } else {
+                        s.guard.doc.save()
+                    };
                     db.stage_snapshot(&mut batch, &s.app, s.id.as_str(), &mut meta, &snap)?;
                 } else {
                     db.stage_chunk(&mut batch, &s.app, s.id.as_str(), &mut meta, &bytes)?;

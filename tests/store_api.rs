@@ -368,6 +368,7 @@ fn cache_stays_within_budget() {
         StoreOptions {
             durability: masq::storage::Durability::Buffered,
             cache_bytes: budget,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -383,4 +384,79 @@ fn cache_stays_within_budget() {
     assert!(bytes <= budget, "cache uses {bytes} > {budget}");
     // Evicted documents load again on demand.
     assert_eq!(docs.get(&ids[0]).unwrap(), json!({"i": 0}));
+}
+
+/// Local KV writes are durable and readable at once, wait as pending records
+/// until folded into their shard documents, survive a close with the folder
+/// off, and are folded at the next open; a key written twice keeps its last
+/// value in Automerge as in the index.
+#[test]
+fn pending_kv_writes_survive_close_and_fold_at_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = || StoreOptions {
+        durability: masq::storage::Durability::Buffered,
+        fold_in_background: false,
+        ..Default::default()
+    };
+    {
+        let store = Store::open_with(dir.path(), held()).unwrap();
+        let b = store.app("wb").unwrap().bucket("b").unwrap();
+        // First write of each shard creates it (written at once); later ones wait.
+        b.put_many((0..600).map(|i| (format!("k{i}"), json!({ "v": 0 }))))
+            .unwrap();
+        for i in 0..600 {
+            b.put(&format!("k{i}"), &json!({ "v": i })).unwrap();
+        }
+        b.put("k7", &json!("last")).unwrap();
+        assert!(b.delete("k8").unwrap());
+        let pending = store.db().kv_pending.iter().count();
+        assert!(pending >= 600, "only {pending} writes pending");
+        assert_eq!(b.get("k7").unwrap(), Some(json!("last")));
+        assert_eq!(b.get("k8").unwrap(), None);
+        assert_eq!(b.get("k9").unwrap(), Some(json!({ "v": 9 })));
+    }
+    let store = Store::open(dir.path()).unwrap();
+    store.flush_kv().unwrap();
+    assert_eq!(store.db().kv_pending.iter().count(), 0);
+    let b = store.app("wb").unwrap().bucket("b").unwrap();
+    for i in (0..600).filter(|i| *i != 7 && *i != 8) {
+        let key = format!("k{i}");
+        // `conflicts` reads Automerge itself, not the index.
+        assert_eq!(b.conflicts(&key).unwrap(), vec![json!({ "v": i })], "{key}");
+        assert_eq!(b.get(&key).unwrap(), Some(json!({ "v": i })));
+    }
+    assert_eq!(b.conflicts("k7").unwrap(), vec![json!("last")]);
+    assert!(b.conflicts("k8").unwrap().is_empty());
+    assert_eq!(b.get("k8").unwrap(), None);
+}
+
+/// With the background folder on, writes reach Automerge without anyone
+/// asking, and a shard never holds more than its bound of pending writes.
+#[test]
+fn the_folder_drains_pending_writes_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        StoreOptions {
+            durability: masq::storage::Durability::Buffered,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let b = store.app("wb").unwrap().bucket("b").unwrap();
+    for i in 0..3000 {
+        b.put(&format!("k{}", i % 700), &json!(i)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.db().kv_pending.iter().count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending writes were never folded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for i in 2300..3000 {
+        let key = format!("k{}", i % 700);
+        assert_eq!(b.conflicts(&key).unwrap(), vec![json!(i)]);
+    }
 }

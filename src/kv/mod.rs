@@ -13,19 +13,28 @@
 //! device picks the same winner (Automerge's deterministic rule: the op with the
 //! highest (counter, actor)). [`Bucket::conflicts`] shows all kept values.
 //!
-//! **Index.** The winning value of every key is also written, in the same
-//! atomic batch as the shard change, to the `kv` keyspace under
-//! `app \0 bucket \0 key`, so get and list never walk Automerge structures.
+//! **Index.** The winning value of every key is also written to the `kv`
+//! keyspace under `app \0 bucket \0 key`, so get and list never walk
+//! Automerge structures: for a local write in the batch that makes it durable,
+//! for a remote change in the batch that applies it.
+//!
+//! **Write-behind.** A local write reaches its shard document a moment after
+//! it is acknowledged, folded with the shard's other pending writes into one
+//! change ([`pending`] says why and what keeps it correct).
+
+pub mod pending;
 
 use std::collections::BTreeMap;
 
-use automerge::{transaction::Transactable, Automerge, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{Automerge, ReadDoc, ScalarValue, Value, ROOT};
 use serde_json::Value as Json;
 
 use crate::doc::{catalog_entry, put_catalog_entry, DocId, Filter, Subscription, CATALOG_KV};
 use crate::error::{Error, Result};
+use crate::storage::kv_pending::PendingRecord;
 use crate::storage::Db;
 use crate::store::{App, Event, Origin, Staged};
+pub use pending::MAX_PENDING_PER_SHARD;
 
 /// Shards per bucket. Part of the replicated format: never change it for an existing bucket.
 pub const SHARDS: usize = 256;
@@ -267,26 +276,45 @@ impl Bucket {
         }
         let db = store.db();
         let mut batch = db.batch();
+        // Shards whose writes wait for the folder (see `pending`).
+        let mut deferred: Vec<&DocId> = Vec::new();
         for ((id, h), (_, items)) in handles.iter().zip(by_shard.iter()) {
-            let mut g = h
-                .lock()
-                .map_err(|_| Error::Storage("lock poisoned".into()))?;
-            let before = g.doc.get_heads();
-            g.doc
-                .transact(|tx| -> Result<()> {
-                    for (k, v) in items {
-                        match v {
-                            Some(s) => tx.put(ROOT, k.as_str(), s.as_str())?,
-                            None => {
-                                if tx.get(ROOT, k.as_str())?.is_some() {
-                                    tx.delete(ROOT, k.as_str())?
-                                }
-                            }
-                        }
+            let mut g = match h.lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    for s in &staged {
+                        store.forget(&s.app, &s.id);
                     }
-                    Ok(())
-                })
-                .map_err(|f| f.error)?;
+                    return Err(Error::Storage("lock poisoned".into()));
+                }
+            };
+            let before = g.doc.get_heads();
+            // A new shard is written at once (its first change creates it,
+            // and the catalog lists it in the same batch); so is a shard whose
+            // pending list would pass its bound.
+            let inline = new_shard || g.kv_pending.len() + items.len() > MAX_PENDING_PER_SHARD;
+            if inline {
+                let extra = items.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+                if let Err(e) = pending::fold_into(db, &mut batch, app, id, &mut g, extra) {
+                    drop(g);
+                    // Earlier shards of this write changed in memory only.
+                    for s in &staged {
+                        store.forget(&s.app, &s.id);
+                    }
+                    return Err(e);
+                }
+            } else {
+                for (k, v) in items {
+                    let seq = store.next_kv_seq();
+                    db.stage_pending(&mut batch, app, id.as_str(), seq, k, v.as_deref());
+                    g.kv_pending.push(PendingRecord {
+                        seq,
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
+                }
+                deferred.push(id);
+            }
             // A local put (or delete) supersedes every value of the key this
             // device has seen, so the new winner is what was just written:
             // index it as is, without reading it back from Automerge.
@@ -304,6 +332,11 @@ impl Bucket {
                 before,
                 patches: None,
             });
+        }
+        // The folder blocks on the shard locks until this batch is queued,
+        // so its fold commits after the pending records it removes.
+        for id in deferred {
+            store.inner.folder.mark(app, id);
         }
         store.commit_docs(batch, staged, &Origin::Local)?;
         if store.has_listeners(app) {
@@ -374,10 +407,10 @@ impl Bucket {
     /// puts on different devices; the first is the winner `get` returns).
     pub fn conflicts(&self, key: &str) -> Result<Vec<Json>> {
         validate_key(key)?;
-        let h = self
-            .app
-            .store
-            .doc_handle(&self.app.name, &shard_doc(&self.name, shard_of(key)))?;
+        let id = shard_doc(&self.name, shard_of(key));
+        // The shard's own local writes first, so Automerge has them.
+        pending::fold_docs(&self.app.store, vec![(self.app.name.clone(), id.clone())])?;
+        let h = self.app.store.doc_handle(&self.app.name, &id)?;
         let g = h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;

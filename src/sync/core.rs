@@ -337,6 +337,11 @@ impl SyncCore {
                 continue; // deleted: ignore late changes
             }
             let before = g.doc.get_heads();
+            // This device's pending writes to a KV shard become a change
+            // before the remote ones apply (see `kv::pending`).
+            if !g.kv_pending.is_empty() {
+                crate::kv::pending::fold_into(db, &mut batch, app, doc, &mut g, [])?;
+            }
             let st = {
                 let key = (*peer, app.clone(), doc.clone());
                 if !self.states.contains_key(&key) {
