@@ -7,6 +7,17 @@ use masq::store::Event;
 use masq::{Error, ListOptions, Store, StoreOptions};
 use serde_json::json;
 
+fn open_buffered(dir: &std::path::Path) -> Store {
+    Store::open_with(
+        dir,
+        StoreOptions {
+            durability: masq::storage::Durability::Buffered,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 fn op(v: serde_json::Value) -> ChangeOp {
     serde_json::from_value(v).unwrap()
 }
@@ -93,14 +104,7 @@ fn many_changes_compact_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     let id;
     {
-        let store = Store::open_with(
-            dir.path(),
-            StoreOptions {
-                durability: masq::storage::Durability::Buffered,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let store = open_buffered(dir.path());
         let docs = store.app("a").unwrap().docs();
         id = docs
             .create_with(&[op(json!({"op":"put_text","path":"/t","value":""}))], None)
@@ -431,18 +435,11 @@ fn pending_kv_writes_survive_close_and_fold_at_next_open() {
 }
 
 /// With the background folder on, writes reach Automerge without anyone
-/// asking, and a shard never holds more than its bound of pending writes.
+/// asking for it.
 #[test]
 fn the_folder_drains_pending_writes_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        StoreOptions {
-            durability: masq::storage::Durability::Buffered,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = open_buffered(dir.path());
     let b = store.app("wb").unwrap().bucket("b").unwrap();
     for i in 0..3000 {
         b.put(&format!("k{}", i % 700), &json!(i)).unwrap();
@@ -458,5 +455,41 @@ fn the_folder_drains_pending_writes_in_the_background() {
     for i in 2300..3000 {
         let key = format!("k{}", i % 700);
         assert_eq!(b.conflicts(&key).unwrap(), vec![json!(i)]);
+    }
+}
+
+/// A shard holds at most `MAX_PENDING_PER_SHARD` pending writes: the put
+/// that would pass the bound folds them (and itself) at once.
+#[test]
+fn a_full_pending_list_folds_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        StoreOptions {
+            durability: masq::storage::Durability::Buffered,
+            fold_in_background: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let b = store.app("wb").unwrap().bucket("b").unwrap();
+    let shard = masq::kv::shard_of("seed");
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("s{i}"))
+        .filter(|k| masq::kv::shard_of(k) == shard)
+        .take(masq::kv::MAX_PENDING_PER_SHARD + 50)
+        .collect();
+    b.put("seed", &json!(0)).unwrap(); // creates the shard
+    let mut most = 0;
+    for (i, k) in keys.iter().enumerate() {
+        b.put(k, &json!(i)).unwrap();
+        most = most.max(store.db().kv_pending.iter().count());
+    }
+    assert_eq!(most, masq::kv::MAX_PENDING_PER_SHARD);
+    assert!(store.db().kv_pending.iter().count() < 60);
+    // The index and Automerge agree.
+    assert_eq!(b.conflicts(&keys[0]).unwrap(), vec![json!(0)]);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(b.get(k).unwrap(), Some(json!(i)));
     }
 }

@@ -122,19 +122,9 @@ struct CommitQueue {
     done: u64,
     /// A leader is committing right now.
     leader_active: bool,
-    /// Batches the previous round committed (more than one: writers are
-    /// concurrent, so the next leader waits for them; see [`GROUP_COMMIT_GATHER`]).
-    last_round: u64,
     /// Ticket ranges whose round failed, with the error.
     failures: Vec<(u64, u64, WriteFailure)>,
 }
-
-/// How long a group-commit leader waits for concurrent writers before its
-/// `fsync`, when the previous round had more than one writer. Writers woken by
-/// a round need a few microseconds each to queue their next batch; without
-/// this the first of them starts an `fsync` alone and the rest wait a whole
-/// extra round. Far below one `fsync`, and never paid by a lone writer.
-pub const GROUP_COMMIT_GATHER: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// fjall's block cache size; the documents' own cache is separate (see `store`).
 pub const FJALL_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -242,16 +232,7 @@ impl Db {
                 continue;
             }
             q.leader_active = true;
-            if self.durability == Durability::Fsync && q.last_round > 1 {
-                drop(q);
-                std::thread::sleep(GROUP_COMMIT_GATHER);
-                q = self
-                    .queue
-                    .lock()
-                    .map_err(|_| Error::Storage("commit queue poisoned".into()))?;
-            }
             let batches = std::mem::take(&mut q.pending);
-            q.last_round = batches.len() as u64;
             let lo = q.done + 1;
             let hi = q.enqueued;
             drop(q);
