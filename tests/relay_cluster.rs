@@ -23,20 +23,78 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
 
+/// A port nothing listens on now and that this test binary has not handed
+/// out before: both tests run at once, and two `bind(0)`s may return the same
+/// released port, so one test's redis or relay could land on the other's.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
-fn wait_for_port(port: u16, what: &str) {
+/// Waits until `child` listens on `port` and `ready` says the listener is
+/// really it. False if the child exits first (e.g. another program took the
+/// port between `free_port` and its bind), so the caller tries another port.
+fn wait_until_listening(child: &mut Child, port: u16, ready: impl Fn(u16) -> bool) -> bool {
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < T, "{what} did not start");
+    while started.elapsed() < T {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && ready(port) {
+            return true;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    false
+}
+
+/// Redis answers `PING` on `port` (not some other listener).
+fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A masq relay answers `GET /healthz` on `port`.
+fn relay_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut out = String::new();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_to_string(&mut out).is_ok()
+        && out.starts_with("HTTP/1.1 200")
+}
+
+/// Tries a few fresh ports until the spawned process listens on one.
+fn spawn_listening(what: &str, spawn: impl Fn(u16) -> Child, ready: impl Fn(u16) -> bool) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut p = Proc(spawn(port));
+        if wait_until_listening(&mut p.0, port, &ready) {
+            return (p, port);
+        }
+        eprintln!("{what} did not come up on port {port}; trying another port");
+    }
+    panic!("{what} did not start");
 }
 
 /// A process killed when dropped.
@@ -48,42 +106,57 @@ impl Drop for Proc {
     }
 }
 
+/// Whether `redis-server` can run here; CI must have it.
+fn redis_installed() -> bool {
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the cluster tests: redis-server is not installed"
+        );
+        eprintln!("skipped: redis-server is not installed");
+    }
+    ok
+}
+
 /// A throwaway redis-server on a free port, or None if it is not installed.
 fn redis() -> Option<(Proc, String)> {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn();
-    match child {
-        Ok(c) => {
-            let p = Proc(c);
-            wait_for_port(port, "redis-server");
-            Some((p, format!("redis://127.0.0.1:{port}")))
-        }
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the cluster tests: redis-server is not installed"
-            );
-            eprintln!("skipped: redis-server is not installed");
-            None
-        }
+    if !redis_installed() {
+        return None;
     }
+    let (p, port) = spawn_listening(
+        "redis-server",
+        |port| {
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        redis_answers,
+    );
+    Some((p, format!("redis://127.0.0.1:{port}")))
 }
 
 /// One relay node of the cluster.
 fn node(redis: &str) -> (Proc, String, u16) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_masq"))
-        .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cluster", redis])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child);
-    wait_for_port(port, "relay node");
+    let (p, port) = spawn_listening(
+        "relay node",
+        |port| {
+            Command::new(env!("CARGO_BIN_EXE_masq"))
+                .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--cluster", redis])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        relay_answers,
+    );
     (p, format!("ws://127.0.0.1:{port}"), port)
 }
 
@@ -256,6 +329,49 @@ async fn devices_on_different_nodes_route_presence_rendezvous_and_replace() {
         RelayEvent::Message { payload, .. } => assert_eq!(payload, b"to the new one"),
         e => panic!("expected a message, got {e:?}"),
     }
+}
+
+/// A node started before its Redis listens keeps retrying (for
+/// `cluster::CONNECT_WAIT`) and serves once Redis is up, instead of exiting.
+#[test]
+fn a_node_started_before_redis_waits_for_it() {
+    if !redis_installed() {
+        return;
+    }
+    let redis_port = free_port();
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let (mut relay, relay_port) = spawn_listening(
+        "relay node",
+        |port| {
+            Command::new(env!("CARGO_BIN_EXE_masq"))
+                .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--cluster", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        // Up means bound; it must not answer yet.
+        |_| true,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        relay.0.try_wait().unwrap().is_none(),
+        "the node exited while Redis was down"
+    );
+    assert!(!relay_answers(relay_port), "the node served with no Redis");
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until_listening(&mut relay.0, relay_port, relay_answers),
+        "the node did not serve once Redis was up"
+    );
 }
 
 async fn admin(info: &masq::service::daemon_file::DaemonInfo) -> Connection {

@@ -36,6 +36,12 @@ use crate::wire::relay_frame::{codes, Frame};
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// How often a node refreshes the presence keys of its devices.
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// How long a starting node keeps retrying an unreachable Redis before it
+/// gives up: a relay started together with its Redis (a service manager, a
+/// compose file) must not die because Redis took a second longer to listen.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// Pause between two attempts to reach Redis at start.
+pub const CONNECT_RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Most publishes sent to Redis in one pipeline.
 pub const PUBLISH_BATCH: usize = 256;
 /// Publishes waiting for Redis.
@@ -162,7 +168,30 @@ fn tag(node: &str, conn_id: u64) -> [u8; 24] {
 }
 
 impl Cluster {
-    /// Connects to Redis at `url`; returns the link and the events for the server.
+    /// Like [`Cluster::connect`], but retries an unreachable Redis every
+    /// [`CONNECT_RETRY_EVERY`] for up to [`CONNECT_WAIT`], warning each time.
+    /// A bad URL fails at once.
+    pub async fn connect_retrying(
+        url: &str,
+    ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<Inbound>)> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match Self::connect(url).await {
+                Ok(c) => return Ok(c),
+                Err(e)
+                    if e.kind() != redis::ErrorKind::InvalidClientConfig
+                        && started.elapsed() < CONNECT_WAIT =>
+                {
+                    tracing::warn!("cluster: cannot reach Redis at {url} yet ({e}); retrying");
+                    tokio::time::sleep(CONNECT_RETRY_EVERY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Connects to Redis at `url` (one attempt); returns the link and the
+    /// events for the server.
     pub async fn connect(
         url: &str,
     ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<Inbound>)> {

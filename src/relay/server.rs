@@ -257,7 +257,7 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     let metrics = Arc::new(Metrics::default());
     let (cluster, inbound) = match &config.cluster {
         Some(url) => {
-            let (c, inbound) = Cluster::connect(url)
+            let (c, inbound) = Cluster::connect_retrying(url)
                 .await
                 .map_err(|e| std::io::Error::other(format!("cluster {url}: {e}")))?;
             (Some(c), Some(inbound))
