@@ -85,7 +85,11 @@ fn relay_answers(port: u16) -> bool {
 }
 
 /// Tries a few fresh ports until the spawned process listens on one.
-fn spawn_listening(what: &str, spawn: impl Fn(u16) -> Child, ready: impl Fn(u16) -> bool) -> (Proc, u16) {
+fn spawn_listening(
+    what: &str,
+    spawn: impl Fn(u16) -> Child,
+    ready: impl Fn(u16) -> bool,
+) -> (Proc, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut p = Proc(spawn(port));
