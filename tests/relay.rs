@@ -536,3 +536,45 @@ async fn healthz_metrics_and_graceful_shutdown() {
         e => panic!("{e:?}"),
     }
 }
+
+/// A device that has its `AuthOk` is already reachable: a message sent to it
+/// the instant `connect` returns is delivered, never reported offline. (The
+/// relay once answered `AuthOk` before registering the connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_reachable_as_soon_as_it_is_authenticated() {
+    let r = relay(RelayConfig::default()).await;
+    let (_, mut a) = client(&r).await;
+    // Busy threads, so the OS preempts the relay's workers at random points
+    // (the way a loaded CI machine did when this race showed).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for round in 0..1000u32 {
+        let kb = DeviceKeypair::generate();
+        let mut b = RelayClient::connect(&r.url(), &kb).await.unwrap();
+        a.send(kb.device_id(), round.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut b).await.1, round.to_be_bytes());
+        // `a` hears nothing about this message (no Undeliverable).
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), a.next_event()).await
+        {
+            assert!(
+                matches!(e, RelayEvent::Presence { .. }),
+                "round {round}: {e:?}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
+    }
+}

@@ -493,14 +493,6 @@ where
             return;
         }
     };
-    if sink
-        .send(Message::Binary(Frame::AuthOk(device).encode().into()))
-        .await
-        .is_err()
-    {
-        return;
-    }
-
     // Register, replacing an older connection of the same device.
     let conn_id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(hub.config.outbound_queue_frames);
@@ -510,6 +502,12 @@ where
         queued: Arc::new(AtomicUsize::new(0)),
         kill: Arc::new(Kill::default()),
     };
+    // `AuthOk` is queued first, before the connection is in the table (so no
+    // frame for the device can go ahead of it), and written by the writer
+    // task, which starts after registration: a device that has seen `AuthOk`
+    // can be reached, so a message sent to it right after is never reported
+    // undeliverable.
+    me.push(Frame::AuthOk(device).encode(), &hub.metrics);
     let replaced = hub
         .conns
         .lock()
