@@ -335,6 +335,52 @@ async fn devices_on_different_nodes_route_presence_rendezvous_and_replace() {
     }
 }
 
+/// A device that has its `AuthOk` from node 2 is already reachable from
+/// node 1: a message sent the instant its `connect` returns is delivered,
+/// never reported offline (node 2 waits for Redis to confirm the device's
+/// channel before it says `AuthOk`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_reachable_across_nodes_as_soon_as_it_is_authenticated() {
+    let Some((_redis, url)) = redis() else { return };
+    let (_n1, url1, _) = node(&url);
+    let (_n2, url2, _) = node(&url);
+    let (_, mut a) = connect(&url1).await;
+    // Busy threads, so the OS preempts the nodes at random points.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    for round in 0..300u32 {
+        let kb = DeviceKeypair::generate();
+        let mut b = RelayClient::connect(&url2, &kb).await.unwrap();
+        a.send(kb.device_id(), round.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+        match next_non_presence(&mut b).await {
+            RelayEvent::Message { payload, .. } => assert_eq!(payload, round.to_be_bytes()),
+            e => panic!("round {round}: expected the message, got {e:?}"),
+        }
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), a.next_event()).await
+        {
+            assert!(
+                matches!(e, RelayEvent::Presence { .. }),
+                "round {round}: {e:?}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
+    }
+}
+
 /// A node started before its Redis listens keeps retrying (for
 /// `cluster::CONNECT_WAIT`) and serves once Redis is up, instead of exiting.
 #[test]

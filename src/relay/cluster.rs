@@ -88,7 +88,8 @@ pub enum Inbound {
 }
 
 enum SubCmd {
-    Subscribe(String),
+    /// Subscribe; the sender (if any) hears when Redis has confirmed it.
+    Subscribe(String, Option<tokio::sync::oneshot::Sender<()>>),
     Unsubscribe(String),
 }
 
@@ -216,7 +217,13 @@ impl Cluster {
         tasks.push(tokio::spawn(async move {
             while let Some(cmd) = subs_rx.recv().await {
                 let r = match cmd {
-                    SubCmd::Subscribe(c) => sink.subscribe(c).await,
+                    SubCmd::Subscribe(c, done) => {
+                        let r = sink.subscribe(c).await;
+                        if let (Ok(()), Some(done)) = (&r, done) {
+                            let _ = done.send(());
+                        }
+                        r
+                    }
                     SubCmd::Unsubscribe(c) => sink.unsubscribe(c).await,
                 };
                 if let Err(e) = r {
@@ -293,15 +300,22 @@ impl Cluster {
     }
 
     /// A device connected here: take its channel, claim it from other nodes,
-    /// mark it online.
-    pub fn device_connected(&self, device: DeviceId) {
+    /// mark it online. The returned receiver fires once Redis has confirmed
+    /// the subscription to the device's channel, i.e. once other nodes can
+    /// reach the device (the "online" event goes out after that too); it is
+    /// dropped unfired if the subscription failed.
+    pub fn device_connected(&self, device: DeviceId) -> tokio::sync::oneshot::Receiver<()> {
+        let (subscribed, subscribed_rx) = tokio::sync::oneshot::channel();
+        let (reachable, reachable_rx) = tokio::sync::oneshot::channel();
         if let Ok(mut l) = self.local.lock() {
             l.insert(device);
         }
         let mut claim = vec![KIND_CLAIM];
         claim.extend_from_slice(self.node.as_bytes());
         self.publish(dev_channel(&device), claim, None);
-        let _ = self.subs.send(SubCmd::Subscribe(dev_channel(&device)));
+        let _ = self
+            .subs
+            .send(SubCmd::Subscribe(dev_channel(&device), Some(subscribed)));
         let mut conn = self.conn.clone();
         let node = self.node.clone();
         let publish = self.publish.clone();
@@ -318,6 +332,7 @@ impl Cluster {
             if let Err(e) = r {
                 tracing::warn!("cluster: presence set failed: {e}");
             }
+            let subscribed = subscribed_rx.await.is_ok();
             let _ = publish
                 .send(Publish {
                     channel: PRESENCE_CHANNEL.into(),
@@ -326,7 +341,11 @@ impl Cluster {
                     counted: 0,
                 })
                 .await;
+            if subscribed {
+                let _ = reachable.send(());
+            }
         });
+        reachable_rx
     }
 
     /// The device's connection here ended (and was not replaced here).
@@ -458,7 +477,7 @@ impl Cluster {
                 Err(_) => return,
             };
             if first_here {
-                let _ = subs.send(SubCmd::Subscribe(name.clone()));
+                let _ = subs.send(SubCmd::Subscribe(name.clone(), None));
             }
             if n == 2 {
                 // Give the subscription a moment to be in place on both sides.

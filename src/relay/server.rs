@@ -39,6 +39,9 @@ use crate::wire::relay_frame::{codes, Frame, UndeliverableReason};
 pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 /// How long a single WebSocket write may take before the receiver counts as stuck.
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// In a cluster, how long a new connection's `AuthOk` waits for Redis to
+/// confirm the device's channel subscription (so other nodes can reach it).
+pub const CLUSTER_SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Counters exported at `/metrics`.
 #[derive(Debug, Default)]
@@ -524,7 +527,11 @@ where
     tracing::debug!(device = %device.fingerprint(), "device connected");
     notify_presence(&hub, device, true);
     if let Some(c) = &hub.cluster {
-        c.device_connected(device);
+        // Hold the writer (and so `AuthOk`) until other nodes can reach the
+        // device too. If Redis does not confirm in time, go on: the device
+        // is reachable on this node, and the cluster logs its trouble.
+        let reachable = c.device_connected(device);
+        let _ = tokio::time::timeout(CLUSTER_SUBSCRIBE_WAIT, reachable).await;
     }
 
     // Writer task: drains the bounded queue; stops on kill.
