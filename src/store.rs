@@ -474,10 +474,23 @@ impl Store {
     /// On failure every staged document is dropped from the cache.
     pub(crate) fn commit_docs(
         &self,
+        batch: fjall::OwnedWriteBatch,
+        docs: Vec<Staged<'_>>,
+        origin: &Origin,
+    ) -> Result<()> {
+        self.commit_docs_deferred(batch, docs, origin)?.wait(self)
+    }
+
+    /// [`Store::commit_docs`] up to the durable wait, which the caller does
+    /// with [`DeferredCommit::wait`]: several commits enqueued back to back
+    /// then share one group commit (the KV folder commits many shards).
+    /// The documents' locks are released on return.
+    pub(crate) fn commit_docs_deferred(
+        &self,
         mut batch: fjall::OwnedWriteBatch,
         mut docs: Vec<Staged<'_>>,
         origin: &Origin,
-    ) -> Result<()> {
+    ) -> Result<DeferredCommit> {
         let db = &self.inner.db;
         let mut changed = Vec::new();
         let result = (|| -> Result<u64> {
@@ -487,7 +500,7 @@ impl Store {
                     continue;
                 }
                 let mut meta = s.guard.meta.clone();
-                let bytes = s.guard.doc.save_after(&s.before);
+                let bytes = changes_since(&s.guard.doc, &s.before, &after, origin);
                 if needs_compaction(&meta.with_chunk(bytes.len())) {
                     // KV shards are small and compact often; DEFLATE's set-up
                     // (zeroing its tables, per column) cost more than the
@@ -552,10 +565,51 @@ impl Store {
         let ids: Vec<(String, DocId)> =
             docs.iter().map(|s| (s.app.clone(), s.id.clone())).collect();
         drop(docs);
-        if let Err(e) = db.wait_durable(ticket) {
+        Ok(DeferredCommit { ticket, ids })
+    }
+}
+
+/// The changes of `doc` after `before` (its heads were `after`), as change
+/// chunks. A local commit usually made exactly one change on top of
+/// `before`: that change's bytes are taken alone, which skips the graph walk
+/// of `save_after` (about a quarter of its cost in Automerge 0.12).
+fn changes_since(
+    doc: &automerge::Automerge,
+    before: &[automerge::ChangeHash],
+    after: &[automerge::ChangeHash],
+    origin: &Origin,
+) -> Vec<u8> {
+    use automerge::ReadDoc;
+    if let (Origin::Local, [only]) = (origin, after) {
+        if let Some(change) = doc.get_change_by_hash(only) {
+            let mut deps = change.deps().to_vec();
+            let mut want = before.to_vec();
+            deps.sort_unstable();
+            want.sort_unstable();
+            if deps == want {
+                return change.raw_bytes().to_vec();
+            }
+        }
+    }
+    doc.save_after(before)
+}
+
+/// A commit of [`Store::commit_docs_deferred`] that may not be durable yet.
+#[must_use = "a commit is acknowledged only once `wait` returns Ok"]
+pub(crate) struct DeferredCommit {
+    /// The group-commit ticket of its batch.
+    ticket: u64,
+    /// Its documents, dropped from the cache if the write fails.
+    ids: Vec<(String, DocId)>,
+}
+
+impl DeferredCommit {
+    /// Waits until the commit is durable.
+    pub(crate) fn wait(self, store: &Store) -> Result<()> {
+        if let Err(e) = store.inner.db.wait_durable(self.ticket) {
             // Memory is ahead of disk: drop those documents so they reload from disk.
-            for (app, id) in ids {
-                self.forget(&app, &id);
+            for (app, id) in self.ids {
+                store.forget(&app, &id);
             }
             return Err(e);
         }

@@ -106,10 +106,29 @@ pub(crate) fn fold_into<'e>(
 
 /// Folds the pending writes of `docs` (those that have any), committing up to
 /// [`FOLD_DOCS_PER_BATCH`] documents per batch. Locks are taken in (app, id)
-/// order, the order every other writer uses.
+/// order, the order every other writer uses. The batches are enqueued back to
+/// back and waited for at the end, so they share group commits instead of
+/// paying one fsync each.
 pub(crate) fn fold_docs(store: &Store, mut docs: Vec<(String, DocId)>) -> Result<()> {
     docs.sort();
     docs.dedup();
+    let mut commits = Vec::new();
+    let folded = fold_docs_enqueue(store, &docs, &mut commits);
+    let mut durable = Ok(());
+    for c in commits {
+        if let Err(e) = c.wait(store) {
+            durable = durable.and(Err(e));
+        }
+    }
+    folded.and(durable)
+}
+
+/// [`fold_docs`]'s folding part: pushes each batch's commit to `commits`.
+fn fold_docs_enqueue(
+    store: &Store,
+    docs: &[(String, DocId)],
+    commits: &mut Vec<crate::store::DeferredCommit>,
+) -> Result<()> {
     let db = store.db();
     for chunk in docs.chunks(FOLD_DOCS_PER_BATCH) {
         let handles = chunk
@@ -143,7 +162,7 @@ pub(crate) fn fold_docs(store: &Store, mut docs: Vec<(String, DocId)>) -> Result
             });
         }
         if !staged.is_empty() {
-            store.commit_docs(batch, staged, &Origin::Local)?;
+            commits.push(store.commit_docs_deferred(batch, staged, &Origin::Local)?);
         }
     }
     Ok(())
