@@ -3,6 +3,8 @@
 //! the other connections keep working.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -546,17 +548,7 @@ async fn a_device_is_reachable_as_soon_as_it_is_authenticated() {
     let (_, mut a) = client(&r).await;
     // Busy threads, so the OS preempts the relay's workers at random points
     // (the way a loaded CI machine did when this race showed).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let burners: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
+    let _burners = support::CpuBurners::start(4);
     for round in 0..1000u32 {
         let kb = DeviceKeypair::generate();
         let mut b = RelayClient::connect(&r.url(), &kb).await.unwrap();
@@ -572,9 +564,5 @@ async fn a_device_is_reachable_as_soon_as_it_is_authenticated() {
                 "round {round}: {e:?}"
             );
         }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for b in burners {
-        b.join().unwrap();
     }
 }

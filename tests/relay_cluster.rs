@@ -346,17 +346,7 @@ async fn a_device_is_reachable_across_nodes_as_soon_as_it_is_authenticated() {
     let (_n2, url2, _) = node(&url);
     let (_, mut a) = connect(&url1).await;
     // Busy threads, so the OS preempts the nodes at random points.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let burners: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
+    let _burners = support::CpuBurners::start(4);
     for round in 0..300u32 {
         let kb = DeviceKeypair::generate();
         let mut b = RelayClient::connect(&url2, &kb).await.unwrap();
@@ -374,10 +364,6 @@ async fn a_device_is_reachable_across_nodes_as_soon_as_it_is_authenticated() {
                 "round {round}: {e:?}"
             );
         }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for b in burners {
-        b.join().unwrap();
     }
 }
 

@@ -261,3 +261,38 @@ pub fn spawn_store_daemon_with(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Threads that spin until dropped, so the OS preempts the code under test
+/// at random points (as a loaded CI machine does): races that need a thread
+/// to stall between two steps show up within a few hundred tries.
+pub struct CpuBurners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuBurners {
+    /// Starts `n` spinning threads.
+    pub fn start(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuBurners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
