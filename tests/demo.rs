@@ -27,7 +27,10 @@ fn the_readme_demo_runs_and_both_stores_converge() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(line(&stdout, "A doc:"), line(&stdout, "B doc:"));
-    assert!(line(&stdout, "A doc:").contains("hello masq, synced"), "{stdout}");
+    assert!(
+        line(&stdout, "A doc:").contains("hello masq, synced"),
+        "{stdout}"
+    );
     assert_eq!(line(&stdout, "A settings:"), line(&stdout, "B settings:"));
     // Both concurrent values are kept (in an order set by the random actors).
     let mut conflict: Vec<i64> =
