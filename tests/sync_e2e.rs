@@ -368,3 +368,47 @@ async fn randomized_convergence_under_faults() {
     }
     r.shutdown().await;
 }
+
+/// Makes `d` know `other` as a paired device (one side of a pairing).
+fn learn(d: &Device, other: &Device) {
+    let db = d.store.db();
+    let public = masq::sync::peers::load_or_create_identity(other.store.db())
+        .unwrap()
+        .public();
+    let mut b = db.batch();
+    masq::sync::peers::stage_peer(db, &mut b, &public, "other").unwrap();
+    db.commit(b).unwrap();
+}
+
+/// A pairing completes on the inviter first, so its handshake init can reach
+/// the joiner before the joiner has stored it, and be dropped there. The
+/// init is sent again after `HANDSHAKE_RESEND_AFTER` on its own timer; with
+/// the resync tick an hour away, the devices must still meet and sync (they
+/// once waited for that tick, 30 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_dropped_by_a_device_that_did_not_know_us_yet_is_sent_again() {
+    let r = relay().await;
+    let (mut a, mut b) = (device("a"), device("b"));
+    // `a` must be the one whose init wins when both send one.
+    if !masq::crypto::handshake::initiator_wins(&a.id(), &b.id()) {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let slow_resync = |d: &Device| {
+        let cfg = masq::sync::engine::EngineConfig {
+            relay_url: r.url(),
+            resync_interval: Duration::from_secs(3600),
+        };
+        masq::sync::engine::SyncEngine::start_with(d.store.clone(), cfg).unwrap()
+    };
+    learn(&a, &b);
+    let engine_b = slow_resync(&b);
+    let engine_a = slow_resync(&a);
+    // `a` sends its init to `b`, which drops it: it does not know `a` yet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    learn(&b, &a);
+    engine_b.peers_changed();
+    put(&a, "k", json!("v"));
+    eventually("a's write reaches b", T, || kv(&b, "k") == Some(json!("v"))).await;
+    engine_a.shutdown().await;
+    engine_b.shutdown().await;
+}

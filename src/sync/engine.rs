@@ -36,8 +36,9 @@ use crate::store::Store;
 pub const MAX_ENVELOPE_PLAINTEXT: usize = 200 * 1024;
 /// Most fragments one payload may be split into (bounds reassembly memory: 64 × 200 KiB).
 pub const MAX_FRAGMENTS: u16 = 64;
-/// A crossing handshake init makes the winner re-send its own init if that
-/// went out longer ago than this (the peer may not have known us then).
+/// An init unanswered for this long is sent again (checked every half of
+/// it), and a crossing init makes the winner re-send its own if
+/// that went out longer ago than this (the peer may not have known us then).
 pub const HANDSHAKE_RESEND_AFTER: Duration = Duration::from_secs(2);
 /// First reconnect delay after losing the relay; doubles up to [`RECONNECT_MAX`].
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -243,6 +244,12 @@ impl Engine {
             }
             let mut resync = tokio::time::interval(config.resync_interval);
             resync.tick().await;
+            // Unanswered handshakes are retried on their own, faster clock:
+            // waiting for the resync tick left a fresh pairing unsynced for
+            // up to `resync_interval` (30 s) when the first init was dropped.
+            let mut handshake_retry = tokio::time::interval(HANDSHAKE_RESEND_AFTER / 2);
+            handshake_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            handshake_retry.tick().await;
             let mut debounce = tokio::time::interval(SYNC_DEBOUNCE);
             debounce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Documents changed since the last flush, with the one peer they
@@ -251,6 +258,7 @@ impl Engine {
             let stop = loop {
                 tokio::select! {
                     _ = resync.tick() => self.on_tick(&mut transport).await,
+                    _ = handshake_retry.tick() => self.resend_stale_handshakes(&mut transport).await,
                     _ = debounce.tick(), if !dirty.is_empty() => {
                         let batch = std::mem::take(&mut dirty);
                         self.offer_changed(&mut transport, batch).await;
@@ -485,8 +493,11 @@ impl Engine {
 
     /// Periodic recovery: re-send stale handshakes, and re-offer every document
     /// to every ready peer from the persisted sync states.
-    async fn on_tick(&mut self, t: &mut Transport) {
-        self.flush_notes(t).await;
+    /// Sends again every handshake init of an online peer that has gone
+    /// unanswered for [`HANDSHAKE_RESEND_AFTER`]: the peer may not have known
+    /// us when it came (a pairing completes on the inviter first, and its
+    /// init can reach the joiner before the joiner has stored the inviter).
+    async fn resend_stale_handshakes(&mut self, t: &mut Transport) {
         let stale: Vec<(DeviceId, Vec<u8>)> = self
             .peers
             .iter_mut()
@@ -503,6 +514,10 @@ impl Engine {
             self.send_raw(t, id, DevicePacket::HandshakeInit(init))
                 .await;
         }
+    }
+
+    async fn on_tick(&mut self, t: &mut Transport) {
+        self.flush_notes(t).await;
         let ready: Vec<DeviceId> = self
             .peers
             .iter()
