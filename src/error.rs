@@ -51,6 +51,17 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A document (or a value written into one) nests objects deeper than
+    /// [`MAX_DOC_DEPTH`](crate::doc::json::MAX_DOC_DEPTH) levels below its
+    /// root. However the document arrived (a change, an import, sync), it is
+    /// answered with this error instead of being walked.
+    #[error("{what} is nested deeper than {limit} levels (the limit for every document)")]
+    TooDeep {
+        /// What is too deep: "document ID", "value", "path", ...
+        what: String,
+        /// The limit.
+        limit: usize,
+    },
     /// An app, bucket or key name breaks the naming rules.
     #[error("invalid {what} {name:?}: {rule}")]
     InvalidName {
@@ -85,6 +96,15 @@ pub enum Error {
     /// The data directory is on a read-only file system.
     #[error("data directory {0} is on a read-only file system: writes are refused")]
     ReadOnly(PathBuf),
+    /// The data directory could be read or changed by other local users;
+    /// the store refuses to use it (it holds the device's secret key).
+    #[error("data directory {path} is not private: {reason}")]
+    InsecureDataDir {
+        /// The data directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// The storage engine failed (I/O error, ...).
     #[error("storage: {0}")]
     Storage(String),
@@ -113,6 +133,7 @@ impl Error {
             Error::BadPath { .. } => "bad_path",
             Error::WrongType { .. } => "wrong_type",
             Error::TooLarge { .. } => "too_large",
+            Error::TooDeep { .. } => "too_deep",
             Error::InvalidName { .. } => "invalid_name",
             Error::BadOp(_) => "bad_op",
             Error::UnknownHeads(_) => "unknown_heads",
@@ -120,6 +141,7 @@ impl Error {
             Error::Automerge(_) => "automerge",
             Error::DiskFull(_) => "disk_full",
             Error::ReadOnly(_) => "read_only",
+            Error::InsecureDataDir { .. } => "insecure_data_dir",
             Error::Storage(_) => "storage",
             Error::Io(_) => "io",
             Error::Json(_) => "json",

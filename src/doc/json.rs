@@ -12,36 +12,166 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::error::{Error, Result};
 
-/// Deepest nesting accepted when writing JSON into a document.
-pub const MAX_JSON_DEPTH: usize = 64;
+/// The one depth rule: no object of a document lies more than this many
+/// levels below its root (the root map is level 0, `/a` level 1, ...).
+///
+/// Why a limit at all: every walk of a document (rendering it as JSON,
+/// patches for subscribers, time travel, checking an import) follows its
+/// nesting, and a document built 400 levels deep used to overflow a 2 MiB
+/// worker stack and abort the whole store, on every device it synced to.
+/// Why 64: deeper than any app data seen in practice, and small enough that
+/// every bounded walk here fits in a few KiB of stack on any thread.
+///
+/// It is enforced where documents are built (change paths and values,
+/// imported files, KV values) and wherever one is walked, so a document that
+/// arrives deeper anyway (from a paired device) is answered with
+/// [`Error::TooDeep`] for that document and nothing else is affected.
+pub const MAX_DOC_DEPTH: usize = 64;
 
-/// Reads object `obj` of `doc` as JSON, at `heads` if given (time travel).
-pub fn read<R: ReadDoc>(doc: &R, obj: &ObjId, heads: Option<&[ChangeHash]>) -> Json {
-    match doc.object_type(obj) {
-        Ok(ObjType::Text) => Json::String(text(doc, obj, heads)),
-        Ok(ObjType::List) => {
-            let len = match heads {
-                Some(h) => doc.length_at(obj, h),
-                None => doc.length(obj),
-            };
-            let mut out = Vec::with_capacity(len);
-            for i in 0..len {
-                out.push(prop(doc, obj, i.into(), heads).unwrap_or(Json::Null));
+fn too_deep(what: &str) -> Error {
+    Error::TooDeep {
+        what: what.to_string(),
+        limit: MAX_DOC_DEPTH,
+    }
+}
+
+/// Reads object `obj` of `doc`, which lies `depth` levels below the root, as
+/// JSON, at `heads` if given (time travel). The walk is iterative (its own
+/// stack on the heap, one frame per level) and stops with
+/// [`Error::TooDeep`] past [`MAX_DOC_DEPTH`]: however deep a document is,
+/// reading it uses the same few hundred bytes of thread stack.
+pub fn read<R: ReadDoc>(
+    doc: &R,
+    obj: &ObjId,
+    depth: usize,
+    heads: Option<&[ChangeHash]>,
+) -> Result<Json> {
+    if depth > MAX_DOC_DEPTH {
+        return Err(too_deep("document"));
+    }
+    let mut stack = match Frame::open(doc, obj.clone(), heads) {
+        Opened::Done(j) => return Ok(j),
+        Opened::Frame(f) => vec![f],
+    };
+    loop {
+        // The top frame's children lie this many levels below the root.
+        let child_depth = depth + stack.len();
+        let Some(top) = stack.last_mut() else {
+            return Ok(Json::Null);
+        };
+        let Some(p) = top.next_prop() else {
+            let done = stack.pop().map(Frame::finish).unwrap_or(Json::Null);
+            match stack.last_mut() {
+                Some(parent) => parent.push(Some(done)),
+                None => return Ok(done),
             }
-            Json::Array(out)
+            continue;
+        };
+        let got = match heads {
+            Some(h) => doc.get_at(&top.obj, p, h),
+            None => doc.get(&top.obj, p),
+        };
+        match got {
+            Ok(Some((Value::Object(_), id))) => {
+                // The child lies one level below the top frame.
+                if child_depth > MAX_DOC_DEPTH {
+                    return Err(too_deep("document"));
+                }
+                match Frame::open(doc, id, heads) {
+                    Opened::Done(j) => top.push(Some(j)),
+                    Opened::Frame(f) => stack.push(f),
+                }
+            }
+            Ok(Some((Value::Scalar(s), _))) => top.push(Some(scalar(&s))),
+            _ => top.push(None),
         }
-        _ => {
-            let mut out = Map::new();
-            let keys: Vec<String> = match heads {
-                Some(h) => doc.keys_at(obj, h).collect(),
-                None => doc.keys(obj).collect(),
-            };
-            for k in keys {
-                if let Some(v) = prop(doc, obj, k.clone().into(), heads) {
+    }
+}
+
+/// One object being read by [`read`]: what is left of it and what is built.
+struct Frame {
+    obj: ObjId,
+    body: FrameBody,
+}
+
+enum FrameBody {
+    List {
+        len: usize,
+        out: Vec<Json>,
+    },
+    Map {
+        keys: std::vec::IntoIter<String>,
+        /// The key whose value is being read.
+        current: Option<String>,
+        out: Map<String, Json>,
+    },
+}
+
+enum Opened {
+    /// A leaf object (text), read whole.
+    Done(Json),
+    /// A list or map, read one property at a time.
+    Frame(Frame),
+}
+
+impl Frame {
+    fn open<R: ReadDoc>(doc: &R, obj: ObjId, heads: Option<&[ChangeHash]>) -> Opened {
+        let body = match doc.object_type(&obj) {
+            Ok(ObjType::Text) => return Opened::Done(Json::String(text(doc, &obj, heads))),
+            Ok(ObjType::List) => {
+                let len = match heads {
+                    Some(h) => doc.length_at(&obj, h),
+                    None => doc.length(&obj),
+                };
+                FrameBody::List {
+                    len,
+                    out: Vec::with_capacity(len),
+                }
+            }
+            _ => {
+                let keys: Vec<String> = match heads {
+                    Some(h) => doc.keys_at(&obj, h).collect(),
+                    None => doc.keys(&obj).collect(),
+                };
+                FrameBody::Map {
+                    keys: keys.into_iter(),
+                    current: None,
+                    out: Map::new(),
+                }
+            }
+        };
+        Opened::Frame(Frame { obj, body })
+    }
+
+    /// The next property to read, if any is left.
+    fn next_prop(&mut self) -> Option<Prop> {
+        match &mut self.body {
+            FrameBody::List { len, out } => (out.len() < *len).then(|| Prop::Seq(out.len())),
+            FrameBody::Map { keys, current, .. } => {
+                let k = keys.next()?;
+                *current = Some(k.clone());
+                Some(Prop::Map(k))
+            }
+        }
+    }
+
+    /// The value of the property [`next_prop`](Self::next_prop) gave
+    /// (`None`: absent; a list shows it as `null`, a map leaves it out).
+    fn push(&mut self, v: Option<Json>) {
+        match &mut self.body {
+            FrameBody::List { out, .. } => out.push(v.unwrap_or(Json::Null)),
+            FrameBody::Map { current, out, .. } => {
+                if let (Some(k), Some(v)) = (current.take(), v) {
                     out.insert(k, v);
                 }
             }
-            Json::Object(out)
+        }
+    }
+
+    fn finish(self) -> Json {
+        match self.body {
+            FrameBody::List { out, .. } => Json::Array(out),
+            FrameBody::Map { out, .. } => Json::Object(out),
         }
     }
 }
@@ -54,22 +184,66 @@ fn text<R: ReadDoc>(doc: &R, obj: &ObjId, heads: Option<&[ChangeHash]>) -> Strin
     .unwrap_or_default()
 }
 
-/// Reads one property as JSON (`None` if absent).
+/// Reads one property of `obj` (which lies `depth` levels below the root) as
+/// JSON (`None` if absent).
 pub fn prop<R: ReadDoc>(
     doc: &R,
     obj: &ObjId,
+    depth: usize,
     p: Prop,
     heads: Option<&[ChangeHash]>,
-) -> Option<Json> {
+) -> Result<Option<Json>> {
     let got = match heads {
         Some(h) => doc.get_at(obj, p, h),
         None => doc.get(obj, p),
     };
     match got {
-        Ok(Some((Value::Object(_), id))) => Some(read(doc, &id, heads)),
-        Ok(Some((Value::Scalar(s), _))) => Some(scalar(&s)),
-        _ => None,
+        Ok(Some((Value::Object(_), id))) => read(doc, &id, depth + 1, heads).map(Some),
+        Ok(Some((Value::Scalar(s), _))) => Ok(Some(scalar(&s))),
+        _ => Ok(None),
     }
+}
+
+/// Checks that no object of `doc` (winners and conflicting values alike)
+/// lies deeper than [`MAX_DOC_DEPTH`]: an iterative walk that builds nothing
+/// and stops at the first object too deep.
+pub fn check_depth<R: ReadDoc>(doc: &R) -> Result<()> {
+    let mut todo = vec![(ROOT, 0usize)];
+    while let Some((obj, depth)) = todo.pop() {
+        if depth > MAX_DOC_DEPTH {
+            return Err(too_deep("document"));
+        }
+        let props: Vec<Prop> = match doc.object_type(&obj) {
+            Ok(ObjType::Text) | Err(_) => continue,
+            Ok(ObjType::List) => (0..doc.length(&obj)).map(Prop::from).collect(),
+            Ok(ObjType::Map) | Ok(ObjType::Table) => doc.keys(&obj).map(Prop::from).collect(),
+        };
+        for p in props {
+            for (v, id) in doc.get_all(&obj, p)? {
+                if let Value::Object(_) = v {
+                    todo.push((id, depth + 1));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many levels of objects and arrays `value` nests (0 for a scalar,
+/// 1 for `{}` or `[1]`), counted up to `cap + 1` at most: the walk is bounded
+/// whatever the value.
+pub fn json_depth(value: &Json, cap: usize) -> usize {
+    fn walk(v: &Json, left: usize) -> usize {
+        if left == 0 {
+            return 0;
+        }
+        match v {
+            Json::Array(items) => 1 + items.iter().map(|i| walk(i, left - 1)).max().unwrap_or(0),
+            Json::Object(m) => 1 + m.values().map(|i| walk(i, left - 1)).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    walk(value, cap + 1)
 }
 
 /// A scalar as JSON.
@@ -88,9 +262,9 @@ pub fn scalar(s: &ScalarValue) -> Json {
     }
 }
 
-/// The whole document as JSON.
-pub fn read_root<R: ReadDoc>(doc: &R, heads: Option<&[ChangeHash]>) -> Json {
-    read(doc, &ROOT, heads)
+/// The whole document as JSON ([`Error::TooDeep`] past [`MAX_DOC_DEPTH`]).
+pub fn read_root<R: ReadDoc>(doc: &R, heads: Option<&[ChangeHash]>) -> Result<Json> {
+    read(doc, &ROOT, 0, heads)
 }
 
 /// A JSON scalar as an Automerge scalar; `None` for arrays and objects.
@@ -112,7 +286,9 @@ pub fn json_scalar(v: &Json) -> Option<ScalarValue> {
     })
 }
 
-/// Writes `value` at `obj[p]` (objects and arrays become nested maps and lists).
+/// Writes `value` at `obj[p]` (objects and arrays become nested maps and
+/// lists). The caller checked the depth rule ([`json_depth`]); the walk stops
+/// at [`MAX_DOC_DEPTH`] levels of `value` regardless.
 pub fn put<T: Transactable>(tx: &mut T, obj: &ObjId, p: Prop, value: &Json) -> Result<()> {
     put_depth(tx, obj, p, value, 0)
 }
@@ -124,10 +300,8 @@ fn put_depth<T: Transactable>(
     value: &Json,
     depth: usize,
 ) -> Result<()> {
-    if depth > MAX_JSON_DEPTH {
-        return Err(Error::BadOp(format!(
-            "value nested deeper than {MAX_JSON_DEPTH}"
-        )));
+    if depth > MAX_DOC_DEPTH {
+        return Err(too_deep("value"));
     }
     match value {
         Json::Array(items) => {
@@ -158,10 +332,8 @@ fn insert_depth<T: Transactable>(
     value: &Json,
     depth: usize,
 ) -> Result<()> {
-    if depth > MAX_JSON_DEPTH {
-        return Err(Error::BadOp(format!(
-            "value nested deeper than {MAX_JSON_DEPTH}"
-        )));
+    if depth > MAX_DOC_DEPTH {
+        return Err(too_deep("value"));
     }
     match value {
         Json::Array(items) => {
@@ -205,7 +377,15 @@ fn fill_map<T: Transactable>(
 
 /// Renders an Automerge patch as JSON:
 /// `{"path": [..], "action": "put"|"insert"|"splice"|"increment"|"delete"|"conflict"|"mark", ...}`.
-pub fn patch<R: ReadDoc>(doc: &R, p: &Patch) -> Json {
+/// A patch deeper than [`MAX_DOC_DEPTH`] (possible only in a document that
+/// arrived too deep) is [`Error::TooDeep`]; see [`patch_or_too_deep`].
+pub fn patch<R: ReadDoc>(doc: &R, p: &Patch) -> Result<Json> {
+    // The patched object lies `p.path.len()` levels down; a value put into
+    // it one more.
+    let depth = p.path.len();
+    if depth > MAX_DOC_DEPTH {
+        return Err(too_deep("document"));
+    }
     let mut path: Vec<Json> = p
         .path
         .iter()
@@ -215,8 +395,8 @@ pub fn patch<R: ReadDoc>(doc: &R, p: &Patch) -> Json {
         })
         .collect();
     let value_json = |v: &Value<'_>, id: &ObjId| match v {
-        Value::Object(_) => read(doc, id, None),
-        Value::Scalar(s) => scalar(s),
+        Value::Object(_) => read(doc, id, depth + 1, None),
+        Value::Scalar(s) => Ok(scalar(s)),
     };
     let body = match &p.action {
         PatchAction::PutMap {
@@ -225,7 +405,7 @@ pub fn patch<R: ReadDoc>(doc: &R, p: &Patch) -> Json {
             conflict,
         } => {
             path.push(json!(key));
-            json!({"action": "put", "value": value_json(&value.0, &value.1), "conflict": conflict})
+            json!({"action": "put", "value": value_json(&value.0, &value.1)?, "conflict": conflict})
         }
         PatchAction::PutSeq {
             index,
@@ -233,11 +413,14 @@ pub fn patch<R: ReadDoc>(doc: &R, p: &Patch) -> Json {
             conflict,
         } => {
             path.push(json!(index));
-            json!({"action": "put", "value": value_json(&value.0, &value.1), "conflict": conflict})
+            json!({"action": "put", "value": value_json(&value.0, &value.1)?, "conflict": conflict})
         }
         PatchAction::Insert { index, values } => {
             path.push(json!(index));
-            let vals: Vec<Json> = values.iter().map(|(v, id, _)| value_json(v, id)).collect();
+            let vals = values
+                .iter()
+                .map(|(v, id, _)| value_json(v, id))
+                .collect::<Result<Vec<Json>>>()?;
             json!({"action": "insert", "values": vals})
         }
         PatchAction::SpliceText { index, value, .. } => {
@@ -267,7 +450,15 @@ pub fn patch<R: ReadDoc>(doc: &R, p: &Patch) -> Json {
         _ => Map::new(),
     };
     obj.insert("path".into(), Json::Array(path));
-    Json::Object(obj)
+    Ok(Json::Object(obj))
+}
+
+/// [`patch`], or for a patch too deep to render the marker
+/// `{"path": [], "action": "too_deep", "limit": 64}`: a subscriber learns
+/// that the document changed and that reading it will answer `too_deep`.
+pub fn patch_or_too_deep<R: ReadDoc>(doc: &R, p: &Patch) -> Json {
+    patch(doc, p)
+        .unwrap_or_else(|_| json!({"path": [], "action": "too_deep", "limit": MAX_DOC_DEPTH}))
 }
 
 fn prop_json(p: &Prop) -> Json {

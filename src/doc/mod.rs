@@ -304,9 +304,11 @@ impl Docs {
         Ok(f(&g.doc))
     }
 
-    /// The document as JSON.
+    /// The document as JSON ([`Error::TooDeep`] for a document nested deeper
+    /// than [`json::MAX_DOC_DEPTH`], however it arrived).
     pub fn get(&self, id: &DocId) -> Result<Json> {
-        self.read(id, |d| json::read_root(d, None))
+        self.read(id, |d| json::read_root(d, None))?
+            .map_err(|e| name_too_deep(e, id))
     }
 
     /// The document as JSON at past `heads` (time travel).
@@ -317,7 +319,7 @@ impl Docs {
                     return Err(Error::UnknownHeads(id.to_string()));
                 }
             }
-            Ok(json::read_root(d, Some(heads)))
+            json::read_root(d, Some(heads)).map_err(|e| name_too_deep(e, id))
         })?
     }
 
@@ -476,6 +478,13 @@ impl Docs {
         }
         let mut incoming = AutoCommit::load(bytes)
             .map_err(|e| Error::BadOp(format!("not an Automerge file: {e}")))?;
+        json::check_depth(&incoming).map_err(|e| match e {
+            Error::TooDeep { limit, .. } => Error::TooDeep {
+                what: "the imported document".into(),
+                limit,
+            },
+            e => e,
+        })?;
         let id = DocId::random();
         let store = self.store();
         let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
@@ -596,5 +605,16 @@ impl Subscription {
                 return Some(ev);
             }
         }
+    }
+}
+
+/// Names the document in a [`Error::TooDeep`] from a walk of it.
+fn name_too_deep(e: Error, id: &DocId) -> Error {
+    match e {
+        Error::TooDeep { limit, .. } => Error::TooDeep {
+            what: format!("document {id}"),
+            limit,
+        },
+        e => e,
     }
 }

@@ -78,6 +78,10 @@ fn one() -> i64 {
 }
 
 /// Splits a JSON Pointer into unescaped segments. `""` is the root.
+///
+/// A path can name at most a property of an object at
+/// [`MAX_DOC_DEPTH`](json::MAX_DOC_DEPTH), so longer paths are
+/// [`Error::TooDeep`] before anything is walked.
 pub fn parse_pointer(path: &str) -> Result<Vec<String>> {
     if path.is_empty() {
         return Ok(Vec::new());
@@ -85,6 +89,12 @@ pub fn parse_pointer(path: &str) -> Result<Vec<String>> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(bad(path, "must start with '/'"));
     };
+    if rest.bytes().filter(|&b| b == b'/').count() + 1 > json::MAX_DOC_DEPTH + 1 {
+        return Err(Error::TooDeep {
+            what: format!("path {path:?}"),
+            limit: json::MAX_DOC_DEPTH,
+        });
+    }
     Ok(rest
         .split('/')
         .map(|s| s.replace("~1", "/").replace("~0", "~"))
@@ -191,8 +201,30 @@ fn resolve_parent<R: ReadDoc>(doc: &R, path: &str, allow_end: bool) -> Result<(O
     Ok((obj, p))
 }
 
+/// The depth rule for a write: `objects` levels of objects created at `path`
+/// (a value's nesting, or 1 for a text) must not reach below
+/// [`MAX_DOC_DEPTH`](json::MAX_DOC_DEPTH). The object holding the last
+/// segment lies `segments - 1` levels down.
+fn check_write_depth(path: &str, objects: usize) -> Result<()> {
+    let parent = parse_pointer(path)?.len().saturating_sub(1);
+    if parent + objects > json::MAX_DOC_DEPTH {
+        return Err(Error::TooDeep {
+            what: format!("the value at {path:?}"),
+            limit: json::MAX_DOC_DEPTH,
+        });
+    }
+    Ok(())
+}
+
 /// Applies one op inside a transaction.
 pub fn apply<T: Transactable + ReadDoc>(tx: &mut T, op: &ChangeOp) -> Result<()> {
+    match op {
+        ChangeOp::Put { path, value } | ChangeOp::Insert { path, value } => {
+            check_write_depth(path, json::json_depth(value, json::MAX_DOC_DEPTH))?
+        }
+        ChangeOp::PutText { path, .. } => check_write_depth(path, 1)?,
+        _ => {}
+    }
     match op {
         ChangeOp::Put { path, value } => {
             let (obj, p) = resolve_parent(tx, path, false).or_else(|e| match e {

@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 use automerge::{Automerge, ReadDoc, ScalarValue, Value, ROOT};
 use serde_json::Value as Json;
 
+use crate::doc::json::MAX_DOC_DEPTH;
+
 use crate::doc::{catalog_entry, put_catalog_entry, DocId, Filter, Subscription, CATALOG_KV};
 use crate::error::{Error, Result};
 use crate::storage::kv_pending::PendingRecord;
@@ -91,6 +93,14 @@ fn validate_key(key: &str) -> Result<()> {
 }
 
 fn encode_value(value: &Json) -> Result<String> {
+    // The documents' depth rule holds for values too: apps read them back
+    // as JSON, and every reader may walk them.
+    if crate::doc::json::json_depth(value, MAX_DOC_DEPTH) > MAX_DOC_DEPTH {
+        return Err(Error::TooDeep {
+            what: "value".into(),
+            limit: MAX_DOC_DEPTH,
+        });
+    }
     let s = serde_json::to_string(value)?;
     if s.len() > MAX_VALUE_BYTES {
         return Err(Error::TooLarge {
@@ -102,13 +112,16 @@ fn encode_value(value: &Json) -> Result<String> {
     Ok(s)
 }
 
-/// Decodes one stored shard value (a JSON string; anything else is shown as JSON of itself).
+/// Decodes one stored shard value (a JSON string; anything else is shown as
+/// JSON of itself). A value from another device that is not JSON, or nests
+/// deeper than [`MAX_DOC_DEPTH`], is shown as the string it is.
 fn decode_value(v: &Value<'_>) -> Json {
     match v {
         Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(s) => {
-                serde_json::from_str(s).unwrap_or_else(|_| Json::String(s.to_string()))
-            }
+            ScalarValue::Str(s) => match serde_json::from_str::<Json>(s) {
+                Ok(j) if crate::doc::json::json_depth(&j, MAX_DOC_DEPTH) <= MAX_DOC_DEPTH => j,
+                _ => Json::String(s.to_string()),
+            },
             other => crate::doc::json::scalar(other),
         },
         Value::Object(_) => Json::Null,
