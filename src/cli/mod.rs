@@ -121,6 +121,14 @@ where
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Every file this process creates (fjall's journals and tables, the
+    // daemon file, exports into the data directory) is private to this
+    // user, whatever umask the shell had: see `storage::data_dir`.
+    // SAFETY: umask has no preconditions and cannot fail; it runs before any
+    // other thread exists.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MASQ_LOG"))
@@ -128,7 +136,11 @@ pub fn main() -> ExitCode {
         .try_init();
     let dir = data_dir(cli.data);
     let with_backend = |f: &dyn Fn(&Backend) -> Result<(), CliError>| {
-        Backend::open(&dir, cli.durability).and_then(|b| f(&b))
+        Backend::open(&dir, cli.durability).and_then(|b| {
+            let done = f(&b);
+            b.close();
+            done
+        })
     };
     let result = match cli.command {
         Command::Kv(cmd) => with_backend(&|b| local::kv(b, cmd.clone())),

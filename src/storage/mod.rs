@@ -9,6 +9,7 @@
 //! network. It stores bytes under keys and makes them durable; [`doc_chunks`]
 //! knows the layout of a document's chunks but not what is inside them.
 
+pub mod data_dir;
 pub mod doc_chunks;
 pub mod kv_pending;
 
@@ -132,7 +133,7 @@ pub const FJALL_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 impl Db {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        data_dir::prepare(dir)?;
         let path = dir.join("db");
         let db = Database::builder(&path)
             .cache_size(FJALL_CACHE_BYTES)
@@ -306,14 +307,17 @@ impl Db {
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }
-}
 
-impl Drop for Db {
-    /// Flushes memtables to disk tables on a clean close, so the next open does
-    /// not replay the whole journal (a 100k-document store opened in 1.2 s
-    /// before, most of it journal replay). After a crash the journal still
-    /// recovers everything.
-    fn drop(&mut self) {
+    /// Flushes every keyspace's memtable to disk tables, so the next open
+    /// does not replay the whole journal (a 100k-document store opened in
+    /// 1.2 s without it, most of it journal replay). After a crash the
+    /// journal still recovers everything, so this is an optimisation only.
+    ///
+    /// Blocking, and fjall gives no bound on how long it waits (seen here:
+    /// forever, with its flush workers idle). Never call it from `Drop` or a
+    /// runtime thread: [`Store::close`](crate::Store::close) runs it on a
+    /// thread of its own with a time limit.
+    pub fn flush_memtables(&self) {
         if self.write_failed.load(Ordering::Relaxed) {
             // The disk refused a write (full, read-only, failing): a flush
             // would wait forever for space. The journal has every
