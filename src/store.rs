@@ -224,6 +224,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Longest [`Store::close`] waits for fjall to flush its memtables.
+///
+/// Why a limit: the flush only spares the next open a journal replay (every
+/// acknowledged write is already durable in the journal), and fjall's own
+/// wait has no bound (a close hung forever in CI, fjall's workers idle).
+/// Why 5 s: a flush of fjall's largest memtables (64 MiB) at the speed of a
+/// slow disk; past that the store closes anyway and the journal replays.
+pub const CLOSE_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest app or bucket name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -308,6 +317,51 @@ impl Store {
             })),
             inner,
         })
+    }
+
+    /// Closes this handle, the way a store should be closed: if it is the
+    /// last handle of the store, the key-value folder folds what is pending
+    /// and stops (as on drop); then fjall's memtables are flushed on a
+    /// thread of its own, waited for at most `limit`. Returns whether the
+    /// flush finished in time. Either way nothing acknowledged is lost (it is
+    /// in the journal, which the next open replays); a late flush goes on in
+    /// the background and holds the data directory until it ends.
+    ///
+    /// Dropping a `Store` never waits on fjall: a handle dropped without
+    /// `close` (a cancelled task, a panic) only makes the next open replay
+    /// the journal. Blocking: from async code use [`close_async`](Self::close_async).
+    pub fn close_within(mut self, limit: std::time::Duration) -> bool {
+        let inner = self.inner.clone();
+        // Stop and join the folder first (when this is the last handle), so
+        // the flush also covers what it folded.
+        drop(self._owner.take());
+        drop(self);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("masq-close-flush".into())
+            .spawn(move || {
+                inner.db.flush_memtables();
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            Ok(_) => done_rx.recv_timeout(limit).is_ok(),
+            Err(e) => {
+                tracing::warn!("closing the store without a flush: {e}");
+                false
+            }
+        }
+    }
+
+    /// [`close_within`](Self::close_within) with [`CLOSE_FLUSH_LIMIT`].
+    pub fn close(self) -> bool {
+        self.close_within(CLOSE_FLUSH_LIMIT)
+    }
+
+    /// [`close`](Self::close) on a blocking thread, for async code.
+    pub async fn close_async(self) -> bool {
+        tokio::task::spawn_blocking(move || self.close())
+            .await
+            .unwrap_or(false)
     }
 
     /// Folds every pending local key-value write into its shard document now
@@ -546,7 +600,7 @@ impl Store {
                     };
                     let patches = raw
                         .iter()
-                        .map(|p| crate::doc::json::patch(&s.guard.doc, p))
+                        .map(|p| crate::doc::json::patch_or_too_deep(&s.guard.doc, p))
                         .collect();
                     self.publish(
                         app,

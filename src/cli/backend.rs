@@ -87,6 +87,17 @@ impl Backend {
         Ok(Backend::Local { rt, shared })
     }
 
+    /// Closes the data directory if it was opened here (a bounded flush, see
+    /// [`Store::close`]); a daemon's stays open.
+    pub fn close(self) {
+        if let Backend::Local { rt, shared } = self {
+            let store = shared.store.clone();
+            drop(shared);
+            drop(rt);
+            store.close();
+        }
+    }
+
     /// Whether a daemon does the work.
     pub fn is_daemon(&self) -> bool {
         matches!(self, Backend::Daemon { .. })

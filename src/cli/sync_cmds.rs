@@ -275,6 +275,9 @@ pub fn store_daemon(
         daemon_file::remove(&dir);
         service.shutdown().await;
         store.db().persist_all()?;
+        if !store.close_async().await {
+            tracing::warn!("memtables not flushed in time; the next start replays the journal");
+        }
         Ok::<(), CliError>(())
     })
 }

@@ -462,10 +462,13 @@ impl Client {
         Ok(paired)
     }
 
-    /// Stops syncing (peer mode) and closes the connection.
+    /// Stops syncing and closes the embedded store (peer mode), or closes the
+    /// connection (store mode).
     pub async fn close(self) {
         if let Backend::Peer(p) = self.backend {
             p.engine.shutdown().await;
+            drop(p.engine);
+            p.store.close_async().await;
         }
     }
 }
