@@ -1,0 +1,12 @@
+//! The attacks tried against masq, one module per surface, each a test that
+//! failed on the code before M13 and must pass now. `docs/reliability.md`
+//! ("Hostile input") lists every test with what it tries and what it found.
+//!
+//! - [`store`]: documents too deep to walk (from an app, an import, a paired
+//!   device), data directory permissions, closing stores.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+#[path = "hostile/store.rs"]
+mod store;
