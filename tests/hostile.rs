@@ -1,0 +1,3 @@
+#[path = "hostile/service.rs"]
+mod service;
+mod support;
