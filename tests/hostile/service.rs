@@ -178,20 +178,6 @@ async fn pending_origins_cannot_lock_out_apps_or_the_admin_and_their_memory_is_r
             }
         }
     }
-    assert!(
-        held.len() <= MAX_PENDING_CONNECTIONS,
-        "{} pending connections admitted (at most {MAX_PENDING_CONNECTIONS})",
-        held.len()
-    );
-    assert!(held.len() >= MAX_PENDING_PER_ORIGIN, "some were admitted");
-    assert_eq!(held.len() + refused, 20 * 64);
-    // A refusal says why, distinctly.
-    let r = raw(
-        &d.addr(),
-        &upgrade(&d.addr(), "Origin: http://one-more.example\r\n").replace("/ws ", "/ws?app=x "),
-    );
-    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
-    assert!(r.contains("waiting for approval"), "{r}");
 
     // Everyone else still gets in: a native app, an approved origin, the admin.
     let app = Connection::connect(&d.info.ws_url, &Auth::Token(token.clone()))
@@ -226,6 +212,21 @@ async fn pending_origins_cannot_lock_out_apps_or_the_admin_and_their_memory_is_r
         during < before + 64 * 1024,
         "RSS grew from {before} KiB to {during} KiB with the pending pool full"
     );
+    assert!(
+        held.len() <= MAX_PENDING_CONNECTIONS,
+        "{} pending connections admitted (at most {MAX_PENDING_CONNECTIONS})",
+        held.len()
+    );
+    assert!(held.len() >= MAX_PENDING_PER_ORIGIN, "some were admitted");
+    assert_eq!(held.len() + refused, 20 * 64);
+    // A refusal says why, distinctly.
+    let r = raw(
+        &d.addr(),
+        &upgrade(&d.addr(), "Origin: http://one-more.example\r\n").replace("/ws ", "/ws?app=x "),
+    );
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("waiting for approval"), "{r}");
+
     drop(held);
     // Once the store has seen them close, a fresh origin gets in again.
     let mut again = None;
