@@ -191,6 +191,7 @@ impl Drop for PendingSlot {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
