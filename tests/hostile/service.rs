@@ -387,9 +387,9 @@ async fn the_manager_opener_gets_a_single_use_code_not_the_admin_token() {
 }
 
 /// Issue 16 item 8: `masq pair join URI` put the invite secret in argv and
-/// in the shell history; it can now come on stdin.
+/// in the shell history; it can now come on stdin or from a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pair_join_reads_the_invite_from_stdin() {
+async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
     let relay = masq::relay::start(masq::relay::RelayConfig::loopback_any_port())
         .await
         .unwrap();
@@ -440,4 +440,41 @@ async fn pair_join_reads_the_invite_from_stdin() {
     };
     assert_eq!(listed(&a).lines().count(), 2, "{}", listed(&a));
     assert_eq!(listed(&b).lines().count(), 2, "{}", listed(&b));
+
+    // Or from a file (`--file`), e.g. one only its owner can read.
+    let c = Daemon::start(Some(&url));
+    let mut invite = a
+        .cli()
+        .args(["pair", "invite"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(invite.stdout.take().unwrap());
+        r.read_line(&mut line).unwrap();
+    }
+    let file = c.dir.path().join("invite.txt");
+    std::fs::write(&file, format!("\n{line}")).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        c.cli()
+            .args(["pair", "join", "--file", &path])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| (o, c))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (out, c) = out;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(invite.wait().unwrap().success());
+    assert_eq!(listed(&c).lines().count(), 3, "{}", listed(&c));
 }
