@@ -35,6 +35,16 @@ impl Head {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a header (name in lower case), in order. A check that
+    /// must not be fooled by a repeated header (the store's `Host` check)
+    /// looks at all of them, not at the first.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")

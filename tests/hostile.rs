@@ -4,9 +4,13 @@
 //!
 //! - [`store`]: documents too deep to walk (from an app, an import, a paired
 //!   device), data directory permissions, closing stores.
+//! - [`service`]: the local service: unapproved origins flooding connections,
+//!   `Host` tricks, native tokens from web pages, secrets in argv and links.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+#[path = "hostile/service.rs"]
+mod service;
 #[path = "hostile/store.rs"]
 mod store;

@@ -196,19 +196,16 @@ async fn host_header_and_credentials_are_checked_before_the_upgrade() {
     let r = raw_http(&addr, "GET / HTTP/1.1\r\nHost: rebind.example\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     // No token, no origin.
-    let r = raw_http(&addr, &upgrade("127.0.0.1", ""));
+    let r = raw_http(&addr, &upgrade(&addr, ""));
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     // A wrong token.
-    let r = raw_http(
-        &addr,
-        &upgrade("localhost", "Authorization: Bearer 00ff\r\n"),
-    );
+    let r = raw_http(&addr, &upgrade(&addr, "Authorization: Bearer 00ff\r\n"));
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     // The admin token from a foreign web page.
     let r = raw_http(
         &addr,
         &upgrade(
-            "localhost",
+            &addr,
             &format!(
                 "Authorization: Bearer {}\r\nOrigin: http://evil.example\r\n",
                 d.info.admin_token
@@ -218,7 +215,10 @@ async fn host_header_and_credentials_are_checked_before_the_upgrade() {
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     // Garbage instead of HTTP: the connection is dropped, the store keeps serving.
     let _ = raw_http(&addr, "\x00\x01garbage\r\n\r\n");
-    let r = raw_http(&addr, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let r = raw_http(
+        &addr,
+        &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 
     // An app without a token is told to register rather than silently
@@ -675,7 +675,7 @@ async fn manager_page_client_module_and_app_data_are_served() {
     let get = |path: &str| {
         raw_http(
             &addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
         )
     };
 
@@ -703,12 +703,14 @@ async fn manager_page_client_module_and_app_data_are_served() {
         "no file from the data dir"
     );
 
-    // `masq manager` prints the link with this run's token.
+    // `masq manager` prints a link with a single-use login code, never the
+    // admin token itself (issue 16: the token stayed in browser history).
     let link = cli(&d.path(), &["manager"]);
-    assert_eq!(
-        link,
-        format!("{}/#token={}", d.info.http_url, d.info.admin_token)
+    assert!(
+        link.starts_with(&format!("{}/#code=login-", d.info.http_url)),
+        "{link}"
     );
+    assert!(!link.contains(&d.info.admin_token), "{link}");
 
     // apps.data: documents, buckets with key counts, per-device sync state.
     let admin = d.admin().await;
@@ -788,7 +790,7 @@ async fn a_flooding_app_is_capped_and_slowed_while_other_apps_are_served() {
     let r = raw_http(
         &addr,
         &format!(
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {flood_token}\r\n\r\n"
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {flood_token}\r\n\r\n"
         ),
     );
     assert!(r.starts_with("HTTP/1.1 503"), "{r}");

@@ -1,5 +1,11 @@
 // The store manager page (served by `masq store` at `/`, opened through the
-// link `masq manager` prints: http://127.0.0.1:PORT/#token=ADMIN_TOKEN).
+// link `masq manager` prints: http://127.0.0.1:PORT/#code=LOGIN_CODE).
+//
+// The link's code works once: on load the page removes it from the address
+// bar (so it is not kept in history), connects with it, trades it for a
+// session credential (`admin.session`) kept in this tab's sessionStorage, and
+// uses that from then on, also after a reload (docs/protocol.md, "Manager
+// login").
 //
 // Everything shown comes from admin requests over one WebSocket (see
 // docs/protocol.md, "App protocol"); the page polls every second and right
@@ -146,21 +152,52 @@ $("#error .dismiss").addEventListener("click", () => {
 
 let masq = null;
 
-function readToken() {
+const SESSION_KEY = "masq-admin-session";
+
+/** What the link carried (`#code=` or an old-style `#token=`), removed from the
+ * address bar at once; else the session this tab already has. */
+function takeCredential() {
   const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const code = (params.get("code") || "").trim();
   const token = (params.get("token") || "").trim();
-  return token || null;
+  if (params.has("code") || params.has("token")) {
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  if (code) return { code };
+  if (token) return { token };
+  const session = sessionStorage.getItem(SESSION_KEY);
+  return session ? { token: session } : null;
+}
+
+/** Connects as the admin; a link's one-time code is traded for a session first. */
+async function connectAdmin(cred) {
+  if (cred.code) {
+    const once = await connect({ token: cred.code });
+    try {
+      const { session } = await once.request("admin.session");
+      sessionStorage.setItem(SESSION_KEY, session);
+      cred = { token: session };
+    } finally {
+      once.close();
+    }
+  }
+  try {
+    return await connect({ token: cred.token });
+  } catch (e) {
+    sessionStorage.removeItem(SESSION_KEY); // a store restart ends sessions
+    throw e;
+  }
 }
 
 async function main() {
-  const token = readToken();
-  if (!token) {
+  const cred = takeCredential();
+  if (!cred) {
     const box = $("#auth-missing");
     box.textContent = "";
     box.append(
       "Open the link printed by ",
       h("code", { text: "masq manager" }),
-      "; it carries this store's admin token.",
+      "; it lets this page in once.",
     );
     box.hidden = false;
     setConnState("closed");
@@ -170,13 +207,13 @@ async function main() {
   wireActions();
   setConnState("connecting");
   try {
-    masq = await connect({ token });
+    masq = await connectAdmin(cred);
   } catch (e) {
     console.error(e);
     setConnState("closed");
     errors.conn =
       `Could not connect to the store (${describe(e)}). Is \`masq store\` running? ` +
-      "Each start of the store makes a new admin token: open the link `masq manager` prints now.";
+      "A manager link works once, and each start of the store ends earlier sessions: open the link `masq manager` prints now.";
     renderError();
     return;
   }
@@ -201,7 +238,7 @@ function setConnState(state) {
     refresh();
   } else if (masq && state === "connecting") {
     hint.textContent =
-      "Lost the connection to the store; reconnecting… If the store was restarted, its admin token changed: open the new link `masq manager` prints.";
+      "Lost the connection to the store; reconnecting… If the store was restarted, this page's session ended: open the new link `masq manager` prints.";
     hint.hidden = false;
   } else if (masq && (state === "closed" || state === "denied")) {
     hint.textContent = "The connection to the store is closed. Reload this page, or open the link `masq manager` prints.";

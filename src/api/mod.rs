@@ -254,6 +254,14 @@ pub enum Request {
         /// The `masq:` URI.
         invite: String,
     },
+    /// Admin only: a single-use code for a manager link; `ok` is `{"code"}`.
+    /// `masq manager` puts it in the link instead of the admin token.
+    #[serde(rename = "admin.login_code")]
+    AdminLoginCode {},
+    /// Admin only: a session credential for the manager page; `ok` is
+    /// `{"session"}`, accepted as a token for the rest of this store run.
+    #[serde(rename = "admin.session")]
+    AdminSession {},
 }
 
 fn default_bucket() -> String {
@@ -277,6 +285,8 @@ impl Request {
                 | Request::Status {}
                 | Request::PairInvite { .. }
                 | Request::PairJoin { .. }
+                | Request::AdminLoginCode {}
+                | Request::AdminSession {}
         )
     }
 }

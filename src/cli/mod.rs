@@ -65,10 +65,12 @@ pub enum Command {
         #[arg(long, default_value_t = crate::service::app_limits::APP_REQUESTS_PER_SEC)]
         app_rate: u32,
     },
-    /// Print (or open) the link to the running store's manager page; the
-    /// link carries this run's admin token, so treat it like a password.
+    /// Print (or open) a link to the running store's manager page. The link
+    /// carries a single-use login code (not the admin token): it lets one
+    /// page in, once, within 2 minutes.
     Manager {
-        /// Also open it in the default browser.
+        /// Also open it with $MASQ_BROWSER, else $BROWSER, else the default
+        /// browser (xdg-open / open).
         #[arg(long)]
         open: bool,
     },

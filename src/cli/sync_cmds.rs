@@ -23,10 +23,15 @@ pub enum PairCmd {
         #[arg(long)]
         relay: Option<String>,
     },
-    /// Join the device that printed INVITE.
+    /// Join the device that printed the invite. Safest: give the invite on
+    /// stdin (`masq pair join < invite.txt`, or paste it when asked) or with
+    /// --file; as an argument it shows in process lists and shell history.
     Join {
-        /// The masq: URI.
-        invite: String,
+        /// The masq: URI (optional: without it, read from --file or stdin).
+        invite: Option<String>,
+        /// Read the invite from this file (`-`: stdin).
+        #[arg(long, conflicts_with = "invite")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -86,7 +91,9 @@ pub enum AppsCmd {
 pub fn pair(backend: &Backend, cmd: PairCmd) -> Result<(), CliError> {
     let req = match cmd {
         PairCmd::Invite { relay } => Request::PairInvite { relay },
-        PairCmd::Join { invite } => Request::PairJoin { invite },
+        PairCmd::Join { invite, file } => Request::PairJoin {
+            invite: read_invite(invite, file)?,
+        },
     };
     let paired = backend.call_with_events(None, req, |answer| {
         println!("{}", answer["invite"].as_str().unwrap_or_default());
@@ -184,7 +191,56 @@ pub fn apps(backend: &Backend, cmd: AppsCmd) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `masq manager`: the manager link of the store running on `dir`.
+/// Longest invite read from stdin or a file (an invite URI is ~150 bytes).
+pub const MAX_INVITE_BYTES: u64 = 4096;
+
+/// The invite to join: the argument if given, else the first non-empty line of
+/// `file` (`-` or none: stdin), so the secret need not appear in argv.
+fn read_invite(arg: Option<String>, file: Option<PathBuf>) -> Result<String, CliError> {
+    use std::io::{IsTerminal, Read};
+    if let Some(invite) = arg {
+        return Ok(invite);
+    }
+    let mut text = String::new();
+    match file.filter(|f| f.as_os_str() != "-") {
+        Some(path) => {
+            std::fs::File::open(&path)
+                .map_err(|e| CliError::from(format!("cannot read {}: {e}", path.display())))?
+                .take(MAX_INVITE_BYTES)
+                .read_to_string(&mut text)?;
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("Paste the invite (masq:...) and press Enter:");
+                std::io::BufRead::read_line(&mut stdin.lock(), &mut text)?;
+            } else {
+                stdin
+                    .lock()
+                    .take(MAX_INVITE_BYTES)
+                    .read_to_string(&mut text)?;
+            }
+        }
+    }
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            CliError::from("no invite given: pass it on stdin, with --file, or as an argument")
+        })
+}
+
+/// Environment variable naming the program that opens the manager link
+/// (`masq manager --open`); default `xdg-open` (`open` on macOS). `BROWSER`
+/// is honoured too, as other tools do.
+pub const BROWSER_ENV: &str = "MASQ_BROWSER";
+
+/// `masq manager`: a link to the manager page of the store running on `dir`.
+/// The link carries a single-use login code from the daemon, never the admin
+/// token: the code is useless once the page has redeemed it (or after
+/// `service::admin::LOGIN_CODE_TTL`), so seeing it later in a process list
+/// (the opener's argv) or in browser history gives nothing.
 pub fn manager(dir: &std::path::Path, open: bool) -> Result<(), CliError> {
     let not_running = || CliError {
         code: 1,
@@ -201,15 +257,38 @@ pub fn manager(dir: &std::path::Path, open: bool) -> Result<(), CliError> {
         .ok_or_else(|| CliError::from(format!("store.json has a bad URL {:?}", info.http_url)))?;
     std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
         .map_err(|_| not_running())?;
-    let link = format!("{}/#token={}", info.http_url, info.admin_token);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = rt.block_on(async {
+        let auth = crate::client::Auth::Token(info.admin_token.clone());
+        let conn = crate::client::Connection::connect(&info.ws_url, &auth)
+            .await
+            .map_err(|_| not_running())?;
+        let answer = conn
+            .call(None, Request::AdminLoginCode {})
+            .await
+            .map_err(|e| CliError::from(e.message))?;
+        answer["code"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| CliError::from("the store gave no login code"))
+    })?;
+    let link = format!("{}/#code={code}", info.http_url);
     println!("{link}");
     if open {
-        let opener = if cfg!(target_os = "macos") {
-            "open"
-        } else {
-            "xdg-open"
-        };
-        std::process::Command::new(opener)
+        let opener = std::env::var(BROWSER_ENV)
+            .or_else(|_| std::env::var("BROWSER"))
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .unwrap_or_else(|| {
+                if cfg!(target_os = "macos") {
+                    "open".into()
+                } else {
+                    "xdg-open".into()
+                }
+            });
+        std::process::Command::new(&opener)
             .arg(&link)
             .status()
             .map_err(|e| CliError::from(format!("could not run {opener}: {e}")))?;

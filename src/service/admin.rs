@@ -1,6 +1,19 @@
-//! Admin operations: apps, devices, pairing, status. The JSON builders here are
-//! also what the CLI prints when it opens the data directory itself, so the
-//! answers are the same with and without a running store.
+//! Admin operations: apps, devices, pairing, status, and the manager page's
+//! credentials. The JSON builders here are also what the CLI prints when it
+//! opens the data directory itself, so the answers are the same with and
+//! without a running store.
+//!
+//! The admin token never leaves the data directory's `store.json` (mode 0600):
+//! `masq manager` asks the daemon for a single-use login code
+//! (`admin.login_code`) and puts that in the link it prints or hands to the
+//! browser; the page connects with it once, trades it for a session
+//! (`admin.session`) kept in its tab's `sessionStorage`, and removes it from
+//! the address bar. A code seen in a process list or in browser history is
+//! useless once redeemed or after [`LOGIN_CODE_TTL`].
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
@@ -15,6 +28,103 @@ use crate::sync::core::SyncCore;
 use crate::sync::engine::EngineStatus;
 use crate::sync::pairing::{self, Inviter};
 use crate::sync::peers;
+
+/// Every manager login code starts with this, so a used or expired one gets
+/// its own error ("open the link `masq manager` prints now").
+pub const LOGIN_CODE_PREFIX: &str = "login-";
+/// How long an unredeemed login code stays valid: long enough to copy a printed
+/// link into a browser, short enough that a code glimpsed in a process list or
+/// in scrollback is soon useless (redeeming it also ends it).
+pub const LOGIN_CODE_TTL: Duration = Duration::from_secs(120);
+/// Most unredeemed login codes kept; past this the oldest is forgotten, so
+/// asking for codes in a loop cannot grow memory.
+pub const MAX_LOGIN_CODES: usize = 16;
+/// Most manager sessions kept for this run; past this the oldest is forgotten
+/// (its page asks the user to open a fresh link). Far above the tabs a person
+/// opens; bounds memory should a script mint sessions in a loop.
+pub const MAX_ADMIN_SESSIONS: usize = 64;
+
+/// Whether `token` has the shape of a login code.
+pub fn is_login_code(token: &str) -> bool {
+    token.starts_with(LOGIN_CODE_PREFIX)
+}
+
+/// The manager's single-use login codes and the sessions pages trade them for
+/// (in memory only: a restart of the store ends them, like the admin token).
+#[derive(Debug, Default)]
+pub struct AdminCredentials {
+    inner: Mutex<Creds>,
+}
+
+#[derive(Debug, Default)]
+struct Creds {
+    /// Unredeemed codes and when they were made.
+    codes: VecDeque<(String, Instant)>,
+    /// Live sessions, oldest first.
+    sessions: VecDeque<String>,
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl AdminCredentials {
+    /// A new single-use login code.
+    pub fn new_code(&self) -> String {
+        let code = format!(
+            "{LOGIN_CODE_PREFIX}{}",
+            hex::encode(*crate::crypto::random_bytes::<32>())
+        );
+        if let Ok(mut c) = self.inner.lock() {
+            c.codes.retain(|(_, made)| made.elapsed() < LOGIN_CODE_TTL);
+            while c.codes.len() >= MAX_LOGIN_CODES {
+                c.codes.pop_front();
+            }
+            c.codes.push_back((code.clone(), Instant::now()));
+        }
+        code
+    }
+
+    /// Whether `code` is a live login code; it is used up either way.
+    pub fn redeem_code(&self, code: &str) -> bool {
+        let Ok(mut c) = self.inner.lock() else {
+            return false;
+        };
+        let mut found = None;
+        for (i, (known, _)) in c.codes.iter().enumerate() {
+            if ct_eq(known, code) {
+                found = Some(i);
+            }
+        }
+        match found.and_then(|i| c.codes.remove(i)) {
+            Some((_, made)) => made.elapsed() < LOGIN_CODE_TTL,
+            None => false,
+        }
+    }
+
+    /// A new session credential (a token for this run of the store).
+    pub fn new_session(&self) -> String {
+        let session = hex::encode(*crate::crypto::random_bytes::<32>());
+        if let Ok(mut c) = self.inner.lock() {
+            while c.sessions.len() >= MAX_ADMIN_SESSIONS {
+                c.sessions.pop_front();
+            }
+            c.sessions.push_back(session.clone());
+        }
+        session
+    }
+
+    /// Whether `token` is a live session.
+    pub fn is_session(&self, token: &str) -> bool {
+        let Ok(c) = self.inner.lock() else {
+            return false;
+        };
+        c.sessions
+            .iter()
+            .fold(false, |hit, s| hit | ct_eq(s, token))
+    }
+}
 
 /// This device and its paired devices: `{"me": {...}, "devices": [...]}`.
 pub fn devices_json(store: &Store, online: &[String]) -> Result<Json> {
@@ -280,6 +390,10 @@ pub(crate) async fn handle(
             let _ = shared.ensure_engine().await;
             serde_json::to_value(paired).map_err(|e| ApiError::new("internal", e.to_string()))
         }
+        Request::AdminLoginCode {} => Ok(json!({ "code": shared.admin_credentials.new_code() })),
+        Request::AdminSession {} => {
+            Ok(json!({ "session": shared.admin_credentials.new_session() }))
+        }
         other => Err(ApiError::new(
             "bad_request",
             format!(
@@ -292,4 +406,29 @@ pub(crate) async fn handle(
 
 async fn engine_status(shared: &Shared) -> Option<EngineStatus> {
     shared.engine.status().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_codes_are_single_use_and_sessions_bounded() {
+        let creds = AdminCredentials::default();
+        let code = creds.new_code();
+        assert!(is_login_code(&code));
+        assert!(creds.redeem_code(&code));
+        assert!(!creds.redeem_code(&code), "a code works once");
+        assert!(!creds.redeem_code("login-00"));
+        let codes: Vec<String> = (0..MAX_LOGIN_CODES + 1).map(|_| creds.new_code()).collect();
+        assert!(!creds.redeem_code(&codes[0]), "the oldest is forgotten");
+        assert!(creds.redeem_code(&codes[MAX_LOGIN_CODES]));
+        let first = creds.new_session();
+        assert!(creds.is_session(&first));
+        assert!(!creds.is_session(&code));
+        for _ in 0..MAX_ADMIN_SESSIONS {
+            creds.new_session();
+        }
+        assert!(!creds.is_session(&first), "the oldest session is forgotten");
+    }
 }

@@ -20,10 +20,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::app_limits::{AppSlot, MAX_CONNECTIONS_PER_APP};
+use super::app_limits::{
+    AppSlot, PendingRefusal, PendingSlot, MAX_CONNECTIONS_PER_APP, MAX_PENDING_CONNECTIONS,
+    MAX_PENDING_PER_ORIGIN,
+};
 use super::{
-    admin, registry, web, Shared, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HTTP_HEAD_BYTES,
-    OUTBOUND_QUEUE,
+    admin, registry, web, Shared, HEAD_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_CONNECTIONS,
+    MAX_HTTP_HEAD_BYTES, OUTBOUND_QUEUE, PENDING_READ_BUFFER,
 };
 use crate::api::execute::Outcome;
 use crate::api::{
@@ -57,31 +60,142 @@ enum Via {
     Origin(String),
 }
 
-/// Whether a Host header names this machine (`localhost`, `127.0.0.1`, `[::1]`,
-/// with or without a port). Anything else may be a DNS-rebinding page.
-pub fn host_is_loopback(host: Option<&str>) -> bool {
-    let Some(host) = host else { return false };
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((inside, _)) => return inside == "::1",
-            None => return false,
-        }
-    } else {
-        host.rsplit_once(':').map(|(n, _)| n).unwrap_or(host)
+/// Whether the request names this store: exactly one `Host` header whose whole
+/// value is a loopback name (`127.0.0.1`, `localhost`, `[::1]`) and `port`
+/// (the port may be left out only when it is 80, as browsers do). Anything
+/// else may be a DNS-rebinding page (`Host: evil.example`) or a request crafted
+/// to slip past a looser parser (two `Host` headers, `127.0.0.1:PORT@evil`,
+/// `localhost:PORT,evil`).
+pub fn host_is_loopback<'a>(mut hosts: impl Iterator<Item = &'a str>, port: u16) -> bool {
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return false;
     };
-    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1"
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|name| {
+        host.eq_ignore_ascii_case(&format!("{name}:{port}"))
+            || (port == 80 && host.eq_ignore_ascii_case(name))
+    })
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Decides who a WebSocket upgrade request is, or the HTTP refusal.
-fn authenticate(head: &Head, shared: &Shared) -> Result<Role, (&'static str, String)> {
+/// A connection's place in its pool, given back when dropped: approved apps,
+/// the admin and pending origins each have their own, so one kind can never
+/// take the places of another.
+enum Admission {
+    /// Counted in [`Shared::admin_connections`].
+    Admin {
+        /// The admin count.
+        _counted: Counted,
+    },
+    /// Counted in [`Shared::connections`] and in its app's limits.
+    App {
+        /// The global count.
+        _counted: Counted,
+        /// The app's count and request budget.
+        slot: AppSlot,
+    },
+    /// Waiting for approval, or being told it was refused.
+    Pending {
+        /// The origin's and the pool's count.
+        _slot: PendingSlot,
+    },
+}
+
+/// Counts a live connection (approved app or admin) while alive.
+struct Counted {
+    shared: Arc<Shared>,
+    admin: bool,
+}
+
+impl Counted {
+    fn counter(shared: &Shared, admin: bool) -> &std::sync::atomic::AtomicUsize {
+        if admin {
+            &shared.admin_connections
+        } else {
+            &shared.connections
+        }
+    }
+
+    /// A place, or None when the pool is full.
+    fn take(shared: &Arc<Shared>, admin: bool) -> Option<Counted> {
+        let max = if admin {
+            MAX_ADMIN_CONNECTIONS
+        } else {
+            MAX_CONNECTIONS
+        };
+        let counter = Self::counter(shared, admin);
+        if counter.fetch_add(1, Ordering::Relaxed) >= max {
+            counter.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Counted {
+            shared: shared.clone(),
+            admin,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        Self::counter(&self.shared, self.admin).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Refusal = (&'static str, String);
+
+fn too_many(msg: String) -> Refusal {
+    ("503 Service Unavailable", msg)
+}
+
+fn admit_admin(shared: &Arc<Shared>) -> Result<Admission, Refusal> {
+    Counted::take(shared, true)
+        .map(|c| Admission::Admin { _counted: c })
+        .ok_or_else(|| {
+            too_many(format!(
+                "too many admin connections (at most {MAX_ADMIN_CONNECTIONS})"
+            ))
+        })
+}
+
+fn admit_app(shared: &Arc<Shared>, name: &str) -> Result<Admission, Refusal> {
+    let counted = Counted::take(shared, false)
+        .ok_or_else(|| too_many(format!("too many connections (at most {MAX_CONNECTIONS})")))?;
+    let key = format!("app {name}");
+    let slot = shared.app_limits.admit(&key).ok_or_else(|| {
+        too_many(format!(
+            "too many connections for {key} (at most {MAX_CONNECTIONS_PER_APP})"
+        ))
+    })?;
+    Ok(Admission::App {
+        _counted: counted,
+        slot,
+    })
+}
+
+fn admit_pending(shared: &Arc<Shared>, origin: &str) -> Result<Admission, Refusal> {
+    match shared.app_limits.admit_pending(origin) {
+        Ok(slot) => Ok(Admission::Pending { _slot: slot }),
+        Err(PendingRefusal::Origin) => Err(too_many(format!(
+            "too many connections from {origin} waiting for approval (at most \
+             {MAX_PENDING_PER_ORIGIN}): approve or deny it in the store manager"
+        ))),
+        Err(PendingRefusal::Total) => Err(too_many(format!(
+            "too many connections waiting for approval (at most {MAX_PENDING_CONNECTIONS})"
+        ))),
+    }
+}
+
+/// Whether `origin` is absent or one of the store's own pages.
+fn own_or_no_origin(origin: Option<&str>, shared: &Shared) -> bool {
+    origin.is_none_or(|o| shared.own_origins.iter().any(|own| own == o))
+}
+
+/// Decides who a WebSocket upgrade request is and gives it its place, or the
+/// HTTP refusal.
+fn authenticate(head: &Head, shared: &Arc<Shared>) -> Result<(Role, Admission), Refusal> {
     let db = shared.store.db();
     let internal = |e: crate::error::Error| ("500 Internal Server Error", e.to_string());
     let origin = head.header("origin");
@@ -91,22 +205,49 @@ fn authenticate(head: &Head, shared: &Shared) -> Result<Role, (&'static str, Str
         .map(|t| t.trim().to_string())
         .or_else(|| head.query("token"));
     if let Some(token) = token {
-        if constant_time_eq(&token, &shared.admin_token) {
-            if let Some(o) = origin {
-                if !shared.own_origins.iter().any(|own| own == o) {
-                    return Err((
-                        "403 Forbidden",
-                        format!("the admin token is not accepted from origin {o}"),
-                    ));
-                }
+        let creds = &shared.admin_credentials;
+        let admin_like = constant_time_eq(&token, &shared.admin_token)
+            || creds.is_session(&token)
+            || admin::is_login_code(&token);
+        if admin_like {
+            if !own_or_no_origin(origin, shared) {
+                return Err((
+                    "403 Forbidden",
+                    format!(
+                        "the admin token is not accepted from origin {}",
+                        origin.unwrap_or_default()
+                    ),
+                ));
             }
-            return Ok(Role::Admin);
+            if admin::is_login_code(&token) && !creds.redeem_code(&token) {
+                return Err((
+                    "401 Unauthorized",
+                    "this manager link was already used or has expired: open the link \
+                     `masq manager` prints now"
+                        .into(),
+                ));
+            }
+            return Ok((Role::Admin, admit_admin(shared)?));
         }
         return match registry::native_for_token(db, &token).map_err(internal)? {
-            Some(name) => Ok(Role::App {
-                name,
-                via: Via::Token(token),
-            }),
+            Some(_) if !own_or_no_origin(origin, shared) => Err((
+                "403 Forbidden",
+                format!(
+                    "a native app token is not accepted from a web page (origin {}): \
+                     web pages connect with /ws?app=NAME and wait for the user's approval",
+                    origin.unwrap_or_default()
+                ),
+            )),
+            Some(name) => {
+                let admission = admit_app(shared, &name)?;
+                Ok((
+                    Role::App {
+                        name,
+                        via: Via::Token(token),
+                    },
+                    admission,
+                ))
+            }
             None => Err(("401 Unauthorized", "unknown token".into())),
         };
     }
@@ -119,23 +260,49 @@ fn authenticate(head: &Head, shared: &Shared) -> Result<Role, (&'static str, Str
     let Some(app) = head.query("app") else {
         return Err(("400 Bad Request", "name your app: /ws?app=NAME".into()));
     };
-    let rec =
-        registry::request(db, origin, &app).map_err(|e| ("400 Bad Request", e.to_string()))?;
-    if rec.state == registry::OriginState::Pending {
-        // Lets a manager connection see the new request.
-        shared.registry_changed();
+    registry::validate_origin(origin).map_err(|e| ("400 Bad Request", e.to_string()))?;
+    crate::store::validate_name("app", &app).map_err(|e| ("400 Bad Request", e.to_string()))?;
+    let known = registry::origin(db, origin).map_err(internal)?;
+    match known {
+        Some(rec) if rec.state == registry::OriginState::Approved => {
+            let admission = admit_app(shared, &rec.app)?;
+            Ok((
+                Role::App {
+                    name: rec.app,
+                    via: Via::Origin(origin.to_string()),
+                },
+                admission,
+            ))
+        }
+        Some(rec) if rec.state == registry::OriginState::Denied => Ok((
+            Role::Denied { app: rec.app },
+            admit_pending(shared, origin)?,
+        )),
+        Some(rec) => Ok((
+            Role::Pending {
+                origin: origin.to_string(),
+                app: rec.app,
+            },
+            admit_pending(shared, origin)?,
+        )),
+        None => {
+            // A place first, then the record: a refused connection writes nothing.
+            let admission = admit_pending(shared, origin)?;
+            let rec = registry::request(db, origin, &app)
+                .map_err(|e| ("400 Bad Request", e.to_string()))?;
+            // Lets a manager connection see the new request (only when it is
+            // new: re-announcing on every connection would make every open
+            // connection re-check the registry each time).
+            shared.registry_changed();
+            Ok((
+                Role::Pending {
+                    origin: origin.to_string(),
+                    app: rec.app,
+                },
+                admission,
+            ))
+        }
     }
-    Ok(match rec.state {
-        registry::OriginState::Approved => Role::App {
-            name: rec.app,
-            via: Via::Origin(origin.to_string()),
-        },
-        registry::OriginState::Pending => Role::Pending {
-            origin: origin.to_string(),
-            app: rec.app,
-        },
-        registry::OriginState::Denied => Role::Denied { app: rec.app },
-    })
 }
 
 /// The role after a registry change (None: unchanged).
@@ -167,14 +334,6 @@ fn recheck(role: &Role, shared: &Shared) -> Option<Role> {
     }
 }
 
-/// Counts a live connection while alive.
-struct ConnGuard(Arc<Shared>);
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves one TCP connection.
 pub(crate) async fn handle(
     mut stream: TcpStream,
@@ -184,13 +343,14 @@ pub(crate) async fn handle(
     let Some(head) = read_head(&mut stream, MAX_HTTP_HEAD_BYTES, HEAD_TIMEOUT).await else {
         return;
     };
-    if !host_is_loopback(head.header("host")) {
+    if !host_is_loopback(head.header_values("host"), shared.port) {
         respond(
             &mut stream,
             "403 Forbidden",
             "text/plain",
             "",
-            b"bad Host header: the store answers only to localhost, 127.0.0.1 and [::1]\n",
+            b"bad Host header: the store answers only to one Host header naming \
+              localhost, 127.0.0.1 or [::1] and its port\n",
         )
         .await;
         return;
@@ -222,25 +382,12 @@ pub(crate) async fn handle(
         }
         return;
     }
-    if shared.connections.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-        shared.connections.fetch_sub(1, Ordering::Relaxed);
-        respond(
-            &mut stream,
-            "503 Service Unavailable",
-            "text/plain",
-            "",
-            b"too many connections\n",
-        )
-        .await;
-        return;
-    }
-    let _guard = ConnGuard(shared.clone());
     let auth = {
         let (head, shared) = (head.clone(), shared.clone());
         tokio::task::spawn_blocking(move || authenticate(&head, &shared)).await
     };
-    let role = match auth {
-        Ok(Ok(role)) => role,
+    let (role, admission) = match auth {
+        Ok(Ok(admitted)) => admitted,
         Ok(Err((status, msg))) => {
             respond(
                 &mut stream,
@@ -254,29 +401,13 @@ pub(crate) async fn handle(
         }
         Err(_) => return,
     };
-    let slot = match app_key(&role) {
-        None => None,
-        Some(key) => match shared.app_limits.admit(&key) {
-            Some(slot) => Some(slot),
-            None => {
-                let msg =
-                    format!("too many connections for {key} (at most {MAX_CONNECTIONS_PER_APP})\n");
-                respond(
-                    &mut stream,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "",
-                    msg.as_bytes(),
-                )
-                .await;
-                return;
-            }
-        },
-    };
-    let config = WebSocketConfig::default()
+    let mut config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
         .max_write_buffer_size(2 * MAX_MESSAGE_BYTES);
+    if matches!(admission, Admission::Pending { .. }) {
+        config = config.read_buffer_size(PENDING_READ_BUFFER);
+    }
     let ws = match tokio_tungstenite::accept_async_with_config(
         Prefixed::new(head.raw, stream),
         Some(config),
@@ -286,7 +417,7 @@ pub(crate) async fn handle(
         Ok(ws) => ws,
         Err(_) => return,
     };
-    serve(ws, role, shared, closing, slot).await;
+    serve(ws, role, shared, closing, admission).await;
 }
 
 fn text(r: &Response) -> Message {
@@ -322,22 +453,12 @@ pub(crate) struct Job {
 
 type Ws = tokio_tungstenite::WebSocketStream<Prefixed<TcpStream>>;
 
-/// Whose connection and request budget a role uses (None: the admin, unlimited;
-/// a denied origin, closed at once).
-fn app_key(role: &Role) -> Option<String> {
-    match role {
-        Role::Admin | Role::Denied { .. } => None,
-        Role::App { name, .. } => Some(format!("app {name}")),
-        Role::Pending { origin, .. } => Some(format!("origin {origin}")),
-    }
-}
-
 async fn serve(
     ws: Ws,
     mut role: Role,
     shared: Arc<Shared>,
     mut closing: broadcast::Receiver<()>,
-    slot: Option<AppSlot>,
+    mut admission: Admission,
 ) {
     let (mut sink, mut stream) = ws.split();
     let (out, mut out_rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
@@ -372,6 +493,16 @@ async fn serve(
                     tokio::task::spawn_blocking(move || recheck(&r, &s)).await.ok().flatten()
                 };
                 if let Some(next) = next {
+                    if let (Role::Pending { .. }, Role::App { name, .. }) = (&role, &next) {
+                        // Approved: from the pending pool to the apps' pool.
+                        match admit_app(&shared, name) {
+                            Ok(a) => admission = a,
+                            Err((_, msg)) => {
+                                let _ = out.send(close(1013, &msg)).await;
+                                break;
+                            }
+                        }
+                    }
                     role = next;
                     let _ = out.send(state_msg(&role)).await;
                     if let Role::Denied { .. } = role {
@@ -392,7 +523,7 @@ async fn serve(
                 };
                 match msg {
                     Message::Text(t) => {
-                        if let Some(slot) = &slot {
+                        if let Admission::App { slot, .. } = &admission {
                             slot.pace().await;
                         }
                         if let Err((id, error)) = route(t.as_str(), &role, &jobs).await {
@@ -564,25 +695,41 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
+        let one = |h: &str| host_is_loopback(std::iter::once(h), 7070);
         for ok in [
-            "localhost",
             "localhost:7070",
-            "127.0.0.1:1",
+            "127.0.0.1:7070",
             "[::1]:7070",
-            "LOCALHOST:3",
+            "LOCALHOST:7070",
         ] {
-            assert!(host_is_loopback(Some(ok)), "{ok}");
+            assert!(one(ok), "{ok}");
         }
         for bad in [
+            "localhost",
+            "127.0.0.1:1",
             "evil.com",
             "evil.com:7070",
-            "127.0.0.1.evil.com",
-            "[::2]:1",
+            "127.0.0.1.evil.com:7070",
+            "127.0.0.1:7070@evil.example",
+            "localhost:7070,evil.example",
+            "localhost:7070 evil.example",
+            "[::2]:7070",
+            "[::1]:70701",
             "",
-            "localhost.evil:1",
+            "localhost.evil:7070",
         ] {
-            assert!(!host_is_loopback(Some(bad)), "{bad}");
+            assert!(!one(bad), "{bad}");
         }
-        assert!(!host_is_loopback(None));
+        assert!(!host_is_loopback(std::iter::empty(), 7070));
+        assert!(!host_is_loopback(
+            ["127.0.0.1:7070", "evil.example"].into_iter(),
+            7070
+        ));
+        assert!(!host_is_loopback(
+            ["127.0.0.1:7070", "127.0.0.1:7070"].into_iter(),
+            7070
+        ));
+        // Port 80 may be left out, as browsers do.
+        assert!(host_is_loopback(std::iter::once("localhost"), 80));
     }
 }

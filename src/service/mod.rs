@@ -39,8 +39,21 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const MAX_HTTP_HEAD_BYTES: usize = 8 * 1024;
 /// Time from TCP accept to a complete request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most simultaneous app connections (past this new ones get 503).
+/// Most simultaneous connections of approved apps (native tokens and approved
+/// origins; past this new ones get 503). Connections waiting for approval have
+/// their own pool ([`app_limits::MAX_PENDING_CONNECTIONS`]) and the admin
+/// another ([`MAX_ADMIN_CONNECTIONS`]), so neither strangers nor apps can lock
+/// the user out of the manager.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most simultaneous admin connections (manager pages, CLI commands talking to
+/// the daemon). The admin is the user: this only bounds memory should a
+/// script misbehave, and is far above what a person opens.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Read buffer of a connection waiting for approval (tungstenite's default is
+/// 128 KiB per connection). Such a connection only waits; each of its requests
+/// is answered `not_approved`, so a small buffer costs nothing, and the pending
+/// pool's memory stays small (issue 16: 1 024 pending connections took 140 MB).
+pub const PENDING_READ_BUFFER: usize = 4 * 1024;
 /// Messages queued for one connection's writer (answers and events) before
 /// the request worker and event forwarders wait for the socket.
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -83,8 +96,14 @@ pub struct Shared {
     pub registry_version: watch::Sender<u64>,
     /// The sync engine, running once a relay is known.
     pub engine: EngineSlot,
-    /// Live connections.
+    /// The port the service listens on (the `Host` header must name it).
+    pub port: u16,
+    /// Live connections of approved apps.
     pub connections: std::sync::atomic::AtomicUsize,
+    /// Live admin connections.
+    pub admin_connections: std::sync::atomic::AtomicUsize,
+    /// One-time manager login codes and the sessions pages trade them for.
+    pub admin_credentials: admin::AdminCredentials,
     /// Per-app connection caps and request rates.
     pub app_limits: Arc<app_limits::AppLimits>,
     /// Whether this process syncs (the daemon does; the CLI working on a
@@ -105,8 +124,11 @@ impl Shared {
                 format!("http://localhost:{port}"),
                 format!("http://[::1]:{port}"),
             ],
+            port,
             registry_version: watch::channel(0).0,
             connections: Default::default(),
+            admin_connections: Default::default(),
+            admin_credentials: admin::AdminCredentials::default(),
             app_limits: Arc::new(app_limits::AppLimits::new(app_limits::APP_REQUESTS_PER_SEC)),
             sync_enabled,
         }

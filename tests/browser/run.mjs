@@ -170,6 +170,31 @@ async function main() {
   await mB.waitForFunction(() => document.querySelector("#conn-state")?.textContent.includes("ready"));
   log("manager pages connected");
 
+  // The link carries a single-use code, never the admin token (issue 16): the
+  // page removes it from the address bar (so history keeps no secret), keeps
+  // a session in sessionStorage, and the link is useless once used.
+  for (const [page, store] of [[mA, a], [mB, b]]) {
+    if (store.link.includes(store.token)) throw new Error(`the manager link carries the admin token: ${store.link}`);
+    if (!/#code=login-/.test(store.link)) throw new Error(`the manager link has no login code: ${store.link}`);
+    const url = page.url();
+    if (url.includes("code=") || url.includes("token=") || url.includes(store.token))
+      throw new Error(`the manager page kept a secret in its URL: ${url}`);
+    const hist = await page.evaluate(() => location.href);
+    if (hist !== `${store.http}/`) throw new Error(`the manager page's address is ${hist}, not ${store.http}/`);
+    if (!(await page.evaluate(() => sessionStorage.getItem("masq-admin-session"))))
+      throw new Error("the manager page keeps no session");
+  }
+  await mA.reload();
+  await mA.waitForFunction(() => document.querySelector("#conn-state")?.textContent.includes("ready"));
+  const reused = await newPage(context, "manager A, link reused");
+  await reused.goto(a.link);
+  await reused.waitForFunction(() => document.querySelector("#conn-state")?.getAttribute("data-state") === "closed");
+  if (!(await text(reused, "#error .error-text")).includes("works once"))
+    throw new Error("a reused manager link did not say it works once");
+  if (reused.url().includes("code=")) throw new Error(`a reused link stayed in the address bar: ${reused.url()}`);
+  await reused.close();
+  log("manager links hold a single-use code, gone from the address bar after load; a reload keeps the session");
+
   await mA.click("#pair-invite");
   const invite = await until("an invite on manager A", async () => {
     const v = await mA.inputValue("#invite-text");

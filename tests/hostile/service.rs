@@ -1,0 +1,480 @@
+//! Attacks on the local store service (issue 16, items 2, 8 and 9), each
+//! against a real `masq store` process on 127.0.0.1 with real WebSockets:
+//!
+//! - unapproved origins opening connections until the store is full: approved
+//!   apps and the admin must still get in, and the daemon's memory must come
+//!   back once those connections close;
+//! - a request naming the store in two `Host` headers, or in a `Host` value
+//!   that only starts like a loopback name;
+//! - a web page presenting a native app's token;
+//! - secrets in argv: the browser opener of `masq manager --open` and the
+//!   invite of `masq pair join`.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use masq::api::{ConnState, Request};
+use masq::client::{Auth, Connection};
+use masq::service::app_limits::{MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_ORIGIN};
+use masq::service::daemon_file::DaemonInfo;
+
+/// A `masq store` child process; killed on drop.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    info: DaemonInfo,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(relay: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, info) = crate::support::spawn_store_daemon(dir.path(), Some("buffered"), relay);
+        Daemon { child, dir, info }
+    }
+    /// `127.0.0.1:PORT`.
+    fn addr(&self) -> String {
+        self.info.http_url.trim_start_matches("http://").to_string()
+    }
+    fn port(&self) -> u16 {
+        self.addr().rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+    async fn admin(&self) -> Connection {
+        Connection::connect(
+            &self.info.ws_url,
+            &Auth::Token(self.info.admin_token.clone()),
+        )
+        .await
+        .unwrap()
+    }
+    async fn app_token(&self, name: &str) -> String {
+        let v = self
+            .admin()
+            .await
+            .call(None, Request::AppsAdd { name: name.into() })
+            .await
+            .unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+    /// Resident memory of the daemon process, in KiB (from /proc).
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+    fn cli(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_masq"));
+        c.arg("--data")
+            .arg(self.dir.path())
+            .args(["--durability", "buffered"]);
+        c
+    }
+}
+
+fn origin_auth(origin: &str, app: &str) -> Auth {
+    Auth::Origin {
+        origin: origin.into(),
+        app: app.into(),
+    }
+}
+
+/// Sends `request` and returns what the store answers up to the end of the
+/// response head (and the body, if the store closes after it).
+fn raw(addr: &str, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        // A 101 keeps the connection open: the head is all we need.
+        if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn upgrade(host: &str, extra: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Issue 16 item 2: 20 origins x 64 connections filled the store's one
+/// connection pool (1 024); approved apps and the admin got 503 and the
+/// daemon's RSS grew by ~140 MB and stayed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_origins_cannot_lock_out_apps_or_the_admin_and_their_memory_is_released() {
+    let d = Daemon::start(None);
+    let token = d.app_token("notes").await;
+    // An origin that asked and was approved.
+    let asked = Connection::connect(
+        &d.info.ws_url,
+        &origin_auth("http://approved.example", "web"),
+    )
+    .await
+    .unwrap();
+    drop(asked);
+    d.admin()
+        .await
+        .call(
+            None,
+            Request::AppsApprove {
+                origin: "http://approved.example".into(),
+                app: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Warm up every path once before the baseline.
+    let app = Connection::connect(&d.info.ws_url, &Auth::Token(token.clone()))
+        .await
+        .unwrap();
+    app.call(
+        Some("notes"),
+        Request::KvPut {
+            bucket: "default".into(),
+            key: "k".into(),
+            value: serde_json::json!(1),
+        },
+    )
+    .await
+    .unwrap();
+    drop(app);
+    let warm = Connection::connect(&d.info.ws_url, &origin_auth("http://warm.example", "x"))
+        .await
+        .unwrap();
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = d.rss_kib();
+
+    // The attack: 20 origins, 64 connections each, all held open.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for o in 0..20 {
+        for _ in 0..64 {
+            let auth = origin_auth(&format!("http://attacker{o}.example"), "x");
+            match Connection::connect(&d.info.ws_url, &auth).await {
+                Ok(c) => held.push(c),
+                Err(_) => refused += 1,
+            }
+        }
+    }
+
+    // Everyone else still gets in: a native app, an approved origin, the admin.
+    let app = Connection::connect(&d.info.ws_url, &Auth::Token(token.clone()))
+        .await
+        .expect("an approved native app gets in");
+    let v = app
+        .call(
+            Some("notes"),
+            Request::KvGet {
+                bucket: "default".into(),
+                key: "k".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, serde_json::json!(1), "{v}");
+    let page = Connection::connect(
+        &d.info.ws_url,
+        &origin_auth("http://approved.example", "web"),
+    )
+    .await
+    .expect("an approved origin gets in");
+    assert_eq!(page.state().0, ConnState::Ready);
+    let admin2 = Connection::connect(&d.info.ws_url, &Auth::Token(d.info.admin_token.clone()))
+        .await
+        .expect("the admin gets in");
+    admin2.call(None, Request::Status {}).await.unwrap();
+
+    // Memory: bounded while they are held, given back once they close.
+    let during = d.rss_kib();
+    assert!(
+        during < before + 64 * 1024,
+        "RSS grew from {before} KiB to {during} KiB with the pending pool full"
+    );
+    assert!(
+        held.len() <= MAX_PENDING_CONNECTIONS,
+        "{} pending connections admitted (at most {MAX_PENDING_CONNECTIONS})",
+        held.len()
+    );
+    assert!(held.len() >= MAX_PENDING_PER_ORIGIN, "some were admitted");
+    assert_eq!(held.len() + refused, 20 * 64);
+    // A refusal says why, distinctly.
+    let r = raw(
+        &d.addr(),
+        &upgrade(&d.addr(), "Origin: http://one-more.example\r\n").replace("/ws ", "/ws?app=x "),
+    );
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("waiting for approval"), "{r}");
+
+    drop(held);
+    // Once the store has seen them close, a fresh origin gets in again.
+    let mut again = None;
+    for _ in 0..600 {
+        if let Ok(c) =
+            Connection::connect(&d.info.ws_url, &origin_auth("http://after.example", "x")).await
+        {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the pending pool was never given back");
+    drop(again);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = d.rss_kib();
+    eprintln!("daemon RSS: {before} KiB before, {during} KiB with the pending pool full, {after} KiB after");
+    assert!(
+        after < before + 32 * 1024,
+        "RSS was {before} KiB before the attack and {after} KiB after it ended"
+    );
+}
+
+/// Issue 16 item 9: the Host check looked at the first `Host` header only and
+/// at what came before the last `:`.
+#[test]
+fn host_header_must_be_exactly_one_loopback_name_with_the_port() {
+    let d = Daemon::start(None);
+    let (addr, port) = (d.addr(), d.port());
+    let get = |hosts: &str| raw(&addr, &format!("GET /healthz HTTP/1.1\r\n{hosts}\r\n"));
+    for ok in [
+        format!("Host: 127.0.0.1:{port}\r\n"),
+        format!("Host: localhost:{port}\r\n"),
+        format!("Host: [::1]:{port}\r\n"),
+    ] {
+        let r = get(&ok);
+        assert!(r.starts_with("HTTP/1.1 200"), "{ok:?}: {r}");
+    }
+    for bad in [
+        format!("Host: 127.0.0.1:{port}\r\nHost: evil.example\r\n"),
+        format!("Host: 127.0.0.1:{port}@evil.example\r\n"),
+        format!("Host: localhost:{port},evil.example\r\n"),
+        format!("Host: localhost:{}\r\n", port.wrapping_add(1)),
+        "Host: evil.example\r\n".to_string(),
+        String::new(),
+    ] {
+        let r = get(&bad);
+        assert!(r.starts_with("HTTP/1.1 403"), "{bad:?}: {r}");
+        assert!(r.contains("bad Host header"), "{bad:?}: {r}");
+    }
+    // The WebSocket upgrade is checked the same way.
+    let r = raw(
+        &addr,
+        &upgrade(
+            &format!("127.0.0.1:{port}\r\nHost: evil.example"),
+            &format!("Authorization: Bearer {}\r\n", d.info.admin_token),
+        ),
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
+
+/// Issue 16 item 9: a native app's token was accepted from any web page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_token_is_refused_from_a_foreign_web_origin() {
+    let d = Daemon::start(None);
+    let token = d.app_token("notes").await;
+    let addr = d.addr();
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let r = raw(
+        &addr,
+        &upgrade(&addr, &format!("{bearer}Origin: http://evil.example\r\n")),
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("native app token"), "{r}");
+    // The same token without an Origin (a native app) works.
+    let r = raw(&addr, &upgrade(&addr, &bearer));
+    assert!(r.starts_with("HTTP/1.1 101"), "{r}");
+    // And through the client.
+    let c = Connection::connect(&d.info.ws_url, &Auth::Token(token))
+        .await
+        .unwrap();
+    assert_eq!(c.state(), (ConnState::Ready, Some("notes".into())));
+}
+
+/// Issue 16 item 8: `masq manager --open` gave the admin token to the opener
+/// (visible in `ps`) in a link the page never removed from history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_opener_gets_a_single_use_code_not_the_admin_token() {
+    let d = Daemon::start(None);
+    let bin = tempfile::tempdir().unwrap();
+    let recorded = bin.path().join("argv");
+    let opener = bin.path().join("opener");
+    std::fs::write(
+        &opener,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > '{}'\n",
+            recorded.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let out = d
+        .cli()
+        .args(["manager", "--open"])
+        .env("MASQ_BROWSER", &opener)
+        .env_remove("BROWSER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let argv = std::fs::read_to_string(&recorded).expect("the opener ran");
+    assert!(
+        !argv.contains(&d.info.admin_token),
+        "the opener's argv carries the admin token: {argv}"
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(!printed.contains(&d.info.admin_token), "{printed}");
+    let code = argv
+        .split("#code=")
+        .nth(1)
+        .expect("a link with a code")
+        .trim()
+        .to_string();
+    // The code lets a page in once (as the admin) ...
+    let page = Connection::connect(&d.info.ws_url, &Auth::Token(code.clone()))
+        .await
+        .expect("the code works once");
+    let session = page.call(None, Request::AdminSession {}).await.unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // ... and is useless afterwards: seen in `ps` or in history, it gives nothing.
+    let r = raw(
+        &d.addr(),
+        &upgrade(&d.addr(), &format!("Authorization: Bearer {code}\r\n")),
+    );
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert!(r.contains("already used"), "{r}");
+    // The session the page traded it for works, but not from a foreign page.
+    let again = Connection::connect(&d.info.ws_url, &Auth::Token(session.clone()))
+        .await
+        .unwrap();
+    again.call(None, Request::Status {}).await.unwrap();
+    let r = raw(
+        &d.addr(),
+        &upgrade(
+            &d.addr(),
+            &format!("Authorization: Bearer {session}\r\nOrigin: http://evil.example\r\n"),
+        ),
+    );
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
+
+/// Issue 16 item 8: `masq pair join URI` put the invite secret in argv and
+/// in the shell history; it can now come on stdin or from a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
+    let relay = masq::relay::start(masq::relay::RelayConfig::loopback_any_port())
+        .await
+        .unwrap();
+    let url = relay.url();
+    let a = Daemon::start(Some(&url));
+    let b = Daemon::start(Some(&url));
+    let mut invite = a
+        .cli()
+        .args(["pair", "invite"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(invite.stdout.take().unwrap());
+        r.read_line(&mut line).unwrap();
+    }
+    assert!(line.starts_with("masq:"), "{line}");
+    let mut join = b
+        .cli()
+        .args(["pair", "join"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    join.stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || join.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(invite.wait().unwrap().success());
+    // Paired: each store lists the other.
+    let listed = |d: &Daemon| {
+        let out = d.cli().args(["devices", "list"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(listed(&a).lines().count(), 2, "{}", listed(&a));
+    assert_eq!(listed(&b).lines().count(), 2, "{}", listed(&b));
+
+    // Or from a file (`--file`), e.g. one only its owner can read.
+    let c = Daemon::start(Some(&url));
+    let mut invite = a
+        .cli()
+        .args(["pair", "invite"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(invite.stdout.take().unwrap());
+        r.read_line(&mut line).unwrap();
+    }
+    let file = c.dir.path().join("invite.txt");
+    std::fs::write(&file, format!("\n{line}")).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        c.cli()
+            .args(["pair", "join", "--file", &path])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| (o, c))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (out, c) = out;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(invite.wait().unwrap().success());
+    assert_eq!(listed(&c).lines().count(), 3, "{}", listed(&c));
+}
