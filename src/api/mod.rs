@@ -403,7 +403,7 @@ pub fn parse_request(text: &str) -> Result<Envelope, (u64, ApiError)> {
         .and_then(Json::as_str)
         .unwrap_or("")
         .to_string();
-    serde_json::from_value::<Envelope>(value).map_err(|e| {
+    let mut envelope = serde_json::from_value::<Envelope>(value).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("unknown variant") || op.is_empty() {
             (
@@ -413,13 +413,37 @@ pub fn parse_request(text: &str) -> Result<Envelope, (u64, ApiError)> {
         } else {
             (id, ApiError::new("bad_request", format!("{op}: {msg}")))
         }
-    })
+    })?;
+    // `apps.approve`'s own `app` (the namespace to grant) has the same JSON
+    // name as the envelope's, which takes it first when flattening: hand it
+    // on, since an admin op has no namespace of its own.
+    if let Request::AppsApprove {
+        app: app @ None, ..
+    } = &mut envelope.request
+    {
+        *app = envelope.app.take();
+    }
+    Ok(envelope)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn apps_approve_keeps_the_namespace_it_grants() {
+        let e =
+            parse_request(r#"{"id":1,"op":"apps.approve","origin":"http://a.test","app":"notes"}"#)
+                .unwrap();
+        assert_eq!(
+            e.request,
+            Request::AppsApprove {
+                origin: "http://a.test".into(),
+                app: Some("notes".into())
+            }
+        );
+    }
 
     #[test]
     fn parses_requests_and_reports_bad_ones_with_their_id() {
