@@ -232,3 +232,14 @@ mod tests {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
+
+/// Whether an `accept` error means the process or the system is out of a
+/// resource (descriptors, memory, buffers), so an accept loop must pause
+/// before trying again instead of spinning (see
+/// [`service::ACCEPT_ERROR_BACKOFF`](crate::service::ACCEPT_ERROR_BACKOFF)).
+pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}

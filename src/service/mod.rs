@@ -54,6 +54,12 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// is answered `not_approved`, so a small buffer costs nothing, and the pending
 /// pool's memory stays small (issue 16: 1 024 pending connections took 140 MB).
 pub const PENDING_READ_BUFFER: usize = 4 * 1024;
+/// How long the accept loop pauses after `accept` fails for lack of
+/// resources (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`): the listener stays
+/// readable while the backlog holds connections, so retrying at once spins a
+/// core until a descriptor frees up. 100 ms is short next to a client's
+/// connect timeout and long enough to cost nothing.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Messages queued for one connection's writer (answers and events) before
 /// the request worker and event forwarders wait for the socket.
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -238,7 +244,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) if crate::http_head::is_resource_exhaustion(&e) => {
+                        tracing::warn!("accept failed ({e}); pausing {ACCEPT_ERROR_BACKOFF:?}");
+                        tokio::select! {
+                            _ = stop.changed() => break,
+                            _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                        }
+                        continue;
+                    }
+                    // A connection that died before we took it: nothing to do.
+                    Err(_) => continue,
+                };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let closing = closing_tx.subscribe();

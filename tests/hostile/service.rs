@@ -478,3 +478,90 @@ async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
     assert!(invite.wait().unwrap().success());
     assert_eq!(listed(&c).lines().count(), 3, "{}", listed(&c));
 }
+
+/// CPU time (user + system) the process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// A local flood of TCP connections that exhausts the daemon's file
+/// descriptors (`ulimit -n 64`): `accept` then fails with `EMFILE` while the
+/// backlog stays full, and the old accept loop retried at once, spinning a
+/// core for as long as the flood lasted. Now it pauses
+/// (`service::ACCEPT_ERROR_BACKOFF`), and serves again once the flood ends.
+#[test]
+fn a_descriptor_flood_does_not_spin_the_accept_loop_and_the_store_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_masq");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64; exec {bin} --data {} --durability buffered store --listen 127.0.0.1:0",
+            dir.path().display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let info = loop {
+        if let Some(i) =
+            masq::service::daemon_file::read(dir.path()).filter(|i| i.pid == child.id())
+        {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the store did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let addr = info.http_url.trim_start_matches("http://").to_string();
+    // 200 connections that send nothing: more than the daemon has descriptors.
+    let flood: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(child.id()) - before;
+    // A spinning accept loop burns ~2 s of CPU here (one core, flat out);
+    // a paused one next to nothing. The bound is generous for a loaded CI.
+    assert!(
+        used < 0.6,
+        "the daemon used {used:.2} s of CPU in 2 s under the flood"
+    );
+    drop(flood);
+    let started = std::time::Instant::now();
+    loop {
+        let got = std::net::TcpStream::connect(&addr).ok().map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        });
+        if got.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the store did not serve again after the flood"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the store died");
+    let _ = child.kill();
+    let _ = child.wait();
+}
