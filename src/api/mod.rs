@@ -388,6 +388,9 @@ pub enum ConnState {
     Revoked,
 }
 
+/// Most characters of an unknown `op` repeated in its error message.
+pub const MAX_ECHOED_OP_CHARS: usize = 64;
+
 /// Parses one request frame. A frame that is not a JSON object with a numeric
 /// `id` yields an error for id 0; an unknown op or bad arguments yield an
 /// error carrying the frame's id, so the client can match it.
@@ -398,11 +401,14 @@ pub fn parse_request(text: &str) -> Result<Envelope, (u64, ApiError)> {
         .get("id")
         .and_then(Json::as_u64)
         .ok_or_else(|| (0, ApiError::new("bad_request", "missing numeric \"id\"")))?;
-    let op = value
+    // Echoed in errors: cut, so an answer is never as large as the request.
+    let op: String = value
         .get("op")
         .and_then(Json::as_str)
         .unwrap_or("")
-        .to_string();
+        .chars()
+        .take(MAX_ECHOED_OP_CHARS)
+        .collect();
     let mut envelope = serde_json::from_value::<Envelope>(value).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("unknown variant") || op.is_empty() {

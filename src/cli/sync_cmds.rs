@@ -288,12 +288,50 @@ pub fn manager(dir: &std::path::Path, open: bool) -> Result<(), CliError> {
                     "xdg-open".into()
                 }
             });
+        // The opener (and a browser it starts) shows its arguments to every
+        // local user in `ps`: it gets the path of a private page that
+        // forwards to the link, never the code itself.
+        let page = write_manager_redirect(dir, &link)?;
         std::process::Command::new(&opener)
-            .arg(&link)
+            .arg(&page)
             .status()
             .map_err(|e| CliError::from(format!("could not run {opener}: {e}")))?;
     }
     Ok(())
+}
+
+/// Name of the page in the data directory that forwards the browser to the
+/// manager link (`masq manager --open`).
+pub const MANAGER_REDIRECT_FILE: &str = "manager-open.html";
+
+/// Writes `<dir>/manager-open.html` (mode 0600, in the 0700 data directory,
+/// replaced atomically): a page that forwards to `link` at once. Only this
+/// user can read it, and the code in it works once and expires after
+/// `service::admin::LOGIN_CODE_TTL`, so a leftover file gives nothing.
+fn write_manager_redirect(dir: &std::path::Path, link: &str) -> Result<PathBuf, CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let page = dir.join(MANAGER_REDIRECT_FILE);
+    let tmp = dir.join(format!("{MANAGER_REDIRECT_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let escaped = link
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    write!(
+        f,
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={escaped}\"><title>masq store manager</title>\
+         <a href=\"{escaped}\">Open the masq store manager</a>\n"
+    )?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &page)?;
+    Ok(page)
 }
 
 /// `masq store`: the daemon — serves local apps on loopback and syncs with

@@ -328,11 +328,27 @@ fn recheck(role: &Role, shared: &Shared) -> Option<Role> {
                 name: r.app,
                 via: Via::Origin(origin.clone()),
             }),
-            Some(r) if r.state == registry::OriginState::Pending => None,
-            _ => Some(Role::Denied { app: app.clone() }),
+            Some(r) if r.state == registry::OriginState::Denied => {
+                Some(Role::Denied { app: app.clone() })
+            }
+            // Still pending, or its record was pushed out of the bounded
+            // pending list by newer origins: neither is a refusal by the
+            // user, so the connection keeps waiting (and asks again when it
+            // reconnects).
+            _ => None,
         },
     }
 }
+
+/// Largest message a connection waiting for approval may send: the client
+/// queues requests until it is approved, so a waiting connection has nothing
+/// to say; past this it is closed (1009) before anything is parsed, so a
+/// stranger's page cannot make the store parse megabytes per connection.
+pub const MAX_PENDING_REQUEST_BYTES: usize = 4 * 1024;
+/// Pause before answering each message of a connection waiting for approval
+/// (the answer is always `not_approved`), so 64 such connections cannot keep
+/// the store's two runtime threads busy.
+pub const PENDING_REQUEST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Serves one TCP connection.
 pub(crate) async fn handle(
@@ -473,13 +489,22 @@ async fn serve(
     });
     let (jobs, jobs_rx) = mpsc::channel::<Job>(MAX_PIPELINED);
     let worker = AbortOnDrop(tokio::spawn(worker(shared.clone(), jobs_rx, out.clone())));
+    // Subscribe before the first state goes out, then check once more: a
+    // change made between authentication and here (a revoke) would
+    // otherwise count as already seen and be missed.
+    let mut registry = shared.registry_version.subscribe();
+    registry.mark_changed();
     let _ = out.send(state_msg(&role)).await;
     if matches!(role, Role::Denied { .. }) {
         let _ = out
             .send(close(CLOSE_REVOKED, "this origin was refused by the user"))
             .await;
+        drop(jobs);
+        drop(worker);
+        drop(out);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+        return;
     }
-    let mut registry = shared.registry_version.subscribe();
     loop {
         tokio::select! {
             _ = closing.recv() => {
@@ -522,9 +547,24 @@ async fn serve(
                     Some(Ok(m)) => m,
                 };
                 match msg {
+                    Message::Text(t)
+                        if matches!(role, Role::Pending { .. } | Role::Denied { .. })
+                            && t.len() > MAX_PENDING_REQUEST_BYTES =>
+                    {
+                        let _ = out
+                            .send(close(1009, "requests wait for approval: nothing this large"))
+                            .await;
+                        break;
+                    }
                     Message::Text(t) => {
-                        if let Admission::App { slot, .. } = &admission {
-                            slot.pace().await;
+                        match &admission {
+                            Admission::App { slot, .. } => slot.pace().await,
+                            // Everything a waiting connection sends is
+                            // answered `not_approved`: at most one a tick.
+                            Admission::Pending { .. } => {
+                                tokio::time::sleep(PENDING_REQUEST_INTERVAL).await
+                            }
+                            _ => {}
                         }
                         if let Err((id, error)) = route(t.as_str(), &role, &jobs).await {
                             let _ = out.send(text(&Response::Err { id, error })).await;

@@ -350,10 +350,31 @@ async fn the_manager_opener_gets_a_single_use_code_not_the_admin_token() {
     );
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(!printed.contains(&d.info.admin_token), "{printed}");
-    let code = argv
+    // Not even the single-use code: the opener gets a private page that
+    // forwards to the link (a local user racing `ps` gets nothing).
+    assert!(
+        !argv.contains("code="),
+        "the opener's argv carries the code: {argv}"
+    );
+    let page_path = argv
+        .lines()
+        .nth(1)
+        .expect("the opener got an argument")
+        .trim();
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(page_path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{page_path}");
+    }
+    let page_html = std::fs::read_to_string(page_path).unwrap();
+    assert!(!page_html.contains(&d.info.admin_token));
+    let code = page_html
         .split("#code=")
         .nth(1)
         .expect("a link with a code")
+        .split('"')
+        .next()
+        .unwrap()
         .trim()
         .to_string();
     // The code lets a page in once (as the admin) ...
@@ -564,4 +585,68 @@ fn a_descriptor_flood_does_not_spin_the_accept_loop_and_the_store_recovers() {
     assert!(child.try_wait().unwrap().is_none(), "the store died");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Review of item 2: a waiting connection could still send 8 MiB messages,
+/// each parsed in full on a runtime thread and answered at once with the
+/// unknown op echoed back, so 64 of them from one web page cost hundreds of
+/// MB and both cores. Now a waiting connection's messages are answered one
+/// per `PENDING_REQUEST_INTERVAL`, a message over
+/// `MAX_PENDING_REQUEST_BYTES` closes it (1009) unparsed, and an echoed op is
+/// cut to `MAX_ECHOED_OP_CHARS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_connection_cannot_make_the_store_parse_megabytes() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let d = Daemon::start(None);
+    let mut req = format!("{}?app=web", d.info.ws_url)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", "http://stranger.example".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("pending"), "{first:?}");
+    // A small request: not_approved, with a long unknown op cut short.
+    let op = "x".repeat(2000);
+    ws.send(Message::text(format!(r#"{{"id":1,"op":"{op}"}}"#)))
+        .await
+        .unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    let answer = answer.to_text().unwrap();
+    assert!(
+        answer.contains("not_approved") || answer.contains("unknown_op"),
+        "{answer}"
+    );
+    assert!(
+        answer.len() < 600,
+        "the answer echoes the request: {} bytes",
+        answer.len()
+    );
+    // A large one closes the connection before it is parsed.
+    ws.send(Message::text(format!(
+        r#"{{"id":2,"op":"kv.put","key":"k","value":"{}"}}"#,
+        "v".repeat(64 * 1024)
+    )))
+    .await
+    .unwrap();
+    let mut closed_with = None;
+    while let Some(m) = ws.next().await {
+        match m {
+            Ok(Message::Close(Some(f))) => {
+                closed_with = Some(u16::from(f.code));
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(closed_with, Some(1009));
+    // The store serves the admin as before.
+    d.admin()
+        .await
+        .call(None, Request::Status {})
+        .await
+        .unwrap();
 }
