@@ -121,6 +121,36 @@ where
     rt.block_on(fut).map_err(Into::into)
 }
 
+/// Most open files a server command asks for.
+///
+/// Why: the soft limit is often 1024, below the store's own connection pools
+/// (1024 apps + 64 admin + 64 pending) and far below a relay's connection cap,
+/// so a local flood of idle sockets would exhaust descriptors before any pool
+/// refused it. The hard limit is the ceiling; 65 536 is plenty for either.
+pub const MAX_OPEN_FILES: u64 = 65_536;
+
+/// Raises this process's soft limit of open files towards its hard limit
+/// (at most [`MAX_OPEN_FILES`]), as servers do at start; never lowers it.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(MAX_OPEN_FILES as libc::rlim_t);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit to {want}");
+            }
+        }
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     // Every file this process creates (fjall's journals and tables, the
@@ -155,9 +185,15 @@ pub fn main() -> ExitCode {
             listen,
             relay,
             app_rate,
-        } => sync_cmds::store_daemon(dir.clone(), cli.durability, listen, relay, app_rate),
+        } => {
+            raise_open_file_limit();
+            sync_cmds::store_daemon(dir.clone(), cli.durability, listen, relay, app_rate)
+        }
         Command::Manager { open } => sync_cmds::manager(&dir, open),
-        Command::Relay(args) => run_async(crate::relay::run(args)),
+        Command::Relay(args) => {
+            raise_open_file_limit();
+            run_async(crate::relay::run(args))
+        }
         Command::Demo => run_async(async { crate::demo::run().await.map_err(CliError::from) }),
         Command::Bench(cmd) => run_async(crate::bench::run(cmd)),
     };
