@@ -58,7 +58,7 @@ impl Inviter {
     pub async fn start(store: Store, relay_url: &str) -> Result<Self> {
         let invite = Invite::new(relay_url, peers::now());
         let mut transport = Transport::connect(relay_url, &rendezvous_identity()).await?;
-        transport.rendezvous(invite.slot).await?;
+        transport.rendezvous(&invite.slot_secret()).await?;
         peers::set_relay_url(store.db(), relay_url)?;
         Ok(Self {
             store,
@@ -90,6 +90,7 @@ impl Inviter {
         let db = self.store.db();
         let kp = peers::load_or_create_identity(db)?;
         let joiner_pub = PublicKey::from(joiner.public_key);
+        crate::crypto::check_public_key(&joiner_pub).map_err(pairing_err)?;
         let joiner_id = DeviceId::from_public(&joiner_pub);
         if joiner_id == kp.device_id() {
             return Err(pairing_err("a device cannot pair with itself"));
@@ -139,7 +140,7 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     let kp = peers::load_or_create_identity(db)?;
     let channel = PairingChannel::new(&invite.secret, invite.slot);
     let mut transport = Transport::connect(&invite.relay, &rendezvous_identity()).await?;
-    transport.rendezvous(invite.slot).await?;
+    transport.rendezvous(&invite.slot_secret()).await?;
     let me = PeerInfo {
         public_key: *kp.public().as_bytes(),
         name: peers::device_name(db)?,
@@ -161,6 +162,9 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
         .ok_or_else(|| pairing_err("empty welcome"))?
         .clone();
     let inviter_pub = PublicKey::from(inviter.public_key);
+    for p in &list {
+        crate::crypto::check_public_key(&PublicKey::from(p.public_key)).map_err(pairing_err)?;
+    }
     let mut b = db.batch();
     let mut learned = 0;
     for p in &list {
