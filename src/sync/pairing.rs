@@ -141,6 +141,14 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     let channel = PairingChannel::new(&invite.secret, invite.slot);
     let mut transport = Transport::connect(&invite.relay, &rendezvous_identity()).await?;
     transport.rendezvous(&invite.slot_secret()).await?;
+    // Speak only once the relay says the inviter is in the slot: in a relay
+    // cluster our join can be counted before the inviter's (both are
+    // asynchronous there), and a hello sent into a slot the inviter has not
+    // entered yet is lost, leaving both sides waiting until the invite expires.
+    let ttl = (invite.expires - peers::now()).clamp(1, 600) as u64;
+    tokio::time::timeout(Duration::from_secs(ttl), wait_for_peer(&mut transport))
+        .await
+        .map_err(|_| pairing_err("the inviting device is not in the rendezvous"))??;
     let me = PeerInfo {
         public_key: *kp.public().as_bytes(),
         name: peers::device_name(db)?,
@@ -148,7 +156,6 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     transport
         .send_rendezvous(channel.seal(TO_INVITER, &SyncPayload::Introduce(vec![me]).encode()))
         .await?;
-    let ttl = (invite.expires - peers::now()).clamp(1, 600) as u64;
     let welcome = tokio::time::timeout(Duration::from_secs(ttl), next_data(&mut transport))
         .await
         .map_err(|_| pairing_err("the inviting device did not answer in time"))??;
@@ -194,6 +201,20 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
 /// device), and the relay would learn which device is pairing.
 fn rendezvous_identity() -> crate::crypto::DeviceKeypair {
     crate::crypto::DeviceKeypair::generate()
+}
+
+/// Waits until the other side is in the rendezvous slot.
+async fn wait_for_peer(t: &mut Transport) -> Result<()> {
+    loop {
+        match t.next().await {
+            Some(TransportEvent::RendezvousPeer(true)) => return Ok(()),
+            Some(TransportEvent::Closed(r)) | Some(TransportEvent::Error(r)) => {
+                return Err(pairing_err(format!("relay: {r}")))
+            }
+            None => return Err(pairing_err("relay connection lost")),
+            Some(_) => {}
+        }
+    }
 }
 
 /// The next rendezvous data message (other events are skipped).
