@@ -533,3 +533,72 @@ async fn low_order_keys_are_refused_by_pairing() {
         assert!(masq::sync::peers::peers(a.store.db()).unwrap().is_empty());
     }
 }
+
+/// Finding 3 in a relay cluster: the allow list lives with the recipient's
+/// connection, on its node; a stranger on another node is refused at its end
+/// (the refusal travels back through Redis) while the victim's peer on that
+/// node gets through. Skipped when `redis-server` is not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_list_holds_across_cluster_nodes() {
+    let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let Ok(mut redis) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("redis-server not installed: skipped");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let node = || {
+        relay(RelayConfig {
+            cluster: Some(url.clone()),
+            ..RelayConfig::default()
+        })
+    };
+    let (n1, n2) = (node().await, node().await);
+    let (victim_kp, mut victim) = client(&n1).await;
+    let (_, mut stranger) = client(&n2).await;
+    let (_, mut peer) = client(&n2).await;
+    let victim_id = victim_kp.device_id();
+    victim.allow(vec![peer.device_id()]).await.unwrap();
+    // The Allow frame is read before anything sent after it reaches the victim.
+    victim.subscribe(vec![peer.device_id()]).await.unwrap();
+    assert!(matches!(
+        next(&mut victim).await,
+        RelayEvent::Presence { online: true, .. }
+    ));
+    let id = stranger
+        .send(victim_id, b"let me in".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut stranger).await,
+        RelayEvent::Undeliverable {
+            msg_id: id,
+            to: victim_id,
+            reason: UndeliverableReason::NotAllowed
+        }
+    );
+    peer.send(victim_id, b"it's me".to_vec()).await.unwrap();
+    assert_eq!(
+        next(&mut victim).await,
+        RelayEvent::Message {
+            from: peer.device_id(),
+            payload: b"it's me".to_vec()
+        }
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
