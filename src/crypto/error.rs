@@ -37,4 +37,11 @@ pub enum CryptoError {
     /// Serialized session state is malformed.
     #[error("corrupt session state")]
     BadState,
+    /// An X25519 public key of small order (the all-zero point and the
+    /// other low-order points): Diffie-Hellman with it gives an all-zero,
+    /// non-contributory result that anyone can compute, so it is refused
+    /// wherever a key comes from outside (relay auth, handshake, ratchet,
+    /// pairing).
+    #[error("low-order X25519 public key (non-contributory Diffie-Hellman)")]
+    LowOrderKey,
 }

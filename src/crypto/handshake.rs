@@ -17,6 +17,10 @@
 //! only with a valid confirmation (which needs `s_r` and `e_r`). `E_r` is also
 //! the responder's first ratchet key. If both sides start at once, the device
 //! with the lower DeviceId stays initiator ([`initiator_wins`]).
+//!
+//! Every key taken from a message (and the peer's static key) must give a
+//! contributory DH: a low-order key is refused with
+//! [`CryptoError::LowOrderKey`].
 
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -26,8 +30,8 @@ use super::identity::{DeviceId, DeviceKeypair};
 use super::kdf::{
     derive, HANDSHAKE_CONFIRM_CONTEXT, HANDSHAKE_INIT_CONTEXT, HANDSHAKE_ROOT_CONTEXT,
 };
-use super::random_bytes;
 use super::ratchet::Session;
+use super::{contributory_dh, random_bytes};
 
 /// Handshake message version.
 pub const HANDSHAKE_VERSION: u8 = 1;
@@ -174,15 +178,16 @@ pub fn respond_with(
     let e_i = PublicKey::from(key_at(init, 33));
     let proof = blake3::Hash::from(key_at(init, 65));
     let s_r = local.public();
-    let dh2 = local.diffie_hellman(&e_i);
-    let dh4 = local.diffie_hellman(&s_i);
+    // Keys from the wire: a low-order one would make its DH all zero.
+    let dh2 = local.contributory_dh(&e_i)?;
+    let dh4 = local.contributory_dh(&s_i)?;
     // blake3::Hash equality is constant-time.
     if init_proof(&dh2, &dh4, &s_i, &s_r, &e_i) != proof {
         return Err(CryptoError::Handshake("init proof does not verify"));
     }
     let e_r = PublicKey::from(&ephemeral);
-    let dh1 = dh(&ephemeral, &s_i);
-    let dh3 = dh(&ephemeral, &e_i);
+    let dh1 = contributory_dh(&ephemeral, &s_i)?;
+    let dh3 = contributory_dh(&ephemeral, &e_i)?;
     let (root, confirm) = root_and_confirm([&dh1, &dh2, &dh3, &dh4], &s_i, &s_r, &e_i, &e_r);
     let mut msg = Vec::with_capacity(RESPONSE_LEN);
     msg.push(HANDSHAKE_VERSION);
@@ -228,10 +233,10 @@ impl PendingHandshake {
         let confirm = blake3::Hash::from(key_at(response, 33));
         let s_i = self.local.public();
         let e_i = PublicKey::from(&self.ephemeral);
-        let dh1 = self.local.diffie_hellman(&e_r);
-        let dh2 = dh(&self.ephemeral, &self.remote);
-        let dh3 = dh(&self.ephemeral, &e_r);
-        let dh4 = self.local.diffie_hellman(&self.remote);
+        let dh1 = self.local.contributory_dh(&e_r)?;
+        let dh2 = contributory_dh(&self.ephemeral, &self.remote)?;
+        let dh3 = contributory_dh(&self.ephemeral, &e_r)?;
+        let dh4 = self.local.contributory_dh(&self.remote)?;
         let (root, expected) =
             root_and_confirm([&dh1, &dh2, &dh3, &dh4], &s_i, &self.remote, &e_i, &e_r);
         if expected != confirm {

@@ -60,6 +60,15 @@ impl DeviceKeypair {
     pub fn diffie_hellman(&self, their_public: &PublicKey) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.secret.diffie_hellman(their_public).to_bytes())
     }
+
+    /// Diffie-Hellman that refuses a low-order `their_public`
+    /// ([`CryptoError::LowOrderKey`](crate::crypto::CryptoError::LowOrderKey)).
+    pub fn contributory_dh(
+        &self,
+        their_public: &PublicKey,
+    ) -> Result<Zeroizing<[u8; 32]>, crate::crypto::CryptoError> {
+        crate::crypto::contributory_dh(&self.secret, their_public)
+    }
 }
 
 impl fmt::Debug for DeviceKeypair {

@@ -24,7 +24,30 @@ pub use error::CryptoError;
 pub use identity::{safety_code, DeviceId, DeviceKeypair};
 pub use ratchet::Session;
 
+use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
+
+/// X25519 Diffie-Hellman that refuses a non-contributory result
+/// (x25519-dalek's `SharedSecret::was_contributory`: the peer's key is of
+/// small order, so the output is all zero whatever our secret):
+/// [`CryptoError::LowOrderKey`]. Every DH with a key that came from outside
+/// goes through here.
+pub fn contributory_dh(
+    secret: &StaticSecret,
+    public: &PublicKey,
+) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    let shared = secret.diffie_hellman(public);
+    if !shared.was_contributory() {
+        return Err(CryptoError::LowOrderKey);
+    }
+    Ok(Zeroizing::new(shared.to_bytes()))
+}
+
+/// Refuses a low-order public key before it is stored (pairing,
+/// introductions): a DH with a fresh random secret must be contributory.
+pub fn check_public_key(public: &PublicKey) -> Result<(), CryptoError> {
+    contributory_dh(&StaticSecret::from(*random_bytes::<32>()), public).map(|_| ())
+}
 
 /// Fills `N` bytes from the operating system's CSPRNG.
 ///

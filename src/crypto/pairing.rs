@@ -8,6 +8,13 @@
 //! message is `nonce(24) || XChaCha20-Poly1305(K, nonce, plaintext, ad)` with
 //! `ad = "masq-pair-v1" || slot(32) || direction(1)` (1: joiner→inviter,
 //! 2: inviter→joiner), so a message cannot be reflected or moved to another slot.
+//!
+//! The slot itself is keyed by the secret too: the slot key pair's secret is
+//! `BLAKE3-derive_key(SLOT_KEY_CONTEXT, secret)` and the slot id is
+//! `BLAKE3(slot public key)`. The relay admits to a slot only a connection
+//! that proves the slot secret (the relay-auth challenge-response over its
+//! own challenge, `relay::config::slot_proof`), so whoever learns only the
+//! slot id (a bystander, the relay) can neither join nor block the slot.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -17,6 +24,30 @@ use crate::crypto::random_bytes;
 
 /// BLAKE3 context for the pairing key.
 pub const PAIRING_KEY_CONTEXT: &str = "masq 2026-11 pairing key v1";
+/// BLAKE3 context for the rendezvous slot's X25519 secret.
+pub const SLOT_KEY_CONTEXT: &str = "masq 2026-11 pairing slot key v1";
+
+/// The rendezvous slot secret of an invite secret (an X25519 secret: the
+/// relay client proves it when joining; wiped on drop).
+pub fn slot_secret(secret: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(blake3::derive_key(SLOT_KEY_CONTEXT, secret))
+}
+
+/// The slot id named by a slot public key: `BLAKE3(slot_public)`.
+pub fn slot_id_of_public(slot_public: &[u8; 32]) -> [u8; 32] {
+    *blake3::hash(slot_public).as_bytes()
+}
+
+/// The slot id for a slot secret (as [`slot_secret`] gives).
+pub fn slot_id_of_secret(slot_secret: &[u8; 32]) -> [u8; 32] {
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*slot_secret));
+    slot_id_of_public(public.as_bytes())
+}
+
+/// The slot id of an invite secret.
+pub fn slot_id(secret: &[u8; 32]) -> [u8; 32] {
+    slot_id_of_secret(&slot_secret(secret))
+}
 /// Direction byte: joiner to inviter.
 pub const TO_INVITER: u8 = 1;
 /// Direction byte: inviter to joiner.
@@ -110,5 +141,12 @@ mod tests {
             Err(PairingError::Auth)
         );
         assert_eq!(ch.open(TO_INVITER, &m[..10]), Err(PairingError::Truncated));
+    }
+
+    #[test]
+    fn slot_id_depends_on_the_secret_only() {
+        assert_eq!(slot_id(&[1; 32]), slot_id(&[1; 32]));
+        assert_ne!(slot_id(&[1; 32]), slot_id(&[2; 32]));
+        assert_eq!(slot_id(&[1; 32]), slot_id_of_secret(&slot_secret(&[1; 32])));
     }
 }

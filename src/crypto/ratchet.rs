@@ -23,7 +23,7 @@ use super::envelope::{unpad, Envelope, RatchetHeader};
 use super::error::CryptoError;
 use super::identity::DeviceId;
 use super::kdf::{kdf_ck, kdf_rk, message_key_material};
-use super::random_bytes;
+use super::{contributory_dh, random_bytes};
 
 /// Most message keys skipped in one chain step (Signal's MAX_SKIP).
 pub const MAX_SKIP: u32 = 1000;
@@ -259,7 +259,7 @@ impl Session {
                 return Err(CryptoError::Replay);
             }
             self.skip_until(h.pn)?;
-            self.dh_ratchet(PublicKey::from(h.dh));
+            self.dh_ratchet(PublicKey::from(h.dh))?;
         }
         self.skip_until(h.n)?;
         let ckr = self.ckr.as_ref().ok_or(CryptoError::BadState)?;
@@ -295,7 +295,10 @@ impl Session {
         Ok(())
     }
 
-    fn dh_ratchet(&mut self, their: PublicKey) {
+    /// A DH ratchet step to the peer's new key `their` (from an envelope
+    /// header): refused, before anything changes, if it is of low order.
+    fn dh_ratchet(&mut self, their: PublicKey) -> Result<(), CryptoError> {
+        let dh_recv = contributory_dh(&self.dhs, &their)?;
         self.pn = self.ns;
         self.ns = 0;
         self.nr = 0;
@@ -305,14 +308,16 @@ impl Session {
                 self.past_dhr.pop_front();
             }
         }
-        let (rk, ckr) = kdf_rk(&self.rk, &dh(&self.dhs, &their));
+        let (rk, ckr) = kdf_rk(&self.rk, &dh_recv);
         self.rk = rk;
         self.ckr = Some(ckr);
         self.dhs = random_secret();
         self.dhs_pub = PublicKey::from(&self.dhs);
-        let (rk, cks) = kdf_rk(&self.rk, &dh(&self.dhs, &their));
+        let dh_send = contributory_dh(&self.dhs, &their)?;
+        let (rk, cks) = kdf_rk(&self.rk, &dh_send);
         self.rk = rk;
         self.cks = Some(cks);
+        Ok(())
     }
 
     /// Serializes the whole state (versioned; see `docs/crypto.md`). Wiped on drop.

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::PublicKey;
 
-use super::config::{auth_proof, RelayConfig};
+use super::config::{auth_proof, slot_proof, RelayConfig};
 use crate::crypto::{DeviceId, DeviceKeypair};
 use crate::wire::relay_frame::{Frame, UndeliverableReason};
 
@@ -95,6 +95,9 @@ pub enum RelayEvent {
 /// An authenticated relay connection.
 pub struct RelayClient {
     device: DeviceId,
+    /// The relay's challenge on this connection (public key, nonce): a
+    /// rendezvous join proves the slot key over it.
+    challenge: ([u8; 32], [u8; 32]),
     out: mpsc::Sender<Vec<u8>>,
     events: mpsc::UnboundedReceiver<RelayEvent>,
     next_id: u64,
@@ -157,7 +160,11 @@ impl RelayClient {
         else {
             return Err(RelayClientError::Protocol("expected a challenge".into()));
         };
-        let dh = keypair.diffie_hellman(&PublicKey::from(relay_public));
+        // A low-order relay key would make the proof a function of public
+        // values only: refuse it (a relay never sends one).
+        let dh = keypair
+            .contributory_dh(&PublicKey::from(relay_public))
+            .map_err(|e| RelayClientError::Auth(format!("relay challenge: {e}")))?;
         let public = *keypair.public().as_bytes();
         let proof = auth_proof(&dh, &nonce, &relay_public, &public);
         ws.send(Message::Binary(
@@ -236,6 +243,7 @@ impl RelayClient {
         });
         Ok(Self {
             device: keypair.device_id(),
+            challenge: (relay_public, nonce),
             out: out_tx,
             events: ev_rx,
             next_id: 1,
@@ -281,9 +289,26 @@ impl RelayClient {
         self.push(Frame::Subscribe(ids)).await
     }
 
-    /// Joins a rendezvous slot.
-    pub async fn join_rendezvous(&self, slot: [u8; 32]) -> Result<(), RelayClientError> {
-        self.push(Frame::RendezvousJoin(slot)).await
+    /// Only these devices may send to us from now on (replaces the previous
+    /// list; until the first call, anyone may). Others' sends are refused at
+    /// their end with `Undeliverable` reason `NotAllowed`.
+    pub async fn allow(&self, ids: Vec<DeviceId>) -> Result<(), RelayClientError> {
+        self.push(Frame::Allow(ids)).await
+    }
+
+    /// Joins the rendezvous slot of `slot_secret` (an X25519 secret, from
+    /// `crypto::pairing::slot_secret` of an invite secret): the slot id is
+    /// the hash of its public half, and the relay admits us only with a proof
+    /// of the secret over this connection's challenge.
+    pub async fn join_rendezvous(&self, slot_secret: [u8; 32]) -> Result<(), RelayClientError> {
+        let secret = x25519_dalek::StaticSecret::from(slot_secret);
+        let slot_public = *PublicKey::from(&secret).as_bytes();
+        let (relay_public, nonce) = self.challenge;
+        let dh = crate::crypto::contributory_dh(&secret, &PublicKey::from(relay_public))
+            .map_err(|e| RelayClientError::Protocol(format!("relay challenge: {e}")))?;
+        let proof = slot_proof(&dh, &nonce, &relay_public, &slot_public);
+        self.push(Frame::RendezvousJoin { slot_public, proof })
+            .await
     }
 
     /// Sends to the other member of the rendezvous slot.

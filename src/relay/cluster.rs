@@ -5,7 +5,10 @@
 //! Channels and keys (all prefixed `masq:`):
 //! - `masq:dev:<device hex>`: the node holding a device's connection is
 //!   subscribed. Messages: `0 ‖ frame` (a frame to push to the device as is,
-//!   e.g. `Deliver`), or `1 ‖ node id` (a newer connection of this device
+//!   e.g. an `Undeliverable` answer), `2 ‖ msg id(8) ‖ Deliver frame` (another
+//!   device's message: this node applies the recipient's allow list and
+//!   queue shares, and publishes a refusal back on the sender's channel as
+//!   `0 ‖ Undeliverable`), or `1 ‖ node id` (a newer connection of this device
 //!   opened on that node: any other node closes its own, as one relay does).
 //!   A `PUBLISH` that reached nobody means the device is offline everywhere.
 //! - `masq:presence`: every node is subscribed; `device(32) ‖ online(1) ‖ node id`.
@@ -53,6 +56,7 @@ pub const MAX_PUBLISH_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 const KIND_FRAME: u8 = 0;
 const KIND_CLAIM: u8 = 1;
+const KIND_SEND: u8 = 2;
 const SLOT_JOINED: u8 = 0;
 const SLOT_DATA: u8 = 1;
 const SLOT_LEFT: u8 = 2;
@@ -60,6 +64,29 @@ const SLOT_LEFT: u8 = 2;
 /// What the cluster asks the local server to do.
 #[derive(Debug)]
 pub enum Inbound {
+    /// A message for a device on this node: deliver it if the device
+    /// allows `from` and has room, else answer `from` with a refusal.
+    Deliver {
+        /// The recipient.
+        device: DeviceId,
+        /// The sender (as in the `Deliver` frame).
+        from: DeviceId,
+        /// The sender's message id (for the refusal).
+        msg_id: u64,
+        /// The encoded `Deliver` frame.
+        frame: Vec<u8>,
+    },
+    /// The presence of `id` for one connection that asked (Subscribe).
+    PresenceTo {
+        /// The watcher.
+        device: DeviceId,
+        /// Its connection.
+        conn_id: u64,
+        /// The watched device.
+        id: DeviceId,
+        /// Whether it is online.
+        online: bool,
+    },
     /// Push `frame` to the device's current connection on this node.
     ToDevice {
         /// The device.
@@ -107,6 +134,10 @@ struct Publish {
 pub struct RemoteSend {
     /// The recipient.
     pub to: DeviceId,
+    /// The sender.
+    pub from: DeviceId,
+    /// The sender's message id.
+    pub msg_id: u64,
     /// The encoded frame for it (`Deliver`).
     pub frame: Vec<u8>,
     /// Sent back to the server if no node holds the recipient.
@@ -386,8 +417,9 @@ impl Cluster {
     /// to the server if no node holds it.
     /// Waits for room in the queue to Redis (backpressure on the sender).
     pub async fn send_to_device(&self, send: RemoteSend) {
-        let mut payload = Vec::with_capacity(send.frame.len() + 1);
-        payload.push(KIND_FRAME);
+        let mut payload = Vec::with_capacity(send.frame.len() + 9);
+        payload.push(KIND_SEND);
+        payload.extend_from_slice(&send.msg_id.to_be_bytes());
         payload.extend_from_slice(&send.frame);
         let len = payload.len().min(MAX_PUBLISH_QUEUE_BYTES);
         let Ok(permit) = self.room.acquire_many(len as u32).await else {
@@ -405,6 +437,14 @@ impl Cluster {
         }
     }
 
+    /// Answers a refused message to its sender, on whatever node holds it.
+    pub fn refuse(&self, sender: DeviceId, frame: Vec<u8>) {
+        let mut payload = Vec::with_capacity(frame.len() + 1);
+        payload.push(KIND_FRAME);
+        payload.extend_from_slice(&frame);
+        self.publish(dev_channel(&sender), payload, None);
+    }
+
     /// Answers a presence subscription for devices not connected here.
     pub fn query_presence(&self, device: DeviceId, conn_id: u64, ids: Vec<DeviceId>) {
         if ids.is_empty() {
@@ -420,14 +460,11 @@ impl Cluster {
                 .await
                 .unwrap_or_else(|_| vec![None; keys.len()]);
             for (id, v) in ids.into_iter().zip(vals) {
-                let _ = inbound.send(Inbound::ToConn {
+                let _ = inbound.send(Inbound::PresenceTo {
                     device,
                     conn_id,
-                    frame: Frame::Presence {
-                        id,
-                        online: v.is_some(),
-                    }
-                    .encode(),
+                    id,
+                    online: v.is_some(),
                 });
             }
         });
@@ -582,6 +619,20 @@ fn on_message(
             Some((&KIND_FRAME, frame)) => {
                 let _ = inbound.send(Inbound::ToDevice {
                     device,
+                    frame: frame.to_vec(),
+                });
+            }
+            Some((&KIND_SEND, rest)) if rest.len() >= 8 + 34 => {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&rest[..8]);
+                let frame = &rest[8..];
+                // A Deliver frame: version, type, sender (32), payload.
+                let mut from = [0u8; 32];
+                from.copy_from_slice(&frame[2..34]);
+                let _ = inbound.send(Inbound::Deliver {
+                    device,
+                    from: DeviceId(from),
+                    msg_id: u64::from_be_bytes(id),
                     frame: frame.to_vec(),
                 });
             }

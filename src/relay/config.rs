@@ -10,9 +10,27 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7071";
 /// ~230 KiB (the engine fragments above 200 KiB), so 1 MiB leaves headroom while
 /// keeping a hostile peer from making the relay buffer tungstenite's 64 MiB default.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
-/// Frames queued for one connection before it counts as too slow and is
-/// disconnected (memory per connection ≤ this × frame size).
+/// Messages from other devices queued for one connection (memory per
+/// connection ≤ this × frame size). When they are queued, further sends to it
+/// are refused at the sender (`Undeliverable` 3, recipient busy): a flood
+/// never disconnects the recipient.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 256;
+/// Room in each connection's queue, beyond [`OUTBOUND_QUEUE_FRAMES`], for
+/// what the relay itself answers (`Undeliverable`, `Error`, rendezvous
+/// frames): others' messages can never fill it. A connection that lets its
+/// own answers pile up past this is disconnected as too slow (code 5).
+pub const CONTROL_RESERVE_FRAMES: usize = 64;
+/// One sender may hold at most 1/this of a recipient's queue (frames and
+/// bytes); past it, its further sends are refused as recipient busy, so one
+/// flooding device leaves room for the recipient's other devices.
+pub const SENDER_SHARE_DIVISOR: usize = 2;
+/// Most devices one connection may watch (`Subscribe`). A user's devices
+/// are a handful; the bound keeps the relay's watcher table and each
+/// connection's presence state small. More is refused with `Error` 14.
+pub const MAX_WATCH_IDS: usize = 1024;
+/// Most devices one connection may allow to reach it (`Allow`): its group
+/// of devices. More is refused with `Error` 15.
+pub const MAX_ALLOW_IDS: usize = 1024;
 /// tungstenite write buffer: flush threshold (its default, 128 KiB, would be
 /// allocated per busy connection).
 pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
@@ -112,6 +130,19 @@ impl RelayConfig {
 
 /// The authentication proof context.
 pub const AUTH_CONTEXT: &str = "masq 2026-11 relay auth v1";
+/// The rendezvous slot-key proof context (same construction as
+/// [`auth_proof`], another domain, so neither proof stands for the other).
+pub const SLOT_CONTEXT: &str = "masq 2026-11 rendezvous slot v1";
+
+/// Proves the slot key to the relay: `BLAKE3-keyed(derive_key(SLOT_CONTEXT, DH(slot secret, relay_public)), nonce || relay_public || slot_public)`.
+pub fn slot_proof(
+    dh: &[u8; 32],
+    nonce: &[u8; 32],
+    relay_public: &[u8; 32],
+    slot_public: &[u8; 32],
+) -> [u8; 32] {
+    proof(SLOT_CONTEXT, dh, nonce, relay_public, slot_public)
+}
 
 /// Computes the device's answer to a challenge: `BLAKE3-keyed(derive_key(AUTH_CONTEXT, dh), nonce || relay_public || device_public)`.
 pub fn auth_proof(
@@ -120,10 +151,20 @@ pub fn auth_proof(
     relay_public: &[u8; 32],
     device_public: &[u8; 32],
 ) -> [u8; 32] {
-    let key = blake3::derive_key(AUTH_CONTEXT, dh);
+    proof(AUTH_CONTEXT, dh, nonce, relay_public, device_public)
+}
+
+fn proof(
+    context: &str,
+    dh: &[u8; 32],
+    nonce: &[u8; 32],
+    relay_public: &[u8; 32],
+    public: &[u8; 32],
+) -> [u8; 32] {
+    let key = zeroize::Zeroizing::new(blake3::derive_key(context, dh));
     let mut h = blake3::Hasher::new_keyed(&key);
     h.update(nonce);
     h.update(relay_public);
-    h.update(device_public);
+    h.update(public);
     *h.finalize().as_bytes()
 }

@@ -31,7 +31,8 @@ pub struct RelayArgs {
     /// Largest frame in bytes.
     #[arg(long, default_value_t = config::MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
-    /// Frames queued per connection before it is disconnected as too slow.
+    /// Others' messages queued per connection; past it senders are refused
+    /// (recipient busy), each sender at most half of it.
     #[arg(long, default_value_t = config::OUTBOUND_QUEUE_FRAMES)]
     pub queue_frames: usize,
     /// Sustained messages per second per device.

@@ -4,9 +4,14 @@
 //!
 //! Each connection has a reader task and a writer task, owned by the
 //! connection's handle; the writer drains a bounded queue (frames and bytes),
-//! so a slow receiver costs bounded memory and is disconnected with a reason
-//! when its queue overflows. Nothing is stored: a payload lives only while it
-//! is queued for its recipient.
+//! so a slow receiver costs bounded memory. Others' messages may fill only
+//! their part of that queue, each sender at most its share
+//! ([`SENDER_SHARE_DIVISOR`]), and only senders the device allowed
+//! (`Allow`); past that a send is refused at the sender, so no flood
+//! disconnects the recipient. Presence answers are not queued frames: they
+//! are kept as one latest state per watched device and written when there
+//! is room, so watching many devices cannot overflow the watcher.
+//! Nothing is stored: a payload lives only while it is queued for its recipient.
 //!
 //! Architecture invariant: knows nothing of fjall, Automerge, envelopes or sync;
 //! payloads are opaque bytes and are never logged.
@@ -30,13 +35,19 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::config::{auth_proof, RelayConfig, MAX_HTTP_HEAD_BYTES};
+use super::config::{
+    auth_proof, slot_proof, RelayConfig, CONTROL_RESERVE_FRAMES, MAX_ALLOW_IDS,
+    MAX_HTTP_HEAD_BYTES, MAX_WATCH_IDS, SENDER_SHARE_DIVISOR,
+};
 use crate::crypto::{random_bytes, DeviceId};
 use crate::http_head::{read_head, respond, Prefixed};
 use crate::wire::relay_frame::{codes, Frame, UndeliverableReason};
 
 /// Bytes one connection may have queued (besides the frame count limit).
 pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+/// Of [`MAX_QUEUED_BYTES`], what others' messages can never take: room for
+/// the relay's own answers to the device (a rendezvous frame is up to 1 MiB).
+pub const CONTROL_RESERVE_BYTES: usize = 1024 * 1024;
 /// How long a single WebSocket write may take before the receiver counts as stuck.
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// In a cluster, how long a new connection's `AuthOk` waits for Redis to
@@ -60,6 +71,11 @@ pub struct Metrics {
     pub drops_to_self: AtomicU64,
     /// Sends refused by the rate limit.
     pub drops_rate_limited: AtomicU64,
+    /// Sends refused because the recipient does not allow the sender.
+    pub drops_not_allowed: AtomicU64,
+    /// Sends refused because the recipient's queue (or the sender's share
+    /// of it) was full.
+    pub drops_recipient_busy: AtomicU64,
     /// Receivers disconnected for not reading.
     pub drops_too_slow: AtomicU64,
     /// Frames that did not decode or were not allowed.
@@ -112,6 +128,8 @@ impl Metrics {
             ("offline", &self.drops_offline),
             ("to_self", &self.drops_to_self),
             ("rate_limited", &self.drops_rate_limited),
+            ("not_allowed", &self.drops_not_allowed),
+            ("recipient_busy", &self.drops_recipient_busy),
             ("too_slow", &self.drops_too_slow),
             ("bad_frame", &self.drops_bad_frame),
             ("auth_failed", &self.drops_auth_failed),
@@ -147,21 +165,105 @@ impl Kill {
     }
 }
 
+/// One item of a connection's queue: a frame, and the device whose message
+/// it carries (counted against that sender's share until written).
+struct Out {
+    frame: Vec<u8>,
+    from: Option<DeviceId>,
+}
+
+/// Others' messages queued for one connection, per sender.
+#[derive(Default)]
+struct Inbox {
+    /// sender → (frames, bytes) queued.
+    by_sender: HashMap<DeviceId, (usize, usize)>,
+    /// Frames of others' messages queued (the sum over `by_sender`).
+    frames: usize,
+}
+
+/// Presence for one connection: the latest state of each watched device not
+/// yet written, instead of one queued frame per change, so its size is
+/// bounded by the watch list ([`MAX_WATCH_IDS`]) whatever the churn.
+#[derive(Default)]
+struct PresenceOut {
+    /// The devices this connection watches.
+    watching: Mutex<HashSet<DeviceId>>,
+    /// device → (went offline since last written, online now).
+    pending: Mutex<HashMap<DeviceId, (bool, bool)>>,
+    /// Wakes the writer.
+    notify: Notify,
+}
+
+impl PresenceOut {
+    /// Replaces the watch list; forgets pending states of unwatched devices.
+    fn watch(&self, ids: &[DeviceId]) {
+        let set: HashSet<DeviceId> = ids.iter().copied().collect();
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|id, _| set.contains(id));
+        }
+        if let Ok(mut w) = self.watching.lock() {
+            *w = set;
+        }
+    }
+
+    /// Records a presence state for the writer (only for watched devices).
+    /// An offline followed by an online before the writer ran is written as
+    /// both, so the watcher still sees that the device reconnected.
+    fn set(&self, id: DeviceId, online: bool) {
+        let watched = self
+            .watching
+            .lock()
+            .map(|w| w.contains(&id))
+            .unwrap_or(false);
+        if !watched {
+            return;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            let e = p.entry(id).or_insert((false, online));
+            *e = (e.0 || !e.1, online);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The frames to write now, emptying the pending states.
+    fn take_frames(&self) -> Vec<Vec<u8>> {
+        let pending: Vec<(DeviceId, (bool, bool))> = match self.pending.lock() {
+            Ok(mut p) => p.drain().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out = Vec::with_capacity(pending.len());
+        for (id, (went_offline, online)) in pending {
+            if went_offline && online {
+                out.push(Frame::Presence { id, online: false }.encode());
+            }
+            out.push(Frame::Presence { id, online }.encode());
+        }
+        out
+    }
+}
+
 /// The sending side of one connection, as seen by others.
 #[derive(Clone)]
 struct Peer {
     /// Distinguishes this connection from a newer one of the same device.
     conn_id: u64,
     /// Bounded queue to the writer task.
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Out>,
     /// Bytes currently queued.
     queued: Arc<AtomicUsize>,
+    /// Others' messages queued, per sender.
+    inbox: Arc<Mutex<Inbox>>,
+    /// Who may send to this connection (`Allow`); None: anyone.
+    allow: Arc<Mutex<Option<HashSet<DeviceId>>>>,
+    /// Presence states waiting to be written.
+    presence: Arc<PresenceOut>,
     /// Stops the connection.
     kill: Arc<Kill>,
 }
 
 impl Peer {
-    /// Queues a frame; a full queue disconnects the receiver as too slow.
+    /// Queues a frame of the relay's own (an answer to this device); a full
+    /// queue disconnects the device as too slow.
     fn push(&self, frame: Vec<u8>, metrics: &Metrics) -> bool {
         let len = frame.len();
         if self.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
@@ -170,19 +272,125 @@ impl Peer {
                 .kill(codes::TOO_SLOW, "too slow: outbound queue full");
             return false;
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => {
-                self.queued.fetch_add(len, Ordering::Relaxed);
-                true
-            }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        match self.tx.try_send(Out { frame, from: None }) {
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 metrics.drops_too_slow.fetch_add(1, Ordering::Relaxed);
                 self.kill
                     .kill(codes::TOO_SLOW, "too slow: outbound queue full");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                false
+            }
         }
+    }
+
+    /// Queues a message from `from`, if this connection allows `from` and
+    /// there is room in the queue and in `from`'s share of it. A refusal
+    /// says why and costs the recipient nothing (it is never disconnected
+    /// for others' messages).
+    fn deliver(
+        &self,
+        from: DeviceId,
+        frame: Vec<u8>,
+        config: &RelayConfig,
+    ) -> Result<(), UndeliverableReason> {
+        let allowed = match self.allow.lock() {
+            Ok(a) => a.as_ref().map(|set| set.contains(&from)).unwrap_or(true),
+            Err(_) => false,
+        };
+        if !allowed {
+            return Err(UndeliverableReason::NotAllowed);
+        }
+        let len = frame.len();
+        let max_frames = config.outbound_queue_frames.max(1);
+        let share_frames = (max_frames / SENDER_SHARE_DIVISOR).max(1);
+        let byte_budget = MAX_QUEUED_BYTES - CONTROL_RESERVE_BYTES;
+        let share_bytes = byte_budget / SENDER_SHARE_DIVISOR;
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return Err(UndeliverableReason::RecipientBusy);
+        };
+        let (frames, bytes) = inbox.by_sender.get(&from).copied().unwrap_or((0, 0));
+        if inbox.frames >= max_frames
+            || frames >= share_frames
+            || (bytes > 0 && bytes + len > share_bytes)
+            || self.queued.load(Ordering::Relaxed) + len > byte_budget
+        {
+            return Err(UndeliverableReason::RecipientBusy);
+        }
+        // Counted before it is queued (the writer uncounts under this lock).
+        inbox.by_sender.insert(from, (frames + 1, bytes + len));
+        inbox.frames += 1;
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        let refused = match self.tx.try_send(Out {
+            frame,
+            from: Some(from),
+        }) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => UndeliverableReason::RecipientBusy,
+            Err(mpsc::error::TrySendError::Closed(_)) => UndeliverableReason::Offline,
+        };
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+        inbox.frames -= 1;
+        if frames == 0 {
+            inbox.by_sender.remove(&from);
+        } else {
+            inbox.by_sender.insert(from, (frames, bytes));
+        }
+        Err(refused)
+    }
+
+    /// The writer took `out` off the queue.
+    fn dequeued(&self, out: &Out) {
+        self.queued.fetch_sub(out.frame.len(), Ordering::Relaxed);
+        let Some(from) = out.from else { return };
+        if let Ok(mut inbox) = self.inbox.lock() {
+            inbox.frames = inbox.frames.saturating_sub(1);
+            if let Some(e) = inbox.by_sender.get_mut(&from) {
+                e.0 = e.0.saturating_sub(1);
+                e.1 = e.1.saturating_sub(out.frame.len());
+                if e.0 == 0 {
+                    inbox.by_sender.remove(&from);
+                }
+            }
+        }
+    }
+}
+
+/// Counts a refused send in the metrics.
+fn count_refusal(m: &Metrics, reason: UndeliverableReason) {
+    let c = match reason {
+        UndeliverableReason::Offline => &m.drops_offline,
+        UndeliverableReason::ToSelf => &m.drops_to_self,
+        UndeliverableReason::RateLimited => &m.drops_rate_limited,
+        UndeliverableReason::NotAllowed => &m.drops_not_allowed,
+        UndeliverableReason::RecipientBusy => &m.drops_recipient_busy,
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// This connection's challenge: rendezvous joins prove slot keys over it.
+struct Challenge {
+    secret: StaticSecret,
+    public: [u8; 32],
+    nonce: [u8; 32],
+}
+
+impl Challenge {
+    /// Checks a rendezvous join's proof; returns the slot id it may join.
+    fn verify_slot(&self, slot_public: &[u8; 32], proof: &[u8; 32]) -> Result<[u8; 32], String> {
+        let dh = crate::crypto::contributory_dh(&self.secret, &PublicKey::from(*slot_public))
+            .map_err(|e| format!("rendezvous refused: {e}"))?;
+        let expected = blake3::Hash::from(slot_proof(&dh, &self.nonce, &self.public, slot_public));
+        // blake3::Hash equality is constant-time.
+        if expected != blake3::Hash::from(*proof) {
+            return Err("rendezvous refused: the slot key proof does not verify".into());
+        }
+        Ok(crate::crypto::pairing::slot_id_of_public(slot_public))
     }
 }
 
@@ -386,6 +594,22 @@ where
 
 type Ws<S> = tokio_tungstenite::WebSocketStream<Prefixed<S>>;
 
+/// Writes one message within [`WRITE_TIMEOUT`]; false if the connection is
+/// done (a timeout also kills it as too slow).
+async fn write_frame<K>(sink: &mut K, msg: Message, kill: &Kill) -> bool
+where
+    K: futures::Sink<Message> + Unpin,
+{
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            kill.kill(codes::TOO_SLOW, "write timed out");
+            false
+        }
+    }
+}
+
 /// A close frame: code 0 is a normal close (1000), others are 4000 + [`codes`] value.
 fn close_msg(code: u16, reason: &str) -> Message {
     let code = if code == 0 { 1000 } else { 4000 + code };
@@ -443,6 +667,26 @@ where
         Ok(Some(Ok(Frame::Auth { public, proof }))) => {
             let device_public = PublicKey::from(public);
             let shared = relay_secret.diffie_hellman(&device_public);
+            // A low-order key makes the DH all zero: the proof would be
+            // computable from public values alone.
+            if !shared.was_contributory() {
+                hub.metrics
+                    .drops_auth_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let msg = "authentication refused: low-order public key";
+                let _ = sink
+                    .send(Message::Binary(
+                        Frame::Error {
+                            code: codes::LOW_ORDER_KEY,
+                            message: msg.into(),
+                        }
+                        .encode()
+                        .into(),
+                    ))
+                    .await;
+                let _ = sink.send(close_msg(codes::LOW_ORDER_KEY, msg)).await;
+                return;
+            }
             let expected = blake3::Hash::from(auth_proof(
                 shared.as_bytes(),
                 &nonce,
@@ -498,12 +742,21 @@ where
     };
     // Register, replacing an older connection of the same device.
     let conn_id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(hub.config.outbound_queue_frames);
+    let (tx, mut rx) =
+        mpsc::channel::<Out>(hub.config.outbound_queue_frames.max(1) + CONTROL_RESERVE_FRAMES);
     let me = Peer {
         conn_id,
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
+        inbox: Arc::default(),
+        allow: Arc::default(),
+        presence: Arc::default(),
         kill: Arc::new(Kill::default()),
+    };
+    let challenge = Challenge {
+        secret: relay_secret,
+        public: *relay_public.as_bytes(),
+        nonce,
     };
     // `AuthOk` is queued first, before the connection is in the table (so no
     // frame for the device can go ahead of it), and written by the writer
@@ -534,29 +787,40 @@ where
         let _ = tokio::time::timeout(CLUSTER_SUBSCRIBE_WAIT, reachable).await;
     }
 
-    // Writer task: drains the bounded queue; stops on kill.
+    // Writer task: drains the bounded queue, then pending presence; stops
+    // on kill. Biased: `AuthOk`, queued first, is written first.
     let kill = me.kill.clone();
-    let queued = me.queued.clone();
+    let owner = me.clone();
     let ping_interval = hub.config.ping_interval;
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(ping_interval);
         ping.tick().await;
         loop {
             tokio::select! {
+                biased;
                 _ = kill.notify.notified() => break,
-                _ = ping.tick() => {
-                    if tokio::time::timeout(super::server::WRITE_TIMEOUT, sink.send(Message::Ping(Vec::new().into()))).await.map(|r| r.is_err()).unwrap_or(true) {
-                        kill.kill(codes::TOO_SLOW, "write timed out");
+                out = rx.recv() => {
+                    let Some(out) = out else { break };
+                    owner.dequeued(&out);
+                    if !write_frame(&mut sink, Message::Binary(out.frame.into()), &kill).await {
                         break;
                     }
                 }
-                frame = rx.recv() => {
-                    let Some(frame) = frame else { break };
-                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(frame.into()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break,
-                        Err(_) => { kill.kill(codes::TOO_SLOW, "write timed out"); break; }
+                _ = owner.presence.notify.notified() => {
+                    let mut ok = true;
+                    for frame in owner.presence.take_frames() {
+                        ok = write_frame(&mut sink, Message::Binary(frame.into()), &kill).await;
+                        if !ok {
+                            break;
+                        }
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    if !write_frame(&mut sink, Message::Ping(Vec::new().into()), &kill).await {
+                        break;
                     }
                 }
             }
@@ -598,6 +862,7 @@ where
                         &hub,
                         &me,
                         device,
+                        &challenge,
                         frame,
                         &mut bucket,
                         &mut slot,
@@ -691,7 +956,6 @@ fn notify_presence(hub: &Hub, device: DeviceId, online: bool) {
             .unwrap_or_default(),
         Err(_) => return,
     };
-    let frame = Frame::Presence { id: device, online }.encode();
     let conns = match hub.conns.lock() {
         Ok(c) => watchers
             .iter()
@@ -700,20 +964,25 @@ fn notify_presence(hub: &Hub, device: DeviceId, online: bool) {
         Err(_) => return,
     };
     for p in conns {
-        p.push(frame.clone(), &hub.metrics);
+        p.presence.set(device, online);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle_frame(
     hub: &Hub,
     me: &Peer,
     device: DeviceId,
+    challenge: &Challenge,
     frame: Frame,
     bucket: &mut TokenBucket,
     slot: &mut Option<[u8; 32]>,
     remote: &mut Option<RemoteSend>,
 ) {
     let m = &hub.metrics;
+    let error = |code: u16, message: String| {
+        me.push(Frame::Error { code, message }.encode(), m);
+    };
     match frame {
         Frame::Send {
             msg_id,
@@ -721,14 +990,13 @@ fn handle_frame(
             payload,
         } => {
             let refuse = |reason: UndeliverableReason| {
+                count_refusal(m, reason);
                 me.push(Frame::Undeliverable { msg_id, to, reason }.encode(), m);
             };
             if !bucket.take() {
-                m.drops_rate_limited.fetch_add(1, Ordering::Relaxed);
                 return refuse(UndeliverableReason::RateLimited);
             }
             if to == device {
-                m.drops_to_self.fetch_add(1, Ordering::Relaxed);
                 return refuse(UndeliverableReason::ToSelf);
             }
             let target = hub.conns.lock().ok().and_then(|c| c.get(&to).cloned());
@@ -737,6 +1005,8 @@ fn handle_frame(
                     m.cluster_sent.fetch_add(1, Ordering::Relaxed);
                     *remote = Some(RemoteSend {
                         to,
+                        from: device,
+                        msg_id,
                         frame: Frame::Deliver {
                             from: device,
                             payload,
@@ -754,29 +1024,35 @@ fn handle_frame(
                         },
                     });
                 }
-                None => {
-                    m.drops_offline.fetch_add(1, Ordering::Relaxed);
-                    refuse(UndeliverableReason::Offline)
-                }
+                None => refuse(UndeliverableReason::Offline),
                 Some(t) => {
                     let len = payload.len() as u64;
-                    if t.push(
-                        Frame::Deliver {
-                            from: device,
-                            payload,
+                    let frame = Frame::Deliver {
+                        from: device,
+                        payload,
+                    }
+                    .encode();
+                    match t.deliver(device, frame, &hub.config) {
+                        Ok(()) => {
+                            m.messages_forwarded.fetch_add(1, Ordering::Relaxed);
+                            m.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
                         }
-                        .encode(),
-                        m,
-                    ) {
-                        m.messages_forwarded.fetch_add(1, Ordering::Relaxed);
-                        m.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
-                    } else {
-                        refuse(UndeliverableReason::RecipientBusy)
+                        Err(reason) => refuse(reason),
                     }
                 }
             }
         }
         Frame::Subscribe(ids) => {
+            if ids.len() > MAX_WATCH_IDS {
+                m.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+                return error(
+                    codes::TOO_MANY_WATCHED,
+                    format!(
+                        "watch list too long: {} devices, at most {MAX_WATCH_IDS}; the previous list stays",
+                        ids.len()
+                    ),
+                );
+            }
             let key = (device, me.conn_id);
             if let Ok(mut w) = hub.watchers.lock() {
                 for set in w.values_mut() {
@@ -787,6 +1063,7 @@ fn handle_frame(
                 }
                 w.retain(|_, s| !s.is_empty());
             }
+            me.presence.watch(&ids);
             let online: Vec<bool> = match hub.conns.lock() {
                 Ok(c) => ids.iter().map(|id| c.contains_key(id)).collect(),
                 Err(_) => return,
@@ -796,44 +1073,47 @@ fn handle_frame(
                 if !on && hub.cluster.is_some() {
                     elsewhere.push(id);
                 } else {
-                    me.push(Frame::Presence { id, online: on }.encode(), m);
+                    me.presence.set(id, on);
                 }
             }
             if let Some(c) = &hub.cluster {
                 c.query_presence(device, me.conn_id, elsewhere);
             }
         }
-        Frame::RendezvousJoin(s) if hub.cluster.is_some() => {
-            if slot.is_some() {
-                me.push(
-                    Frame::Error {
-                        code: codes::RENDEZVOUS_REFUSED,
-                        message: "rendezvous slot is full or already used".into(),
-                    }
-                    .encode(),
-                    m,
+        Frame::Allow(ids) => {
+            if ids.len() > MAX_ALLOW_IDS {
+                m.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+                return error(
+                    codes::TOO_MANY_ALLOWED,
+                    format!(
+                        "allow list too long: {} devices, at most {MAX_ALLOW_IDS}; the previous list stays",
+                        ids.len()
+                    ),
                 );
-                return;
             }
-            *slot = Some(s);
-            if let Some(c) = &hub.cluster {
-                c.rendezvous_join(device, me.conn_id, s, hub.config.rendezvous_ttl);
+            if let Ok(mut a) = me.allow.lock() {
+                *a = Some(ids.into_iter().collect());
             }
         }
-        Frame::RendezvousSend(payload) if hub.cluster.is_some() => match (*slot, &hub.cluster) {
-            (Some(s), Some(c)) => c.rendezvous_send(me.conn_id, s, payload),
-            _ => {
-                me.push(
-                    Frame::Error {
-                        code: codes::NO_RENDEZVOUS,
-                        message: "no one else in the rendezvous slot".into(),
-                    }
-                    .encode(),
-                    m,
-                );
+        Frame::RendezvousJoin { slot_public, proof } => {
+            let s = match challenge.verify_slot(&slot_public, &proof) {
+                Ok(s) => s,
+                Err(msg) => {
+                    m.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
+                    return error(codes::RENDEZVOUS_AUTH_FAILED, msg);
+                }
+            };
+            if let Some(c) = &hub.cluster {
+                if slot.is_some() {
+                    return error(
+                        codes::RENDEZVOUS_REFUSED,
+                        "rendezvous slot is full or already used".into(),
+                    );
+                }
+                *slot = Some(s);
+                c.rendezvous_join(device, me.conn_id, s, hub.config.rendezvous_ttl);
+                return;
             }
-        },
-        Frame::RendezvousJoin(s) => {
             let ttl = hub.config.rendezvous_ttl;
             let mut refused = None;
             let mut other = None;
@@ -855,15 +1135,7 @@ fn handle_frame(
                 }
             }
             if let Some(msg) = refused {
-                me.push(
-                    Frame::Error {
-                        code: codes::RENDEZVOUS_REFUSED,
-                        message: msg.into(),
-                    }
-                    .encode(),
-                    m,
-                );
-                return;
+                return error(codes::RENDEZVOUS_REFUSED, msg.into());
             }
             *slot = Some(s);
             if let Some(o) = other {
@@ -871,6 +1143,13 @@ fn handle_frame(
                 me.push(Frame::RendezvousPeer { joined: true }.encode(), m);
             }
         }
+        Frame::RendezvousSend(payload) if hub.cluster.is_some() => match (*slot, &hub.cluster) {
+            (Some(s), Some(c)) => c.rendezvous_send(me.conn_id, s, payload),
+            _ => error(
+                codes::NO_RENDEZVOUS,
+                "no one else in the rendezvous slot".into(),
+            ),
+        },
         Frame::RendezvousSend(payload) => {
             let other = slot.and_then(|s| {
                 hub.slots.lock().ok().and_then(|slots| {
@@ -883,27 +1162,17 @@ fn handle_frame(
                 Some(o) => {
                     o.push(Frame::RendezvousData(payload).encode(), m);
                 }
-                None => {
-                    me.push(
-                        Frame::Error {
-                            code: codes::NO_RENDEZVOUS,
-                            message: "no one else in the rendezvous slot".into(),
-                        }
-                        .encode(),
-                        m,
-                    );
-                }
+                None => error(
+                    codes::NO_RENDEZVOUS,
+                    "no one else in the rendezvous slot".into(),
+                ),
             }
         }
         _ => {
             m.drops_bad_frame.fetch_add(1, Ordering::Relaxed);
-            me.push(
-                Frame::Error {
-                    code: codes::UNEXPECTED_FRAME,
-                    message: "frame type not accepted from devices".into(),
-                }
-                .encode(),
-                m,
+            error(
+                codes::UNEXPECTED_FRAME,
+                "frame type not accepted from devices".into(),
             );
         }
     }
@@ -943,11 +1212,41 @@ async fn apply_cluster_events(hub: Arc<Hub>, mut events: mpsc::UnboundedReceiver
         match ev {
             Inbound::ToDevice { device, frame } => {
                 if let Some(p) = conn_of(&device) {
-                    let len = frame.len() as u64;
-                    if p.push(frame, m) {
+                    p.push(frame, m);
+                }
+            }
+            Inbound::Deliver {
+                device,
+                from,
+                msg_id,
+                frame,
+            } => {
+                // The recipient's node applies its allow list and queue
+                // shares, and answers a refusal to the sender's node.
+                let len = frame.len() as u64;
+                // Not here (any more): the node that holds it now got the
+                // same publish; the sender heard "offline" if none did.
+                let Some(p) = conn_of(&device) else { continue };
+                let result = p.deliver(from, frame, &hub.config);
+                match result {
+                    Ok(()) => {
                         m.cluster_delivered.fetch_add(1, Ordering::Relaxed);
                         m.messages_forwarded.fetch_add(1, Ordering::Relaxed);
                         m.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
+                    }
+                    Err(reason) => {
+                        count_refusal(m, reason);
+                        if let Some(c) = &hub.cluster {
+                            c.refuse(
+                                from,
+                                Frame::Undeliverable {
+                                    msg_id,
+                                    to: device,
+                                    reason,
+                                }
+                                .encode(),
+                            );
+                        }
                     }
                 }
             }
@@ -958,6 +1257,16 @@ async fn apply_cluster_events(hub: Arc<Hub>, mut events: mpsc::UnboundedReceiver
             } => {
                 if let Some(p) = conn_of(&device).filter(|p| p.conn_id == conn_id) {
                     p.push(frame, m);
+                }
+            }
+            Inbound::PresenceTo {
+                device,
+                conn_id,
+                id,
+                online,
+            } => {
+                if let Some(p) = conn_of(&device).filter(|p| p.conn_id == conn_id) {
+                    p.presence.set(id, online);
                 }
             }
             Inbound::Claimed(device) => {

@@ -30,6 +30,7 @@ use crate::crypto::ratchet::Session;
 use crate::crypto::{DeviceId, DeviceKeypair};
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::wire::relay_frame::UndeliverableReason;
 
 /// Largest plaintext sealed into one envelope; larger payloads are fragmented.
 /// Stays well under the relay's frame limit after envelope overhead and padding.
@@ -141,6 +142,7 @@ impl SyncEngine {
             next_fragment_id: 1,
             status: status_tx,
             stats: EngineStatus::default(),
+            busy: Default::default(),
         };
         let task = tokio::spawn(engine.run(config, cmd_rx));
         Ok(Self {
@@ -206,6 +208,9 @@ struct Engine {
     next_fragment_id: u64,
     status: watch::Sender<EngineStatus>,
     stats: EngineStatus,
+    /// Online peers whose messages the relay refused as busy or rate
+    /// limited: sync restarts with them on the next retry tick.
+    busy: std::collections::HashSet<DeviceId>,
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -238,9 +243,8 @@ impl Engine {
             delay = RECONNECT_MIN;
             self.stats.relay_connected = true;
             self.publish_status();
-            let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
-            if let Err(e) = transport.watch(ids).await {
-                tracing::debug!("presence subscribe failed: {e}");
+            if let Err(e) = self.announce_peers(&mut transport).await {
+                tracing::debug!("allow/presence subscribe failed: {e}");
             }
             let mut resync = tokio::time::interval(config.resync_interval);
             resync.tick().await;
@@ -258,7 +262,10 @@ impl Engine {
             let stop = loop {
                 tokio::select! {
                     _ = resync.tick() => self.on_tick(&mut transport).await,
-                    _ = handshake_retry.tick() => self.resend_stale_handshakes(&mut transport).await,
+                    _ = handshake_retry.tick() => {
+                        self.resend_stale_handshakes(&mut transport).await;
+                        self.retry_busy(&mut transport).await;
+                    }
                     _ = debounce.tick(), if !dirty.is_empty() => {
                         let batch = std::mem::take(&mut dirty);
                         self.offer_changed(&mut transport, batch).await;
@@ -291,8 +298,7 @@ impl Engine {
                     c = cmd.recv() => match c {
                         Some(Command::PeersChanged) => {
                             self.load_peers();
-                            let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
-                            let _ = transport.watch(ids).await;
+                            let _ = self.announce_peers(&mut transport).await;
                             self.flush_notes(&mut transport).await;
                         }
                         Some(Command::Shutdown) | None => break true,
@@ -301,6 +307,7 @@ impl Engine {
             };
             transport.close().await;
             self.stats.relay_connected = false;
+            self.busy.clear();
             for (id, p) in self.peers.iter_mut() {
                 p.online = false;
                 p.ready = false;
@@ -348,6 +355,10 @@ impl Engine {
                 continue;
             }
             let Ok(public) = rec.public() else { continue };
+            if crate::crypto::check_public_key(&public).is_err() {
+                tracing::warn!("paired device {id:?} has a low-order key; ignored");
+                continue;
+            }
             let session = blocking(|| peers::session_bytes(db, &id))
                 .ok()
                 .flatten()
@@ -376,7 +387,28 @@ impl Engine {
                     self.start_peer(t, id).await;
                 }
             }
-            TransportEvent::Offline(id) | TransportEvent::Undeliverable(id) => {
+            TransportEvent::Undeliverable(id, UndeliverableReason::NotAllowed) => {
+                // The peer has not allowed us yet (it learns of us from an
+                // introduction still on its way): the handshake resend timer
+                // tries again; nothing else changes.
+                tracing::debug!("{id:?} does not accept us yet");
+            }
+            TransportEvent::Undeliverable(
+                id,
+                UndeliverableReason::RecipientBusy | UndeliverableReason::RateLimited,
+            ) => {
+                // Lost while the peer stays online: no presence change will
+                // come, so sync with it starts over on the next retry tick.
+                if let Some(p) = self.peers.get_mut(&id) {
+                    if p.ready {
+                        p.ready = false;
+                        self.core.reset_peer(&id);
+                        self.fragments.remove(&id);
+                        self.busy.insert(id);
+                    }
+                }
+            }
+            TransportEvent::Offline(id) | TransportEvent::Undeliverable(id, _) => {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.online = false;
                     p.ready = false;
@@ -398,6 +430,24 @@ impl Engine {
             | TransportEvent::RendezvousPeer(_) => {}
         }
         self.publish_status();
+    }
+
+    /// Tells the relay who may reach us (our paired devices) and whose
+    /// presence we watch: at connect, and whenever the set changes.
+    async fn announce_peers(&mut self, t: &mut Transport) -> Result<()> {
+        let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
+        t.allow(ids.clone()).await?;
+        t.watch(ids).await
+    }
+
+    /// Starts sync again with peers whose messages the relay refused as busy
+    /// or rate limited (they stayed online, so no presence event restarts it).
+    async fn retry_busy(&mut self, t: &mut Transport) {
+        for id in std::mem::take(&mut self.busy) {
+            if self.peers.get(&id).map(|p| p.online).unwrap_or(false) {
+                self.become_ready(t, id).await;
+            }
+        }
     }
 
     /// A peer is online: handshake if needed, else start syncing.
@@ -795,6 +845,10 @@ impl Engine {
                     for PeerInfo { public_key, name } in list {
                         let public = PublicKey::from(public_key);
                         let id = DeviceId::from_public(&public);
+                        if crate::crypto::check_public_key(&public).is_err() {
+                            tracing::debug!("introduction of a low-order key ignored");
+                            continue;
+                        }
                         if id == self.me
                             || peers::peer(db, &id)?.is_some()
                             || peers::is_removed(db, &id)?
@@ -811,8 +865,7 @@ impl Engine {
                 self.install_session(from, next);
                 if !added.is_empty() {
                     self.load_peers();
-                    let ids: Vec<DeviceId> = self.peers.keys().copied().collect();
-                    let _ = t.watch(ids).await;
+                    let _ = self.announce_peers(t).await;
                 }
             }
             SyncPayload::Removed(id) => {
@@ -830,6 +883,7 @@ impl Engine {
                 })?;
                 self.install_session(from, next);
                 self.load_peers();
+                let _ = self.announce_peers(t).await;
             }
             SyncPayload::Hello { name } => {
                 blocking(|| -> Result<()> {

@@ -1,8 +1,12 @@
 //! Pairing invites: `masq:pair?v=1&relay=<url>&slot=<64 hex>&secret=<base58>&exp=<unix secs>`.
 //!
 //! The secret is 256 random bits, used once; the slot names the relay's
-//! rendezvous; `exp` is when the invite stops being accepted (10 minutes after
-//! it was made, matching the relay's slot lifetime).
+//! rendezvous and is derived from the secret (`crypto::pairing::slot_id`:
+//! the hash of the slot key's public half, so only a secret holder can join
+//! it); `exp` is when the invite stops being accepted (10 minutes after
+//! it was made, matching the relay's slot lifetime). The format is the one
+//! masq always used; an invite whose slot does not match its secret is
+//! refused as malformed.
 
 use crate::crypto::random_bytes;
 use zeroize::Zeroizing;
@@ -46,12 +50,18 @@ pub enum InviteError {
 impl Invite {
     /// A fresh invite for `relay`, valid from `now` for [`INVITE_TTL_SECS`].
     pub fn new(relay: &str, now: i64) -> Self {
+        let secret = random_bytes::<32>();
         Self {
             relay: relay.to_string(),
-            slot: *random_bytes::<32>(),
-            secret: random_bytes::<32>(),
+            slot: crate::crypto::pairing::slot_id(&secret),
+            secret,
             expires: now + INVITE_TTL_SECS,
         }
+    }
+
+    /// The X25519 secret that proves this invite's slot to the relay.
+    pub fn slot_secret(&self) -> Zeroizing<[u8; 32]> {
+        crate::crypto::pairing::slot_secret(&self.secret)
     }
 
     /// The `masq:` URI.
@@ -109,6 +119,9 @@ impl Invite {
             .as_slice()
             .try_into()
             .map_err(|_| InviteError::Malformed("secret length"))?;
+        if crate::crypto::pairing::slot_id(&secret) != slot {
+            return Err(InviteError::Malformed("slot does not match the secret"));
+        }
         let expires: i64 = exp
             .ok_or(InviteError::Malformed("missing exp"))?
             .parse()
@@ -199,6 +212,11 @@ mod tests {
             Invite::parse(&mistyped, 1000),
             Err(InviteError::Malformed(_))
         ));
+        let other_slot = uri.replacen(&hex::encode(inv.slot), &hex::encode([7u8; 32]), 1);
+        assert_eq!(
+            Invite::parse(&other_slot, 1000),
+            Err(InviteError::Malformed("slot does not match the secret"))
+        );
         let short = uri.replacen(&hex::encode(inv.slot), "abcd", 1);
         assert!(matches!(
             Invite::parse(&short, 1000),

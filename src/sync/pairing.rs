@@ -58,7 +58,7 @@ impl Inviter {
     pub async fn start(store: Store, relay_url: &str) -> Result<Self> {
         let invite = Invite::new(relay_url, peers::now());
         let mut transport = Transport::connect(relay_url, &rendezvous_identity()).await?;
-        transport.rendezvous(invite.slot).await?;
+        transport.rendezvous(&invite.slot_secret()).await?;
         peers::set_relay_url(store.db(), relay_url)?;
         Ok(Self {
             store,
@@ -90,6 +90,7 @@ impl Inviter {
         let db = self.store.db();
         let kp = peers::load_or_create_identity(db)?;
         let joiner_pub = PublicKey::from(joiner.public_key);
+        crate::crypto::check_public_key(&joiner_pub).map_err(pairing_err)?;
         let joiner_id = DeviceId::from_public(&joiner_pub);
         if joiner_id == kp.device_id() {
             return Err(pairing_err("a device cannot pair with itself"));
@@ -139,7 +140,15 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     let kp = peers::load_or_create_identity(db)?;
     let channel = PairingChannel::new(&invite.secret, invite.slot);
     let mut transport = Transport::connect(&invite.relay, &rendezvous_identity()).await?;
-    transport.rendezvous(invite.slot).await?;
+    transport.rendezvous(&invite.slot_secret()).await?;
+    // Speak only once the relay says the inviter is in the slot: in a relay
+    // cluster our join can be counted before the inviter's (both are
+    // asynchronous there), and a hello sent into a slot the inviter has not
+    // entered yet is lost, leaving both sides waiting until the invite expires.
+    let ttl = (invite.expires - peers::now()).clamp(1, 600) as u64;
+    tokio::time::timeout(Duration::from_secs(ttl), wait_for_peer(&mut transport))
+        .await
+        .map_err(|_| pairing_err("the inviting device is not in the rendezvous"))??;
     let me = PeerInfo {
         public_key: *kp.public().as_bytes(),
         name: peers::device_name(db)?,
@@ -147,7 +156,6 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     transport
         .send_rendezvous(channel.seal(TO_INVITER, &SyncPayload::Introduce(vec![me]).encode()))
         .await?;
-    let ttl = (invite.expires - peers::now()).clamp(1, 600) as u64;
     let welcome = tokio::time::timeout(Duration::from_secs(ttl), next_data(&mut transport))
         .await
         .map_err(|_| pairing_err("the inviting device did not answer in time"))??;
@@ -161,6 +169,9 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
         .ok_or_else(|| pairing_err("empty welcome"))?
         .clone();
     let inviter_pub = PublicKey::from(inviter.public_key);
+    for p in &list {
+        crate::crypto::check_public_key(&PublicKey::from(p.public_key)).map_err(pairing_err)?;
+    }
     let mut b = db.batch();
     let mut learned = 0;
     for p in &list {
@@ -190,6 +201,20 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
 /// device), and the relay would learn which device is pairing.
 fn rendezvous_identity() -> crate::crypto::DeviceKeypair {
     crate::crypto::DeviceKeypair::generate()
+}
+
+/// Waits until the other side is in the rendezvous slot.
+async fn wait_for_peer(t: &mut Transport) -> Result<()> {
+    loop {
+        match t.next().await {
+            Some(TransportEvent::RendezvousPeer(true)) => return Ok(()),
+            Some(TransportEvent::Closed(r)) | Some(TransportEvent::Error(r)) => {
+                return Err(pairing_err(format!("relay: {r}")))
+            }
+            None => return Err(pairing_err("relay connection lost")),
+            Some(_) => {}
+        }
+    }
 }
 
 /// The next rendezvous data message (other events are skipped).

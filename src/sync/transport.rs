@@ -5,6 +5,7 @@
 use crate::crypto::{DeviceId, DeviceKeypair};
 use crate::error::Result;
 use crate::relay::client::{RelayClient, RelayEvent};
+use crate::wire::relay_frame::UndeliverableReason;
 
 /// What the transport reports.
 #[derive(Debug)]
@@ -20,8 +21,8 @@ pub enum TransportEvent {
     Online(DeviceId),
     /// A watched device went offline.
     Offline(DeviceId),
-    /// A packet to this device could not be delivered (it went offline).
-    Undeliverable(DeviceId),
+    /// A packet to this device could not be delivered.
+    Undeliverable(DeviceId, UndeliverableReason),
     /// Data from the other side of the rendezvous slot.
     RendezvousData(Vec<u8>),
     /// The other side joined (true) or left (false) the rendezvous slot.
@@ -57,9 +58,16 @@ impl Transport {
         Ok(())
     }
 
-    /// Joins a rendezvous slot.
-    pub async fn rendezvous(&mut self, slot: [u8; 32]) -> Result<()> {
-        self.client.join_rendezvous(slot).await?;
+    /// Only these devices may reach us through the relay (replaces the list).
+    pub async fn allow(&mut self, ids: Vec<DeviceId>) -> Result<()> {
+        self.client.allow(ids).await?;
+        Ok(())
+    }
+
+    /// Joins the rendezvous slot of `slot_secret` (see
+    /// [`RelayClient::join_rendezvous`]).
+    pub async fn rendezvous(&mut self, slot_secret: &[u8; 32]) -> Result<()> {
+        self.client.join_rendezvous(*slot_secret).await?;
         Ok(())
     }
 
@@ -85,7 +93,9 @@ impl Transport {
                 device,
                 online: false,
             } => TransportEvent::Offline(device),
-            RelayEvent::Undeliverable { to, .. } => TransportEvent::Undeliverable(to),
+            RelayEvent::Undeliverable { to, reason, .. } => {
+                TransportEvent::Undeliverable(to, reason)
+            }
             RelayEvent::RendezvousPeer { joined } => TransportEvent::RendezvousPeer(joined),
             RelayEvent::RendezvousData(d) => TransportEvent::RendezvousData(d),
             RelayEvent::Error { code, message } => {

@@ -16,8 +16,9 @@
 //! | 0x11 | device→relay | Auth | device static public key (32), proof (32) |
 //! | 0x12 | device→relay | Send | message id (u64), recipient (32), payload (rest) |
 //! | 0x13 | device→relay | Subscribe | count (u16), DeviceIds (32 each) |
-//! | 0x14 | device→relay | RendezvousJoin | slot id (32) |
+//! | 0x14 | device→relay | RendezvousJoin | slot public key (32), proof (32) |
 //! | 0x15 | device→relay | RendezvousSend | payload (rest) |
+//! | 0x16 | device→relay | Allow | count (u16), DeviceIds (32 each) |
 //!
 //! Architecture invariant: pure byte encoding; knows nothing of tokio, sockets,
 //! storage or what payloads contain. Decoding never panics.
@@ -26,7 +27,9 @@ use crate::crypto::DeviceId;
 
 /// Frame format version.
 pub const FRAME_VERSION: u8 = 1;
-/// Most ids in one Subscribe frame.
+/// Most ids in one Subscribe or Allow frame (what the frame can carry; the
+/// relay's own, smaller limits are `relay::config::MAX_WATCH_IDS` and
+/// `MAX_ALLOW_IDS`).
 pub const MAX_SUBSCRIBE_IDS: usize = 4096;
 
 /// Why a message could not be delivered.
@@ -41,6 +44,8 @@ pub enum UndeliverableReason {
     RecipientBusy = 3,
     /// The sender exceeded its message rate.
     RateLimited = 4,
+    /// The recipient has not allowed this sender (see [`Frame::Allow`]).
+    NotAllowed = 5,
 }
 
 impl UndeliverableReason {
@@ -50,6 +55,7 @@ impl UndeliverableReason {
             2 => Self::ToSelf,
             3 => Self::RecipientBusy,
             4 => Self::RateLimited,
+            5 => Self::NotAllowed,
             _ => return None,
         })
     }
@@ -81,6 +87,18 @@ pub mod codes {
     pub const HANDSHAKE_TIMEOUT: u16 = 11;
     /// A frame type the relay does not accept from devices.
     pub const UNEXPECTED_FRAME: u16 = 12;
+    /// Authentication refused: the public key is of low order (its
+    /// Diffie-Hellman result is all zero, so the proof proves nothing).
+    pub const LOW_ORDER_KEY: u16 = 13;
+    /// A Subscribe frame named more devices than the relay watches for one
+    /// connection (the previous watch list stays; the connection stays open).
+    pub const TOO_MANY_WATCHED: u16 = 14;
+    /// An Allow frame named more devices than the relay keeps for one
+    /// connection (the previous allow list stays; the connection stays open).
+    pub const TOO_MANY_ALLOWED: u16 = 15;
+    /// A rendezvous join whose slot-key proof does not verify (the joiner
+    /// does not hold the invite secret); the connection stays open.
+    pub const RENDEZVOUS_AUTH_FAILED: u16 = 16;
 }
 
 /// A relay frame.
@@ -150,10 +168,20 @@ pub enum Frame {
     },
     /// Watch these devices' presence (replaces the previous set).
     Subscribe(Vec<DeviceId>),
-    /// Join a rendezvous slot.
-    RendezvousJoin([u8; 32]),
+    /// Join the rendezvous slot named by `slot_public` (slot id =
+    /// BLAKE3(slot_public)), proving the slot secret over the connection's
+    /// challenge.
+    RendezvousJoin {
+        /// The slot's X25519 public key (derived from the invite secret).
+        slot_public: [u8; 32],
+        /// `BLAKE3-keyed(derive_key(SLOT_CONTEXT, DH), nonce || relay_public || slot_public)`.
+        proof: [u8; 32],
+    },
     /// Send to the other member of the slot.
     RendezvousSend(Vec<u8>),
+    /// Only these devices may send to this connection (replaces the previous
+    /// list). Until a connection sends one, anyone may.
+    Allow(Vec<DeviceId>),
 }
 
 /// Why bytes are not a frame.
@@ -260,17 +288,22 @@ impl Frame {
                 out.extend_from_slice(&to.0);
                 out.extend_from_slice(payload);
             }
-            Frame::Subscribe(ids) => {
-                out.push(0x13);
+            Frame::Subscribe(ids) | Frame::Allow(ids) => {
+                out.push(if matches!(self, Frame::Allow(_)) {
+                    0x16
+                } else {
+                    0x13
+                });
                 let n = ids.len().min(MAX_SUBSCRIBE_IDS);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
                 for id in &ids[..n] {
                     out.extend_from_slice(&id.0);
                 }
             }
-            Frame::RendezvousJoin(slot) => {
+            Frame::RendezvousJoin { slot_public, proof } => {
                 out.push(0x14);
-                out.extend_from_slice(slot);
+                out.extend_from_slice(slot_public);
+                out.extend_from_slice(proof);
             }
             Frame::RendezvousSend(p) => {
                 out.push(0x15);
@@ -360,26 +393,36 @@ impl Frame {
                     payload: body[40..].to_vec(),
                 }
             }
-            0x13 => {
+            0x13 | 0x16 => {
                 if body.len() < 2 {
                     return Err(FrameError::Truncated);
                 }
                 let n = u16::from_be_bytes([body[0], body[1]]) as usize;
                 if n > MAX_SUBSCRIBE_IDS {
-                    return Err(FrameError::BadField("subscribe count"));
+                    return Err(FrameError::BadField(if *kind == 0x13 {
+                        "subscribe count"
+                    } else {
+                        "allow count"
+                    }));
                 }
                 exact(&body[2..], n * 32)?;
-                Frame::Subscribe(
-                    body[2..]
-                        .chunks_exact(32)
-                        .filter_map(|c| c.try_into().ok())
-                        .map(DeviceId)
-                        .collect(),
-                )
+                let ids = body[2..]
+                    .chunks_exact(32)
+                    .filter_map(|c| c.try_into().ok())
+                    .map(DeviceId)
+                    .collect();
+                if *kind == 0x13 {
+                    Frame::Subscribe(ids)
+                } else {
+                    Frame::Allow(ids)
+                }
             }
             0x14 => {
-                exact(body, 32)?;
-                Frame::RendezvousJoin(k32(body)?)
+                exact(body, 64)?;
+                Frame::RendezvousJoin {
+                    slot_public: k32(body)?,
+                    proof: k32(&body[32..])?,
+                }
             }
             0x15 => Frame::RendezvousSend(body.to_vec()),
             t => return Err(FrameError::BadType(*t)),
@@ -426,8 +469,17 @@ mod tests {
                 payload: vec![],
             },
             Frame::Subscribe(vec![id, DeviceId([8; 32])]),
-            Frame::RendezvousJoin([9; 32]),
+            Frame::RendezvousJoin {
+                slot_public: [9; 32],
+                proof: [10; 32],
+            },
             Frame::RendezvousSend(vec![0; 3]),
+            Frame::Allow(vec![id]),
+            Frame::Undeliverable {
+                msg_id: 1,
+                to: id,
+                reason: UndeliverableReason::NotAllowed,
+            },
         ];
         for f in frames {
             assert_eq!(Frame::decode(&f.encode()), Ok(f));
@@ -444,7 +496,7 @@ mod tests {
             Err(FrameError::BadField("subscribe count"))
         );
         for len in 0..100usize {
-            for kind in [1u8, 2, 3, 4, 5, 6, 7, 8, 0x11, 0x12, 0x13, 0x14, 0x15] {
+            for kind in [1u8, 2, 3, 4, 5, 6, 7, 8, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16] {
                 let mut b = vec![1, kind];
                 b.extend((0..len).map(|i| (i * 31 % 256) as u8));
                 let _ = Frame::decode(&b);
