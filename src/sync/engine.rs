@@ -670,6 +670,17 @@ impl Engine {
         let Some(session) = p.session.as_mut() else {
             return;
         };
+        if p.ready && !session.can_send() {
+            // A responder session whose initiator's first message never came
+            // (it was lost, or the initiator moved on to another session),
+            // yet sync was started: nothing can be sealed until it comes,
+            // maybe never. Not ready any more, so the next tick's rule for
+            // silent responders drops the session and handshakes afresh,
+            // instead of failing every send from now on.
+            tracing::debug!("{to:?}: our responder session cannot send yet; handshaking again");
+            p.ready = false;
+            return;
+        }
         let mut envelopes = Vec::with_capacity(plaintexts.len());
         for pt in &plaintexts {
             match session.seal(pt) {
