@@ -6,8 +6,8 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use masq::api::{ConnState, Request};
@@ -20,24 +20,10 @@ use support::eventually;
 
 const T: Duration = Duration::from_secs(30);
 
-/// A `masq store` child process; killed on drop.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    info: DaemonInfo,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::Daemon;
 
 fn masq(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_masq"));
-    c.arg("--data").arg(dir).arg("--durability").arg("buffered");
-    c
+    support::masq_cli(dir)
 }
 
 /// Runs a CLI command against `dir` (which a daemon may be serving); stdout.
@@ -52,42 +38,11 @@ fn cli(dir: &Path, args: &[&str]) -> String {
 }
 
 fn start_daemon(relay: Option<&str>) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    start_daemon_in(dir, relay)
+    Daemon::start(relay)
 }
 
 fn start_daemon_in(dir: tempfile::TempDir, relay: Option<&str>) -> Daemon {
-    let (child, info) = support::spawn_store_daemon(dir.path(), Some("buffered"), relay);
-    Daemon { child, dir, info }
-}
-
-impl Daemon {
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-    async fn admin(&self) -> Connection {
-        Connection::connect(
-            &self.info.ws_url,
-            &Auth::Token(self.info.admin_token.clone()),
-        )
-        .await
-        .unwrap()
-    }
-    async fn app_token(&self, name: &str) -> String {
-        let c = self.admin().await;
-        let v = c
-            .call(None, Request::AppsAdd { name: name.into() })
-            .await
-            .unwrap();
-        v["token"].as_str().unwrap().to_string()
-    }
-    async fn client(&self, app: &str, token: &str) -> Client {
-        let mut o = ClientOptions::new(app);
-        o.store_url = Some(self.info.ws_url.clone());
-        o.token = Some(token.to_string());
-        o.require_store = true;
-        Client::connect_with(o).await.unwrap()
-    }
+    Daemon::start_in(dir, relay)
 }
 
 fn origin_auth(origin: &str, app: &str) -> Auth {

@@ -61,10 +61,17 @@ async fn three_devices_pair_and_converge_with_concurrent_edits() {
             None,
         )
         .unwrap();
+    // The document's id can arrive (through the catalog) before its
+    // content: wait for the text the edits below splice into.
     eventually("doc on b and c", T, || {
-        [&b, &c]
-            .iter()
-            .all(|d| d.store.app("app").unwrap().docs().get(&doc).is_ok())
+        [&b, &c].iter().all(|d| {
+            d.store
+                .app("app")
+                .unwrap()
+                .docs()
+                .get(&doc)
+                .is_ok_and(|v| v.get("t").is_some())
+        })
     })
     .await;
     // Concurrent edits everywhere, and a concurrent put of one key.

@@ -13,75 +13,14 @@
 
 use std::io::{Read, Write};
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use masq::api::{ConnState, Request};
 use masq::client::{Auth, Connection};
 use masq::service::app_limits::{MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_ORIGIN};
-use masq::service::daemon_file::DaemonInfo;
 
-/// A `masq store` child process; killed on drop.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    info: DaemonInfo,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(relay: Option<&str>) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let (child, info) = crate::support::spawn_store_daemon(dir.path(), Some("buffered"), relay);
-        Daemon { child, dir, info }
-    }
-    /// `127.0.0.1:PORT`.
-    fn addr(&self) -> String {
-        self.info.http_url.trim_start_matches("http://").to_string()
-    }
-    fn port(&self) -> u16 {
-        self.addr().rsplit_once(':').unwrap().1.parse().unwrap()
-    }
-    async fn admin(&self) -> Connection {
-        Connection::connect(
-            &self.info.ws_url,
-            &Auth::Token(self.info.admin_token.clone()),
-        )
-        .await
-        .unwrap()
-    }
-    async fn app_token(&self, name: &str) -> String {
-        let v = self
-            .admin()
-            .await
-            .call(None, Request::AppsAdd { name: name.into() })
-            .await
-            .unwrap();
-        v["token"].as_str().unwrap().to_string()
-    }
-    /// Resident memory of the daemon process, in KiB (from /proc).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-    fn cli(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_masq"));
-        c.arg("--data")
-            .arg(self.dir.path())
-            .args(["--durability", "buffered"]);
-        c
-    }
-}
+use crate::support::Daemon;
 
 fn origin_auth(origin: &str, app: &str) -> Auth {
     Auth::Origin {

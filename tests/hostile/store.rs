@@ -4,75 +4,23 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use masq::api::Request;
-use masq::client::{Auth, ClientError, ClientOptions, Connection};
+use masq::client::ClientError;
 use masq::doc::json::MAX_DOC_DEPTH;
-use masq::service::daemon_file::DaemonInfo;
 use masq::storage::Durability;
-use masq::{ChangeOp, Client, DocId, Store, StoreOptions};
+use masq::{ChangeOp, DocId, Store, StoreOptions};
 use serde_json::json;
 
 use crate::support;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A `masq store` child process; killed on drop.
-struct Daemon {
-    child: Child,
-    info: DaemonInfo,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(dir: &Path, relay: Option<&str>) -> Daemon {
-        let (child, info) = support::spawn_store_daemon(dir, Some("buffered"), relay);
-        Daemon { child, info }
-    }
-    /// Whether the process is still running (a stack overflow aborts it).
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-    async fn app(&self, app: &str) -> Client {
-        let token = self.token(app).await;
-        self.client(app, token).await
-    }
-    async fn token(&self, app: &str) -> String {
-        let admin = Connection::connect(
-            &self.info.ws_url,
-            &Auth::Token(self.info.admin_token.clone()),
-        )
-        .await
-        .unwrap();
-        admin
-            .call(None, Request::AppsAdd { name: app.into() })
-            .await
-            .unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-    async fn client(&self, app: &str, token: String) -> Client {
-        let mut o = ClientOptions::new(app);
-        o.store_url = Some(self.info.ws_url.clone());
-        o.token = Some(token);
-        o.require_store = true;
-        Client::connect_with(o).await.unwrap()
-    }
-}
+use crate::support::Daemon;
 
 fn masq(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_masq"));
-    c.arg("--data").arg(dir).arg("--durability").arg("buffered");
-    c
+    support::masq_cli(dir)
 }
 
 fn code(e: ClientError) -> String {
@@ -123,8 +71,9 @@ fn on_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_cannot_build_a_document_deeper_than_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Daemon::start(dir.path(), None);
-    let app = store.app("notes").await;
+    let mut store = Daemon::start_in(dir, None);
+    let token = store.app_token("notes").await;
+    let app = store.client("notes", &token).await;
     let id = app.create_doc(&[]).await.unwrap();
     let mut refused = 0;
     let mut accepted_levels = 0;
@@ -278,9 +227,10 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
         .await
         .unwrap();
     let url = relay.url();
-    let mut a = Daemon::start(dir_a.path(), Some(&url));
-    let mut b = Daemon::start(dir_b.path(), Some(&url));
-    let mut invite = masq(dir_a.path())
+    let mut a = Daemon::start_in(dir_a, Some(&url));
+    let mut b = Daemon::start_in(dir_b, Some(&url));
+    let mut invite = a
+        .cli()
         .args(["pair", "invite"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -292,7 +242,8 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
         let mut r = std::io::BufReader::new(invite.stdout.take().unwrap());
         r.read_line(&mut line).unwrap();
     }
-    let joined = masq(dir_b.path())
+    let joined = b
+        .cli()
         .args(["pair", "join", line.trim()])
         .output()
         .unwrap();
@@ -303,8 +254,8 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
     );
     assert!(invite.wait().unwrap().success());
 
-    let token_b = b.token("notes").await;
-    let app_b = b.client("notes", token_b.clone()).await;
+    let token_b = b.app_token("notes").await;
+    let app_b = b.client("notes", &token_b).await;
     let mut events = app_b.subscribe_docs(None).await.unwrap();
     let started = std::time::Instant::now();
     loop {
@@ -331,7 +282,7 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
         app_b.read_doc(fine.as_str()).await.unwrap()["a"]["a"]["a"]["bottom"],
         json!(true)
     );
-    let app_a = a.app("notes").await;
+    let app_a = a.client("notes", &a.app_token("notes").await).await;
     assert_eq!(
         code(app_a.read_doc(deep.as_str()).await.unwrap_err()),
         "too_deep"
@@ -339,14 +290,15 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
     assert!(a.alive() && b.alive(), "a store died");
     // Persistent: after a restart B still answers, and stays up.
     drop(app_b);
-    drop(b);
-    let mut b = Daemon::start(dir_b.path(), Some(&url));
-    let app_b = b.client("notes", token_b).await;
+    let dir_b = b.stop();
+    let mut b = Daemon::start_in(dir_b, Some(&url));
+    let app_b = b.client("notes", &token_b).await;
     assert_eq!(
         code(app_b.read_doc(deep.as_str()).await.unwrap_err()),
         "too_deep"
     );
-    let cli = masq(dir_b.path())
+    let cli = b
+        .cli()
         .args(["doc", "show", "--app", "notes", deep.as_str()])
         .output()
         .unwrap();

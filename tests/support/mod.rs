@@ -23,6 +23,11 @@ pub struct Device {
 }
 
 pub fn device(name: &str) -> Device {
+    // MASQ_LOG=masq=debug shows the engines' and relay's logs of a test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MASQ_LOG"))
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(
         dir.path(),
@@ -294,5 +299,98 @@ impl Drop for CpuBurners {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// `masq --data DIR --durability buffered`: the CLI on a test's data dir.
+pub fn masq_cli(dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_masq"));
+    c.arg("--data").arg(dir).args(["--durability", "buffered"]);
+    c
+}
+
+/// A `masq store` child process (buffered durability, 127.0.0.1:0) on a
+/// temp dir it owns; killed on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+    pub info: masq::service::daemon_file::DaemonInfo,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// A daemon on a fresh temp dir.
+    pub fn start(relay: Option<&str>) -> Daemon {
+        Self::start_in(tempfile::tempdir().unwrap(), relay)
+    }
+    /// A daemon on `dir` (which may hold a store already).
+    pub fn start_in(dir: tempfile::TempDir, relay: Option<&str>) -> Daemon {
+        let (child, info) = spawn_store_daemon(dir.path(), Some("buffered"), relay);
+        Daemon { child, dir, info }
+    }
+    /// Kills the process and hands back its data dir (to start it again).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
+    }
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.info.http_url.trim_start_matches("http://").to_string()
+    }
+    pub fn port(&self) -> u16 {
+        self.addr().rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+    /// Whether the process still runs (a stack overflow aborts it).
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+    /// The CLI on this daemon's data dir (it talks to the daemon).
+    pub fn cli(&self) -> std::process::Command {
+        masq_cli(self.dir.path())
+    }
+    pub async fn admin(&self) -> masq::client::Connection {
+        masq::client::Connection::connect(
+            &self.info.ws_url,
+            &masq::client::Auth::Token(self.info.admin_token.clone()),
+        )
+        .await
+        .unwrap()
+    }
+    /// A new native app token for `name` (`apps.add`).
+    pub async fn app_token(&self, name: &str) -> String {
+        let v = self
+            .admin()
+            .await
+            .call(None, masq::api::Request::AppsAdd { name: name.into() })
+            .await
+            .unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+    /// A `masq::Client` of `app` with `token`, store mode only.
+    pub async fn client(&self, app: &str, token: &str) -> masq::Client {
+        let mut o = masq::ClientOptions::new(app);
+        o.store_url = Some(self.info.ws_url.clone());
+        o.token = Some(token.to_string());
+        o.require_store = true;
+        masq::Client::connect_with(o).await.unwrap()
+    }
+    /// Resident memory of the process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 }
