@@ -59,7 +59,7 @@ fn ratchet_and_handshake(c: &mut Criterion) {
     g.bench_function("raw_x25519_keygen", |bch| {
         bch.iter(|| {
             let mut k = [0u8; 32];
-            getrandom::getrandom(&mut k).unwrap();
+            getrandom::fill(&mut k).unwrap();
             x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(k))
         })
     });

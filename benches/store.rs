@@ -210,7 +210,7 @@ fn doc_load(c: &mut Criterion) {
     const EDITS: usize = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let id;
-    let mut raw = automerge::Automerge::new();
+    let raw;
     {
         let store = buffered(dir.path());
         let docs = store.app("bench").unwrap().docs();

@@ -122,6 +122,29 @@ impl From<fjall::Error> for Error {
     }
 }
 
+impl From<masq_core::doc::DocError> for Error {
+    /// The core's document errors keep their app protocol codes: each maps
+    /// to the variant of the same name.
+    fn from(e: masq_core::doc::DocError) -> Self {
+        use masq_core::doc::DocError;
+        match e {
+            DocError::BadDocId(id) => Error::BadDocId(id),
+            DocError::BadPath { path, reason } => Error::BadPath { path, reason },
+            DocError::WrongType {
+                path,
+                expected,
+                found,
+            } => Error::WrongType {
+                path,
+                expected,
+                found,
+            },
+            DocError::TooDeep { what, limit } => Error::TooDeep { what, limit },
+            DocError::Automerge(e) => Error::Automerge(e),
+        }
+    }
+}
+
 impl Error {
     /// A stable machine-readable code for the error (used by the app protocol and the CLI).
     pub fn code(&self) -> &'static str {

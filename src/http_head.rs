@@ -214,6 +214,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// Whether an `accept` error means the process or the system is out of a
+/// resource (descriptors, memory, buffers), so an accept loop must pause
+/// before trying again instead of spinning (see
+/// [`service::ACCEPT_ERROR_BACKOFF`](crate::service::ACCEPT_ERROR_BACKOFF)).
+pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,15 +242,4 @@ mod tests {
         assert_eq!(h.query("y"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
-}
-
-/// Whether an `accept` error means the process or the system is out of a
-/// resource (descriptors, memory, buffers), so an accept loop must pause
-/// before trying again instead of spinning (see
-/// [`service::ACCEPT_ERROR_BACKOFF`](crate::service::ACCEPT_ERROR_BACKOFF)).
-pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
-    )
 }

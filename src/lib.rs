@@ -11,7 +11,7 @@
 
 pub mod api;
 pub mod client;
-pub mod crypto;
+pub use masq_core::crypto;
 pub mod doc;
 pub mod error;
 pub mod http_head;
@@ -21,7 +21,10 @@ pub mod relay;
 pub mod service;
 pub mod storage;
 pub mod store;
-pub mod wire;
+/// Relay frames (the relay's wire format), from [`masq_core::wire`].
+pub mod wire {
+    pub use masq_core::wire::relay_frame;
+}
 
 pub use client::{Client, ClientOptions};
 pub use doc::{ChangeOp, DocId, Docs};

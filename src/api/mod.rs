@@ -325,6 +325,12 @@ impl ApiError {
     }
 }
 
+impl From<masq_core::doc::DocError> for ApiError {
+    fn from(e: masq_core::doc::DocError) -> Self {
+        crate::error::Error::from(e).into()
+    }
+}
+
 impl From<crate::error::Error> for ApiError {
     fn from(e: crate::error::Error) -> Self {
         ApiError::new(e.code(), e.to_string())

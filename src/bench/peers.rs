@@ -146,14 +146,10 @@ async fn until(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Error::BadOp(e.to_string()))?
-    }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::BadOp(e.to_string()))?
 }
 
 /// Runs one workload and prints one JSON line.

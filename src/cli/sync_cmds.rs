@@ -323,11 +323,11 @@ fn write_manager_redirect(dir: &std::path::Path, link: &str) -> Result<PathBuf, 
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    write!(
+    writeln!(
         f,
         "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
          <meta http-equiv=\"refresh\" content=\"0;url={escaped}\"><title>masq store manager</title>\
-         <a href=\"{escaped}\">Open the masq store manager</a>\n"
+         <a href=\"{escaped}\">Open the masq store manager</a>"
     )?;
     f.sync_all()?;
     std::fs::rename(&tmp, &page)?;

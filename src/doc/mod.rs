@@ -7,15 +7,12 @@
 //! or `"kv"` for key-value shards). Because the catalog is a replicated
 //! document like any other, new documents and deletions propagate by sync.
 
-pub mod json;
-pub mod ops;
-
-use std::fmt;
+pub use masq_core::doc::{is_catalog, is_internal, json, ops, DocId, CATALOG_PREFIX};
 
 use automerge::{
     transaction::Transaction, AutoCommit, Automerge, ChangeHash, ReadDoc, ScalarValue, Value, ROOT,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
 
@@ -28,89 +25,6 @@ use crate::store::{App, Event, Origin, Staged};
 pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
 /// Largest serialized change (all ops of one `change` call) accepted.
 pub const MAX_CHANGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// A document id: 22 base58 characters (128 random bits) for user documents;
-/// internal documents (catalog, KV shards) start with `_`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DocId(String);
-
-/// Prefix of the catalog shard documents' ids (`_catalog.<two hex digits>`).
-pub const CATALOG_PREFIX: &str = "_catalog.";
-
-impl DocId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        let bytes = crate::crypto::random_bytes::<16>();
-        DocId(bs58::encode(bytes.as_ref()).into_string())
-    }
-
-    /// Parses a user-visible id (random ids only; internal ids are refused).
-    pub fn parse(s: &str) -> Result<Self> {
-        let ok = (16..=24).contains(&s.len())
-            && bs58::decode(s)
-                .into_vec()
-                .map(|v| v.len() == 16)
-                .unwrap_or(false);
-        if ok {
-            Ok(DocId(s.to_string()))
-        } else {
-            Err(Error::BadDocId(s.to_string()))
-        }
-    }
-
-    /// Accepts any id, including internal ones (used by sync for catalog entries).
-    pub fn parse_any(s: &str) -> Result<Self> {
-        if s.starts_with('_') && s.len() <= 200 && !s.contains('\0') {
-            Ok(DocId(s.to_string()))
-        } else {
-            Self::parse(s)
-        }
-    }
-
-    /// The id of the catalog shard that lists `doc`: `_catalog.<BLAKE3(doc)[0] as hex>`.
-    /// Sharding keeps each catalog document small (a store with 100k documents
-    /// has ~400 entries per shard), so creating a document stays cheap.
-    pub fn catalog_for(doc: &DocId) -> Self {
-        DocId(format!(
-            "{CATALOG_PREFIX}{:02x}",
-            blake3::hash(doc.0.as_bytes()).as_bytes()[0]
-        ))
-    }
-
-    /// An internal id (callers guarantee the `_` prefix and no NUL).
-    pub(crate) fn internal(s: String) -> Self {
-        debug_assert!(s.starts_with('_'));
-        DocId(s)
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DocId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for DocId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DocId({})", self.0)
-    }
-}
-
-/// Whether an id names a catalog shard.
-pub fn is_catalog(id: &DocId) -> bool {
-    id.0.starts_with(CATALOG_PREFIX)
-}
-
-/// Whether an id names an internal document (catalog, KV shard).
-pub fn is_internal(id: &DocId) -> bool {
-    id.0.starts_with('_')
-}
 
 /// One entry of a document's history.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -266,7 +180,7 @@ impl Docs {
             .db()
             .doc_ids(self.app_name())?
             .into_iter()
-            .map(DocId)
+            .map(DocId::from_stored)
             .filter(|d| !is_internal(d))
             .collect();
         out.sort();
@@ -428,7 +342,7 @@ impl Docs {
     pub fn delete(&self, id: &DocId) -> Result<()> {
         self.existing(id)?;
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
+        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(id))?;
         let mut cat = cat_h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;
@@ -478,7 +392,7 @@ impl Docs {
         }
         let mut incoming = AutoCommit::load(bytes)
             .map_err(|e| Error::BadOp(format!("not an Automerge file: {e}")))?;
-        json::check_depth(&incoming).map_err(|e| match e {
+        json::check_depth(&incoming).map_err(|e| match Error::from(e) {
             Error::TooDeep { limit, .. } => Error::TooDeep {
                 what: "the imported document".into(),
                 limit,
@@ -609,8 +523,8 @@ impl Subscription {
 }
 
 /// Names the document in a [`Error::TooDeep`] from a walk of it.
-fn name_too_deep(e: Error, id: &DocId) -> Error {
-    match e {
+fn name_too_deep(e: masq_core::doc::DocError, id: &DocId) -> Error {
+    match Error::from(e) {
         Error::TooDeep { limit, .. } => Error::TooDeep {
             what: format!("document {id}"),
             limit,

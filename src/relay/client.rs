@@ -17,6 +17,15 @@ use crate::wire::relay_frame::{Frame, UndeliverableReason};
 /// Frames the client may queue for sending before `send` waits.
 pub const CLIENT_SEND_QUEUE: usize = 1024;
 
+/// Events (delivered messages, presence, ...) received but not yet taken by
+/// [`RelayClient::next_event`]. When they are queued, the client stops
+/// reading its socket, so a slow consumer's backlog builds up at the relay,
+/// whose per-connection limits then apply (recipient busy at the sender),
+/// instead of in this process's memory without bound. Sending goes on
+/// meanwhile, so a consumer that sends while it has events to take cannot
+/// deadlock.
+pub const CLIENT_EVENT_QUEUE: usize = 256;
+
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayClientError {
@@ -99,7 +108,7 @@ pub struct RelayClient {
     /// rendezvous join proves the slot key over it.
     challenge: ([u8; 32], [u8; 32]),
     out: mpsc::Sender<Vec<u8>>,
-    events: mpsc::UnboundedReceiver<RelayEvent>,
+    events: mpsc::Receiver<RelayEvent>,
     next_id: u64,
     task: Option<JoinHandle<()>>,
 }
@@ -191,15 +200,18 @@ impl RelayClient {
             }
         }
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(CLIENT_SEND_QUEUE);
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::channel(CLIENT_EVENT_QUEUE);
         let task = tokio::spawn(async move {
             let (mut sink, mut stream) = ws.split();
+            // An event read from the socket and waiting for room in the
+            // event queue; while one waits, the socket is not read.
+            let mut waiting: Option<RelayEvent> = None;
             loop {
                 tokio::select! {
                     out = out_rx.recv() => match out {
                         Some(bytes) => {
                             if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                                let _ = ev_tx.send(RelayEvent::Closed { code: 0, reason: "send failed".into() });
+                                let _ = ev_tx.try_send(RelayEvent::Closed { code: 0, reason: "send failed".into() });
                                 break;
                             }
                         }
@@ -208,36 +220,37 @@ impl RelayClient {
                             break;
                         }
                     },
-                    msg = stream.next() => match msg {
-                        Some(Ok(Message::Binary(b))) => {
-                            let ev = match Frame::decode(&b) {
-                                Ok(Frame::Deliver { from, payload }) => RelayEvent::Message { from, payload },
-                                Ok(Frame::Presence { id, online }) => RelayEvent::Presence { device: id, online },
-                                Ok(Frame::Undeliverable { msg_id, to, reason }) => RelayEvent::Undeliverable { msg_id, to, reason },
-                                Ok(Frame::RendezvousPeer { joined }) => RelayEvent::RendezvousPeer { joined },
-                                Ok(Frame::RendezvousData(d)) => RelayEvent::RendezvousData(d),
-                                Ok(Frame::Error { code, message }) => RelayEvent::Error { code, message },
-                                Ok(_) | Err(_) => continue,
-                            };
-                            if ev_tx.send(ev).is_err() {
+                    permit = ev_tx.reserve(), if waiting.is_some() => match (permit, waiting.take()) {
+                        (Ok(permit), Some(ev)) => {
+                            let last = matches!(ev, RelayEvent::Closed { .. });
+                            permit.send(ev);
+                            if last {
                                 break;
                             }
                         }
-                        Some(Ok(Message::Close(c))) => {
-                            let (code, reason) = c.map(|c| (u16::from(c.code), c.reason.to_string())).unwrap_or((0, String::new()));
-                            let _ = ev_tx.send(RelayEvent::Closed { code, reason });
-                            break;
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            let _ = ev_tx.send(RelayEvent::Closed { code: 0, reason: e.to_string() });
-                            break;
-                        }
-                        None => {
-                            let _ = ev_tx.send(RelayEvent::Closed { code: 0, reason: "connection ended".into() });
-                            break;
-                        }
+                        // The client was dropped: nobody is listening.
+                        _ => break,
                     },
+                    msg = stream.next(), if waiting.is_none() => {
+                        waiting = match msg {
+                            Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                                Ok(Frame::Deliver { from, payload }) => Some(RelayEvent::Message { from, payload }),
+                                Ok(Frame::Presence { id, online }) => Some(RelayEvent::Presence { device: id, online }),
+                                Ok(Frame::Undeliverable { msg_id, to, reason }) => Some(RelayEvent::Undeliverable { msg_id, to, reason }),
+                                Ok(Frame::RendezvousPeer { joined }) => Some(RelayEvent::RendezvousPeer { joined }),
+                                Ok(Frame::RendezvousData(d)) => Some(RelayEvent::RendezvousData(d)),
+                                Ok(Frame::Error { code, message }) => Some(RelayEvent::Error { code, message }),
+                                Ok(_) | Err(_) => None,
+                            },
+                            Some(Ok(Message::Close(c))) => {
+                                let (code, reason) = c.map(|c| (u16::from(c.code), c.reason.to_string())).unwrap_or((0, String::new()));
+                                Some(RelayEvent::Closed { code, reason })
+                            }
+                            Some(Ok(_)) => None,
+                            Some(Err(e)) => Some(RelayEvent::Closed { code: 0, reason: e.to_string() }),
+                            None => Some(RelayEvent::Closed { code: 0, reason: "connection ended".into() }),
+                        };
+                    }
                 }
             }
         });

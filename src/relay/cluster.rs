@@ -49,6 +49,19 @@ pub const CONNECT_RETRY_EVERY: Duration = Duration::from_millis(250);
 pub const PUBLISH_BATCH: usize = 256;
 /// Publishes waiting for Redis.
 pub const PUBLISH_QUEUE: usize = 65_536;
+/// Events from Redis (deliveries, presence, rendezvous) waiting for this
+/// node's server to apply them. Applying one is a non-blocking queue push
+/// per connection, so the queue only fills if the server task stalls; then
+/// further events are dropped with a warning rather than held without
+/// bound. Pub/sub is at-most-once anyway (Redis drops a subscriber that
+/// falls behind), and devices recover by the sync protocol's resends.
+pub const INBOUND_QUEUE: usize = 65_536;
+/// (Un)subscribe commands waiting for the Redis subscription connection.
+/// A connection adds at most two (subscribe when it authenticates,
+/// unsubscribe when it closes) plus two per rendezvous slot it opens, so a
+/// relay within its connection limit never reaches this bound; past it a
+/// command is dropped with a warning.
+pub const SUBSCRIPTION_QUEUE: usize = 4 * super::config::MAX_CONNECTIONS;
 /// Device payload bytes waiting for Redis; past this, the connections that
 /// send stop being read until Redis catches up (backpressure, no drops), so a
 /// node's memory stays bounded when Redis is slower than its devices.
@@ -158,9 +171,9 @@ pub struct Cluster {
     /// Room for device payload bytes in `publish` (see [`MAX_PUBLISH_QUEUE_BYTES`]).
     room: Arc<tokio::sync::Semaphore>,
     /// To the subscription task (in order).
-    subs: mpsc::UnboundedSender<SubCmd>,
+    subs: mpsc::Sender<SubCmd>,
     /// To the server.
-    inbound: mpsc::UnboundedSender<Inbound>,
+    inbound: mpsc::Sender<Inbound>,
     /// Devices connected here (their presence keys are refreshed).
     local: Arc<Mutex<HashSet<DeviceId>>>,
     /// Rendezvous slots with members on this node.
@@ -205,7 +218,7 @@ impl Cluster {
     /// A bad URL fails at once.
     pub async fn connect_retrying(
         url: &str,
-    ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<Inbound>)> {
+    ) -> redis::RedisResult<(Self, mpsc::Receiver<Inbound>)> {
         let started = tokio::time::Instant::now();
         loop {
             match Self::connect(url).await {
@@ -224,17 +237,15 @@ impl Cluster {
 
     /// Connects to Redis at `url` (one attempt); returns the link and the
     /// events for the server.
-    pub async fn connect(
-        url: &str,
-    ) -> redis::RedisResult<(Self, mpsc::UnboundedReceiver<Inbound>)> {
+    pub async fn connect(url: &str) -> redis::RedisResult<(Self, mpsc::Receiver<Inbound>)> {
         let client = redis::Client::open(url)?;
         let conn = client.get_multiplexed_async_connection().await?;
         let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(PRESENCE_CHANNEL).await?;
         let node = hex::encode(*crate::crypto::random_bytes::<16>());
-        let (inbound, inbound_rx) = mpsc::unbounded_channel();
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        let (subs, mut subs_rx) = mpsc::unbounded_channel::<SubCmd>();
+        let (subs, mut subs_rx) = mpsc::channel::<SubCmd>(SUBSCRIPTION_QUEUE);
         let local: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
         let slots: Arc<Mutex<HashMap<[u8; 32], Vec<Member>>>> = Arc::default();
         let room = Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISH_QUEUE_BYTES));
@@ -344,9 +355,10 @@ impl Cluster {
         let mut claim = vec![KIND_CLAIM];
         claim.extend_from_slice(self.node.as_bytes());
         self.publish(dev_channel(&device), claim, None);
-        let _ = self
-            .subs
-            .send(SubCmd::Subscribe(dev_channel(&device), Some(subscribed)));
+        push_sub(
+            &self.subs,
+            SubCmd::Subscribe(dev_channel(&device), Some(subscribed)),
+        );
         let mut conn = self.conn.clone();
         let node = self.node.clone();
         let publish = self.publish.clone();
@@ -386,7 +398,7 @@ impl Cluster {
         if let Ok(mut l) = self.local.lock() {
             l.remove(&device);
         }
-        let _ = self.subs.send(SubCmd::Unsubscribe(dev_channel(&device)));
+        push_sub(&self.subs, SubCmd::Unsubscribe(dev_channel(&device)));
         if moved {
             return;
         }
@@ -460,12 +472,15 @@ impl Cluster {
                 .await
                 .unwrap_or_else(|_| vec![None; keys.len()]);
             for (id, v) in ids.into_iter().zip(vals) {
-                let _ = inbound.send(Inbound::PresenceTo {
-                    device,
-                    conn_id,
-                    id,
-                    online: v.is_some(),
-                });
+                push_inbound(
+                    &inbound,
+                    Inbound::PresenceTo {
+                        device,
+                        conn_id,
+                        id,
+                        online: v.is_some(),
+                    },
+                );
             }
         });
     }
@@ -494,15 +509,18 @@ impl Cluster {
                 }
             };
             if n > 2 {
-                let _ = inbound.send(Inbound::ToConn {
-                    device,
-                    conn_id,
-                    frame: Frame::Error {
-                        code: codes::RENDEZVOUS_REFUSED,
-                        message: "rendezvous slot is full or already used".into(),
-                    }
-                    .encode(),
-                });
+                push_inbound(
+                    &inbound,
+                    Inbound::ToConn {
+                        device,
+                        conn_id,
+                        frame: Frame::Error {
+                            code: codes::RENDEZVOUS_REFUSED,
+                            message: "rendezvous slot is full or already used".into(),
+                        }
+                        .encode(),
+                    },
+                );
                 return;
             }
             let first_here = match slots.lock() {
@@ -514,7 +532,7 @@ impl Cluster {
                 Err(_) => return,
             };
             if first_here {
-                let _ = subs.send(SubCmd::Subscribe(name.clone(), None));
+                push_sub(&subs, SubCmd::Subscribe(name.clone(), None));
             }
             if n == 2 {
                 // Give the subscription a moment to be in place on both sides.
@@ -529,11 +547,14 @@ impl Cluster {
                         counted: 0,
                     })
                     .await;
-                let _ = inbound.send(Inbound::ToConn {
-                    device,
-                    conn_id,
-                    frame: Frame::RendezvousPeer { joined: true }.encode(),
-                });
+                push_inbound(
+                    &inbound,
+                    Inbound::ToConn {
+                        device,
+                        conn_id,
+                        frame: Frame::RendezvousPeer { joined: true }.encode(),
+                    },
+                );
             }
         });
     }
@@ -576,7 +597,7 @@ impl Cluster {
         payload.extend_from_slice(&tag(&self.node, conn_id));
         self.publish(slot_name(&s), payload, None);
         if last {
-            let _ = self.subs.send(SubCmd::Unsubscribe(slot_name(&s)));
+            push_sub(&self.subs, SubCmd::Unsubscribe(slot_name(&s)));
         }
     }
 }
@@ -595,7 +616,7 @@ fn on_message(
     payload: &[u8],
     node: &str,
     slots: &Mutex<HashMap<[u8; 32], Vec<Member>>>,
-    inbound: &mpsc::UnboundedSender<Inbound>,
+    inbound: &mpsc::Sender<Inbound>,
 ) {
     if channel == PRESENCE_CHANNEL {
         if payload.len() < 33 || &payload[33..] == node.as_bytes() {
@@ -603,10 +624,13 @@ fn on_message(
         }
         let mut id = [0u8; 32];
         id.copy_from_slice(&payload[..32]);
-        let _ = inbound.send(Inbound::Presence {
-            device: DeviceId(id),
-            online: payload[32] != 0,
-        });
+        push_inbound(
+            inbound,
+            Inbound::Presence {
+                device: DeviceId(id),
+                online: payload[32] != 0,
+            },
+        );
     } else if let Some(hex_id) = channel.strip_prefix("masq:dev:") {
         let Some(device) = hex::decode(hex_id)
             .ok()
@@ -617,10 +641,13 @@ fn on_message(
         };
         match payload.split_first() {
             Some((&KIND_FRAME, frame)) => {
-                let _ = inbound.send(Inbound::ToDevice {
-                    device,
-                    frame: frame.to_vec(),
-                });
+                push_inbound(
+                    inbound,
+                    Inbound::ToDevice {
+                        device,
+                        frame: frame.to_vec(),
+                    },
+                );
             }
             Some((&KIND_SEND, rest)) if rest.len() >= 8 + 34 => {
                 let mut id = [0u8; 8];
@@ -629,15 +656,18 @@ fn on_message(
                 // A Deliver frame: version, type, sender (32), payload.
                 let mut from = [0u8; 32];
                 from.copy_from_slice(&frame[2..34]);
-                let _ = inbound.send(Inbound::Deliver {
-                    device,
-                    from: DeviceId(from),
-                    msg_id: u64::from_be_bytes(id),
-                    frame: frame.to_vec(),
-                });
+                push_inbound(
+                    inbound,
+                    Inbound::Deliver {
+                        device,
+                        from: DeviceId(from),
+                        msg_id: u64::from_be_bytes(id),
+                        frame: frame.to_vec(),
+                    },
+                );
             }
             Some((&KIND_CLAIM, claimer)) if claimer != node.as_bytes() => {
-                let _ = inbound.send(Inbound::Claimed(device));
+                push_inbound(inbound, Inbound::Claimed(device));
             }
             _ => {}
         }
@@ -666,12 +696,33 @@ fn on_message(
                 SLOT_DATA => Frame::RendezvousData(data.to_vec()),
                 _ => continue,
             };
-            let _ = inbound.send(Inbound::ToConn {
-                device,
-                conn_id,
-                frame: frame.encode(),
-            });
+            push_inbound(
+                inbound,
+                Inbound::ToConn {
+                    device,
+                    conn_id,
+                    frame: frame.encode(),
+                },
+            );
         }
+    }
+}
+
+/// Hands an event to the server without waiting (see [`INBOUND_QUEUE`]).
+fn push_inbound(inbound: &mpsc::Sender<Inbound>, event: Inbound) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = inbound.try_send(event) {
+        tracing::warn!(
+            "cluster: inbound queue full ({INBOUND_QUEUE}); an event from Redis was dropped"
+        );
+    }
+}
+
+/// Queues a (un)subscribe without waiting (see [`SUBSCRIPTION_QUEUE`]).
+fn push_sub(subs: &mpsc::Sender<SubCmd>, cmd: SubCmd) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = subs.try_send(cmd) {
+        tracing::warn!(
+            "cluster: subscription queue full ({SUBSCRIPTION_QUEUE}); a (un)subscribe was dropped"
+        );
     }
 }
 
@@ -679,7 +730,7 @@ fn on_message(
 async fn publisher(
     mut conn: MultiplexedConnection,
     mut rx: mpsc::Receiver<Publish>,
-    inbound: mpsc::UnboundedSender<Inbound>,
+    inbound: mpsc::Sender<Inbound>,
     room: Arc<tokio::sync::Semaphore>,
 ) {
     let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
@@ -705,7 +756,7 @@ async fn publisher(
         for (p, n) in batch.drain(..).zip(counts) {
             if n == 0 {
                 if let Some(i) = p.if_nobody {
-                    let _ = inbound.send(i);
+                    push_inbound(&inbound, i);
                 }
             }
         }

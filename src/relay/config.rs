@@ -54,6 +54,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a rendezvous slot lives (an invite is valid this long).
 pub const RENDEZVOUS_TTL: Duration = Duration::from_secs(600);
+/// How long the accept loop pauses when `accept` fails for want of a
+/// resource (descriptors, memory): retrying at once would spin a core
+/// while nothing can be accepted anyway; connections already open keep
+/// being served meanwhile.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest HTTP request head read before deciding HTTP vs WebSocket.
 pub const MAX_HTTP_HEAD_BYTES: usize = 8 * 1024;
 

@@ -506,7 +506,19 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) if crate::http_head::is_resource_exhaustion(&e) => {
+                        tracing::warn!("relay accept failed ({e}); pausing {:?}", super::config::ACCEPT_ERROR_BACKOFF);
+                        tokio::select! {
+                            _ = shutdown.changed() => break,
+                            _ = tokio::time::sleep(super::config::ACCEPT_ERROR_BACKOFF) => {}
+                        }
+                        continue;
+                    }
+                    // A connection that died before we took it: nothing to do.
+                    Err(_) => continue,
+                };
                 let _ = stream.set_nodelay(true);
                 let hub = hub.clone();
                 match hub.config.tls.clone() {
@@ -1205,7 +1217,7 @@ fn leave_slot(hub: &Hub, s: [u8; 32], conn_id: u64) {
 }
 
 /// Applies what the cluster says to this node's connections.
-async fn apply_cluster_events(hub: Arc<Hub>, mut events: mpsc::UnboundedReceiver<Inbound>) {
+async fn apply_cluster_events(hub: Arc<Hub>, mut events: mpsc::Receiver<Inbound>) {
     while let Some(ev) = events.recv().await {
         let m = &hub.metrics;
         let conn_of = |d: &DeviceId| hub.conns.lock().ok().and_then(|c| c.get(d).cloned());

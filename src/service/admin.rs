@@ -262,6 +262,9 @@ pub fn find_device(store: &Store, needle: &str) -> Result<DeviceId> {
 
 /// Runs an admin request (blocking parts off the async threads). `pair.invite`
 /// answers at once and sends a `paired` message on `out` when the joiner comes.
+/// An admin operation run on a blocking thread against the store.
+type BlockingOp = Box<dyn FnOnce(&Store) -> Result<Json> + Send>;
+
 pub(crate) async fn handle(
     shared: &std::sync::Arc<Shared>,
     id: u64,
@@ -269,7 +272,7 @@ pub(crate) async fn handle(
     out: &mpsc::Sender<Message>,
 ) -> std::result::Result<Json, ApiError> {
     let store = shared.store.clone();
-    let blocking = |f: Box<dyn FnOnce(&Store) -> Result<Json> + Send>| {
+    let blocking = |f: BlockingOp| {
         let store = store.clone();
         async move {
             tokio::task::spawn_blocking(move || f(&store))

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use x25519_dalek::PublicKey;
 
 use super::core::SyncCore;
@@ -96,17 +97,14 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// of up to this much added latency.
 pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(20);
 
-enum Command {
-    /// Peers were added or removed outside the engine (pairing, CLI).
-    PeersChanged,
-    /// Stop.
-    Shutdown,
-}
-
 /// A running sync engine. Dropping it stops the task.
 pub struct SyncEngine {
-    /// Commands to the task.
-    cmd: mpsc::UnboundedSender<Command>,
+    /// Peers were added or removed outside the engine (pairing, CLI). A
+    /// `Notify` keeps at most one wake-up pending however often it is
+    /// told, so the engine's inbox is bounded by construction.
+    peers_changed: Arc<Notify>,
+    /// Asks the task to stop (it closes its relay connection first).
+    stop: CancellationToken,
     /// Latest status.
     status: watch::Receiver<EngineStatus>,
     /// The task; aborted on drop.
@@ -115,6 +113,7 @@ pub struct SyncEngine {
 
 impl Drop for SyncEngine {
     fn drop(&mut self) {
+        self.stop.cancel();
         if let Some(t) = self.task.take() {
             t.abort();
         }
@@ -130,7 +129,8 @@ impl SyncEngine {
     /// Starts syncing `store` as configured.
     pub fn start_with(store: Store, config: EngineConfig) -> Result<Self> {
         let kp = peers::load_or_create_identity(store.db())?;
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let peers_changed = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
         let (status_tx, status_rx) = watch::channel(EngineStatus::default());
         let engine = Engine {
             me: kp.device_id(),
@@ -144,9 +144,10 @@ impl SyncEngine {
             stats: EngineStatus::default(),
             busy: Default::default(),
         };
-        let task = tokio::spawn(engine.run(config, cmd_rx));
+        let task = tokio::spawn(engine.run(config, peers_changed.clone(), stop.clone()));
         Ok(Self {
-            cmd: cmd_tx,
+            peers_changed,
+            stop,
             status: status_rx,
             task: Some(task),
         })
@@ -164,12 +165,12 @@ impl SyncEngine {
 
     /// Tells the engine the set of peers changed (after pairing or removal).
     pub fn peers_changed(&self) {
-        let _ = self.cmd.send(Command::PeersChanged);
+        self.peers_changed.notify_one();
     }
 
     /// Stops the engine and waits for its task.
     pub async fn shutdown(mut self) {
-        let _ = self.cmd.send(Command::Shutdown);
+        self.stop.cancel();
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
@@ -218,7 +219,12 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl Engine {
-    async fn run(mut self, config: EngineConfig, mut cmd: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        config: EngineConfig,
+        peers_changed: Arc<Notify>,
+        stop: CancellationToken,
+    ) {
         let relay_url = config.relay_url.clone();
         let mut delay = RECONNECT_MIN;
         let mut changes = self.store.subscribe_changes();
@@ -226,16 +232,17 @@ impl Engine {
             self.load_peers();
             let transport = tokio::select! {
                 t = Transport::connect(&relay_url, &self.kp) => t,
-                c = cmd.recv() => match c {
-                    Some(Command::PeersChanged) => continue,
-                    Some(Command::Shutdown) | None => return,
-                },
+                _ = peers_changed.notified() => continue,
+                _ = stop.cancelled() => return,
             };
             let mut transport = match transport {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::debug!("relay connect failed: {e}");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
                     delay = (delay * 2).min(RECONNECT_MAX);
                     continue;
                 }
@@ -259,7 +266,7 @@ impl Engine {
             // Documents changed since the last flush, with the one peer they
             // came from (not offered back to it), or None if changed here.
             let mut dirty: HashMap<(String, crate::doc::DocId), Option<DeviceId>> = HashMap::new();
-            let stop = loop {
+            let stopping = loop {
                 tokio::select! {
                     _ = resync.tick() => self.on_tick(&mut transport).await,
                     _ = handshake_retry.tick() => {
@@ -295,14 +302,12 @@ impl Engine {
                         }
                         Err(_) => break true,
                     },
-                    c = cmd.recv() => match c {
-                        Some(Command::PeersChanged) => {
-                            self.load_peers();
-                            let _ = self.announce_peers(&mut transport).await;
-                            self.flush_notes(&mut transport).await;
-                        }
-                        Some(Command::Shutdown) | None => break true,
-                    },
+                    _ = peers_changed.notified() => {
+                        self.load_peers();
+                        let _ = self.announce_peers(&mut transport).await;
+                        self.flush_notes(&mut transport).await;
+                    }
+                    _ = stop.cancelled() => break true,
                 }
             };
             transport.close().await;
@@ -315,10 +320,13 @@ impl Engine {
                 self.core.reset_peer(id);
             }
             self.publish_status();
-            if stop {
+            if stopping {
                 return;
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return,
+            }
         }
     }
 

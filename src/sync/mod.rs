@@ -8,10 +8,10 @@
 pub mod core;
 pub mod engine;
 
-pub mod invite;
+pub use masq_core::wire::invite;
 pub mod pairing;
 
 pub mod peers;
 pub mod transport;
 
-pub mod wire;
+pub use masq_core::wire::device as wire;

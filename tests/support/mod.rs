@@ -249,6 +249,8 @@ pub fn spawn_store_daemon_with(
         cmd.args(["--relay", r]);
     }
     cmd.args(extra);
+    // Returned to the caller, who waits for it (or kills it on drop).
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

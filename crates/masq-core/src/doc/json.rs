@@ -10,7 +10,7 @@ use automerge::{
 };
 use serde_json::{json, Map, Value as Json};
 
-use crate::error::{Error, Result};
+use super::{DocError as Error, Result};
 
 /// The one depth rule: no object of a document lies more than this many
 /// levels below its root (the root map is level 0, `/a` level 1, ...).
@@ -146,7 +146,7 @@ impl Frame {
     /// The next property to read, if any is left.
     fn next_prop(&mut self) -> Option<Prop> {
         match &mut self.body {
-            FrameBody::List { len, out } => (out.len() < *len).then(|| Prop::Seq(out.len())),
+            FrameBody::List { len, out } => (out.len() < *len).then_some(Prop::Seq(out.len())),
             FrameBody::Map { keys, current, .. } => {
                 let k = keys.next()?;
                 *current = Some(k.clone());

@@ -90,13 +90,13 @@ impl PairingChannel {
 
     /// Seals `plaintext` for `direction`.
     pub fn seal(&self, direction: u8, plaintext: &[u8]) -> Vec<u8> {
-        let cipher = XChaCha20Poly1305::new(self.key.as_ref().into());
+        let cipher = XChaCha20Poly1305::new((&*self.key).into());
         let nonce = random_bytes::<24>();
         let ad = self.ad(direction);
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
         let ct = cipher
             .encrypt(
-                XNonce::from_slice(nonce.as_ref()),
+                &XNonce::from(*nonce),
                 Payload {
                     msg: plaintext,
                     aad: &ad,
@@ -114,10 +114,11 @@ impl PairingChannel {
             return Err(PairingError::Truncated);
         }
         let (nonce, ct) = bytes.split_at(24);
-        let cipher = XChaCha20Poly1305::new(self.key.as_ref().into());
+        let nonce = XNonce::try_from(nonce).map_err(|_| PairingError::Truncated)?;
+        let cipher = XChaCha20Poly1305::new((&*self.key).into());
         let ad = self.ad(direction);
         cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad })
+            .decrypt(&nonce, Payload { msg: ct, aad: &ad })
             .map_err(|_| PairingError::Auth)
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::json;
-use crate::error::{Error, Result};
+use super::{DocError as Error, Result};
 
 /// One operation of a change. Serialized as `{"op": "put", "path": "/a", "value": 1}` etc.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

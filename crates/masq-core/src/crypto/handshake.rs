@@ -289,19 +289,17 @@ mod tests {
         // A response from someone else does not confirm.
         let (pending, init) = initiate(&a, &b.public());
         let (_, _) = respond(&b, &a.public(), &init).expect("respond");
-        let (_, resp_m) = respond(&mallory, &a.public(), &init)
-            .map(|(s, r)| (s, r))
-            .unwrap_or_else(|_| {
-                (
-                    Session::new_responder(
-                        a.device_id(),
-                        b.device_id(),
-                        &[0; 32],
-                        StaticSecret::from([1; 32]),
-                    ),
-                    vec![1; RESPONSE_LEN],
-                )
-            });
+        let (_, resp_m) = respond(&mallory, &a.public(), &init).unwrap_or_else(|_| {
+            (
+                Session::new_responder(
+                    a.device_id(),
+                    b.device_id(),
+                    &[0; 32],
+                    StaticSecret::from([1; 32]),
+                ),
+                vec![1; RESPONSE_LEN],
+            )
+        });
         assert!(pending.finish(&resp_m).is_err());
         assert!(
             initiator_wins(&a.device_id(), &b.device_id())

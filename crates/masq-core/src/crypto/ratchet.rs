@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::Tag;
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -191,7 +191,7 @@ impl Session {
         };
         let ad = env.header_bytes();
         let (key, nonce) = message_key_material(&mk);
-        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+        let cipher = XChaCha20Poly1305::new((&*key).into());
         // header || padded plaintext, encrypted in place, then the tag: one buffer, no copies.
         let target = super::envelope::padme(plaintext.len() + 1);
         let mut out = Vec::with_capacity(ad.len() + target + super::envelope::TAG_LEN);
@@ -200,7 +200,7 @@ impl Session {
         out.push(0x80);
         out.resize(ad.len() + target, 0);
         let tag = cipher
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[ad.len()..])
+            .encrypt_inout_detached(&XNonce::from(nonce), &ad, (&mut out[ad.len()..]).into())
             .map_err(|_| CryptoError::AuthFailed)?;
         out.extend_from_slice(&tag);
         self.cks = Some(next);
@@ -225,7 +225,7 @@ impl Session {
 
     fn decrypt(mk: &[u8; 32], env: &Envelope) -> Result<Vec<u8>, CryptoError> {
         let (key, nonce) = message_key_material(mk);
-        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+        let cipher = XChaCha20Poly1305::new((&*key).into());
         let ad = env.header_bytes();
         let split = env
             .ciphertext
@@ -233,9 +233,9 @@ impl Session {
             .checked_sub(super::envelope::TAG_LEN)
             .ok_or(CryptoError::Truncated)?;
         let mut buf = env.ciphertext[..split].to_vec();
-        let tag = Tag::from_slice(&env.ciphertext[split..]);
+        let tag = Tag::try_from(&env.ciphertext[split..]).map_err(|_| CryptoError::Truncated)?;
         cipher
-            .decrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut buf, tag)
+            .decrypt_inout_detached(&XNonce::from(nonce), &ad, buf.as_mut_slice().into(), &tag)
             .map_err(|_| CryptoError::AuthFailed)?;
         unpad(buf)
     }

@@ -56,6 +56,6 @@ pub fn check_public_key(public: &PublicKey) -> Result<(), CryptoError> {
 pub fn random_bytes<const N: usize>() -> Zeroizing<[u8; N]> {
     let mut buf = Zeroizing::new([0u8; N]);
     #[allow(clippy::expect_used)]
-    getrandom::getrandom(buf.as_mut()).expect("operating system CSPRNG unavailable");
+    getrandom::fill(buf.as_mut()).expect("operating system CSPRNG unavailable");
     buf
 }

@@ -1,0 +1,19 @@
+//! masq-core: the protocol and data logic every masq device runs, native
+//! store or browser page.
+//!
+//! - [`crypto`]: identities, KDFs, handshake, Double Ratchet, envelopes, the
+//!   pairing channel.
+//! - [`wire`]: every byte format: relay frames, device payloads, invites.
+//! - [`doc`]: documents as JSON and JSON-pointer change operations.
+//!
+//! Architecture invariant: this crate does no I/O. No tokio, no fjall, no
+//! sockets, no threads, no clock (callers pass the time in), randomness only
+//! through `getrandom`. It builds for `wasm32-unknown-unknown`
+//! (`cargo build -p masq-core --target wasm32-unknown-unknown`), which `.ci/run`
+//! checks, so that the browser (M11) links the very code the native stores run.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod doc;
+pub mod wire;
