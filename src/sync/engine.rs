@@ -33,15 +33,11 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::wire::relay_frame::UndeliverableReason;
 
-/// Largest plaintext sealed into one envelope; larger payloads are fragmented.
-/// Stays well under the relay's frame limit after envelope overhead and padding.
-pub const MAX_ENVELOPE_PLAINTEXT: usize = 200 * 1024;
-/// Most fragments one payload may be split into (bounds reassembly memory: 64 × 200 KiB).
-pub const MAX_FRAGMENTS: u16 = 64;
-/// An init unanswered for this long is sent again (checked every half of
-/// it), and a crossing init makes the winner re-send its own if
-/// that went out longer ago than this (the peer may not have known us then).
-pub const HANDSHAKE_RESEND_AFTER: Duration = Duration::from_secs(2);
+use masq_core::sync::fragments::{Fragmenter, Reassembler};
+pub use masq_core::sync::fragments::{MAX_ENVELOPE_PLAINTEXT, MAX_FRAGMENTS};
+/// The engine checks for stale inits every half of this.
+pub use masq_core::sync::handshake_rules::HANDSHAKE_RESEND_AFTER;
+use masq_core::sync::handshake_rules::{self as rules, CrossingInit};
 /// First reconnect delay after losing the relay; doubles up to [`RECONNECT_MAX`].
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
@@ -139,7 +135,8 @@ impl SyncEngine {
             store,
             peers: HashMap::new(),
             fragments: HashMap::new(),
-            next_fragment_id: 1,
+            fragmenter: Fragmenter::new(),
+            epoch: std::time::Instant::now(),
             status: status_tx,
             stats: EngineStatus::default(),
             busy: Default::default(),
@@ -186,17 +183,11 @@ struct PeerState {
     /// Established Double Ratchet session.
     session: Option<Session>,
     /// Our handshake in flight, with its first message and when it was sent
-    /// (re-sent when a crossing init shows the peer may have dropped it).
-    pending: Option<(PendingHandshake, Vec<u8>, std::time::Instant)>,
+    /// (time since [`Engine::epoch`]; re-sent by the rules of
+    /// `masq_core::sync::handshake_rules`).
+    pending: Option<(PendingHandshake, Vec<u8>, Duration)>,
     /// Session usable for sending and the initial sync was offered.
     ready: bool,
-}
-
-/// A fragmented payload being reassembled.
-struct Reassembly {
-    id: u64,
-    total: u16,
-    parts: Vec<Option<Vec<u8>>>,
 }
 
 struct Engine {
@@ -205,8 +196,13 @@ struct Engine {
     me: DeviceId,
     core: SyncCore,
     peers: HashMap<DeviceId, PeerState>,
-    fragments: HashMap<DeviceId, Reassembly>,
-    next_fragment_id: u64,
+    /// Per peer, the fragmented payload being put back together.
+    fragments: HashMap<DeviceId, Reassembler>,
+    /// Numbers the payloads we fragment.
+    fragmenter: Fragmenter,
+    /// The engine's clock origin: the core's rules take time as a duration
+    /// since it.
+    epoch: std::time::Instant,
     status: watch::Sender<EngineStatus>,
     stats: EngineStatus,
     /// Online peers whose messages the relay refused as busy or rate
@@ -219,6 +215,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl Engine {
+    /// Now, as the core's rules take it.
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
     async fn run(
         mut self,
         config: EngineConfig,
@@ -467,7 +468,7 @@ impl Engine {
             self.become_ready(t, id).await;
         } else if p.pending.is_none() {
             let (pending, init) = handshake::initiate(&self.kp, &p.public);
-            p.pending = Some((pending, init.clone(), std::time::Instant::now()));
+            p.pending = Some((pending, init.clone(), self.epoch.elapsed()));
             self.send_raw(t, id, DevicePacket::HandshakeInit(init))
                 .await;
         }
@@ -556,13 +557,14 @@ impl Engine {
     /// us when it came (a pairing completes on the inviter first, and its
     /// init can reach the joiner before the joiner has stored the inviter).
     async fn resend_stale_handshakes(&mut self, t: &mut Transport) {
+        let now = self.now();
         let stale: Vec<(DeviceId, Vec<u8>)> = self
             .peers
             .iter_mut()
             .filter(|(_, p)| p.online)
             .filter_map(|(id, p)| match p.pending.as_mut() {
-                Some((_, init, at)) if at.elapsed() > HANDSHAKE_RESEND_AFTER => {
-                    *at = std::time::Instant::now();
+                Some((_, init, at)) if rules::init_is_stale(*at, now) => {
+                    *at = now;
                     Some((*id, init.clone()))
                 }
                 _ => None,
@@ -594,10 +596,9 @@ impl Engine {
             .peers
             .iter()
             .filter(|(_, p)| {
-                p.online
-                    && !p.ready
-                    && p.pending.is_none()
-                    && p.session.as_ref().map(|s| !s.can_send()).unwrap_or(false)
+                p.session.as_ref().is_some_and(|s| {
+                    rules::responder_is_silent(p.online, p.ready, p.pending.is_some(), s.can_send())
+                })
             })
             .map(|(id, _)| *id)
             .collect();
@@ -644,32 +645,9 @@ impl Engine {
     ) {
         let mut plaintexts = Vec::new();
         for p in payloads {
-            let bytes = p.encode();
-            if bytes.len() <= MAX_ENVELOPE_PLAINTEXT {
-                plaintexts.push(bytes);
-                continue;
-            }
-            let parts: Vec<&[u8]> = bytes.chunks(MAX_ENVELOPE_PLAINTEXT - 32).collect();
-            if parts.len() > MAX_FRAGMENTS as usize {
-                tracing::warn!(
-                    "payload of {} bytes exceeds the fragment limit; dropped",
-                    bytes.len()
-                );
-                continue;
-            }
-            let id = self.next_fragment_id;
-            self.next_fragment_id += 1;
-            let total = parts.len() as u16;
-            for (i, part) in parts.into_iter().enumerate() {
-                plaintexts.push(
-                    SyncPayload::Fragment {
-                        id,
-                        index: i as u16,
-                        total,
-                        bytes: part.to_vec(),
-                    }
-                    .encode(),
-                );
+            match self.fragmenter.split(&p) {
+                Ok(parts) => plaintexts.extend(parts),
+                Err(e) => tracing::warn!("{e}; dropped"),
             }
         }
         let Some(p) = self.peers.get_mut(&to) else {
@@ -765,26 +743,22 @@ impl Engine {
         init: &[u8],
     ) -> Result<()> {
         let me = self.me;
+        let now = self.now();
         let db = self.store.db();
         let Some(p) = self.peers.get_mut(&from) else {
             return Ok(());
         };
-        if let Some((_, our_init, sent_at)) = &p.pending {
-            if handshake::initiator_wins(&me, &from) {
-                // Both started and ours wins: they will answer ours. If ours went
-                // out a while ago it was probably dropped (they did not know us
-                // yet), so send it again.
-                if sent_at.elapsed() > HANDSHAKE_RESEND_AFTER {
+        if let Some((_, our_init, sent_at)) = &mut p.pending {
+            match rules::on_crossing_init(&me, &from, *sent_at, now) {
+                CrossingInit::AnswerTheirs => {}
+                CrossingInit::KeepOurs { resend: false } => return Ok(()),
+                CrossingInit::KeepOurs { resend: true } => {
+                    *sent_at = now;
                     let again = our_init.clone();
-                    if let Some(p) = self.peers.get_mut(&from) {
-                        if let Some(pending) = p.pending.as_mut() {
-                            pending.2 = std::time::Instant::now();
-                        }
-                    }
                     self.send_raw(t, from, DevicePacket::HandshakeInit(again))
                         .await;
+                    return Ok(());
                 }
-                return Ok(());
             }
         }
         let (session, response) = handshake::respond(&self.kp, &p.public, init)
@@ -825,7 +799,12 @@ impl Engine {
                 index,
                 total,
                 bytes,
-            } => match self.reassemble(from, id, index, total, bytes) {
+            } => match self
+                .fragments
+                .entry(from)
+                .or_default()
+                .push(id, index, total, bytes)
+            {
                 Some(full) => {
                     SyncPayload::decode(&full).map_err(|e| Error::BadOp(format!("payload: {e}")))?
                 }
@@ -937,40 +916,6 @@ impl Engine {
         })?;
         self.install_session(peer, session);
         Ok(())
-    }
-
-    fn reassemble(
-        &mut self,
-        from: DeviceId,
-        id: u64,
-        index: u16,
-        total: u16,
-        bytes: Vec<u8>,
-    ) -> Option<Vec<u8>> {
-        if total == 0 || total > MAX_FRAGMENTS || index >= total {
-            return None;
-        }
-        let r = self.fragments.entry(from).or_insert_with(|| Reassembly {
-            id,
-            total,
-            parts: vec![None; total as usize],
-        });
-        if r.id != id || r.total != total {
-            // A new payload started: the old one is abandoned (sync will resend).
-            *r = Reassembly {
-                id,
-                total,
-                parts: vec![None; total as usize],
-            };
-        }
-        r.parts[index as usize] = Some(bytes);
-        if r.parts.iter().all(Option::is_some) {
-            let parts = std::mem::take(&mut r.parts);
-            self.fragments.remove(&from);
-            Some(parts.into_iter().flatten().flatten().collect())
-        } else {
-            None
-        }
     }
 }
 

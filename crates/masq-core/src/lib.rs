@@ -5,6 +5,8 @@
 //!   pairing channel.
 //! - [`wire`]: every byte format: relay frames, device payloads, invites.
 //! - [`doc`]: documents as JSON and JSON-pointer change operations.
+//! - [`sync`]: the sync protocol's rules that need no I/O: fragments,
+//!   handshake tie-break and resend.
 //!
 //! Architecture invariant: this crate does no I/O. No tokio, no fjall, no
 //! sockets, no threads, no clock (callers pass the time in), randomness only
@@ -16,4 +18,5 @@
 
 pub mod crypto;
 pub mod doc;
+pub mod sync;
 pub mod wire;

@@ -1,0 +1,13 @@
+//! The parts of the device-to-device sync protocol that are decisions, not
+//! I/O: how a large payload is cut into envelopes and put back together
+//! ([`fragments`]), and who answers whose handshake and when an unanswered
+//! one is sent again ([`handshake_rules`]). The native engine
+//! (`masq::sync::engine`) drives them with its socket, clock and disk; they
+//! are tested here without any of those.
+//!
+//! Architecture invariant: no clock and no I/O. Time comes in as a
+//! [`Duration`](std::time::Duration) since any fixed instant the caller
+//! chooses, so the same rules run in a browser.
+
+pub mod fragments;
+pub mod handshake_rules;
