@@ -111,6 +111,13 @@ pub enum Error {
     /// Plain I/O failure.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A packet came from a device that is not paired with this store.
+    #[error("packet from a device that is not paired")]
+    UnknownPeer,
+    /// A paired device's packet broke the sync protocol (see
+    /// [`LinkError`](masq_core::sync::link::LinkError)).
+    #[error("{0}")]
+    Link(#[from] masq_core::sync::link::LinkError),
     /// JSON encoding or decoding failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -168,6 +175,8 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::Io(_) => "io",
             Error::Json(_) => "json",
+            Error::UnknownPeer => "unknown_peer",
+            Error::Link(_) => "protocol",
         }
     }
 }

@@ -1,14 +1,14 @@
-//! The sync engine: the I/O shell around [`SyncCore`]. One tokio task per
-//! store owns the relay connection, the Double Ratchet sessions with every
-//! paired device and the pending handshakes, and turns relay events and local
-//! changes into sealed envelopes.
+//! The sync engine: the I/O shell around the sans-I/O protocol. One tokio
+//! task per store owns the relay connection and drives, for every paired
+//! device, a [`PeerLink`] (`masq_core::sync::link`: handshakes, sessions,
+//! sealing, opening, fragments, resend timers) and the [`SyncCore`]
+//! (Automerge sync states, batches, applying them to the store).
 //!
-//! Per peer: when the relay says it is online, establish a session if there is
-//! none (handshake; both may start, the tie-break in `crypto::handshake`
-//! decides), then run Automerge sync for every document. Each outgoing batch
-//! is sealed and the advanced ratchet state is persisted *before* the envelope
-//! leaves; each incoming envelope is opened on a copy of the session, and the
-//! copy is persisted in the same atomic batch as the changes it carried.
+//! The engine's part is I/O and order: it feeds the links relay events,
+//! packets and the time, and for every step that advances a ratchet it
+//! persists the link's `SessionUpdate` first (with the changes a received
+//! payload carried, in one atomic batch), commits it to the link, and only
+//! then sends.
 //!
 //! Blocking work (fjall, Automerge) runs under `block_in_place`, so the engine
 //! needs tokio's multi-thread runtime.
@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use masq_core::sync::link::{Online, PeerLink, Received, SealError, SessionUpdate};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,19 +26,16 @@ use x25519_dalek::PublicKey;
 use super::core::SyncCore;
 use super::peers;
 use super::transport::{Transport, TransportEvent};
-use super::wire::{DevicePacket, PeerInfo, SyncPayload};
-use crate::crypto::handshake::{self, PendingHandshake};
+use super::wire::{PeerInfo, SyncPayload};
 use crate::crypto::ratchet::Session;
 use crate::crypto::{DeviceId, DeviceKeypair};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::wire::relay_frame::UndeliverableReason;
 
-use masq_core::sync::fragments::{Fragmenter, Reassembler};
 pub use masq_core::sync::fragments::{MAX_ENVELOPE_PLAINTEXT, MAX_FRAGMENTS};
 /// The engine checks for stale inits every half of this.
 pub use masq_core::sync::handshake_rules::HANDSHAKE_RESEND_AFTER;
-use masq_core::sync::handshake_rules::{self as rules, CrossingInit};
 /// First reconnect delay after losing the relay; doubles up to [`RECONNECT_MAX`].
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
@@ -134,8 +132,6 @@ impl SyncEngine {
             core: SyncCore::new(store.clone()),
             store,
             peers: HashMap::new(),
-            fragments: HashMap::new(),
-            fragmenter: Fragmenter::new(),
             epoch: std::time::Instant::now(),
             status: status_tx,
             stats: EngineStatus::default(),
@@ -174,34 +170,15 @@ impl SyncEngine {
     }
 }
 
-/// Per-peer connection state (in memory; the session is persisted).
-struct PeerState {
-    /// Its static public key.
-    public: PublicKey,
-    /// The relay reports it online.
-    online: bool,
-    /// Established Double Ratchet session.
-    session: Option<Session>,
-    /// Our handshake in flight, with its first message and when it was sent
-    /// (time since [`Engine::epoch`]; re-sent by the rules of
-    /// `masq_core::sync::handshake_rules`).
-    pending: Option<(PendingHandshake, Vec<u8>, Duration)>,
-    /// Session usable for sending and the initial sync was offered.
-    ready: bool,
-}
-
 struct Engine {
     store: Store,
     kp: DeviceKeypair,
     me: DeviceId,
     core: SyncCore,
-    peers: HashMap<DeviceId, PeerState>,
-    /// Per peer, the fragmented payload being put back together.
-    fragments: HashMap<DeviceId, Reassembler>,
-    /// Numbers the payloads we fragment.
-    fragmenter: Fragmenter,
-    /// The engine's clock origin: the core's rules take time as a duration
-    /// since it.
+    /// The protocol state with each paired device (`masq_core`'s sans-I/O
+    /// state machine; this shell persists its updates and sends its packets).
+    peers: HashMap<DeviceId, PeerLink>,
+    /// The engine's clock origin: the links take time as a duration since it.
     epoch: std::time::Instant,
     status: watch::Sender<EngineStatus>,
     stats: EngineStatus,
@@ -315,9 +292,7 @@ impl Engine {
             self.stats.relay_connected = false;
             self.busy.clear();
             for (id, p) in self.peers.iter_mut() {
-                p.online = false;
-                p.ready = false;
-                p.pending = None;
+                p.offline();
                 self.core.reset_peer(id);
             }
             self.publish_status();
@@ -335,13 +310,13 @@ impl Engine {
         self.stats.online = self
             .peers
             .iter()
-            .filter(|(_, p)| p.online)
+            .filter(|(_, p)| p.is_online())
             .map(|(id, _)| id.to_string())
             .collect();
         self.stats.syncing = self
             .peers
             .iter()
-            .filter(|(_, p)| p.ready)
+            .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| id.to_string())
             .collect();
         let _ = self.status.send(self.stats.clone());
@@ -372,24 +347,15 @@ impl Engine {
                 .ok()
                 .flatten()
                 .and_then(|b| Session::from_bytes(&b).ok());
-            self.peers.insert(
-                id,
-                PeerState {
-                    public,
-                    online: false,
-                    session,
-                    pending: None,
-                    ready: false,
-                },
-            );
+            self.peers
+                .insert(id, PeerLink::new(self.me, public, session));
         }
     }
 
     async fn on_transport_event(&mut self, t: &mut Transport, ev: TransportEvent) {
         match ev {
             TransportEvent::Online(id) => {
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.online = true;
+                if self.peers.contains_key(&id) {
                     let _ = blocking(|| {
                         peers::update_peer(self.store.db(), &id, |r| r.last_seen = peers::now())
                     });
@@ -409,21 +375,16 @@ impl Engine {
                 // Lost while the peer stays online: no presence change will
                 // come, so sync with it starts over on the next retry tick.
                 if let Some(p) = self.peers.get_mut(&id) {
-                    if p.ready {
-                        p.ready = false;
+                    if p.lost_messages() {
                         self.core.reset_peer(&id);
-                        self.fragments.remove(&id);
                         self.busy.insert(id);
                     }
                 }
             }
             TransportEvent::Offline(id) | TransportEvent::Undeliverable(id, _) => {
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.online = false;
-                    p.ready = false;
-                    p.pending = None;
+                    p.offline();
                     self.core.reset_peer(&id);
-                    self.fragments.remove(&id);
                 }
             }
             TransportEvent::Packet { from, bytes } => {
@@ -453,7 +414,7 @@ impl Engine {
     /// or rate limited (they stayed online, so no presence event restarts it).
     async fn retry_busy(&mut self, t: &mut Transport) {
         for id in std::mem::take(&mut self.busy) {
-            if self.peers.get(&id).map(|p| p.online).unwrap_or(false) {
+            if self.peers.get(&id).is_some_and(PeerLink::is_online) {
                 self.become_ready(t, id).await;
             }
         }
@@ -461,27 +422,27 @@ impl Engine {
 
     /// A peer is online: handshake if needed, else start syncing.
     async fn start_peer(&mut self, t: &mut Transport, id: DeviceId) {
+        let now = self.now();
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if p.session.is_some() {
-            self.become_ready(t, id).await;
-        } else if p.pending.is_none() {
-            let (pending, init) = handshake::initiate(&self.kp, &p.public);
-            p.pending = Some((pending, init.clone(), self.epoch.elapsed()));
-            self.send_raw(t, id, DevicePacket::HandshakeInit(init))
-                .await;
+        match p.online(&self.kp, now) {
+            Online::Nothing => {}
+            Online::Send(init) => self.send_packet(t, id, init).await,
+            Online::StartSync => self.send_initial_sync(t, id).await,
         }
     }
 
+    /// Starts syncing with a peer if it can start (online, not yet syncing).
     async fn become_ready(&mut self, t: &mut Transport, id: DeviceId) {
-        let Some(p) = self.peers.get_mut(&id) else {
-            return;
-        };
-        if p.ready || !p.online {
-            return;
+        if self.peers.get_mut(&id).is_some_and(PeerLink::start_sync) {
+            self.send_initial_sync(t, id).await;
         }
-        p.ready = true;
+    }
+
+    /// What a peer gets when sync starts: our name, the notes queued for
+    /// it, and a sync offer for every document.
+    async fn send_initial_sync(&mut self, t: &mut Transport, id: DeviceId) {
         let name = blocking(|| peers::device_name(self.store.db())).unwrap_or_default();
         let mut payloads = vec![SyncPayload::Hello { name }];
         let notes = blocking(|| peers::notes(self.store.db(), &id)).unwrap_or_default();
@@ -508,7 +469,7 @@ impl Engine {
         let ready: Vec<DeviceId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.ready)
+            .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
@@ -533,7 +494,7 @@ impl Engine {
         let ready: Vec<DeviceId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.ready)
+            .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
@@ -550,8 +511,6 @@ impl Engine {
         }
     }
 
-    /// Periodic recovery: re-send stale handshakes, and re-offer every document
-    /// to every ready peer from the persisted sync states.
     /// Sends again every handshake init of an online peer that has gone
     /// unanswered for [`HANDSHAKE_RESEND_AFTER`]: the peer may not have known
     /// us when it came (a pairing completes on the inviter first, and its
@@ -561,18 +520,10 @@ impl Engine {
         let stale: Vec<(DeviceId, Vec<u8>)> = self
             .peers
             .iter_mut()
-            .filter(|(_, p)| p.online)
-            .filter_map(|(id, p)| match p.pending.as_mut() {
-                Some((_, init, at)) if rules::init_is_stale(*at, now) => {
-                    *at = now;
-                    Some((*id, init.clone()))
-                }
-                _ => None,
-            })
+            .filter_map(|(id, p)| p.on_retry_tick(now).map(|init| (*id, init)))
             .collect();
         for (id, init) in stale {
-            self.send_raw(t, id, DevicePacket::HandshakeInit(init))
-                .await;
+            self.send_packet(t, id, init).await;
         }
     }
 
@@ -581,7 +532,7 @@ impl Engine {
         let ready: Vec<DeviceId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.ready)
+            .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
@@ -592,21 +543,15 @@ impl Engine {
             }
         }
         // A responder whose first message never came: start over as initiator.
-        let silent: Vec<DeviceId> = self
+        let now = self.now();
+        let kp = &self.kp;
+        let fresh: Vec<(DeviceId, Vec<u8>)> = self
             .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.session.as_ref().is_some_and(|s| {
-                    rules::responder_is_silent(p.online, p.ready, p.pending.is_some(), s.can_send())
-                })
-            })
-            .map(|(id, _)| *id)
+            .iter_mut()
+            .filter_map(|(id, p)| p.on_resync_tick(kp, now).map(|init| (*id, init)))
             .collect();
-        for id in silent {
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.session = None;
-            }
-            self.start_peer(t, id).await;
+        for (id, init) in fresh {
+            self.send_packet(t, id, init).await;
         }
         self.publish_status();
     }
@@ -615,7 +560,7 @@ impl Engine {
         let ready: Vec<DeviceId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.ready)
+            .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
@@ -626,16 +571,15 @@ impl Engine {
         }
     }
 
-    async fn send_raw(&mut self, t: &mut Transport, to: DeviceId, packet: DevicePacket) {
-        let bytes = packet.encode();
+    async fn send_packet(&mut self, t: &mut Transport, to: DeviceId, bytes: Vec<u8>) {
         self.stats.bytes_sent += bytes.len() as u64;
         if let Err(e) = t.send(to, bytes).await {
             tracing::debug!("send to {to:?} failed: {e}");
         }
     }
 
-    /// Seals payloads (fragmenting large ones), persists the advanced session
-    /// (and removes sent notes) in one batch, then sends.
+    /// Seals payloads (the link fragments large ones), persists the advanced
+    /// session (and removes sent notes) in one batch, commits it, then sends.
     async fn send_payloads(
         &mut self,
         t: &mut Transport,
@@ -643,41 +587,26 @@ impl Engine {
         payloads: Vec<SyncPayload>,
         sent_notes: &[Vec<u8>],
     ) {
-        let mut plaintexts = Vec::new();
-        for p in payloads {
-            match self.fragmenter.split(&p) {
-                Ok(parts) => plaintexts.extend(parts),
-                Err(e) => tracing::warn!("{e}; dropped"),
-            }
-        }
         let Some(p) = self.peers.get_mut(&to) else {
             return;
         };
-        let Some(session) = p.session.as_mut() else {
-            return;
-        };
-        if p.ready && !session.can_send() {
-            // A responder session whose initiator's first message never came
-            // (it was lost, or the initiator moved on to another session),
-            // yet sync was started: nothing can be sealed until it comes,
-            // maybe never. Not ready any more, so the next tick's rule for
-            // silent responders drops the session and handshakes afresh,
-            // instead of failing every send from now on.
-            tracing::debug!("{to:?}: our responder session cannot send yet; handshaking again");
-            p.ready = false;
-            return;
-        }
-        let mut envelopes = Vec::with_capacity(plaintexts.len());
-        for pt in &plaintexts {
-            match session.seal(pt) {
-                Ok(env) => envelopes.push(env),
-                Err(e) => {
-                    tracing::warn!("seal for {to:?} failed: {e}");
-                    break;
-                }
+        let sealed = match p.seal(&payloads) {
+            Ok(sealed) => sealed,
+            Err(SealError::NoSession) => return,
+            Err(e @ SealError::CannotSendYet) => {
+                // Not syncing any more: the next resync tick's rule for
+                // silent responders handshakes afresh.
+                tracing::debug!("{to:?}: {e}; handshaking again");
+                return;
             }
+        };
+        for e in &sealed.dropped {
+            tracing::warn!("{e}; dropped");
         }
-        let state = session.to_bytes();
+        if let Some(e) = &sealed.stopped {
+            tracing::warn!("seal for {to:?} failed: {e}");
+        }
+        let state = sealed.update.bytes();
         let db = self.store.db();
         let persisted = blocking(|| {
             let mut b = db.batch();
@@ -692,132 +621,64 @@ impl Engine {
             tracing::warn!("cannot persist session for {to:?}: {e}");
             return;
         }
-        for env in envelopes {
+        if let Some(p) = self.peers.get_mut(&to) {
+            p.commit(sealed.update);
+        }
+        for packet in sealed.packets {
             self.stats.envelopes_sent += 1;
-            self.send_raw(t, to, DevicePacket::Sealed(env)).await;
+            self.send_packet(t, to, packet).await;
         }
     }
 
     async fn on_packet(&mut self, t: &mut Transport, from: DeviceId, bytes: &[u8]) -> Result<()> {
-        let packet =
-            DevicePacket::decode(bytes).map_err(|e| Error::BadOp(format!("packet: {e}")))?;
-        if !self.peers.contains_key(&from) {
-            return Err(Error::BadOp(
-                "packet from a device that is not paired".into(),
-            ));
-        }
-        match packet {
-            DevicePacket::HandshakeInit(init) => self.on_handshake_init(t, from, &init).await,
-            DevicePacket::HandshakeResponse(resp) => {
-                let db = self.store.db();
-                let Some(p) = self.peers.get_mut(&from) else {
-                    return Ok(());
-                };
-                let Some((pending, _, _)) = p.pending.take() else {
-                    return Err(Error::BadOp(
-                        "handshake response without a handshake".into(),
-                    ));
-                };
-                let session = pending
-                    .finish(&resp)
-                    .map_err(|e| Error::BadOp(format!("handshake: {e}")))?;
-                let bytes = session.to_bytes();
-                blocking(|| {
-                    let mut b = db.batch();
-                    peers::stage_session(db, &mut b, &from, &bytes);
-                    db.commit(b)
-                })?;
-                p.session = Some(session);
-                p.ready = false;
+        let now = self.now();
+        let Some(p) = self.peers.get_mut(&from) else {
+            return Err(Error::UnknownPeer);
+        };
+        match p.on_packet(&self.kp, bytes, now)? {
+            Received::Nothing => Ok(()),
+            Received::Send(packet) => {
+                self.send_packet(t, from, packet).await;
+                Ok(())
+            }
+            Received::Answered { update, response } => {
+                self.commit_session(from, update)?;
+                self.send_packet(t, from, response).await;
+                // The initiator speaks first (it holds the first sending
+                // chain); we start syncing when its first envelope opens.
+                Ok(())
+            }
+            Received::Established { update } => {
+                self.commit_session(from, update)?;
                 self.become_ready(t, from).await;
                 Ok(())
             }
-            DevicePacket::Sealed(env) => self.on_sealed(t, from, &env).await,
-        }
-    }
-
-    async fn on_handshake_init(
-        &mut self,
-        t: &mut Transport,
-        from: DeviceId,
-        init: &[u8],
-    ) -> Result<()> {
-        let me = self.me;
-        let now = self.now();
-        let db = self.store.db();
-        let Some(p) = self.peers.get_mut(&from) else {
-            return Ok(());
-        };
-        if let Some((_, our_init, sent_at)) = &mut p.pending {
-            match rules::on_crossing_init(&me, &from, *sent_at, now) {
-                CrossingInit::AnswerTheirs => {}
-                CrossingInit::KeepOurs { resend: false } => return Ok(()),
-                CrossingInit::KeepOurs { resend: true } => {
-                    *sent_at = now;
-                    let again = our_init.clone();
-                    self.send_raw(t, from, DevicePacket::HandshakeInit(again))
-                        .await;
-                    return Ok(());
+            Received::Opened {
+                update,
+                payload,
+                start_sync,
+            } => {
+                self.stats.envelopes_received += 1;
+                match payload {
+                    // A fragment of a payload not yet whole: only the ratchet advanced.
+                    None => self.commit_session(from, update),
+                    Some(payload) => self.on_payload(t, from, update, payload, start_sync).await,
                 }
             }
         }
-        let (session, response) = handshake::respond(&self.kp, &p.public, init)
-            .map_err(|e| Error::BadOp(format!("handshake: {e}")))?;
-        let bytes = session.to_bytes();
-        blocking(|| {
-            let mut b = db.batch();
-            peers::stage_session(db, &mut b, &from, &bytes);
-            db.commit(b)
-        })?;
-        p.pending = None;
-        p.session = Some(session);
-        p.ready = false;
-        self.send_raw(t, from, DevicePacket::HandshakeResponse(response))
-            .await;
-        // The initiator speaks first (it holds the first sending chain); we become
-        // ready when its first envelope arrives.
-        Ok(())
     }
 
-    async fn on_sealed(&mut self, t: &mut Transport, from: DeviceId, env: &[u8]) -> Result<()> {
-        let Some(p) = self.peers.get_mut(&from) else {
-            return Ok(());
-        };
-        let Some(session) = p.session.as_ref() else {
-            return Err(Error::BadOp("sealed envelope without a session".into()));
-        };
-        let mut next = session.clone();
-        let plaintext = next
-            .open(env)
-            .map_err(|e| Error::BadOp(format!("envelope: {e}")))?;
-        self.stats.envelopes_received += 1;
-        let payload =
-            SyncPayload::decode(&plaintext).map_err(|e| Error::BadOp(format!("payload: {e}")))?;
-        let payload = match payload {
-            SyncPayload::Fragment {
-                id,
-                index,
-                total,
-                bytes,
-            } => match self
-                .fragments
-                .entry(from)
-                .or_default()
-                .push(id, index, total, bytes)
-            {
-                Some(full) => {
-                    SyncPayload::decode(&full).map_err(|e| Error::BadOp(format!("payload: {e}")))?
-                }
-                None => {
-                    // Not complete yet: only the ratchet advanced.
-                    self.commit_session(from, next)?;
-                    return Ok(());
-                }
-            },
-            other => other,
-        };
-        let was_ready = self.peers.get(&from).map(|p| p.ready).unwrap_or(false);
-        let session_bytes = next.to_bytes();
+    /// A whole payload opened with `update`: its effects and the session
+    /// go to disk in one batch, then the session is committed.
+    async fn on_payload(
+        &mut self,
+        t: &mut Transport,
+        from: DeviceId,
+        update: SessionUpdate,
+        payload: SyncPayload,
+        start_sync: bool,
+    ) -> Result<()> {
+        let session_bytes = update.bytes();
         let db = self.store.db();
         match payload {
             SyncPayload::Batch(items) => {
@@ -826,8 +687,8 @@ impl Engine {
                         peers::stage_session(db, b, &from, &session_bytes)
                     })
                 })?;
-                self.install_session(from, next);
-                if !was_ready {
+                self.install_session(from, update);
+                if start_sync {
                     self.become_ready(t, from).await;
                 }
                 let replies = blocking(|| self.core.generate_batches(&from, &applied.docs))?;
@@ -860,7 +721,7 @@ impl Engine {
                     db.commit(b)?;
                     Ok(added)
                 })?;
-                self.install_session(from, next);
+                self.install_session(from, update);
                 if !added.is_empty() {
                     self.load_peers();
                     let _ = self.announce_peers(t).await;
@@ -879,7 +740,7 @@ impl Engine {
                     }
                     db.commit(b)
                 })?;
-                self.install_session(from, next);
+                self.install_session(from, update);
                 self.load_peers();
                 let _ = self.announce_peers(t).await;
             }
@@ -890,31 +751,34 @@ impl Engine {
                     db.commit(b)?;
                     peers::update_peer(db, &from, |r| r.name = name)
                 })?;
-                self.install_session(from, next);
+                self.install_session(from, update);
             }
-            SyncPayload::Fragment { .. } => return Err(Error::BadOp("nested fragment".into())),
+            // The link hands over whole payloads only.
+            SyncPayload::Fragment { .. } => return Ok(()),
         }
-        if !was_ready {
+        if start_sync {
             self.become_ready(t, from).await;
         }
         Ok(())
     }
 
-    fn install_session(&mut self, peer: DeviceId, session: Session) {
+    /// Installs a session update whose bytes were persisted.
+    fn install_session(&mut self, peer: DeviceId, update: SessionUpdate) {
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.session = Some(session);
+            p.commit(update);
         }
     }
 
-    fn commit_session(&mut self, peer: DeviceId, session: Session) -> Result<()> {
+    /// Persists a session update on its own, then installs it.
+    fn commit_session(&mut self, peer: DeviceId, update: SessionUpdate) -> Result<()> {
         let db = self.store.db();
-        let bytes = session.to_bytes();
+        let bytes = update.bytes();
         blocking(|| {
             let mut b = db.batch();
             peers::stage_session(db, &mut b, &peer, &bytes);
             db.commit(b)
         })?;
-        self.install_session(peer, session);
+        self.install_session(peer, update);
         Ok(())
     }
 }

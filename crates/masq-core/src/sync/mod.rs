@@ -11,3 +11,4 @@
 
 pub mod fragments;
 pub mod handshake_rules;
+pub mod link;

@@ -1,0 +1,775 @@
+//! [`PeerLink`]: this device's protocol state with one paired device, as a
+//! sans-I/O state machine. Events go in (the peer came online or went
+//! away, a packet arrived, a timer fired at time T, payloads to send), and
+//! out come packets to send and [`SessionUpdate`]s to persist. The caller
+//! owns the socket, the clock and the disk.
+//!
+//! The one rule the caller must keep: **persist, then commit, then send.**
+//! Every step that advances the ratchet returns a [`SessionUpdate`] instead
+//! of changing the link. The caller writes [`SessionUpdate::bytes`] to disk
+//! (in the same atomic batch as whatever the step's payload changed), then
+//! hands the update back with [`PeerLink::commit`], and only then sends the
+//! step's packets. So a message is never sent under ratchet state that a
+//! crash could roll back, and a received message's effects and the ratchet
+//! state that opened it are stored together or not at all. An update the
+//! caller could not persist is simply dropped: the link is as before.
+//!
+//! The lifecycle, for one peer:
+//! 1. [`online`](PeerLink::online): with a stored session, sync starts
+//!    ([`Online::StartSync`]); without one, a handshake init goes out
+//!    (unless ours is in flight).
+//! 2. A handshake completes ([`Received::Answered`] on the responder,
+//!    [`Received::Established`] on the initiator). The initiator speaks
+//!    first; the responder starts syncing when its first envelope opens.
+//! 3. [`seal`](PeerLink::seal) turns payloads into sealed packets
+//!    (fragmenting large ones); [`on_packet`](PeerLink::on_packet) opens
+//!    them ([`Received::Opened`], with a payload once all its fragments are
+//!    in).
+//! 4. Timers: [`on_retry_tick`](PeerLink::on_retry_tick) resends an
+//!    unanswered init; [`on_resync_tick`](PeerLink::on_resync_tick) starts
+//!    afresh when we are a responder whose initiator never spoke.
+//!
+//! The rules themselves (tie-break, resend timing, fragments) are in
+//! [`handshake_rules`](super::handshake_rules) and
+//! [`fragments`](super::fragments).
+
+use std::time::Duration;
+
+use x25519_dalek::PublicKey;
+use zeroize::Zeroizing;
+
+use super::fragments::{Fragmenter, Reassembler, TooLargeToFragment};
+use super::handshake_rules::{self as rules, CrossingInit};
+use crate::crypto::handshake::{self, PendingHandshake};
+use crate::crypto::{CryptoError, DeviceId, DeviceKeypair, Session};
+use crate::wire::device::{DevicePacket, SyncPayload, WireError};
+
+/// Why a packet from the peer was refused. The link is unchanged by it.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The packet's bytes do not decode.
+    #[error("packet: {0}")]
+    Packet(#[source] WireError),
+    /// A handshake message failed (bad proof, low-order key, ...).
+    #[error("handshake: {0}")]
+    Handshake(#[source] CryptoError),
+    /// A handshake response came while we had no init in flight.
+    #[error("handshake response without a handshake")]
+    UnexpectedResponse,
+    /// A sealed envelope came while we have no session.
+    #[error("sealed envelope without a session")]
+    NoSession,
+    /// The envelope does not open (forged, replayed, wrong key, ...).
+    #[error("envelope: {0}")]
+    Envelope(#[source] CryptoError),
+    /// The opened plaintext is not a payload.
+    #[error("payload: {0}")]
+    Payload(#[source] WireError),
+    /// A fragment inside a fragmented payload.
+    #[error("nested fragment")]
+    NestedFragment,
+}
+
+/// Why payloads could not be sealed. The link is unchanged, except as said.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// No session with the peer yet.
+    #[error("no session")]
+    NoSession,
+    /// We are the responder of a session whose initiator never spoke first,
+    /// so nothing can be sealed, yet sync had started. The link stops
+    /// syncing, so the next [`PeerLink::on_resync_tick`] starts afresh.
+    #[error("our responder session cannot send yet")]
+    CannotSendYet,
+}
+
+/// Ratchet state to persist before [`PeerLink::commit`] and before sending
+/// what came with it.
+#[must_use = "persist it, then commit it, then send"]
+pub struct SessionUpdate {
+    /// The session after the step.
+    session: Session,
+    /// What committing it does besides installing the session.
+    kind: UpdateKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpdateKind {
+    /// We answered the peer's init: our own init (if any) is abandoned, and
+    /// sync waits for the initiator's first envelope.
+    Answered,
+    /// Our init was answered: sync may start.
+    Established,
+    /// An envelope was opened or sealed: the ratchet advanced.
+    Advanced,
+}
+
+impl SessionUpdate {
+    /// The serialized session to store (wiped on drop).
+    pub fn bytes(&self) -> Zeroizing<Vec<u8>> {
+        self.session.to_bytes()
+    }
+}
+
+impl std::fmt::Debug for SessionUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionUpdate")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do after [`PeerLink::online`].
+#[derive(Debug)]
+pub enum Online {
+    /// Nothing (a handshake of ours is in flight, or sync already runs).
+    Nothing,
+    /// Send this handshake init.
+    Send(Vec<u8>),
+    /// Start syncing: send the peer what it lacks ([`PeerLink::seal`]).
+    StartSync,
+}
+
+/// What a packet from the peer asks of the caller.
+#[derive(Debug)]
+pub enum Received {
+    /// Nothing (their init lost the tie-break against ours).
+    Nothing,
+    /// Send this packet (our init again: theirs crossed ours, and ours had
+    /// gone unanswered long enough that it was probably dropped).
+    Send(Vec<u8>),
+    /// We answered their init: persist, commit, then send `response`.
+    Answered {
+        /// The new session.
+        update: SessionUpdate,
+        /// The handshake response packet.
+        response: Vec<u8>,
+    },
+    /// Our init was answered: persist, commit, then start syncing.
+    Established {
+        /// The new session.
+        update: SessionUpdate,
+    },
+    /// An envelope opened: apply `payload` (if complete; a fragment may
+    /// leave nothing to apply yet) in the same atomic batch as the update,
+    /// commit, then, if `start_sync`, start syncing.
+    Opened {
+        /// The advanced session.
+        update: SessionUpdate,
+        /// The payload, once whole.
+        payload: Option<SyncPayload>,
+        /// This was the first envelope on a session we answered: we may
+        /// now send too.
+        start_sync: bool,
+    },
+}
+
+/// Payloads sealed by [`PeerLink::seal`]: persist the update, commit, then
+/// send the packets in order.
+#[derive(Debug)]
+pub struct Sealed {
+    /// `DevicePacket::Sealed` packets, in order.
+    pub packets: Vec<Vec<u8>>,
+    /// The advanced session.
+    pub update: SessionUpdate,
+    /// Payloads too large even for fragments, left out.
+    pub dropped: Vec<TooLargeToFragment>,
+    /// Sealing stopped early (the chain is exhausted); `packets` holds
+    /// what was sealed before.
+    pub stopped: Option<CryptoError>,
+}
+
+/// Our handshake in flight.
+struct InitInFlight {
+    /// The handshake's secret state.
+    handshake: PendingHandshake,
+    /// The init packet, kept to send again.
+    packet: Vec<u8>,
+    /// When it was last sent (the caller's time).
+    sent_at: Duration,
+}
+
+/// This device's protocol state with one paired device.
+pub struct PeerLink {
+    /// Our device id (the tie-break needs it).
+    me: DeviceId,
+    /// The peer's device id.
+    peer: DeviceId,
+    /// The peer's static public key.
+    public: PublicKey,
+    /// The relay reports the peer online.
+    online: bool,
+    /// The Double Ratchet session, once a handshake completed (persisted
+    /// by the caller through [`SessionUpdate`]s).
+    session: Option<Session>,
+    /// Our handshake in flight.
+    pending: Option<InitInFlight>,
+    /// Sync runs: the session can send and the initial sync was offered.
+    ready: bool,
+    /// Numbers the payloads we fragment for this peer.
+    fragmenter: Fragmenter,
+    /// The peer's fragmented payload being put back together.
+    reassembler: Reassembler,
+}
+
+impl PeerLink {
+    /// The link with the peer whose static key is `public`, with the
+    /// session stored for it, if any. Offline until [`online`](Self::online).
+    pub fn new(me: DeviceId, public: PublicKey, session: Option<Session>) -> Self {
+        PeerLink {
+            me,
+            peer: DeviceId::from_public(&public),
+            public,
+            online: false,
+            session,
+            pending: None,
+            ready: false,
+            fragmenter: Fragmenter::new(),
+            reassembler: Reassembler::default(),
+        }
+    }
+
+    /// The peer's device id.
+    pub fn peer(&self) -> DeviceId {
+        self.peer
+    }
+
+    /// Whether the relay reports the peer online.
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    /// Whether sync runs with the peer.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Whether a session exists (established or answered).
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The peer came online (or we reconnected and it is there).
+    pub fn online(&mut self, kp: &DeviceKeypair, now: Duration) -> Online {
+        self.online = true;
+        if self.session.is_some() {
+            if self.start_sync() {
+                Online::StartSync
+            } else {
+                Online::Nothing
+            }
+        } else if self.pending.is_none() {
+            Online::Send(self.initiate(kp, now))
+        } else {
+            Online::Nothing
+        }
+    }
+
+    /// The peer went offline, or our relay connection ended: sync stops,
+    /// an init in flight is abandoned, a partial payload is dropped. The
+    /// session stays.
+    pub fn offline(&mut self) {
+        self.online = false;
+        self.ready = false;
+        self.pending = None;
+        self.reassembler = Reassembler::default();
+    }
+
+    /// Messages to the peer were lost while it stays online (the relay
+    /// refused them as busy or rate limited). Returns whether sync was
+    /// running; if so it stops, and [`start_sync`](Self::start_sync) later
+    /// starts it over.
+    pub fn lost_messages(&mut self) -> bool {
+        let was = self.ready;
+        if was {
+            self.ready = false;
+            self.reassembler = Reassembler::default();
+        }
+        was
+    }
+
+    /// Marks sync as running if it can start (online, not yet running).
+    /// True: the caller sends the initial sync ([`seal`](Self::seal)).
+    pub fn start_sync(&mut self) -> bool {
+        if self.ready || !self.online {
+            return false;
+        }
+        self.ready = true;
+        true
+    }
+
+    fn initiate(&mut self, kp: &DeviceKeypair, now: Duration) -> Vec<u8> {
+        let (handshake, init) = handshake::initiate(kp, &self.public);
+        let packet = DevicePacket::HandshakeInit(init).encode();
+        self.pending = Some(InitInFlight {
+            handshake,
+            packet: packet.clone(),
+            sent_at: now,
+        });
+        packet
+    }
+
+    /// The retry timer: our init, if unanswered for
+    /// [`HANDSHAKE_RESEND_AFTER`](rules::HANDSHAKE_RESEND_AFTER) while the
+    /// peer is online, to send again.
+    pub fn on_retry_tick(&mut self, now: Duration) -> Option<Vec<u8>> {
+        if !self.online {
+            return None;
+        }
+        let p = self.pending.as_mut()?;
+        if !rules::init_is_stale(p.sent_at, now) {
+            return None;
+        }
+        p.sent_at = now;
+        Some(p.packet.clone())
+    }
+
+    /// The resync timer: if we are a silent responder (see
+    /// [`responder_is_silent`](rules::responder_is_silent)), the session is
+    /// dropped and a fresh init returned to send.
+    pub fn on_resync_tick(&mut self, kp: &DeviceKeypair, now: Duration) -> Option<Vec<u8>> {
+        let silent = self.session.as_ref().is_some_and(|s| {
+            rules::responder_is_silent(
+                self.online,
+                self.ready,
+                self.pending.is_some(),
+                s.can_send(),
+            )
+        });
+        if !silent {
+            return None;
+        }
+        self.session = None;
+        Some(self.initiate(kp, now))
+    }
+
+    /// A packet from the peer.
+    pub fn on_packet(
+        &mut self,
+        kp: &DeviceKeypair,
+        bytes: &[u8],
+        now: Duration,
+    ) -> Result<Received, LinkError> {
+        match DevicePacket::decode(bytes).map_err(LinkError::Packet)? {
+            DevicePacket::HandshakeInit(init) => self.on_init(kp, &init, now),
+            DevicePacket::HandshakeResponse(resp) => {
+                // As before M12: a response consumes our pending handshake,
+                // even a bad one (docs/crypto.md; M12 keeps it on failure).
+                let Some(p) = self.pending.take() else {
+                    return Err(LinkError::UnexpectedResponse);
+                };
+                let session = p.handshake.finish(&resp).map_err(LinkError::Handshake)?;
+                Ok(Received::Established {
+                    update: SessionUpdate {
+                        session,
+                        kind: UpdateKind::Established,
+                    },
+                })
+            }
+            DevicePacket::Sealed(env) => self.on_sealed(&env),
+        }
+    }
+
+    fn on_init(
+        &mut self,
+        kp: &DeviceKeypair,
+        init: &[u8],
+        now: Duration,
+    ) -> Result<Received, LinkError> {
+        if let Some(p) = self.pending.as_mut() {
+            match rules::on_crossing_init(&self.me, &self.peer, p.sent_at, now) {
+                CrossingInit::AnswerTheirs => {}
+                CrossingInit::KeepOurs { resend: false } => return Ok(Received::Nothing),
+                CrossingInit::KeepOurs { resend: true } => {
+                    p.sent_at = now;
+                    return Ok(Received::Send(p.packet.clone()));
+                }
+            }
+        }
+        let (session, response) =
+            handshake::respond(kp, &self.public, init).map_err(LinkError::Handshake)?;
+        Ok(Received::Answered {
+            update: SessionUpdate {
+                session,
+                kind: UpdateKind::Answered,
+            },
+            response: DevicePacket::HandshakeResponse(response).encode(),
+        })
+    }
+
+    fn on_sealed(&mut self, env: &[u8]) -> Result<Received, LinkError> {
+        let Some(session) = self.session.as_ref() else {
+            return Err(LinkError::NoSession);
+        };
+        let mut next = session.clone();
+        let plaintext = next.open(env).map_err(LinkError::Envelope)?;
+        let payload = SyncPayload::decode(&plaintext).map_err(LinkError::Payload)?;
+        let payload = match payload {
+            SyncPayload::Fragment {
+                id,
+                index,
+                total,
+                bytes,
+            } => match self.reassembler.push(id, index, total, bytes) {
+                Some(whole) => match SyncPayload::decode(&whole).map_err(LinkError::Payload)? {
+                    SyncPayload::Fragment { .. } => return Err(LinkError::NestedFragment),
+                    p => Some(p),
+                },
+                None => None,
+            },
+            p => Some(p),
+        };
+        Ok(Received::Opened {
+            update: SessionUpdate {
+                session: next,
+                kind: UpdateKind::Advanced,
+            },
+            // The responder starts syncing once a whole payload from the
+            // initiator opened (a lone fragment only advances the ratchet).
+            start_sync: !self.ready && payload.is_some(),
+            payload,
+        })
+    }
+
+    /// Seals `payloads` for the peer, fragmenting large ones. Nothing
+    /// changes until the returned update is committed.
+    pub fn seal(&mut self, payloads: &[SyncPayload]) -> Result<Sealed, SealError> {
+        let Some(session) = self.session.as_ref() else {
+            return Err(SealError::NoSession);
+        };
+        if self.ready && !session.can_send() {
+            self.ready = false;
+            return Err(SealError::CannotSendYet);
+        }
+        let mut plaintexts = Vec::new();
+        let mut dropped = Vec::new();
+        for p in payloads {
+            match self.fragmenter.split(p) {
+                Ok(parts) => plaintexts.extend(parts),
+                Err(e) => dropped.push(e),
+            }
+        }
+        let mut next = session.clone();
+        let mut packets = Vec::with_capacity(plaintexts.len());
+        let mut stopped = None;
+        for pt in &plaintexts {
+            match next.seal(pt) {
+                Ok(env) => packets.push(DevicePacket::Sealed(env).encode()),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(Sealed {
+            packets,
+            update: SessionUpdate {
+                session: next,
+                kind: UpdateKind::Advanced,
+            },
+            dropped,
+            stopped,
+        })
+    }
+
+    /// Installs an update the caller has persisted.
+    pub fn commit(&mut self, update: SessionUpdate) {
+        match update.kind {
+            UpdateKind::Answered => {
+                self.pending = None;
+                self.ready = false;
+            }
+            UpdateKind::Established => self.ready = false,
+            UpdateKind::Advanced => {}
+        }
+        self.session = Some(update.session);
+    }
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLink")
+            .field("peer", &self.peer)
+            .field("online", &self.online)
+            .field("session", &self.session.is_some())
+            .field("pending", &self.pending.is_some())
+            .field("ready", &self.ready)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two devices, each a [`PeerLink`] plus a "disk" (the last persisted
+    //! session) and the payloads it applied, joined by a hand-driven
+    //! network that can lose, duplicate and reorder packets. No socket, no
+    //! thread, no clock: time is a number the test advances.
+    use super::*;
+    use crate::wire::device::DocMessage;
+
+    struct Dev {
+        kp: DeviceKeypair,
+        link: PeerLink,
+        /// The session as last persisted.
+        disk: Option<Vec<u8>>,
+        /// Payloads applied, in order.
+        applied: Vec<SyncPayload>,
+    }
+
+    fn pair() -> (Dev, Dev) {
+        let (ka, kb) = (DeviceKeypair::generate(), DeviceKeypair::generate());
+        let a = PeerLink::new(ka.device_id(), kb.public(), None);
+        let b = PeerLink::new(kb.device_id(), ka.public(), None);
+        let dev = |kp, link| Dev {
+            kp,
+            link,
+            disk: None,
+            applied: Vec::new(),
+        };
+        (dev(ka, a), dev(kb, b))
+    }
+
+    fn hello(d: &Dev) -> SyncPayload {
+        SyncPayload::Hello {
+            name: d.kp.device_id().to_string(),
+        }
+    }
+
+    fn batch(tag: &str, size: usize) -> SyncPayload {
+        SyncPayload::Batch(vec![DocMessage {
+            app: "app".into(),
+            doc: tag.into(),
+            msg: vec![7; size],
+        }])
+    }
+
+    impl Dev {
+        fn persist_commit(&mut self, update: SessionUpdate) {
+            self.disk = Some(update.bytes().to_vec());
+            self.link.commit(update);
+        }
+
+        /// Seals and "sends" payloads (persist, commit, then the packets).
+        fn send(&mut self, payloads: &[SyncPayload]) -> Vec<Vec<u8>> {
+            let sealed = self.link.seal(payloads).unwrap();
+            assert!(sealed.stopped.is_none() && sealed.dropped.is_empty());
+            self.persist_commit(sealed.update);
+            sealed.packets
+        }
+
+        fn start_sync(&mut self) -> Vec<Vec<u8>> {
+            let h = hello(self);
+            self.send(&[h])
+        }
+
+        fn online(&mut self, now: Duration) -> Vec<Vec<u8>> {
+            match self.link.online(&self.kp, now) {
+                Online::Nothing => vec![],
+                Online::Send(p) => vec![p],
+                Online::StartSync => self.start_sync(),
+            }
+        }
+
+        /// Delivers one packet; returns the packets it answers with.
+        fn deliver(&mut self, packet: &[u8], now: Duration) -> Result<Vec<Vec<u8>>, LinkError> {
+            Ok(match self.link.on_packet(&self.kp, packet, now)? {
+                Received::Nothing => vec![],
+                Received::Send(p) => vec![p],
+                Received::Answered { update, response } => {
+                    self.persist_commit(update);
+                    vec![response]
+                }
+                Received::Established { update } => {
+                    self.persist_commit(update);
+                    assert!(self.link.start_sync());
+                    self.start_sync()
+                }
+                Received::Opened {
+                    update,
+                    payload,
+                    start_sync,
+                } => {
+                    self.applied.extend(payload);
+                    self.persist_commit(update);
+                    if start_sync && self.link.start_sync() {
+                        self.start_sync()
+                    } else {
+                        vec![]
+                    }
+                }
+            })
+        }
+    }
+
+    /// Delivers everything in flight both ways until nothing is left.
+    fn settle(
+        a: &mut Dev,
+        b: &mut Dev,
+        mut to_b: Vec<Vec<u8>>,
+        mut to_a: Vec<Vec<u8>>,
+        now: Duration,
+    ) {
+        for _ in 0..20 {
+            if to_a.is_empty() && to_b.is_empty() {
+                return;
+            }
+            let mut next_a = Vec::new();
+            for p in to_b.drain(..) {
+                next_a.extend(b.deliver(&p, now).unwrap());
+            }
+            for p in to_a.drain(..) {
+                to_b.extend(a.deliver(&p, now).unwrap());
+            }
+            to_a = next_a;
+        }
+        panic!("the exchange did not settle");
+    }
+
+    fn assert_synced(a: &mut Dev, b: &mut Dev, now: Duration) {
+        assert!(
+            a.link.is_ready() && b.link.is_ready(),
+            "{:?} {:?}",
+            a.link,
+            b.link
+        );
+        let to_b = a.send(&[batch("from-a", 10)]);
+        let to_a = b.send(&[batch("from-b", 10)]);
+        settle(a, b, to_b, to_a, now);
+        assert_eq!(a.applied.last(), Some(&batch("from-b", 10)));
+        assert_eq!(b.applied.last(), Some(&batch("from-a", 10)));
+    }
+
+    const T0: Duration = Duration::from_secs(1000);
+
+    #[test]
+    fn both_online_at_once_end_in_one_session_and_sync() {
+        let (mut a, mut b) = pair();
+        let to_b = a.online(T0);
+        let to_a = b.online(T0);
+        assert_eq!((to_b.len(), to_a.len()), (1, 1), "both start a handshake");
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        // Each applied the other's hello.
+        assert_eq!(a.applied, vec![hello(&b)]);
+        assert_eq!(b.applied, vec![hello(&a)]);
+        assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
+    fn a_lost_init_is_resent_by_the_retry_timer_only_after_the_delay() {
+        let (mut a, mut b) = pair();
+        let _lost = a.online(T0);
+        assert!(b.online(T0).len() == 1 || b.link.has_session());
+        // b's own init is lost too: nothing arrives anywhere.
+        let early = T0 + rules::HANDSHAKE_RESEND_AFTER;
+        assert_eq!(a.link.on_retry_tick(early), None);
+        let later = early + Duration::from_millis(1);
+        let again_a = a.link.on_retry_tick(later).unwrap();
+        let again_b = b.link.on_retry_tick(later).unwrap();
+        settle(&mut a, &mut b, vec![again_a], vec![again_b], later);
+        assert_synced(&mut a, &mut b, later);
+    }
+
+    #[test]
+    fn duplicated_and_reordered_envelopes_open_once_each() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        let p1 = a.send(&[batch("one", 5)]);
+        let p2 = a.send(&[batch("two", 5)]);
+        let before = b.applied.len();
+        // Reordered: two before one; then one again (a duplicate).
+        b.deliver(&p2[0], T0).unwrap();
+        b.deliver(&p1[0], T0).unwrap();
+        let disk = b.disk.clone();
+        assert!(matches!(b.deliver(&p1[0], T0), Err(LinkError::Envelope(_))));
+        assert_eq!(b.disk, disk, "a refused envelope changes nothing");
+        assert_eq!(b.applied[before..], [batch("two", 5), batch("one", 5)]);
+        assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
+    fn a_large_payload_travels_as_fragments_in_any_order() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        let big = batch("big", 3 * super::super::fragments::MAX_ENVELOPE_PLAINTEXT);
+        let mut packets = a.send(std::slice::from_ref(&big));
+        assert_eq!(packets.len(), 4);
+        packets.swap(0, 3);
+        let before = b.applied.len();
+        for p in &packets {
+            b.deliver(p, T0).unwrap();
+        }
+        assert_eq!(b.applied[before..], [big]);
+    }
+
+    #[test]
+    fn a_responder_whose_initiator_never_spoke_starts_afresh_on_the_resync_tick() {
+        let (mut a, mut b) = pair();
+        // Only a starts (b knows a's init first); b answers; a's first
+        // envelope (its hello) is lost.
+        let init = a.online(T0);
+        b.link.online = true;
+        let response = b.deliver(&init[0], T0).unwrap();
+        let _lost_hello = a.deliver(&response[0], T0).unwrap();
+        assert!(a.link.is_ready() && !b.link.is_ready());
+        // b cannot send; its resync tick drops the session and starts over.
+        let fresh = b.link.on_resync_tick(&b.kp, T0).expect("a fresh init");
+        assert!(!b.link.has_session());
+        // a (syncing, no init of its own in flight) answers b's init.
+        settle(&mut a, &mut b, vec![], vec![fresh], T0);
+        // a answered, so a waits for b's first envelope, which b sent at
+        // once (hello); then a syncs too.
+        assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
+    fn a_link_restored_from_its_persisted_session_keeps_talking() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        // a restarts: a new link from what it persisted.
+        let session = Session::from_bytes(a.disk.as_ref().unwrap()).unwrap();
+        a.link = PeerLink::new(a.kp.device_id(), b.kp.public(), Some(session));
+        b.link.offline();
+        let to_b = a.online(T0);
+        let to_a = b.online(T0);
+        // Both have a session: each sends its hello at once, no handshake.
+        assert_eq!((to_b.len(), to_a.len()), (1, 1));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
+    fn an_update_that_was_not_persisted_leaves_the_link_as_it_was() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        // a seals, but its disk write fails: the update is dropped, nothing sent.
+        let sealed = a.link.seal(&[batch("never", 3)]).unwrap();
+        drop(sealed);
+        // The next seal reuses the same ratchet position, and b opens it.
+        let p = a.send(&[batch("sent", 3)]);
+        b.deliver(&p[0], T0).unwrap();
+        assert_eq!(b.applied.last(), Some(&batch("sent", 3)));
+    }
+
+    #[test]
+    fn hostile_packets_are_refused_without_changing_anything() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        let disk = b.disk.clone();
+        for junk in [
+            &[][..],
+            &[9, 1, 2][..],
+            &[3, 0, 0, 0][..],
+            &[2, 1][..],
+            &[1; 40][..],
+        ] {
+            assert!(b.deliver(junk, T0).is_err(), "{junk:?}");
+        }
+        assert_eq!(b.disk, disk);
+        assert_synced(&mut a, &mut b, T0);
+    }
+}
