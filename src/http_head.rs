@@ -50,13 +50,13 @@ impl Head {
         self.target.split('?').next().unwrap_or("")
     }
 
-    /// A query parameter (no percent-decoding beyond `%XX` and `+`).
+    /// A query parameter, decoded as a form (`%XX` and `+`; a malformed
+    /// escape is kept as it is).
     pub fn query(&self, name: &str) -> Option<String> {
         let q = self.target.split_once('?')?.1;
-        q.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then(|| percent_decode(v))
-        })
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 
     /// Whether this asks for a WebSocket upgrade.
@@ -65,30 +65,6 @@ impl Head {
             .map(|v| v.eq_ignore_ascii_case("websocket"))
             .unwrap_or(false)
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads and parses a request head of at most `max_bytes` within `timeout`.
@@ -232,7 +208,7 @@ mod tests {
     #[test]
     fn query_and_percent_decoding() {
         let h = Head {
-            target: "/ws?app=notes&token=a%2Fb+c&x".into(),
+            target: "/ws?app=notes&token=a%2Fb+c&x&bad=%zz%4".into(),
             ..Head::default()
         };
         assert_eq!(h.path(), "/ws");
@@ -240,6 +216,6 @@ mod tests {
         assert_eq!(h.query("token").as_deref(), Some("a/b c"));
         assert_eq!(h.query("x").as_deref(), Some(""));
         assert_eq!(h.query("y"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(h.query("bad").as_deref(), Some("%zz%4"));
     }
 }

@@ -161,33 +161,34 @@ impl Invite {
     }
 }
 
+/// What stays unescaped in the invite's relay URL: RFC 3986's unreserved
+/// characters (`A-Z a-z 0-9 - . _ ~`); every other byte is `%XX`, upper case.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
 }
 
+/// Decodes `%XX` escapes. Stricter than `percent_decode_str`, which keeps a
+/// malformed escape as it is: an invite with one is refused, as is one that
+/// is not UTF-8 once decoded.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let h = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = s.split('%').skip(1).any(|rest| {
+        !rest
+            .get(..2)
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]
@@ -223,5 +224,28 @@ mod tests {
             Err(InviteError::Malformed(_))
         ));
         assert!(!inv.qr_text().is_empty());
+    }
+
+    #[test]
+    fn the_relay_url_is_escaped_as_always_and_malformed_escapes_are_refused() {
+        // The bytes of the URI format are fixed: unreserved characters stay,
+        // everything else is %XX in upper case.
+        assert_eq!(
+            percent_encode("wss://relay.example:443/a b?x=ü~"),
+            "wss%3A%2F%2Frelay.example%3A443%2Fa%20b%3Fx%3D%C3%BC~"
+        );
+        assert_eq!(
+            percent_decode("wss%3A%2F%2Frelay.example%3A443%2Fa%20b%3Fx%3D%C3%BC~").as_deref(),
+            Some("wss://relay.example:443/a b?x=ü~")
+        );
+        for bad in ["%", "%4", "%zz", "a%g1", "%ff"] {
+            assert_eq!(percent_decode(bad), None, "{bad:?}");
+        }
+        let inv = Invite::new("ws://127.0.0.1:7071/x", 1000);
+        let broken = inv.to_uri().replacen("relay=ws", "relay=%zzws", 1);
+        assert!(matches!(
+            Invite::parse(&broken, 1000),
+            Err(InviteError::Malformed(_))
+        ));
     }
 }
