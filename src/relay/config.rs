@@ -46,6 +46,9 @@ pub const RATE_PER_SEC: u32 = 2000;
 pub const RATE_BURST: u32 = 4000;
 /// Most concurrent connections.
 pub const MAX_CONNECTIONS: usize = 50_000;
+/// How long `RelayHandle::shutdown` waits for the relay's tasks to end
+/// after telling every connection the relay is shutting down.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed from TCP accept to successful authentication.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that sends nothing (not even a pong) for this long is closed.

@@ -28,11 +28,12 @@ use super::cluster::{Cluster, Inbound, RemoteSend};
 use crate::rate_limit::TokenBucket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::config::{
@@ -412,7 +413,9 @@ struct Hub {
     metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     open_sockets: AtomicUsize,
-    shutdown: watch::Receiver<bool>,
+    /// Cancelled once, when the relay shuts down: every task of the relay
+    /// watches it (the one way to stop).
+    shutdown: CancellationToken,
     /// The link to the other nodes (`--cluster`), if any.
     cluster: Option<Cluster>,
 }
@@ -421,17 +424,19 @@ struct Hub {
 /// also closes every connection with a reason.
 pub struct RelayHandle {
     addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    /// The relay's shutdown token (see `Hub::shutdown`).
+    shutdown: CancellationToken,
+    /// Owns the relay's long-lived tasks (accept loop, cluster events), so
+    /// shutdown can wait for them; connection tasks are owned by the accept
+    /// loop's `JoinSet` and end with it.
+    tasks: TaskTracker,
     metrics: Arc<Metrics>,
 }
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+        // The tasks see it and end; connections are told "shutting down".
+        self.shutdown.cancel();
     }
 }
 
@@ -452,11 +457,10 @@ impl RelayHandle {
     }
 
     /// Closes every connection (close code 4009, "relay shutting down") and stops.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
-        }
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(super::config::SHUTDOWN_WAIT, self.tasks.wait()).await;
     }
 }
 
@@ -464,7 +468,8 @@ impl RelayHandle {
 pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let metrics = Arc::new(Metrics::default());
     let (cluster, inbound) = match &config.cluster {
         Some(url) => {
@@ -483,35 +488,35 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
         metrics: metrics.clone(),
         next_conn: AtomicU64::new(1),
         open_sockets: AtomicUsize::new(0),
-        shutdown: rx,
+        shutdown: shutdown.clone(),
         cluster,
     });
     if let Some(inbound) = inbound {
-        tokio::spawn(apply_cluster_events(hub.clone(), inbound));
+        tasks.spawn(apply_cluster_events(hub.clone(), inbound));
     }
-    let task = tokio::spawn(accept_loop(listener, hub));
+    tasks.spawn(accept_loop(listener, hub));
     tracing::info!(%addr, "relay listening");
     Ok(RelayHandle {
         addr,
-        shutdown: tx,
-        task: Some(task),
+        shutdown,
+        tasks,
         metrics,
     })
 }
 
 async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
-    let mut shutdown = hub.shutdown.clone();
+    let shutdown = hub.shutdown.clone();
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) if crate::http_head::is_resource_exhaustion(&e) => {
                         tracing::warn!("relay accept failed ({e}); pausing {:?}", super::config::ACCEPT_ERROR_BACKOFF);
                         tokio::select! {
-                            _ = shutdown.changed() => break,
+                            _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(super::config::ACCEPT_ERROR_BACKOFF) => {}
                         }
                         continue;
@@ -848,14 +853,14 @@ where
     });
 
     // Reader: this task.
-    let mut shutdown = hub.shutdown.clone();
+    let shutdown = hub.shutdown.clone();
     let mut bucket = TokenBucket::new(hub.config.rate_per_sec, hub.config.rate_burst);
     let mut slot: Option<[u8; 32]> = None;
     let idle = hub.config.idle_timeout;
     loop {
         let next = tokio::select! {
             _ = me.kill.notify.notified() => break,
-            _ = shutdown.changed() => { me.kill.kill(codes::SHUTDOWN, "relay shutting down"); break; }
+            _ = shutdown.cancelled() => { me.kill.kill(codes::SHUTDOWN, "relay shutting down"); break; }
             n = tokio::time::timeout(idle, stream.next()) => n,
         };
         let msg = match next {
@@ -1218,7 +1223,14 @@ fn leave_slot(hub: &Hub, s: [u8; 32], conn_id: u64) {
 
 /// Applies what the cluster says to this node's connections.
 async fn apply_cluster_events(hub: Arc<Hub>, mut events: mpsc::Receiver<Inbound>) {
-    while let Some(ev) = events.recv().await {
+    loop {
+        let ev = tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            ev = events.recv() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+        };
         let m = &hub.metrics;
         let conn_of = |d: &DeviceId| hub.conns.lock().ok().and_then(|c| c.get(d).cloned());
         match ev {

@@ -659,6 +659,7 @@ async fn worker(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, out: mpsc::S
                 run.push(j);
             }
             let store = shared.store.clone();
+            let ids: Vec<u64> = run.iter().map(|j| j.id).collect();
             let results = tokio::task::spawn_blocking(move || {
                 run.into_iter()
                     .map(|j| {
@@ -677,7 +678,21 @@ async fn worker(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, out: mpsc::S
                     .collect::<Vec<_>>()
             })
             .await
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                // A bug panicked inside the store while running these
+                // requests: each is still answered, and the connection and
+                // the store go on serving.
+                tracing::error!("data requests failed inside the store: {e}");
+                ids.into_iter()
+                    .map(|id| {
+                        let e = ApiError::new(
+                            "internal",
+                            "the store failed while running this request",
+                        );
+                        (id, Err(e))
+                    })
+                    .collect()
+            });
             for (id, r) in results {
                 let reply = match r {
                     Ok(Outcome::Value(v)) => Ok(v),
