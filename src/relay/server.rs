@@ -89,60 +89,116 @@ pub struct Metrics {
     pub cluster_delivered: AtomicU64,
 }
 
-impl Metrics {
-    /// Prometheus text format.
-    pub fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut s = String::new();
-        s.push_str("# TYPE masq_relay_connections gauge\n");
-        s.push_str(&format!(
-            "masq_relay_connections {}\n",
-            self.connections.load(Ordering::Relaxed)
-        ));
-        s.push_str("# TYPE masq_relay_connections_total counter\n");
-        s.push_str(&format!(
-            "masq_relay_connections_total {}\n",
-            g(&self.connections_total)
-        ));
-        s.push_str("# TYPE masq_relay_messages_total counter\n");
-        s.push_str(&format!(
-            "masq_relay_messages_total {}\n",
-            g(&self.messages_forwarded)
-        ));
-        s.push_str("# TYPE masq_relay_bytes_total counter\n");
-        s.push_str(&format!(
-            "masq_relay_bytes_total {}\n",
-            g(&self.bytes_forwarded)
-        ));
-        s.push_str("# TYPE masq_relay_cluster_messages_total counter\n");
-        for (dir, v) in [
-            ("sent", &self.cluster_sent),
-            ("delivered", &self.cluster_delivered),
-        ] {
-            s.push_str(&format!(
-                "masq_relay_cluster_messages_total{{direction=\"{dir}\"}} {}\n",
-                g(v)
-            ));
+/// A counter family at one scrape: one label, one value per label value.
+#[derive(Debug)]
+struct CounterFamily {
+    /// Name without `_total`.
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: Vec<(&'static str, u64)>,
+}
+
+/// The counters as read at one scrape, encoded by prometheus-client.
+#[derive(Debug)]
+struct MetricsSnapshot {
+    connections: u64,
+    /// (name without `_total`, help, value) of the plain counters.
+    counters: Vec<(&'static str, &'static str, u64)>,
+    families: Vec<CounterFamily>,
+}
+
+impl prometheus_client::collector::Collector for MetricsSnapshot {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let gauge = ConstGauge::new(self.connections);
+        gauge.encode(encoder.encode_descriptor(
+            "masq_relay_connections",
+            "Live authenticated connections.",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        for (name, help, value) in &self.counters {
+            let counter = ConstCounter::new(*value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
-        s.push_str("# TYPE masq_relay_drops_total counter\n");
-        for (reason, v) in [
-            ("offline", &self.drops_offline),
-            ("to_self", &self.drops_to_self),
-            ("rate_limited", &self.drops_rate_limited),
-            ("not_allowed", &self.drops_not_allowed),
-            ("recipient_busy", &self.drops_recipient_busy),
-            ("too_slow", &self.drops_too_slow),
-            ("bad_frame", &self.drops_bad_frame),
-            ("auth_failed", &self.drops_auth_failed),
-        ] {
-            s.push_str(&format!(
-                "masq_relay_drops_total{{reason=\"{reason}\"}} {}\n",
-                g(v)
-            ));
+        for f in &self.families {
+            let mut family = encoder.encode_descriptor(
+                f.name,
+                f.help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (label_value, value) in &f.values {
+                let labels = [(f.label, *label_value)];
+                ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+            }
         }
-        s
+        Ok(())
     }
 }
+
+impl Metrics {
+    /// The OpenMetrics text format ([`METRICS_CONTENT_TYPE`]), as
+    /// prometheus-client writes it.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let snapshot = MetricsSnapshot {
+            connections: self.connections.load(Ordering::Relaxed) as u64,
+            counters: vec![
+                (
+                    "masq_relay_connections_accepted",
+                    "Connections accepted since start.",
+                    g(&self.connections_total),
+                ),
+                ("masq_relay_messages", "Payloads forwarded.", g(&self.messages_forwarded)),
+                ("masq_relay_bytes", "Payload bytes forwarded.", g(&self.bytes_forwarded)),
+            ],
+            families: vec![
+                CounterFamily {
+                    name: "masq_relay_cluster_messages",
+                    help: "Messages handed to other nodes (sent) and from them to devices here (delivered).",
+                    label: "direction",
+                    values: vec![("sent", g(&self.cluster_sent)), ("delivered", g(&self.cluster_delivered))],
+                },
+                CounterFamily {
+                    name: "masq_relay_drops",
+                    help: "Messages and connections refused, by reason.",
+                    label: "reason",
+                    values: vec![
+                        ("offline", g(&self.drops_offline)),
+                        ("to_self", g(&self.drops_to_self)),
+                        ("rate_limited", g(&self.drops_rate_limited)),
+                        ("not_allowed", g(&self.drops_not_allowed)),
+                        ("recipient_busy", g(&self.drops_recipient_busy)),
+                        ("too_slow", g(&self.drops_too_slow)),
+                        ("bad_frame", g(&self.drops_bad_frame)),
+                        ("auth_failed", g(&self.drops_auth_failed)),
+                    ],
+                },
+            ],
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`]'s text.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Asks a connection's tasks to stop, with a close code and reason.
 #[derive(Default)]
@@ -578,7 +634,7 @@ where
     if head.method == "GET" && !head.is_websocket() {
         let (status, body, ctype) = match head.path() {
             "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
-            "/metrics" => ("200 OK", hub.metrics.render(), "text/plain; version=0.0.4"),
+            "/metrics" => ("200 OK", hub.metrics.render(), METRICS_CONTENT_TYPE),
             _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
         };
         respond(&mut stream, status, ctype, "", body.as_bytes()).await;
