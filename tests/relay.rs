@@ -539,7 +539,10 @@ async fn healthz_metrics_and_graceful_shutdown() {
     assert!(m.contains("application/openmetrics-text"), "{m}");
     assert!(m.contains("# TYPE masq_relay_connections gauge"), "{m}");
     assert!(m.contains("masq_relay_connections_accepted_total 2"), "{m}");
-    assert!(m.contains("masq_relay_drops_total{reason=\"offline\"} 0"), "{m}");
+    assert!(
+        m.contains("masq_relay_drops_total{reason=\"offline\"} 0"),
+        "{m}"
+    );
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
     assert!(http_get(&r, "/nope").await.starts_with("HTTP/1.1 404"));
     r.shutdown().await;

@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod peers;
+pub mod relay;
 pub mod store;
 pub mod sync;
 
@@ -19,7 +20,7 @@ pub enum BenchCmd {
     /// A store with many small documents: create, open, list, read, RSS.
     Store(store::StoreBenchArgs),
     /// Relay forwarding throughput and latency.
-    Relay(crate::relay::bench::RelayBenchArgs),
+    Relay(relay::RelayBenchArgs),
     /// kv get/put over the app WebSocket API vs the embedded API.
     Local(local::LocalBenchArgs),
     /// The masq side of the automerge-repo comparison (benches/peers/run).
@@ -35,9 +36,6 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
             .map_err(CliError::from),
         BenchCmd::Local(args) => local::run(args).await.map(|_| ()).map_err(CliError::from),
         BenchCmd::Peers(args) => peers::run(args).await.map(|_| ()).map_err(CliError::from),
-        BenchCmd::Relay(args) => crate::relay::bench::run(args)
-            .await
-            .map(|_| ())
-            .map_err(CliError::from),
+        BenchCmd::Relay(args) => relay::run(args).await.map(|_| ()).map_err(CliError::from),
     }
 }

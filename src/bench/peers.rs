@@ -86,7 +86,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn peak_rss_mib() -> f64 {
-    crate::relay::bench::status_mib("/proc/self/status", "VmHWM:")
+    super::relay::status_mib("/proc/self/status", "VmHWM:")
 }
 
 /// A TCP proxy to `target` that counts the bytes it carries.

@@ -147,7 +147,7 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
     let t = Instant::now();
     let store = Store::open_with(dir.path(), opts)?;
     let open_secs = t.elapsed().as_secs_f64();
-    let rss_after_open_mib = crate::relay::bench::rss_mib();
+    let rss_after_open_mib = super::relay::rss_mib();
     let t = Instant::now();
     let docs = store.app("bench")?.docs();
     let ids = docs.list()?;
@@ -194,7 +194,7 @@ pub fn run(args: StoreBenchArgs) -> Result<StoreBenchReport> {
         list_secs,
         read_1000_secs,
         rss_after_open_mib,
-        rss_mib: crate::relay::bench::rss_mib(),
+        rss_mib: super::relay::rss_mib(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -6,6 +6,7 @@
 
 mod backend;
 mod local;
+mod relay_cmd;
 mod sync_cmds;
 
 pub use backend::Backend;
@@ -75,7 +76,7 @@ pub enum Command {
         open: bool,
     },
     /// Run the blind relay.
-    Relay(crate::relay::RelayArgs),
+    Relay(relay_cmd::RelayArgs),
     /// A relay and two stores in one process: pair, edit, converge.
     Demo,
     /// Benchmarks (see docs/performance.md).
@@ -192,7 +193,7 @@ pub fn main() -> ExitCode {
         Command::Manager { open } => sync_cmds::manager(&dir, open),
         Command::Relay(args) => {
             raise_open_file_limit();
-            run_async(crate::relay::run(args))
+            run_async(relay_cmd::run(args))
         }
         Command::Demo => run_async(async { crate::demo::run().await.map_err(CliError::from) }),
         Command::Bench(cmd) => run_async(crate::bench::run(cmd)),

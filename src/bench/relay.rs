@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::client::{RelayClient, RelayEvent};
-use super::{start, RelayConfig};
 use crate::crypto::DeviceKeypair;
+use masq_relay::client::{RelayClient, RelayEvent};
+use masq_relay::{start, RelayConfig};
 
 /// Arguments of `masq bench relay`.
 #[derive(Debug, Clone, clap::Args)]

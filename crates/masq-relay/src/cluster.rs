@@ -32,8 +32,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::crypto::DeviceId;
-use crate::wire::relay_frame::{codes, Frame};
+use masq_core::crypto::DeviceId;
+use masq_core::wire::relay_frame::{codes, Frame};
 
 /// How long a node's claim that a device is online lives without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
@@ -242,7 +242,7 @@ impl Cluster {
         let conn = client.get_multiplexed_async_connection().await?;
         let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(PRESENCE_CHANNEL).await?;
-        let node = hex::encode(*crate::crypto::random_bytes::<16>());
+        let node = hex::encode(*masq_core::crypto::random_bytes::<16>());
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (subs, mut subs_rx) = mpsc::channel::<SubCmd>(SUBSCRIPTION_QUEUE);

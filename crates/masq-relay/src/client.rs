@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::PublicKey;
 
 use super::config::{auth_proof, slot_proof, RelayConfig};
-use crate::crypto::{DeviceId, DeviceKeypair};
-use crate::wire::relay_frame::{Frame, UndeliverableReason};
+use masq_core::crypto::{DeviceId, DeviceKeypair};
+use masq_core::wire::relay_frame::{Frame, UndeliverableReason};
 
 /// Frames the client may queue for sending before `send` waits.
 pub const CLIENT_SEND_QUEUE: usize = 1024;
@@ -41,15 +41,6 @@ pub enum RelayClientError {
     /// The connection is gone.
     #[error("relay connection closed")]
     Closed,
-}
-
-impl From<RelayClientError> for crate::error::Error {
-    fn from(e: RelayClientError) -> Self {
-        crate::error::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            e.to_string(),
-        ))
-    }
 }
 
 /// Something the relay told us.
@@ -317,7 +308,7 @@ impl RelayClient {
         let secret = x25519_dalek::StaticSecret::from(slot_secret);
         let slot_public = *PublicKey::from(&secret).as_bytes();
         let (relay_public, nonce) = self.challenge;
-        let dh = crate::crypto::contributory_dh(&secret, &PublicKey::from(relay_public))
+        let dh = masq_core::crypto::contributory_dh(&secret, &PublicKey::from(relay_public))
             .map_err(|e| RelayClientError::Protocol(format!("relay challenge: {e}")))?;
         let proof = slot_proof(&dh, &nonce, &relay_public, &slot_public);
         self.push(Frame::RendezvousJoin { slot_public, proof })

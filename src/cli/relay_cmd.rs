@@ -1,24 +1,6 @@
-//! The blind relay (`masq relay`): forwards sealed envelopes between
-//! authenticated devices, tracks presence and hosts pairing rendezvous slots.
-//! It stores nothing and can read nothing.
-//!
-//! - [`config`]: every limit, as a named constant, and the auth proof.
-//! - [`server`]: the WebSocket server (plus `/healthz`, `/metrics`).
-//! - [`client`]: the device side (a relay URL may list several nodes, comma-separated).
-//! - [`cluster`]: several relay nodes as one, over Redis pub/sub (`--cluster`).
-//! - [`bench`]: `masq bench relay`.
-//!
-//! Frame bytes live in [`crate::wire::relay_frame`].
+//! `masq relay`: runs the relay of `masq_relay` until SIGINT or SIGTERM.
 
-pub mod bench;
-pub mod client;
-pub mod cluster;
-pub mod config;
-pub mod server;
-pub mod tls;
-
-pub use config::RelayConfig;
-pub use server::{start, RelayHandle};
+use masq_relay::{config, start, tls, RelayConfig};
 
 use std::net::SocketAddr;
 

@@ -40,9 +40,9 @@ use super::config::{
     auth_proof, slot_proof, RelayConfig, CONTROL_RESERVE_FRAMES, MAX_ALLOW_IDS,
     MAX_HTTP_HEAD_BYTES, MAX_WATCH_IDS, SENDER_SHARE_DIVISOR,
 };
-use crate::crypto::{random_bytes, DeviceId};
 use crate::http_head::{read_head, respond, Prefixed};
-use crate::wire::relay_frame::{codes, Frame, UndeliverableReason};
+use masq_core::crypto::{random_bytes, DeviceId};
+use masq_core::wire::relay_frame::{codes, Frame, UndeliverableReason};
 
 /// Bytes one connection may have queued (besides the frame count limit).
 pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
@@ -440,14 +440,14 @@ struct Challenge {
 impl Challenge {
     /// Checks a rendezvous join's proof; returns the slot id it may join.
     fn verify_slot(&self, slot_public: &[u8; 32], proof: &[u8; 32]) -> Result<[u8; 32], String> {
-        let dh = crate::crypto::contributory_dh(&self.secret, &PublicKey::from(*slot_public))
+        let dh = masq_core::crypto::contributory_dh(&self.secret, &PublicKey::from(*slot_public))
             .map_err(|e| format!("rendezvous refused: {e}"))?;
         let expected = blake3::Hash::from(slot_proof(&dh, &self.nonce, &self.public, slot_public));
         // blake3::Hash equality is constant-time.
         if expected != blake3::Hash::from(*proof) {
             return Err("rendezvous refused: the slot key proof does not verify".into());
         }
-        Ok(crate::crypto::pairing::slot_id_of_public(slot_public))
+        Ok(masq_core::crypto::pairing::slot_id_of_public(slot_public))
     }
 }
 
