@@ -30,7 +30,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use masq_core::crypto::DeviceId;
 use masq_core::wire::relay_frame::{codes, Frame};
@@ -178,16 +179,33 @@ pub struct Cluster {
     local: Arc<Mutex<HashSet<DeviceId>>>,
     /// Rendezvous slots with members on this node.
     slots: Arc<Mutex<HashMap<[u8; 32], Vec<Member>>>>,
-    /// Publisher, subscriber, refresher.
-    tasks: Vec<JoinHandle<()>>,
+    /// Every task of this node's link: publisher, subscriber, refresher,
+    /// and the short per-device ones (claims, presence queries).
+    tasks: TaskTracker,
+    /// Ends them all (when the link is dropped).
+    stop: CancellationToken,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.stop.cancel();
+        self.tasks.close();
     }
+}
+
+/// Spawns a task of the link: owned by `tasks`, ended by `stop`.
+fn spawn_owned(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = task => {}
+        }
+    });
 }
 
 fn dev_channel(d: &DeviceId) -> String {
@@ -249,14 +267,13 @@ impl Cluster {
         let local: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
         let slots: Arc<Mutex<HashMap<[u8; 32], Vec<Member>>>> = Arc::default();
         let room = Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISH_QUEUE_BYTES));
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(publisher(
-            conn.clone(),
-            publish_rx,
-            inbound.clone(),
-            room.clone(),
-        )));
-        tasks.push(tokio::spawn(async move {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        spawn_owned(
+            &tasks,
+            &stop,
+            publisher(conn.clone(), publish_rx, inbound.clone(), room.clone()),
+        );
+        spawn_owned(&tasks, &stop, async move {
             while let Some(cmd) = subs_rx.recv().await {
                 let r = match cmd {
                     SubCmd::Subscribe(c, done) => {
@@ -272,20 +289,20 @@ impl Cluster {
                     tracing::warn!("cluster: (un)subscribe failed: {e}");
                 }
             }
-        }));
+        });
         {
             let (inbound, node, slots) = (inbound.clone(), node.clone(), slots.clone());
-            tasks.push(tokio::spawn(async move {
+            spawn_owned(&tasks, &stop, async move {
                 while let Some(msg) = stream.next().await {
                     let channel = msg.get_channel_name().to_string();
                     on_message(&channel, msg.get_payload_bytes(), &node, &slots, &inbound);
                 }
                 tracing::error!("cluster: the Redis subscription ended");
-            }));
+            });
         }
         {
             let (mut conn, local, node) = (conn.clone(), local.clone(), node.clone());
-            tasks.push(tokio::spawn(async move {
+            spawn_owned(&tasks, &stop, async move {
                 let mut tick = tokio::time::interval(PRESENCE_REFRESH);
                 loop {
                     tick.tick().await;
@@ -310,7 +327,7 @@ impl Cluster {
                         tracing::warn!("cluster: presence refresh failed: {e}");
                     }
                 }
-            }));
+            });
         }
         Ok((
             Self {
@@ -323,6 +340,7 @@ impl Cluster {
                 local,
                 slots,
                 tasks,
+                stop,
             },
             inbound_rx,
         ))
@@ -362,7 +380,7 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let node = self.node.clone();
         let publish = self.publish.clone();
-        tokio::spawn(async move {
+        spawn_owned(&self.tasks, &self.stop, async move {
             // The key first, then the event: whoever hears "online" and asks
             // finds the key.
             let r: redis::RedisResult<()> = redis::cmd("SET")
@@ -405,7 +423,7 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let node = self.node.clone();
         let publish = self.publish.clone();
-        tokio::spawn(async move {
+        spawn_owned(&self.tasks, &self.stop, async move {
             // Only if the key is still ours: the device may be on another node now.
             let deleted: redis::RedisResult<i64> = redis::Script::new(
                 "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
@@ -464,7 +482,7 @@ impl Cluster {
         }
         let mut conn = self.conn.clone();
         let inbound = self.inbound.clone();
-        tokio::spawn(async move {
+        spawn_owned(&self.tasks, &self.stop, async move {
             let keys: Vec<String> = ids.iter().map(presence_key).collect();
             let vals: Vec<Option<String>> = redis::cmd("MGET")
                 .arg(&keys)
@@ -491,7 +509,7 @@ impl Cluster {
         let mut conn = self.conn.clone();
         let (inbound, slots, node) = (self.inbound.clone(), self.slots.clone(), self.node.clone());
         let (subs, publish) = (self.subs.clone(), self.publish.clone());
-        tokio::spawn(async move {
+        spawn_owned(&self.tasks, &self.stop, async move {
             let name = slot_name(&s);
             let n: redis::RedisResult<(i64, i64)> = redis::pipe()
                 .cmd("INCR")
