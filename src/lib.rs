@@ -12,14 +12,10 @@
 pub mod api;
 pub mod client;
 pub use masq_core::crypto;
-pub mod doc;
-pub mod error;
-pub mod kv;
 pub use masq_relay as relay;
 pub use masq_relay::{http_head, rate_limit};
+pub use masq_store::{doc, error, kv, storage, store};
 pub mod service;
-pub mod storage;
-pub mod store;
 /// Relay frames (the relay's wire format), from [`masq_core::wire`].
 pub mod wire {
     pub use masq_core::wire::relay_frame;

@@ -5,13 +5,12 @@
 //! - [`peers`]: identity, paired devices, sessions and sync states in the keyspace.
 //! - [`core`]: the sans-I/O sync logic over a [`Store`](crate::Store).
 
-pub mod core;
+pub use masq_store::sync::{core, peers};
 pub mod engine;
 
 pub use masq_core::wire::invite;
 pub mod pairing;
 
-pub mod peers;
 pub mod transport;
 
 pub use masq_core::wire::device as wire;

@@ -42,38 +42,44 @@ impl Transport {
     /// Connects and authenticates.
     pub async fn connect(url: &str, kp: &DeviceKeypair) -> Result<Self> {
         Ok(Self {
-            client: RelayClient::connect(url, kp).await?,
+            client: RelayClient::connect(url, kp).await.map_err(relay_error)?,
         })
     }
 
     /// Sends a packet to a device.
     pub async fn send(&mut self, to: DeviceId, bytes: Vec<u8>) -> Result<()> {
-        self.client.send(to, bytes).await?;
+        self.client.send(to, bytes).await.map_err(relay_error)?;
         Ok(())
     }
 
     /// Watches these devices' presence.
     pub async fn watch(&mut self, ids: Vec<DeviceId>) -> Result<()> {
-        self.client.subscribe(ids).await?;
+        self.client.subscribe(ids).await.map_err(relay_error)?;
         Ok(())
     }
 
     /// Only these devices may reach us through the relay (replaces the list).
     pub async fn allow(&mut self, ids: Vec<DeviceId>) -> Result<()> {
-        self.client.allow(ids).await?;
+        self.client.allow(ids).await.map_err(relay_error)?;
         Ok(())
     }
 
     /// Joins the rendezvous slot of `slot_secret` (see
     /// [`RelayClient::join_rendezvous`]).
     pub async fn rendezvous(&mut self, slot_secret: &[u8; 32]) -> Result<()> {
-        self.client.join_rendezvous(*slot_secret).await?;
+        self.client
+            .join_rendezvous(*slot_secret)
+            .await
+            .map_err(relay_error)?;
         Ok(())
     }
 
     /// Sends to the other side of the rendezvous slot.
     pub async fn send_rendezvous(&mut self, bytes: Vec<u8>) -> Result<()> {
-        self.client.send_rendezvous(bytes).await?;
+        self.client
+            .send_rendezvous(bytes)
+            .await
+            .map_err(relay_error)?;
         Ok(())
     }
 
@@ -111,4 +117,13 @@ impl Transport {
     pub async fn close(self) {
         self.client.close().await;
     }
+}
+
+/// A relay connection failure, as the store's error: the connection was
+/// aborted (the engine reconnects).
+fn relay_error(e: crate::relay::client::RelayClientError) -> crate::error::Error {
+    crate::error::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        e.to_string(),
+    ))
 }

@@ -152,15 +152,6 @@ impl From<masq_core::doc::DocError> for Error {
     }
 }
 
-impl From<masq_relay::client::RelayClientError> for Error {
-    fn from(e: masq_relay::client::RelayClientError) -> Self {
-        Error::Io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            e.to_string(),
-        ))
-    }
-}
-
 impl Error {
     /// A stable machine-readable code for the error (used by the app protocol and the CLI).
     pub fn code(&self) -> &'static str {

@@ -15,12 +15,12 @@ use automerge::sync::{Message, State, SyncDoc};
 use automerge::PatchLog;
 
 use super::peers;
-use super::wire::{DocMessage, SyncPayload};
-use crate::crypto::DeviceId;
 use crate::doc::{catalog_entry, is_internal, DocId, CATALOG_DELETED};
 use crate::error::{Error, Result};
 use crate::kv::{bucket_of_shard, stage_reindex};
 use crate::store::{Event, Origin, Staged, Store};
+use masq_core::crypto::DeviceId;
+use masq_core::wire::device::{DocMessage, SyncPayload};
 
 /// Largest encoded batch payload: batches are packed under it; a single bigger
 /// sync message is split into fragments by the engine. Well under the relay's frame limit.

@@ -16,9 +16,9 @@
 use serde::{Deserialize, Serialize};
 use x25519_dalek::PublicKey;
 
-use crate::crypto::{DeviceId, DeviceKeypair};
 use crate::error::{Error, Result};
 use crate::storage::Db;
+use masq_core::crypto::{DeviceId, DeviceKeypair};
 
 const IDENTITY: &[u8] = b"identity";
 const NAME: &[u8] = b"name";
@@ -240,7 +240,7 @@ const RELAY_URL: &[u8] = b"relay_url";
 /// devices and removal notices survive restarts this way.
 pub fn stage_note(db: &Db, batch: &mut fjall::OwnedWriteBatch, target: &DeviceId, payload: &[u8]) {
     let mut k = key(NOTE, target.as_bytes());
-    k.extend_from_slice(&crate::crypto::random_bytes::<8>()[..]);
+    k.extend_from_slice(&masq_core::crypto::random_bytes::<8>()[..]);
     batch.insert(&db.meta, k, payload);
 }
 

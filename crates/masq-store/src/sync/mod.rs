@@ -1,0 +1,6 @@
+//! The store's side of device sync: what it keeps about paired devices
+//! ([`peers`]) and the Automerge sync protocol over its documents
+//! ([`core`]). The native sync engine (`masq::sync::engine`) drives them.
+
+pub mod core;
+pub mod peers;
