@@ -10,7 +10,8 @@
 //! - the receiver keeps one payload in reassembly per peer: a part with
 //!   another id (or another total) abandons the one in progress (the sync
 //!   protocol offers the lost changes again on its next round);
-//! - a part whose index or total is out of range is ignored, a repeated
+//! - a part whose index or total is out of range, or that is larger than
+//!   [`MAX_ENVELOPE_PLAINTEXT`] (no sender makes one), is ignored, a repeated
 //!   part replaces the earlier copy, and the payload is complete when every
 //!   index has arrived, in any order.
 
@@ -19,7 +20,8 @@ use crate::wire::device::SyncPayload;
 /// Largest envelope plaintext: a sync envelope stays well under the relay's
 /// 1 MiB frame limit after padding and sealing.
 pub const MAX_ENVELOPE_PLAINTEXT: usize = 200 * 1024;
-/// Most fragments of one payload (so at most ~12.5 MiB in reassembly per
+/// Most fragments of one payload (with parts of at most
+/// [`MAX_ENVELOPE_PLAINTEXT`] bytes, at most 12.5 MiB in reassembly per
 /// peer); a larger payload is not sent (the sync layer keeps batches far
 /// smaller).
 pub const MAX_FRAGMENTS: u16 = 64;
@@ -102,7 +104,11 @@ impl Reassembler {
     /// Takes one fragment; returns the whole payload's bytes once every part
     /// of it has arrived.
     pub fn push(&mut self, id: u64, index: u16, total: u16, bytes: Vec<u8>) -> Option<Vec<u8>> {
-        if total == 0 || total > MAX_FRAGMENTS || index >= total {
+        if total == 0
+            || total > MAX_FRAGMENTS
+            || index >= total
+            || bytes.len() > MAX_ENVELOPE_PLAINTEXT
+        {
             return None;
         }
         let fresh = || Partial {
@@ -215,6 +221,8 @@ mod tests {
         assert_eq!(r.push(1, 0, 0, vec![1]), None);
         assert_eq!(r.push(1, 2, 2, vec![1]), None);
         assert_eq!(r.push(1, 0, MAX_FRAGMENTS + 1, vec![1]), None);
+        // A part larger than any sender makes (reassembly stays bounded).
+        assert_eq!(r.push(1, 0, 2, vec![0; MAX_ENVELOPE_PLAINTEXT + 1]), None);
         assert!(!r.in_progress());
         // A one-part "fragment" is complete at once.
         assert_eq!(r.push(9, 0, 1, vec![7, 8]), Some(vec![7, 8]));
