@@ -369,8 +369,9 @@ pub(crate) async fn handle(
                 "qr": invite.qr_text(),
                 "qr_svg": invite.qr_svg(),
             });
-            let (shared, out) = (shared.clone(), out.clone());
-            tokio::spawn(async move {
+            let (task_shared, out) = (shared.clone(), out.clone());
+            shared.spawn(async move {
+                let shared = task_shared;
                 let paired = match inviter.wait().await {
                     Ok(p) => {
                         let _ = shared.ensure_engine().await;

@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::store::Store;
 use crate::sync::engine::EngineSlot;
@@ -115,6 +117,13 @@ pub struct Shared {
     /// Whether this process syncs (the daemon does; the CLI working on a
     /// data directory directly does not start an engine).
     pub sync_enabled: bool,
+    /// Cancelled once, when the service shuts down: the accept loop and
+    /// every task the service starts besides connections watch it.
+    pub stop: CancellationToken,
+    /// Owns the tasks the service starts besides its accept loop and
+    /// connections (a pairing's wait for the other device), so shutdown
+    /// ends them and waits for them.
+    pub tasks: TaskTracker,
 }
 
 impl Shared {
@@ -137,7 +146,21 @@ impl Shared {
             admin_credentials: admin::AdminCredentials::default(),
             app_limits: Arc::new(app_limits::AppLimits::new(app_limits::APP_REQUESTS_PER_SEC)),
             sync_enabled,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Runs `task` as a task of the service: owned by [`Shared::tasks`],
+    /// ended at shutdown.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = task => {}
+            }
+        });
     }
 
     /// Tells connections the registry changed.
@@ -161,16 +184,15 @@ pub struct ServiceHandle {
     addr: SocketAddr,
     /// The admin token.
     admin_token: String,
-    /// Shared state (for the engine at shutdown).
+    /// Shared state (its stop token and tasks, the engine at shutdown).
     shared: Arc<Shared>,
-    /// Stops the accept loop.
-    stop: watch::Sender<bool>,
-    /// The accept loop.
+    /// The accept loop (it owns the connections).
     task: Option<JoinHandle<()>>,
 }
 
 impl Drop for ServiceHandle {
     fn drop(&mut self) {
+        self.shared.stop.cancel();
         if let Some(t) = self.task.take() {
             t.abort();
         }
@@ -200,10 +222,12 @@ impl ServiceHandle {
 
     /// Stops accepting, closes connections, stops the engine.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+        self.shared.stop.cancel();
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
         self.shared.engine.shutdown().await;
     }
 }
@@ -226,30 +250,29 @@ pub async fn start(store: Store, config: ServiceConfig) -> std::io::Result<Servi
         .ensure_engine()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+    let task = tokio::spawn(accept_loop(listener, shared.clone()));
     Ok(ServiceHandle {
         addr,
         admin_token,
         shared,
-        stop: stop_tx,
         task: Some(task),
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let stop = shared.stop.clone();
     let mut conns = tokio::task::JoinSet::new();
     let (closing_tx, _) = broadcast::channel::<()>(1);
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) if crate::http_head::is_resource_exhaustion(&e) => {
                         tracing::warn!("accept failed ({e}); pausing {ACCEPT_ERROR_BACKOFF:?}");
                         tokio::select! {
-                            _ = stop.changed() => break,
+                            _ = stop.cancelled() => break,
                             _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                         }
                         continue;
