@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use masq_core::sync::link::{Online, PeerLink, Received, SealError, SessionUpdate};
+use masq_core::sync::link::{LinkError, Online, PeerLink, Received, SealError, SessionUpdate};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -390,6 +390,14 @@ impl Engine {
             TransportEvent::Packet { from, bytes } => {
                 self.stats.bytes_received += bytes.len() as u64;
                 if let Err(e) = self.on_packet(t, from, &bytes).await {
+                    // An envelope that opened but held no valid payload was
+                    // still received (as the engine always counted it).
+                    if matches!(
+                        e,
+                        Error::Link(LinkError::Payload(_) | LinkError::NestedFragment)
+                    ) {
+                        self.stats.envelopes_received += 1;
+                    }
                     self.stats.rejected += 1;
                     tracing::debug!("packet from {from:?} rejected: {e}");
                 }
