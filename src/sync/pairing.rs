@@ -114,7 +114,7 @@ impl Inviter {
         peers::stage_peer(db, &mut b, &joiner_pub, &joiner.name)?;
         for (id, _) in &existing {
             if *id != joiner_id {
-                peers::stage_note(db, &mut b, id, &intro);
+                peers::stage_note(db, &mut b, id, &intro)?;
             }
         }
         db.commit(b)?;
@@ -246,7 +246,7 @@ pub fn remove_device(store: &Store, id: &DeviceId) -> Result<()> {
     peers::stage_remove_peer(db, &mut b, id)?;
     for (other, _) in peers::peers(db)? {
         if other != *id {
-            peers::stage_note(db, &mut b, &other, &note);
+            peers::stage_note(db, &mut b, &other, &note)?;
         }
     }
     db.commit(b)

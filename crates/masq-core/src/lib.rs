@@ -5,6 +5,11 @@
 //!   pairing channel.
 //! - [`wire`]: every byte format: relay frames, device payloads, invites.
 //! - [`doc`]: documents as JSON and JSON-pointer change operations.
+//! - [`records`]: abstract persistence: the store's tables, and writes to
+//!   them as data ([`WriteSet`](records::WriteSet)) that a shell commits atomically.
+//! - [`layout`]: which records, under which keys, hold documents, the KV
+//!   index, pending KV writes and the device's own facts.
+//! - [`kv`]: the key-value API's logic over shard documents.
 //! - [`sync`]: the sync protocol's rules that need no I/O: fragments,
 //!   handshake tie-break and resend.
 //!
@@ -18,5 +23,8 @@
 
 pub mod crypto;
 pub mod doc;
+pub mod kv;
+pub mod layout;
+pub mod records;
 pub mod sync;
 pub mod wire;

@@ -147,7 +147,11 @@ impl From<masq_core::doc::DocError> for Error {
                 found,
             },
             DocError::TooDeep { what, limit } => Error::TooDeep { what, limit },
+            DocError::InvalidName { what, name, rule } => Error::InvalidName { what, name, rule },
+            DocError::TooLarge { what, size, limit } => Error::TooLarge { what, size, limit },
+            DocError::Corrupt { doc, reason } => Error::Corrupt { doc, reason },
             DocError::Automerge(e) => Error::Automerge(e),
+            DocError::Json(e) => Error::Json(e),
         }
     }
 }

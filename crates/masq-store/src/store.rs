@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash};
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -25,9 +25,11 @@ use crate::doc::{DocId, Docs};
 use crate::error::{Error, Result};
 use crate::kv::pending::Folder;
 use crate::kv::{bucket_of_shard, Bucket};
-use crate::storage::doc_chunks::{needs_compaction, DocMeta};
+use crate::storage::doc_chunks::DocMeta;
 use crate::storage::kv_pending::PendingRecord;
 use crate::storage::{Db, Durability};
+use masq_core::doc::stored::stage_doc_change;
+use masq_core::records::WriteSet;
 
 /// Default memory budget for loaded documents.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
@@ -548,28 +550,23 @@ impl Store {
         let db = &self.inner.db;
         let mut changed = Vec::new();
         let result = (|| -> Result<u64> {
+            let mut writes = WriteSet::new();
             for s in docs.iter_mut() {
-                let after = s.guard.doc.get_heads();
-                if after == s.before && s.guard.exists {
+                let Some(meta) = stage_doc_change(
+                    &mut writes,
+                    &s.app,
+                    &s.id,
+                    &s.guard.doc,
+                    s.guard.exists.then_some(&s.guard.meta),
+                    &s.before,
+                    *origin == Origin::Local,
+                )?
+                else {
                     continue;
-                }
-                let mut meta = s.guard.meta.clone();
-                let bytes = changes_since(&s.guard.doc, &s.before, &after, origin);
-                if needs_compaction(&meta.with_chunk(bytes.len())) {
-                    // KV shards are small and compact often; DEFLATE's set-up
-                    // (zeroing its tables, per column) cost more than the
-                    // rest of their `save`. fjall compresses its blocks anyway.
-                    let snap = if bucket_of_shard(&s.id).is_some() {
-                        s.guard.doc.save_nocompress()
-                    } else {
-                        s.guard.doc.save()
-                    };
-                    db.stage_snapshot(&mut batch, &s.app, s.id.as_str(), &mut meta, &snap)?;
-                } else {
-                    db.stage_chunk(&mut batch, &s.app, s.id.as_str(), &mut meta, &bytes)?;
-                }
+                };
                 changed.push((s.app.clone(), s.id.clone(), meta));
             }
+            db.stage(&mut batch, writes)?;
             db.write(batch)
         })();
         let ticket = match result {
@@ -621,31 +618,6 @@ impl Store {
         drop(docs);
         Ok(DeferredCommit { ticket, ids })
     }
-}
-
-/// The changes of `doc` after `before` (its heads were `after`), as change
-/// chunks. A local commit usually made exactly one change on top of
-/// `before`: that change's bytes are taken alone, which skips the graph walk
-/// of `save_after` (about a quarter of its cost in Automerge 0.12).
-fn changes_since(
-    doc: &automerge::Automerge,
-    before: &[automerge::ChangeHash],
-    after: &[automerge::ChangeHash],
-    origin: &Origin,
-) -> Vec<u8> {
-    use automerge::ReadDoc;
-    if let (Origin::Local, [only]) = (origin, after) {
-        if let Some(change) = doc.get_change_by_hash(only) {
-            let mut deps = change.deps().to_vec();
-            let mut want = before.to_vec();
-            deps.sort_unstable();
-            want.sort_unstable();
-            if deps == want {
-                return change.raw_bytes().to_vec();
-            }
-        }
-    }
-    doc.save_after(before)
 }
 
 /// A commit of [`Store::commit_docs_deferred`] that may not be durable yet.
@@ -709,32 +681,12 @@ impl App {
     }
 }
 
-/// Rebuilds a document from what was read back from disk: the snapshot and
-/// the incremental chunks, in order. Bytes that do not decode, or changes whose
-/// dependencies are missing, are `Error::Corrupt` naming `doc` — never a panic
-/// (fuzzed by `fuzz/fuzz_targets/stored_doc.rs`).
+/// Rebuilds a document from what was read back from disk (see
+/// [`masq_core::doc::stored::decode_stored_doc`]): bytes that do not decode
+/// are `Error::Corrupt` naming `doc`, never a panic.
 pub fn decode_stored_doc(
     doc: &str,
     stored: crate::storage::doc_chunks::StoredDoc,
 ) -> Result<Automerge> {
-    let corrupt = |reason: String| Error::Corrupt {
-        doc: doc.to_string(),
-        reason,
-    };
-    // One `load` over snapshot + chunks: Automerge parses the concatenation
-    // in one pass, ~8x faster than `load_incremental` per chunk (which
-    // rebuilds indexes every call).
-    let mut all = stored.snapshot.unwrap_or_default();
-    for c in &stored.chunks {
-        all.extend_from_slice(c);
-    }
-    let am = if all.is_empty() {
-        Automerge::new()
-    } else {
-        Automerge::load(&all).map_err(|e| corrupt(e.to_string()))?
-    };
-    if !am.get_missing_deps(&[]).is_empty() {
-        return Err(corrupt("changes with missing dependencies".into()));
-    }
-    Ok(am)
+    Ok(masq_core::doc::stored::decode_stored_doc(doc, stored)?)
 }

@@ -5,10 +5,13 @@
 //! nothing of where a document is kept (the store's persistence), who may
 //! touch it (apps and permissions), or how it travels (sync).
 
+pub mod catalog;
 pub mod id;
 pub mod json;
 pub mod ops;
+pub mod stored;
 
+pub use catalog::{catalog_entry, put_catalog_entry, CATALOG_DELETED, CATALOG_DOC, CATALOG_KV};
 pub use id::{is_catalog, is_internal, DocId, CATALOG_PREFIX};
 pub use ops::ChangeOp;
 
@@ -46,9 +49,41 @@ pub enum DocError {
         /// The limit.
         limit: usize,
     },
+    /// An app, bucket or key name breaks the naming rules.
+    #[error("invalid {what} {name:?}: {rule}")]
+    InvalidName {
+        /// "app", "bucket" or "key".
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A value or key exceeds a documented limit.
+    #[error("{what} too large: {size} bytes (limit {limit})")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Stored records of a document do not decode (read back by the shell
+    /// and handed to the core).
+    #[error("document {doc} is corrupt on disk: {reason}")]
+    Corrupt {
+        /// The document whose records failed to decode.
+        doc: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
     /// Automerge refused the operation.
     #[error("automerge: {0}")]
     Automerge(#[from] automerge::AutomergeError),
+    /// JSON encoding or decoding failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// The result of a document operation.

@@ -1,7 +1,9 @@
 //! The parts of the device-to-device sync protocol that are decisions, not
 //! I/O: how a large payload is cut into envelopes and put back together
 //! ([`fragments`]), and who answers whose handshake and when an unanswered
-//! one is sent again ([`handshake_rules`]). The native engine
+//! one is sent again ([`handshake_rules`]), what goes into a batch
+//! ([`batching`]), when a document's sync state restarts ([`doc_states`]),
+//! and the whole per-peer session as one state machine ([`link`]). The native engine
 //! (`masq::sync::engine`) drives them with its socket, clock and disk; they
 //! are tested here without any of those.
 //!
@@ -9,6 +11,8 @@
 //! [`Duration`](std::time::Duration) since any fixed instant the caller
 //! chooses, so the same rules run in a browser.
 
+pub mod batching;
+pub mod doc_states;
 pub mod fragments;
 pub mod handshake_rules;
 pub mod link;

@@ -2,16 +2,14 @@
 //! JSON-path operations, with history, time travel, subscriptions, deletion
 //! (a tombstone that syncs), export and import.
 //!
-//! Each app has a *catalog*, itself Automerge documents (256 shards,
-//! `_catalog.00` … `_catalog.ff`), whose roots map every document id of the app to its state (`"doc"`, `"deleted"`,
-//! or `"kv"` for key-value shards). Because the catalog is a replicated
-//! document like any other, new documents and deletions propagate by sync.
+//! Each app has a *catalog* ([`masq_core::doc::catalog`]): Automerge
+//! documents whose roots map every document id of the app to its state.
+//! Because the catalog is a replicated document like any other, new
+//! documents and deletions propagate by sync.
 
 pub use masq_core::doc::{is_catalog, is_internal, json, ops, DocId, CATALOG_PREFIX};
 
-use automerge::{
-    transaction::Transaction, AutoCommit, Automerge, ChangeHash, ReadDoc, ScalarValue, Value, ROOT,
-};
+use automerge::{transaction::Transaction, AutoCommit, Automerge, ChangeHash, ReadDoc};
 use serde::Serialize;
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
@@ -59,30 +57,12 @@ pub fn heads_hex(heads: &[ChangeHash]) -> Vec<String> {
     heads.iter().map(|h| h.to_string()).collect()
 }
 
-/// The catalog entry value for a live user document.
-pub const CATALOG_DOC: &str = "doc";
-/// The catalog entry value for a deleted document (tombstone).
-pub const CATALOG_DELETED: &str = "deleted";
-/// The catalog entry value for a key-value shard.
-pub const CATALOG_KV: &str = "kv";
+pub(crate) use masq_core::doc::catalog::catalog_entry;
+pub use masq_core::doc::catalog::{CATALOG_DELETED, CATALOG_DOC, CATALOG_KV};
 
-/// Reads a catalog entry.
-pub(crate) fn catalog_entry(catalog: &Automerge, id: &str) -> Option<String> {
-    match catalog.get(ROOT, id) {
-        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-            ScalarValue::Str(s) => Some(s.to_string()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// Catalog state wins in this order when devices disagree: a tombstone beats
-/// everything, so a concurrent edit never resurrects a deleted document.
+/// Writes a catalog entry (see [`masq_core::doc::catalog::put_catalog_entry`]).
 pub(crate) fn put_catalog_entry(tx: &mut Transaction<'_>, id: &DocId, state: &str) -> Result<()> {
-    use automerge::transaction::Transactable;
-    tx.put(ROOT, id.as_str(), state)?;
-    Ok(())
+    Ok(masq_core::doc::catalog::put_catalog_entry(tx, id, state)?)
 }
 
 /// The document API of one app.

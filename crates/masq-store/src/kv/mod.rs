@@ -26,10 +26,9 @@ pub mod pending;
 
 use std::collections::BTreeMap;
 
-use automerge::{Automerge, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::Automerge;
+use masq_core::records::WriteSet;
 use serde_json::Value as Json;
-
-use crate::doc::json::MAX_DOC_DEPTH;
 
 use crate::doc::{catalog_entry, put_catalog_entry, DocId, Filter, Subscription, CATALOG_KV};
 use crate::error::{Error, Result};
@@ -38,103 +37,11 @@ use crate::storage::Db;
 use crate::store::{App, Event, Origin, Staged};
 pub use pending::MAX_PENDING_PER_SHARD;
 
-/// Shards per bucket. Part of the replicated format: never change it for an existing bucket.
-pub const SHARDS: usize = 256;
-/// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
-/// Largest value, serialized as JSON, in bytes.
-pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
-/// Most entries returned by one `list` call.
-pub const MAX_LIST_LIMIT: usize = 10_000;
-
-/// Which shard a key lives in.
-pub fn shard_of(key: &str) -> usize {
-    blake3::hash(key.as_bytes()).as_bytes()[0] as usize % SHARDS
-}
-
-/// The document id of a bucket's shard.
-pub fn shard_doc(bucket: &str, shard: usize) -> DocId {
-    DocId::internal(format!("_kv.{bucket}.{shard:02x}"))
-}
-
-/// The bucket a shard document belongs to, if `id` names one.
-pub fn bucket_of_shard(id: &DocId) -> Option<&str> {
-    let rest = id.as_str().strip_prefix("_kv.")?;
-    let (bucket, shard) = rest.rsplit_once('.')?;
-    (shard.len() == 2 && u8::from_str_radix(shard, 16).is_ok()).then_some(bucket)
-}
-
-fn index_key(app: &str, bucket: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(app.len() + bucket.len() + key.len() + 2);
-    k.extend_from_slice(app.as_bytes());
-    k.push(0);
-    k.extend_from_slice(bucket.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn validate_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.contains('\0') {
-        return Err(Error::InvalidName {
-            what: "key",
-            name: key.to_string(),
-            rule: "non-empty, no NUL character",
-        });
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(Error::TooLarge {
-            what: "key",
-            size: key.len(),
-            limit: MAX_KEY_BYTES,
-        });
-    }
-    Ok(())
-}
-
-fn encode_value(value: &Json) -> Result<String> {
-    // The documents' depth rule holds for values too: apps read them back
-    // as JSON, and every reader may walk them.
-    if crate::doc::json::json_depth(value, MAX_DOC_DEPTH) > MAX_DOC_DEPTH {
-        return Err(Error::TooDeep {
-            what: "value".into(),
-            limit: MAX_DOC_DEPTH,
-        });
-    }
-    let s = serde_json::to_string(value)?;
-    if s.len() > MAX_VALUE_BYTES {
-        return Err(Error::TooLarge {
-            what: "value",
-            size: s.len(),
-            limit: MAX_VALUE_BYTES,
-        });
-    }
-    Ok(s)
-}
-
-/// Decodes one stored shard value (a JSON string; anything else is shown as
-/// JSON of itself). A value from another device that is not JSON, or nests
-/// deeper than [`MAX_DOC_DEPTH`], is shown as the string it is.
-fn decode_value(v: &Value<'_>) -> Json {
-    match v {
-        Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(s) => match serde_json::from_str::<Json>(s) {
-                Ok(j) if crate::doc::json::json_depth(&j, MAX_DOC_DEPTH) <= MAX_DOC_DEPTH => j,
-                _ => Json::String(s.to_string()),
-            },
-            other => crate::doc::json::scalar(other),
-        },
-        Value::Object(_) => Json::Null,
-    }
-}
-
-/// The winning value of `key` in a shard document.
-pub(crate) fn winner(doc: &Automerge, key: &str) -> Option<Json> {
-    match doc.get(ROOT, key) {
-        Ok(Some((v, _))) => Some(decode_value(&v)),
-        _ => None,
-    }
-}
+pub use masq_core::kv::{
+    bucket_of_shard, shard_doc, shard_of, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_VALUE_BYTES, SHARDS,
+};
+use masq_core::kv::{encode_value, validate_key, DEFAULT_LIST_LIMIT};
+use masq_core::layout::kv_index::{self, index_key};
 
 /// Stages index entries for `keys` of a shard document (after a remote change).
 pub(crate) fn stage_reindex<'k>(
@@ -145,20 +52,9 @@ pub(crate) fn stage_reindex<'k>(
     doc: &Automerge,
     keys: impl IntoIterator<Item = &'k str>,
 ) -> Result<Vec<(String, Option<Json>)>> {
-    let mut out = Vec::new();
-    for key in keys {
-        let ik = index_key(app, bucket, key);
-        match winner(doc, key) {
-            Some(v) => {
-                batch.insert(&db.kv, ik, serde_json::to_vec(&v)?);
-                out.push((key.to_string(), Some(v)));
-            }
-            None => {
-                batch.remove(&db.kv, ik);
-                out.push((key.to_string(), None));
-            }
-        }
-    }
+    let mut writes = WriteSet::new();
+    let out = masq_core::kv::stage_reindex(&mut writes, app, bucket, doc, keys)?;
+    db.stage(batch, writes)?;
     Ok(out)
 }
 
@@ -331,12 +227,22 @@ impl Bucket {
             // A local put (or delete) supersedes every value of the key this
             // device has seen, so the new winner is what was just written:
             // index it as is, without reading it back from Automerge.
+            let mut index = WriteSet::new();
             for (k, v) in items {
-                let ik = index_key(app, &self.name, k);
-                match v {
-                    Some(enc) => batch.insert(&db.kv, ik, enc.as_bytes()),
-                    None => batch.remove(&db.kv, ik),
+                kv_index::stage_winner(
+                    &mut index,
+                    app,
+                    &self.name,
+                    k,
+                    v.as_deref().map(str::as_bytes),
+                );
+            }
+            if let Err(e) = db.stage(&mut batch, index) {
+                drop(g);
+                for s in &staged {
+                    store.forget(&s.app, &s.id);
                 }
+                return Err(e);
             }
             staged.push(Staged {
                 app: app.to_string(),
@@ -389,19 +295,16 @@ impl Bucket {
 
     /// Entries in key order.
     pub fn list(&self, opts: &ListOptions) -> Result<Vec<(String, Json)>> {
-        let limit = opts.limit.unwrap_or(1000).min(MAX_LIST_LIMIT);
+        let limit = opts.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT);
         let db = self.app.store.db();
         let base = index_key(&self.app.name, &self.name, "");
-        let prefix = index_key(&self.app.name, &self.name, &opts.prefix);
+        let (start, prefix) = kv_index::list_start(
+            &self.app.name,
+            &self.name,
+            &opts.prefix,
+            opts.start_after.as_deref(),
+        );
         let mut out = Vec::new();
-        let start: Vec<u8> = match &opts.start_after {
-            Some(s) => {
-                let mut k = index_key(&self.app.name, &self.name, s);
-                k.push(0); // strictly after
-                std::cmp::max(k, prefix.clone())
-            }
-            None => prefix.clone(),
-        };
         for g in db.kv.range(start..) {
             if out.len() >= limit {
                 break;
@@ -427,16 +330,7 @@ impl Bucket {
         let g = h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;
-        let all = g.doc.get_all(ROOT, key)?;
-        let mut vals: Vec<Json> = all.iter().map(|(v, _)| decode_value(v)).collect();
-        // Put the winner first.
-        if let Some(w) = winner(&g.doc, key) {
-            if let Some(pos) = vals.iter().position(|v| *v == w) {
-                let w = vals.remove(pos);
-                vals.insert(0, w);
-            }
-        }
-        Ok(vals)
+        Ok(masq_core::kv::all_values(&g.doc, key)?)
     }
 
     /// Watches keys starting with `prefix` (local and remote changes).

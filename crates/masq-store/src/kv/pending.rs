@@ -27,42 +27,22 @@
 //! - Sync sends a shard as folded so far; the fold's commit notifies the sync
 //!   engine like any local change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
-
-use automerge::{transaction::Transactable, ROOT};
 
 use crate::doc::DocId;
 use crate::error::{Error, Result};
 use crate::storage::Db;
 use crate::store::{LoadedDoc, Origin, Staged, Store};
 
-/// Most pending writes one shard keeps before a put folds them inline.
-pub const MAX_PENDING_PER_SHARD: usize = 256;
+pub use masq_core::kv::MAX_PENDING_PER_SHARD;
 /// Most shard documents one fold round locks and commits in one batch. Small,
 /// because a writer of one of them waits for the whole batch's Automerge work
 /// (16: `masq bench local` embedded put p99 1.1–1.3 ms; 64: 1.3–2.7 ms).
 pub const FOLD_DOCS_PER_BATCH: usize = 16;
 /// Pause before the folder retries after a failed fold (disk full, ...).
 pub const FOLD_RETRY_DELAY: Duration = Duration::from_millis(200);
-
-/// Applies one write to a shard's root map.
-pub(crate) fn apply_write(
-    tx: &mut impl Transactable,
-    key: &str,
-    value: Option<&str>,
-) -> Result<()> {
-    match value {
-        Some(s) => tx.put(ROOT, key, s)?,
-        None => {
-            if tx.get(ROOT, key)?.is_some() {
-                tx.delete(ROOT, key)?
-            }
-        }
-    }
-    Ok(())
-}
 
 /// Folds `g`'s pending writes, then `extra`, into one change of its document
 /// (a key written more than once gets its last value),
@@ -77,31 +57,9 @@ pub(crate) fn fold_into<'e>(
     g: &mut LoadedDoc,
     extra: impl IntoIterator<Item = (&'e str, Option<&'e str>)>,
 ) -> Result<()> {
+    masq_core::kv::fold(&mut g.doc, &g.kv_pending, extra)?;
     let pending = std::mem::take(&mut g.kv_pending);
-    // Only a key's last write matters: the change's earlier ops on it would
-    // be overwritten by the same change, so no device could ever see them.
-    // In key order, as Automerge keeps a map's ops.
-    let mut last: BTreeMap<&str, Option<&str>> = BTreeMap::new();
-    for p in &pending {
-        last.insert(p.key.as_str(), p.value.as_deref());
-    }
-    for (k, v) in extra {
-        last.insert(k, v);
-    }
-    let result = g.doc.transact(|tx| -> Result<()> {
-        for (k, v) in &last {
-            apply_write(tx, k, *v)?;
-        }
-        Ok(())
-    });
-    if let Err(f) = result {
-        g.kv_pending = pending;
-        return Err(f.error);
-    }
-    for p in &pending {
-        db.stage_unpending(batch, app, id.as_str(), p.seq);
-    }
-    Ok(())
+    db.stage_unpending(batch, app, id.as_str(), pending.iter().map(|p| p.seq))
 }
 
 /// Folds the pending writes of `docs` (those that have any), committing up to

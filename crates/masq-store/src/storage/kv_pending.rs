@@ -1,104 +1,17 @@
-//! How local key-value writes wait, durably, to be folded into their shard
-//! documents (see `kv::pending` for why and when they are folded).
-//!
-//! Keys (all in the `kv_pending` keyspace):
-//! - `app \0 doc \0 <seq u64 BE>` → one pending write: `1 key_len:u32 LE key
-//!   value` for a put (the value as its JSON text), `0 key_len:u32 LE key` for
-//!   a delete.
-//!
-//! `seq` grows across the whole store, so a document's pending writes read
-//! back in the order they were made. A write's record goes in the same batch
-//! as its index entry; folding removes the records in the same batch as the
-//! shard's new change chunk, so a crash leaves every write either pending or
-//! folded, never lost and never applied twice.
+//! Reading and writing local key-value writes that wait, durably, to be
+//! folded into their shard documents. The record layout is the core's
+//! ([`masq_core::layout::kv_pending`]); `kv::pending` says why and when
+//! they are folded.
 //!
 //! Architecture invariant: knows the byte layout only; never decodes Automerge
 //! or JSON.
 
-use std::collections::BTreeSet;
+use masq_core::layout::kv_pending::{self as layout, doc_prefix};
+pub use masq_core::layout::kv_pending::{decode_record, encode_record, PendingRecord, PendingScan};
+use masq_core::records::WriteSet;
 
 use super::Db;
-use crate::error::{Error, Result};
-
-/// One pending write as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingRecord {
-    /// Store-wide order of the write.
-    pub seq: u64,
-    /// The key written.
-    pub key: String,
-    /// The new value as JSON text, `None` for a delete.
-    pub value: Option<String>,
-}
-
-fn doc_prefix(app: &str, doc: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(app.len() + doc.len() + 2 + 8);
-    k.extend_from_slice(app.as_bytes());
-    k.push(0);
-    k.extend_from_slice(doc.as_bytes());
-    k.push(0);
-    k
-}
-
-fn record_key(app: &str, doc: &str, seq: u64) -> Vec<u8> {
-    let mut k = doc_prefix(app, doc);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// Encodes a record's value (see the module docs).
-pub fn encode_record(key: &str, value: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + key.len() + value.map_or(0, str::len));
-    out.push(u8::from(value.is_some()));
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(key.as_bytes());
-    if let Some(v) = value {
-        out.extend_from_slice(v.as_bytes());
-    }
-    out
-}
-
-/// Decodes a record's value; `Error::Corrupt` naming `doc` on bad bytes.
-pub fn decode_record(doc: &str, seq: u64, bytes: &[u8]) -> Result<PendingRecord> {
-    let corrupt = |reason: &str| Error::Corrupt {
-        doc: doc.to_string(),
-        reason: format!("pending key-value write {seq}: {reason}"),
-    };
-    let (&tag, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
-    if rest.len() < 4 {
-        return Err(corrupt("truncated"));
-    }
-    let (len, rest) = rest.split_at(4);
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if rest.len() < len {
-        return Err(corrupt("truncated key"));
-    }
-    let (key, value) = rest.split_at(len);
-    let key = std::str::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"))?;
-    let value = match tag {
-        0 if value.is_empty() => None,
-        1 => Some(
-            std::str::from_utf8(value)
-                .map_err(|_| corrupt("value is not UTF-8"))?
-                .to_string(),
-        ),
-        _ => return Err(corrupt("unknown kind")),
-    };
-    Ok(PendingRecord {
-        seq,
-        key: key.to_string(),
-        value,
-    })
-}
-
-/// What `scan_pending` found at open.
-#[derive(Debug, Default)]
-pub struct PendingScan {
-    /// Every (app, doc) with at least one pending write.
-    pub docs: BTreeSet<(String, String)>,
-    /// The highest sequence number in use (0 if none).
-    pub max_seq: u64,
-}
+use crate::error::Result;
 
 impl Db {
     /// Stages one pending write into `batch`.
@@ -113,20 +26,24 @@ impl Db {
     ) {
         batch.insert(
             &self.kv_pending,
-            record_key(app, doc, seq),
+            layout::record_key(app, doc, seq),
             encode_record(key, value),
         );
     }
 
-    /// Stages the removal of a folded pending write into `batch`.
+    /// Stages the removal of folded pending writes into `batch`.
     pub fn stage_unpending(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         app: &str,
         doc: &str,
-        seq: u64,
-    ) {
-        batch.remove(&self.kv_pending, record_key(app, doc, seq));
+        seqs: impl IntoIterator<Item = u64>,
+    ) -> Result<()> {
+        let mut writes = WriteSet::new();
+        for seq in seqs {
+            layout::stage_unpending(&mut writes, app, doc, seq);
+        }
+        self.stage(batch, writes)
     }
 
     /// A document's pending writes, oldest first.
@@ -135,15 +52,7 @@ impl Db {
         let mut out = Vec::new();
         for guard in self.kv_pending.prefix(&prefix) {
             let (k, v) = guard.into_inner()?;
-            let seq = k
-                .get(prefix.len()..)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| Error::Corrupt {
-                    doc: doc.to_string(),
-                    reason: "pending key-value write with a malformed key".into(),
-                })?;
-            out.push(decode_record(doc, seq, &v)?);
+            out.push(layout::decode_keyed(doc, prefix.len(), &k, &v)?);
         }
         Ok(out)
     }
@@ -153,47 +62,8 @@ impl Db {
     pub fn scan_pending(&self) -> Result<PendingScan> {
         let mut scan = PendingScan::default();
         for guard in self.kv_pending.iter() {
-            let k = guard.key()?;
-            let mut parts = k.splitn(3, |b| *b == 0);
-            let (Some(app), Some(doc), Some(seq)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            if let Ok(seq) = <[u8; 8]>::try_from(seq) {
-                scan.max_seq = scan.max_seq.max(u64::from_be_bytes(seq));
-            }
-            scan.docs.insert((
-                String::from_utf8_lossy(app).into_owned(),
-                String::from_utf8_lossy(doc).into_owned(),
-            ));
+            scan.add_key(&guard.key()?);
         }
         Ok(scan)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_round_trip_and_bad_bytes_are_corrupt() {
-        for (key, value) in [("k", Some("{\"n\":1}")), ("ключ", None), ("x", Some(""))] {
-            let bytes = encode_record(key, value);
-            let rec = decode_record("d", 7, &bytes).unwrap();
-            assert_eq!(rec.key, key);
-            assert_eq!(rec.value.as_deref(), value);
-            assert_eq!(rec.seq, 7);
-        }
-        for bad in [
-            &[][..],
-            &[1, 9, 0, 0, 0, b'a'],
-            &[2, 0, 0, 0, 0],
-            &[0, 1, 0, 0, 0, b'a', b'b'],
-        ] {
-            assert!(matches!(
-                decode_record("d", 1, bad),
-                Err(Error::Corrupt { .. })
-            ));
-        }
     }
 }

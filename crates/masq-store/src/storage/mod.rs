@@ -5,6 +5,10 @@
 //! lives in one fjall [`Database`](fjall::Database) in separate keyspaces, so that
 //! related writes can go in one atomic [`fjall::OwnedWriteBatch`].
 //!
+//! The core decides what to store ([`masq_core::records::WriteSet`], under the
+//! keys of [`masq_core::layout`]); [`Db::stage`] turns its writes into fjall
+//! batch operations, one keyspace per core [`Table`].
+//!
 //! Architecture invariant: this module knows nothing of Automerge, JSON or the
 //! network. It stores bytes under keys and makes them durable; [`doc_chunks`]
 //! knows the layout of a document's chunks but not what is inside them.
@@ -20,6 +24,7 @@ use std::sync::{Condvar, Mutex};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::error::{Error, Result};
+use masq_core::records::{Table, Write, WriteSet};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -44,19 +49,20 @@ impl std::str::FromStr for Durability {
     }
 }
 
-/// Keyspace names. Changing one is a storage format change.
+/// Keyspace names: the core's [`Table`] names. Changing one is a storage
+/// format change.
 pub mod keyspaces {
-    /// `app \0 doc` → document metadata (chunk counters, tombstone).
-    pub const DOCS: &str = "docs";
-    /// `app \0 doc \0 kind seq` → snapshot or incremental Automerge chunk.
-    pub const CHUNKS: &str = "chunks";
-    /// `app \0 bucket \0 key` → the winning JSON value (materialized KV index).
-    pub const KV: &str = "kv";
-    /// Store-level facts: device identity, peers, sessions, apps (one prefix each).
-    pub const META: &str = "meta";
-    /// `app \0 doc \0 seq` → a local key-value write not yet folded into its
-    /// shard document (see [`kv_pending`](super::kv_pending)).
-    pub const KV_PENDING: &str = "kv_pending";
+    use masq_core::records::Table;
+    /// Document metadata ([`Table::Docs`]).
+    pub const DOCS: &str = Table::Docs.name();
+    /// Document chunks ([`Table::Chunks`]).
+    pub const CHUNKS: &str = Table::Chunks.name();
+    /// The materialized KV index ([`Table::Kv`]).
+    pub const KV: &str = Table::Kv.name();
+    /// Store-level facts ([`Table::Meta`]).
+    pub const META: &str = Table::Meta.name();
+    /// Local key-value writes not yet folded ([`Table::KvPending`]).
+    pub const KV_PENDING: &str = Table::KvPending.name();
 }
 
 /// The store's fjall database and its keyspaces.
@@ -175,6 +181,36 @@ impl Db {
     /// A new empty write batch.
     pub fn batch(&self) -> fjall::OwnedWriteBatch {
         self.db.batch()
+    }
+
+    /// The keyspace that holds one of the core's tables.
+    pub fn keyspace(&self, table: Table) -> &Keyspace {
+        match table {
+            Table::Docs => &self.docs,
+            Table::Chunks => &self.chunks,
+            Table::Kv => &self.kv,
+            Table::Meta => &self.meta,
+            Table::KvPending => &self.kv_pending,
+        }
+    }
+
+    /// Stages the core's `writes` into `batch`, in order. A prefix removal
+    /// is expanded here into the keys stored under the prefix now (the batch
+    /// is committed under the document locks that keep them from changing).
+    pub fn stage(&self, batch: &mut fjall::OwnedWriteBatch, writes: WriteSet) -> Result<()> {
+        for w in writes {
+            match w {
+                Write::Put { table, key, value } => batch.insert(self.keyspace(table), key, value),
+                Write::Remove { table, key } => batch.remove(self.keyspace(table), key),
+                Write::RemovePrefix { table, prefix } => {
+                    let ks = self.keyspace(table);
+                    for guard in ks.prefix(&prefix) {
+                        batch.remove(ks, guard.key()?);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Commits `batch` atomically and returns once it is durable under the

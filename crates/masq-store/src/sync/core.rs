@@ -22,100 +22,18 @@ use crate::store::{Event, Origin, Staged, Store};
 use masq_core::crypto::DeviceId;
 use masq_core::wire::device::{DocMessage, SyncPayload};
 
-/// Largest encoded batch payload: batches are packed under it; a single bigger
-/// sync message is split into fragments by the engine. Well under the relay's frame limit.
-pub const MAX_BATCH_BYTES: usize = 192 * 1024;
-
-/// A sync message carrying at least this many changes sends them as one
-/// Automerge bundle instead (see [`bundle_changes`]).
-pub const BUNDLE_MIN_CHANGES: usize = 4;
-
-type StateKey = (DeviceId, String, DocId);
-
-/// Replaces the change chunks of `msg` by one Automerge bundle of the same
-/// changes, when there are at least [`BUNDLE_MIN_CHANGES`] and the bundle is
-/// smaller.
-///
-/// Automerge's sync protocol sends each change as its own chunk (about 100
-/// bytes for a one-key edit, most of it actor id, dependency hash and
-/// checksum); a bundle encodes a run of changes with the columnar compression
-/// of `save()` (1 000 one-key edits: 101 KB as chunks, 2 KB as a bundle). The
-/// receiver needs nothing new: Automerge hands a message's chunks to
-/// `load_incremental`, which reads bundles too, and recomputes every change's
-/// hash from it. Automerge marks the bundle format experimental, so it is used
-/// only on the wire, never stored, and both ends run the automerge version
-/// pinned in Cargo.lock (the sync payload version is checked strictly).
-/// If anything goes wrong the message keeps its chunks.
-fn bundle_changes(doc: &automerge::Automerge, msg: &mut Message) {
-    // A v1 message has one chunk per change; a v2 message one chunk holding
-    // the change chunks back to back (or a whole document, left alone).
-    let mut hashes = Vec::new();
-    let mut raw_len = 0usize;
-    for data in msg.changes.iter() {
-        raw_len += data.len();
-        let Some(chunks) = split_change_chunks(data) else {
-            return;
-        };
-        for chunk in chunks {
-            match automerge::Change::try_from(chunk) {
-                Ok(c) => hashes.push(c.hash()),
-                Err(_) => return,
-            }
-        }
-    }
-    if hashes.len() < BUNDLE_MIN_CHANGES {
-        return;
-    }
-    if let Ok(bundle) = doc.bundle(hashes) {
-        if bundle.bytes().len() < raw_len {
-            msg.changes = vec![bundle.bytes().to_vec()].into();
-        }
-    }
-}
-
-/// Splits back-to-back Automerge change chunks (each: 4-byte magic, 4-byte
-/// checksum, type byte, LEB128 body length, body). `None` if any chunk is not
-/// an uncompressed change (type 1), e.g. a whole document.
-fn split_change_chunks(mut data: &[u8]) -> Option<Vec<&[u8]>> {
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-    const CHANGE: u8 = 1;
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.get(..4)? != MAGIC || *data.get(8)? != CHANGE {
-            return None;
-        }
-        let (mut len, mut shift, mut pos) = (0usize, 0u32, 9usize);
-        loop {
-            let b = *data.get(pos)?;
-            pos += 1;
-            len |= usize::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 56 {
-                return None;
-            }
-        }
-        let end = pos.checked_add(len)?;
-        out.push(data.get(..end)?);
-        data = &data[end..];
-    }
-    Some(out)
-}
+use masq_core::kv::changed_keys;
+use masq_core::sync::batching::{bundle_changes, pack_batches};
+pub use masq_core::sync::batching::{BUNDLE_MIN_CHANGES, MAX_BATCH_BYTES};
+use masq_core::sync::doc_states::DocStates;
 
 /// Sync states and the logic around them.
 pub struct SyncCore {
     /// The local store.
     store: Store,
-    /// In-memory Automerge sync state per (peer, app, doc).
-    states: HashMap<StateKey, State>,
-    /// Messages received per state so far (progress, for the resync tick).
-    received: HashMap<StateKey, u64>,
-    /// States that were waiting for a reply ("in flight") at the last resync
-    /// tick, with their `received` count then: still waiting at the next tick
-    /// with nothing received in between means a frame was lost.
-    in_flight_at_last_tick: HashMap<StateKey, u64>,
+    /// In-memory Automerge sync state per (peer, app, doc), and when one
+    /// restarts (the core's rules).
+    states: DocStates,
 }
 
 /// What one received batch did.
@@ -132,9 +50,7 @@ impl SyncCore {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            states: HashMap::new(),
-            received: HashMap::new(),
-            in_flight_at_last_tick: HashMap::new(),
+            states: DocStates::new(),
         }
     }
 
@@ -143,56 +59,29 @@ impl SyncCore {
         &self.store
     }
 
+    /// The sync state of (peer, app, doc), loaded from its persisted shared
+    /// heads on first use.
     fn state_mut(&mut self, peer: &DeviceId, app: &str, doc: &DocId) -> Result<&mut State> {
         let key = (*peer, app.to_string(), doc.clone());
-        if !self.states.contains_key(&key) {
-            let st = match peers::sync_state(self.store.db(), peer, app, doc.as_str())? {
-                Some(b) => State::decode(&b).unwrap_or_else(|_| State::new()),
-                None => State::new(),
-            };
-            self.states.insert(key.clone(), st);
-        }
-        self.states
-            .get_mut(&key)
-            .ok_or_else(|| Error::Storage("sync state vanished".into()))
+        let persisted = if self.states.is_loaded(&key) {
+            None
+        } else {
+            peers::sync_state(self.store.db(), peer, app, doc.as_str())?
+        };
+        Ok(self.states.state_mut(key, || persisted))
     }
 
     /// Forgets in-memory states of a peer (on disconnect): the next connect
     /// starts from the persisted shared heads.
     pub fn reset_peer(&mut self, peer: &DeviceId) {
-        self.states.retain(|(p, _, _), _| p != peer);
-        self.received.retain(|(p, _, _), _| p != peer);
-        self.in_flight_at_last_tick.retain(|(p, _, _), _| p != peer);
+        self.states.reset_peer(peer);
     }
 
     /// The periodic resync with a connected peer: every document is offered
-    /// again, and only the states that have waited for a reply since the
-    /// previous tick (a lost frame) restart from the persisted shared heads.
-    ///
-    /// Resetting every state on every tick (as a reconnect does) made each
-    /// tick re-exchange everything in flight: in the peers bench (2 × 100
-    /// edits/s on one document) one tick cost about 25 CPU-seconds and
-    /// pushed the p99 write-to-visible latency from 19 ms to seconds.
+    /// again, and the states that lost a frame restart from the persisted
+    /// shared heads ([`DocStates::on_resync_tick`]).
     pub fn on_resync_tick(&mut self, peer: &DeviceId) -> Result<Vec<SyncPayload>> {
-        let waiting: Vec<(StateKey, u64)> = self
-            .states
-            .iter()
-            .filter(|((p, _, _), st)| p == peer && st.in_flight)
-            .map(|(k, _)| (k.clone(), self.received.get(k).copied().unwrap_or(0)))
-            .collect();
-        let (previous, others): (HashMap<_, _>, HashMap<_, _>) =
-            std::mem::take(&mut self.in_flight_at_last_tick)
-                .into_iter()
-                .partition(|((p, _, _), _)| p == peer);
-        self.in_flight_at_last_tick = others;
-        for (k, received) in waiting {
-            if previous.get(&k) == Some(&received) {
-                // In flight at both ticks, nothing received in between: lost.
-                self.states.remove(&k);
-            } else {
-                self.in_flight_at_last_tick.insert(k, received);
-            }
-        }
+        self.states.on_resync_tick(peer);
         let docs = self.all_docs()?;
         self.generate_batches(peer, &docs)
     }
@@ -232,29 +121,17 @@ impl SyncCore {
         peer: &DeviceId,
         docs: &[(String, DocId)],
     ) -> Result<Vec<SyncPayload>> {
-        let mut out = Vec::new();
-        let mut cur: Vec<DocMessage> = Vec::new();
-        let mut size = 0usize;
+        let mut messages = Vec::new();
         for (app, doc) in docs {
             if let Some(msg) = self.generate(peer, app, doc)? {
-                let m = DocMessage {
+                messages.push(DocMessage {
                     app: app.clone(),
                     doc: doc.to_string(),
                     msg,
-                };
-                let s = SyncPayload::item_size(&m);
-                if !cur.is_empty() && size + s > MAX_BATCH_BYTES {
-                    out.push(SyncPayload::Batch(std::mem::take(&mut cur)));
-                    size = 0;
-                }
-                size += s;
-                cur.push(m);
+                });
             }
         }
-        if !cur.is_empty() {
-            out.push(SyncPayload::Batch(cur));
-        }
-        Ok(out)
+        Ok(pack_batches(messages))
     }
 
     /// A peer became reachable: start from persisted states and offer every document.
@@ -342,23 +219,8 @@ impl SyncCore {
             if !g.kv_pending.is_empty() {
                 crate::kv::pending::fold_into(db, &mut batch, app, doc, &mut g, [])?;
             }
-            let st = {
-                let key = (*peer, app.clone(), doc.clone());
-                if !self.states.contains_key(&key) {
-                    let st = match peers::sync_state(db, peer, app, doc.as_str())? {
-                        Some(b) => State::decode(&b).unwrap_or_else(|_| State::new()),
-                        None => State::new(),
-                    };
-                    self.states.insert(key.clone(), st);
-                }
-                self.states
-                    .get_mut(&key)
-                    .ok_or_else(|| Error::Storage("sync state vanished".into()))?
-            };
-            *self
-                .received
-                .entry((*peer, app.clone(), doc.clone()))
-                .or_insert(0) += 1;
+            self.states.note_received((*peer, app.clone(), doc.clone()));
+            let st = self.state_mut(peer, app, doc)?;
             // Patches are logged while the changes apply (cost proportional to
             // the changes) when someone needs them: catalog and KV shard
             // reindexing, and the app's subscribers. Diffing afterwards walks
@@ -454,34 +316,6 @@ impl SyncCore {
     }
 }
 
-/// Root-map keys that `patches` touch.
-fn changed_keys(patches: &[automerge::Patch]) -> Vec<String> {
-    use automerge::{PatchAction, Prop};
-    let mut keys: Vec<String> = Vec::new();
-    for p in patches.iter().cloned() {
-        if p.obj != automerge::ROOT {
-            if let Some((_, Prop::Map(k))) = p.path.first() {
-                keys.push(k.clone());
-            }
-            continue;
-        }
-        match p.action {
-            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => keys.push(key),
-            PatchAction::Conflict {
-                prop: Prop::Map(key),
-            }
-            | PatchAction::Increment {
-                prop: Prop::Map(key),
-                ..
-            } => keys.push(key),
-            _ => {}
-        }
-    }
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
 impl SyncCore {
     /// Documents whose current heads `peer` has not acknowledged (per the
     /// persisted sync states), as (app, doc).
@@ -509,31 +343,5 @@ impl SyncCore {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod bundle_tests {
-    use super::split_change_chunks;
-    use automerge::transaction::Transactable;
-
-    #[test]
-    fn splits_back_to_back_changes_and_refuses_anything_else() {
-        let mut doc = automerge::Automerge::new();
-        for i in 0..3i64 {
-            doc.transact(|tx| tx.put(automerge::ROOT, "k", i)).unwrap();
-        }
-        let all = doc.save_after(&[]);
-        let chunks = split_change_chunks(&all).unwrap();
-        assert_eq!(chunks.len(), 3);
-        for c in &chunks {
-            automerge::Change::try_from(*c).unwrap();
-        }
-        // Truncated, garbage, and a whole document: refused, no panic.
-        assert!(split_change_chunks(&all[..all.len() - 1]).is_none());
-        assert!(split_change_chunks(&[0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff]).is_none());
-        assert!(split_change_chunks(b"garbage").is_none());
-        assert!(split_change_chunks(&doc.save()).is_none());
-        assert_eq!(split_change_chunks(&[]).unwrap().len(), 0);
     }
 }

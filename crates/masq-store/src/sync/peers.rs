@@ -1,67 +1,28 @@
-//! What a device remembers about itself and its peers, in the store's `meta`
-//! keyspace: its identity key, its name, paired devices, ratchet session state
-//! and per-(peer, document) Automerge sync state.
-//!
-//! Keys (prefix → value):
-//! - `identity` → the 32 secret bytes of this device's X25519 key
-//! - `name` → this device's human name
-//! - `peer/<id 32 bytes>` → [`PeerRecord`] as JSON
-//! - `removed/<id>` → removal time (removed devices are not re-added by introductions)
-//! - `session/<id>` → serialized Double Ratchet session
-//! - `syncstate/<id><app>\0<doc>` → `automerge::sync::State::encode()` bytes
+//! What a device remembers about itself and its peers, read from and written
+//! to the store's `meta` keyspace under the core's layout
+//! ([`masq_core::layout::meta`], which lists the keys): its identity key, its
+//! name, paired devices, ratchet session state and per-(peer, document)
+//! Automerge sync state.
 //!
 //! Architecture invariant: storage of records only — no networking, no crypto
 //! beyond loading/creating the key pair.
 
-use serde::{Deserialize, Serialize};
 use x25519_dalek::PublicKey;
 
 use crate::error::{Error, Result};
 use crate::storage::Db;
 use masq_core::crypto::{DeviceId, DeviceKeypair};
+pub use masq_core::layout::meta::PeerRecord;
+use masq_core::layout::meta::{
+    self as layout, note_prefix, peer_key, peer_of_key, removed_key, session_key, syncstate_key,
+    IDENTITY, NAME, PEER, RELAY_URL,
+};
+use masq_core::records::WriteSet;
 
-const IDENTITY: &[u8] = b"identity";
-const NAME: &[u8] = b"name";
-const PEER: &[u8] = b"peer/";
-const REMOVED: &[u8] = b"removed/";
-const SESSION: &[u8] = b"session/";
-const SYNCSTATE: &[u8] = b"syncstate/";
-
-/// A paired device.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerRecord {
-    /// Its X25519 static public key (hex).
-    pub public_key: String,
-    /// Its human name.
-    pub name: String,
-    /// When it was paired (seconds since the epoch).
-    pub added: i64,
-    /// When it was last seen online (seconds since the epoch, 0 never).
-    pub last_seen: i64,
-}
-
-impl PeerRecord {
-    /// The public key as bytes.
-    pub fn public(&self) -> Result<PublicKey> {
-        let b =
-            hex::decode(&self.public_key).map_err(|e| Error::Storage(format!("peer key: {e}")))?;
-        let arr: [u8; 32] = b
-            .try_into()
-            .map_err(|_| Error::Storage("peer key length".into()))?;
-        Ok(PublicKey::from(arr))
+impl From<layout::BadRecord> for Error {
+    fn from(e: layout::BadRecord) -> Self {
+        Error::Storage(e.to_string())
     }
-
-    /// Its DeviceId.
-    pub fn device_id(&self) -> Result<DeviceId> {
-        Ok(DeviceId::from_public(&self.public()?))
-    }
-}
-
-fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + rest.len());
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(rest);
-    k
 }
 
 /// Seconds since the epoch.
@@ -116,18 +77,18 @@ pub fn peers(db: &Db) -> Result<Vec<(DeviceId, PeerRecord)>> {
     let mut out = Vec::new();
     for g in db.meta.prefix(PEER) {
         let (k, v) = g.into_inner()?;
-        let Ok(id) = <[u8; 32]>::try_from(&k[PEER.len()..]) else {
+        let Some(id) = peer_of_key(&k) else {
             continue;
         };
         let rec: PeerRecord = serde_json::from_slice(&v)?;
-        out.push((DeviceId(id), rec));
+        out.push((id, rec));
     }
     Ok(out)
 }
 
 /// One paired device.
 pub fn peer(db: &Db, id: &DeviceId) -> Result<Option<PeerRecord>> {
-    match db.meta.get(key(PEER, id.as_bytes()))? {
+    match db.meta.get(peer_key(id))? {
         None => Ok(None),
         Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
     }
@@ -135,7 +96,7 @@ pub fn peer(db: &Db, id: &DeviceId) -> Result<Option<PeerRecord>> {
 
 /// Whether a device was removed from this user's set.
 pub fn is_removed(db: &Db, id: &DeviceId) -> Result<bool> {
-    Ok(db.meta.get(key(REMOVED, id.as_bytes()))?.is_some())
+    Ok(db.meta.get(removed_key(id))?.is_some())
 }
 
 /// Stages adding (or updating) a peer.
@@ -145,19 +106,9 @@ pub fn stage_peer(
     public: &PublicKey,
     name: &str,
 ) -> Result<DeviceId> {
-    let id = DeviceId::from_public(public);
-    let rec = PeerRecord {
-        public_key: hex::encode(public.as_bytes()),
-        name: name.to_string(),
-        added: now(),
-        last_seen: 0,
-    };
-    batch.insert(
-        &db.meta,
-        key(PEER, id.as_bytes()),
-        serde_json::to_vec(&rec)?,
-    );
-    batch.remove(&db.meta, key(REMOVED, id.as_bytes()));
+    let mut writes = WriteSet::new();
+    let id = layout::stage_peer(&mut writes, public, name, now())?;
+    db.stage(batch, writes)?;
     Ok(id)
 }
 
@@ -165,12 +116,10 @@ pub fn stage_peer(
 pub fn update_peer(db: &Db, id: &DeviceId, f: impl FnOnce(&mut PeerRecord)) -> Result<()> {
     if let Some(mut rec) = peer(db, id)? {
         f(&mut rec);
+        let mut writes = WriteSet::new();
+        layout::stage_peer_record(&mut writes, id, &rec)?;
         let mut b = db.batch();
-        b.insert(
-            &db.meta,
-            key(PEER, id.as_bytes()),
-            serde_json::to_vec(&rec)?,
-        );
+        db.stage(&mut b, writes)?;
         db.commit(b)?;
     }
     Ok(())
@@ -178,38 +127,19 @@ pub fn update_peer(db: &Db, id: &DeviceId, f: impl FnOnce(&mut PeerRecord)) -> R
 
 /// Stages removal of a peer: its record, session and sync states go; a removal mark stays.
 pub fn stage_remove_peer(db: &Db, batch: &mut fjall::OwnedWriteBatch, id: &DeviceId) -> Result<()> {
-    batch.remove(&db.meta, key(PEER, id.as_bytes()));
-    batch.remove(&db.meta, key(SESSION, id.as_bytes()));
-    batch.insert(
-        &db.meta,
-        key(REMOVED, id.as_bytes()),
-        now().to_be_bytes().to_vec(),
-    );
-    for g in db.meta.prefix(key(SYNCSTATE, id.as_bytes())) {
-        batch.remove(&db.meta, g.key()?);
-    }
-    Ok(())
+    let mut writes = WriteSet::new();
+    layout::stage_remove_peer(&mut writes, id, now());
+    db.stage(batch, writes)
 }
 
 /// The stored ratchet session with a peer, as bytes.
 pub fn session_bytes(db: &Db, id: &DeviceId) -> Result<Option<Vec<u8>>> {
-    Ok(db
-        .meta
-        .get(key(SESSION, id.as_bytes()))?
-        .map(|v| v.to_vec()))
+    Ok(db.meta.get(session_key(id))?.map(|v| v.to_vec()))
 }
 
 /// Stages the ratchet session with a peer.
 pub fn stage_session(db: &Db, batch: &mut fjall::OwnedWriteBatch, id: &DeviceId, bytes: &[u8]) {
-    batch.insert(&db.meta, key(SESSION, id.as_bytes()), bytes);
-}
-
-fn syncstate_key(id: &DeviceId, app: &str, doc: &str) -> Vec<u8> {
-    let mut k = key(SYNCSTATE, id.as_bytes());
-    k.extend_from_slice(app.as_bytes());
-    k.push(0);
-    k.extend_from_slice(doc.as_bytes());
-    k
+    batch.insert(&db.meta, session_key(id), bytes);
 }
 
 /// The persisted sync state for (peer, app, doc).
@@ -232,22 +162,24 @@ pub fn stage_sync_state(
     batch.insert(&db.meta, syncstate_key(id, app, doc), bytes);
 }
 
-const NOTE: &[u8] = b"note/";
-const RELAY_URL: &[u8] = b"relay_url";
-
 /// Queues a payload (encoded [`SyncPayload`](super::wire::SyncPayload)) for a
 /// peer, sent the next time a session with it is ready: introductions of new
 /// devices and removal notices survive restarts this way.
-pub fn stage_note(db: &Db, batch: &mut fjall::OwnedWriteBatch, target: &DeviceId, payload: &[u8]) {
-    let mut k = key(NOTE, target.as_bytes());
-    k.extend_from_slice(&masq_core::crypto::random_bytes::<8>()[..]);
-    batch.insert(&db.meta, k, payload);
+pub fn stage_note(
+    db: &Db,
+    batch: &mut fjall::OwnedWriteBatch,
+    target: &DeviceId,
+    payload: &[u8],
+) -> Result<()> {
+    let mut writes = WriteSet::new();
+    layout::stage_note(&mut writes, target, payload);
+    db.stage(batch, writes)
 }
 
 /// Notes queued for a peer: (key, payload).
 pub fn notes(db: &Db, target: &DeviceId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
-    for g in db.meta.prefix(key(NOTE, target.as_bytes())) {
+    for g in db.meta.prefix(note_prefix(target)) {
         let (k, v) = g.into_inner()?;
         out.push((k.to_vec(), v.to_vec()));
     }

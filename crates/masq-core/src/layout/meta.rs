@@ -1,0 +1,225 @@
+//! What a device remembers about itself and its peers, in [`Table::Meta`]:
+//! its identity key, its name, paired devices, ratchet sessions,
+//! per-(peer, document) Automerge sync state, and notes queued for peers.
+//!
+//! Keys (prefix → value):
+//! - `identity` → the 32 secret bytes of this device's X25519 key
+//! - `name` → this device's human name
+//! - `relay_url` → the relay this device uses
+//! - `peer/<id 32 bytes>` → [`PeerRecord`] as JSON
+//! - `removed/<id>` → removal time, i64 BE seconds (removed devices are not
+//!   re-added by introductions)
+//! - `session/<id>` → serialized Double Ratchet session
+//! - `syncstate/<id><app>\0<doc>` → `automerge::sync::State::encode()` bytes
+//! - `note/<id><8 random bytes>` → an encoded sync payload to send to `id`
+//!   once a session with it is ready
+//!
+//! Architecture invariant: keys and record encodings only; the caller passes
+//! the time (seconds since the epoch) where a record holds one.
+
+use serde::{Deserialize, Serialize};
+use x25519_dalek::PublicKey;
+
+use crate::crypto::DeviceId;
+use crate::records::{Table, WriteSet};
+
+/// Key of this device's secret key.
+pub const IDENTITY: &[u8] = b"identity";
+/// Key of this device's name.
+pub const NAME: &[u8] = b"name";
+/// Key of the relay URL.
+pub const RELAY_URL: &[u8] = b"relay_url";
+/// Prefix of paired devices.
+pub const PEER: &[u8] = b"peer/";
+/// Prefix of removal marks.
+pub const REMOVED: &[u8] = b"removed/";
+/// Prefix of ratchet sessions.
+pub const SESSION: &[u8] = b"session/";
+/// Prefix of sync states.
+pub const SYNCSTATE: &[u8] = b"syncstate/";
+/// Prefix of queued notes.
+pub const NOTE: &[u8] = b"note/";
+
+/// A paired device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Its X25519 static public key (hex).
+    pub public_key: String,
+    /// Its human name.
+    pub name: String,
+    /// When it was paired (seconds since the epoch).
+    pub added: i64,
+    /// When it was last seen online (seconds since the epoch, 0 never).
+    pub last_seen: i64,
+}
+
+/// A stored record that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("stored {what} is malformed")]
+pub struct BadRecord {
+    /// Which record.
+    pub what: &'static str,
+}
+
+impl PeerRecord {
+    /// A record for a device paired now.
+    pub fn new(public: &PublicKey, name: &str, now: i64) -> Self {
+        PeerRecord {
+            public_key: hex::encode(public.as_bytes()),
+            name: name.to_string(),
+            added: now,
+            last_seen: 0,
+        }
+    }
+
+    /// The public key as bytes.
+    pub fn public(&self) -> Result<PublicKey, BadRecord> {
+        let bad = BadRecord { what: "peer key" };
+        let b = hex::decode(&self.public_key).map_err(|_| bad)?;
+        let arr: [u8; 32] = b.try_into().map_err(|_| BadRecord { what: "peer key" })?;
+        Ok(PublicKey::from(arr))
+    }
+
+    /// Its DeviceId.
+    pub fn device_id(&self) -> Result<DeviceId, BadRecord> {
+        Ok(DeviceId::from_public(&self.public()?))
+    }
+}
+
+fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// Key of a paired device's record.
+pub fn peer_key(id: &DeviceId) -> Vec<u8> {
+    key(PEER, id.as_bytes())
+}
+
+/// Key of a device's removal mark.
+pub fn removed_key(id: &DeviceId) -> Vec<u8> {
+    key(REMOVED, id.as_bytes())
+}
+
+/// Key of the ratchet session with a device.
+pub fn session_key(id: &DeviceId) -> Vec<u8> {
+    key(SESSION, id.as_bytes())
+}
+
+/// Prefix of every sync state with a device.
+pub fn syncstate_prefix(id: &DeviceId) -> Vec<u8> {
+    key(SYNCSTATE, id.as_bytes())
+}
+
+/// Key of the sync state of (device, app, doc).
+pub fn syncstate_key(id: &DeviceId, app: &str, doc: &str) -> Vec<u8> {
+    let mut k = syncstate_prefix(id);
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+/// Prefix of the notes queued for a device.
+pub fn note_prefix(id: &DeviceId) -> Vec<u8> {
+    key(NOTE, id.as_bytes())
+}
+
+/// The device a `peer/` record's key names (`None`: not a peer key).
+pub fn peer_of_key(k: &[u8]) -> Option<DeviceId> {
+    let rest = k.strip_prefix(PEER)?;
+    <[u8; 32]>::try_from(rest).ok().map(DeviceId)
+}
+
+/// Stages adding (or updating) a peer, paired at `now`; clears its removal mark.
+pub fn stage_peer(
+    writes: &mut WriteSet,
+    public: &PublicKey,
+    name: &str,
+    now: i64,
+) -> serde_json::Result<DeviceId> {
+    let id = DeviceId::from_public(public);
+    let rec = PeerRecord::new(public, name, now);
+    writes.put(Table::Meta, peer_key(&id), serde_json::to_vec(&rec)?);
+    writes.remove(Table::Meta, removed_key(&id));
+    Ok(id)
+}
+
+/// Stages a changed peer record.
+pub fn stage_peer_record(
+    writes: &mut WriteSet,
+    id: &DeviceId,
+    rec: &PeerRecord,
+) -> serde_json::Result<()> {
+    writes.put(Table::Meta, peer_key(id), serde_json::to_vec(rec)?);
+    Ok(())
+}
+
+/// Stages removal of a peer at `now`: its record, session and sync states
+/// go; a removal mark stays.
+pub fn stage_remove_peer(writes: &mut WriteSet, id: &DeviceId, now: i64) {
+    writes.remove(Table::Meta, peer_key(id));
+    writes.remove(Table::Meta, session_key(id));
+    writes.put(Table::Meta, removed_key(id), now.to_be_bytes().to_vec());
+    writes.remove_prefix(Table::Meta, syncstate_prefix(id));
+}
+
+/// Stages the ratchet session with a peer.
+pub fn stage_session(writes: &mut WriteSet, id: &DeviceId, bytes: &[u8]) {
+    writes.put(Table::Meta, session_key(id), bytes);
+}
+
+/// Stages the sync state for (peer, app, doc).
+pub fn stage_sync_state(writes: &mut WriteSet, id: &DeviceId, app: &str, doc: &str, bytes: &[u8]) {
+    writes.put(Table::Meta, syncstate_key(id, app, doc), bytes);
+}
+
+/// Stages a note (an encoded sync payload) for `target`, under a fresh
+/// random key so notes never replace each other.
+pub fn stage_note(writes: &mut WriteSet, target: &DeviceId, payload: &[u8]) {
+    let mut k = note_prefix(target);
+    k.extend_from_slice(&crate::crypto::random_bytes::<8>()[..]);
+    writes.put(Table::Meta, k, payload);
+}
+
+/// Stages removal of a sent note.
+pub fn stage_remove_note(writes: &mut WriteSet, note_key: &[u8]) {
+    writes.remove(Table::Meta, note_key.to_vec());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Write;
+
+    #[test]
+    fn keys_are_pinned_and_a_removal_drops_everything_of_the_peer() {
+        let public = PublicKey::from([9u8; 32]);
+        let mut w = WriteSet::new();
+        let id = stage_peer(&mut w, &public, "laptop", 100).unwrap();
+        assert_eq!(peer_of_key(&peer_key(&id)), Some(id));
+        assert_eq!(&syncstate_key(&id, "a", "d")[..10], b"syncstate/");
+        assert!(syncstate_key(&id, "a", "d").ends_with(b"a\0d"));
+        let rec = PeerRecord::new(&public, "laptop", 100);
+        assert_eq!(rec.device_id().unwrap(), id);
+        let mut w = WriteSet::new();
+        stage_remove_peer(&mut w, &id, 7);
+        let writes: Vec<Write> = w.into_iter().collect();
+        assert!(writes.contains(&Write::Put {
+            table: Table::Meta,
+            key: removed_key(&id),
+            value: 7i64.to_be_bytes().to_vec()
+        }));
+        assert!(writes.contains(&Write::RemovePrefix {
+            table: Table::Meta,
+            prefix: syncstate_prefix(&id)
+        }));
+        let bad = PeerRecord {
+            public_key: "zz".into(),
+            ..rec
+        };
+        assert!(bad.public().is_err());
+    }
+}

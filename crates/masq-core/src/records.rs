@@ -1,0 +1,182 @@
+//! Abstract persistence: the tables every masq store keeps, and writes to
+//! them as data.
+//!
+//! The core never touches a disk. Where it decides what to store, it appends
+//! [`Write`]s to a [`WriteSet`]; the shell commits a whole set atomically and
+//! durably (the native store: one fjall batch, its keyspaces named by
+//! [`Table::name`]; the browser: one IndexedDB transaction, one object store
+//! per table). What a write set means is fixed here, so both shells store the
+//! same records under the same keys.
+//!
+//! Architecture invariant: a write set is applied whole or not at all, and in
+//! order (a later write to the same key wins). Nothing here reads; functions
+//! that need stored data take it as arguments, read by the shell.
+
+/// A table of the store. Changing a name is a storage format change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `app \0 doc` → document metadata
+    /// ([`DocMeta`](crate::layout::doc_chunks::DocMeta)).
+    Docs,
+    /// `app \0 doc \0 kind seq` → snapshot or incremental Automerge chunk
+    /// ([`layout::doc_chunks`](crate::layout::doc_chunks)).
+    Chunks,
+    /// `app \0 bucket \0 key` → the winning JSON value (materialized KV index,
+    /// [`layout::kv_index`](crate::layout::kv_index)).
+    Kv,
+    /// Store-level facts: device identity, peers, sessions, sync states
+    /// (one prefix each, [`layout::meta`](crate::layout::meta)).
+    Meta,
+    /// `app \0 doc \0 seq` → a local key-value write not yet folded into its
+    /// shard document ([`layout::kv_pending`](crate::layout::kv_pending)).
+    KvPending,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 5] = [
+        Table::Docs,
+        Table::Chunks,
+        Table::Kv,
+        Table::Meta,
+        Table::KvPending,
+    ];
+
+    /// The table's stored name (fjall keyspace, IndexedDB object store).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Docs => "docs",
+            Table::Chunks => "chunks",
+            Table::Kv => "kv",
+            Table::Meta => "meta",
+            Table::KvPending => "kv_pending",
+        }
+    }
+}
+
+/// One write to a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Store `value` under `key` (replacing what was there).
+    Put {
+        /// The table.
+        table: Table,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (nothing if absent).
+    Remove {
+        /// The table.
+        table: Table,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Remove every key that starts with `prefix`, as stored when the set is
+    /// applied. The shell expands it (a range scan, an IndexedDB key range).
+    RemovePrefix {
+        /// The table.
+        table: Table,
+        /// The prefix.
+        prefix: Vec<u8>,
+    },
+}
+
+/// Writes that go to storage together, atomically and in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteSet {
+    /// The writes, in order.
+    writes: Vec<Write>,
+}
+
+impl WriteSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a put.
+    pub fn put(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.push(Write::Put {
+            table,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Appends a removal.
+    pub fn remove(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        self.writes.push(Write::Remove {
+            table,
+            key: key.into(),
+        });
+    }
+
+    /// Appends the removal of every key under `prefix`.
+    pub fn remove_prefix(&mut self, table: Table, prefix: impl Into<Vec<u8>>) {
+        self.writes.push(Write::RemovePrefix {
+            table,
+            prefix: prefix.into(),
+        });
+    }
+
+    /// Appends every write of `other`, after this set's own.
+    pub fn append(&mut self, other: WriteSet) {
+        self.writes.extend(other.writes);
+    }
+
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether the set holds no write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The writes, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Write> {
+        self.writes.iter()
+    }
+}
+
+impl IntoIterator for WriteSet {
+    type Item = Write;
+    type IntoIter = std::vec::IntoIter<Write>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.writes.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_the_stored_keyspace_names() {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, ["docs", "chunks", "kv", "meta", "kv_pending"]);
+    }
+
+    #[test]
+    fn a_set_keeps_its_order() {
+        let mut a = WriteSet::new();
+        a.put(Table::Kv, b"k".to_vec(), b"1".to_vec());
+        let mut b = WriteSet::new();
+        b.remove(Table::Kv, b"k".to_vec());
+        b.remove_prefix(Table::Chunks, b"p".to_vec());
+        a.append(b);
+        assert_eq!(a.len(), 3);
+        let kinds: Vec<_> = a
+            .into_iter()
+            .map(|w| match w {
+                Write::Put { .. } => 'p',
+                Write::Remove { .. } => 'r',
+                Write::RemovePrefix { .. } => 'x',
+            })
+            .collect();
+        assert_eq!(kinds, ['p', 'r', 'x']);
+    }
+}
