@@ -148,6 +148,10 @@ struct DocCache {
     bytes: usize,
     /// The budget.
     budget: usize,
+    /// Counts removals (evictions and forgets). A miss loads from disk
+    /// outside the cache mutex; if a removal happened meanwhile, what it
+    /// loaded may predate a commit of the removed copy, so it loads again.
+    removals: u64,
 }
 
 impl DocCache {
@@ -162,6 +166,7 @@ impl DocCache {
                 continue;
             }
             self.bytes = self.bytes.saturating_sub(cost);
+            self.removals += 1;
         }
         for (k, v) in skipped {
             self.lru.put(k, v);
@@ -256,6 +261,56 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     }
 }
 
+/// Loads of one document outside the cache mutex that [`Store::doc_handle`]
+/// tries before it loads under the mutex (see there).
+const MAX_UNLOCKED_LOADS: usize = 3;
+
+/// Documents to be locked together, in the store's one lock order: by app,
+/// then the app's catalog shards before its other documents, each group by
+/// id. Every writer that holds more than one document lock at a time takes
+/// them through [`DocSet::lock`], so two writers never wait for each other in
+/// a cycle; nobody sorts by hand.
+pub(crate) struct DocSet {
+    /// (app, id, handle), in lock order, each document once.
+    entries: Vec<(String, DocId, DocHandle)>,
+}
+
+/// One locked document of a [`DocSet`].
+pub(crate) struct LockedDoc<'a> {
+    /// Its app.
+    pub app: &'a str,
+    /// Its id.
+    pub id: &'a DocId,
+    /// The lock.
+    pub guard: MutexGuard<'a, LoadedDoc>,
+}
+
+impl DocSet {
+    /// Locks every document, in order.
+    pub(crate) fn lock(&self) -> Result<Vec<LockedDoc<'_>>> {
+        self.entries
+            .iter()
+            .map(|(app, id, h)| {
+                h.lock()
+                    .map(|guard| LockedDoc { app, id, guard })
+                    .map_err(|_| Error::Storage("lock poisoned".into()))
+            })
+            .collect()
+    }
+}
+
+/// Takes the document `id` out of a locked set.
+pub(crate) fn take_locked<'a>(
+    locked: &mut Vec<LockedDoc<'a>>,
+    id: &DocId,
+) -> Result<LockedDoc<'a>> {
+    let pos = locked
+        .iter()
+        .position(|l| l.id == id)
+        .ok_or_else(|| Error::Storage(format!("document {id} is not in the locked set")))?;
+    Ok(locked.remove(pos))
+}
+
 /// One document's part in a write: its handle, locked, and its heads before.
 pub(crate) struct Staged<'a> {
     pub app: String,
@@ -291,6 +346,7 @@ impl Store {
                 lru: LruCache::unbounded(),
                 bytes: 0,
                 budget: opts.cache_bytes,
+                removals: 0,
             }),
             actor: ActorId::random(),
             events: Mutex::new(HashMap::new()),
@@ -451,23 +507,74 @@ impl Store {
     }
 
     /// Returns the handle of a document, loading it from disk on a miss.
+    ///
+    /// The load runs outside the cache mutex, so a slow load (a large
+    /// document, a cold disk) never stalls every other document's lookup.
+    /// Two loads of one document race harmlessly: the first to insert wins
+    /// and the other copy is dropped. A copy loaded while any document was
+    /// removed from the cache (an eviction, a failed commit's forget) may
+    /// predate a commit made through the removed handle, so it is loaded
+    /// again; after [`MAX_UNLOCKED_LOADS`] such tries the load runs under the
+    /// mutex, as nothing can then change underneath.
     pub(crate) fn doc_handle(&self, app: &str, id: &DocId) -> Result<DocHandle> {
         let key = (app.to_string(), id.clone());
-        let mut cache = self
-            .inner
-            .cache
-            .lock()
-            .map_err(|_| Error::Storage("cache lock poisoned".into()))?;
+        let lock_cache = || {
+            self.inner
+                .cache
+                .lock()
+                .map_err(|_| Error::Storage("cache lock poisoned".into()))
+        };
+        for _ in 0..MAX_UNLOCKED_LOADS {
+            let removals = {
+                let mut cache = lock_cache()?;
+                if let Some((h, _)) = cache.lru.get(&key) {
+                    return Ok(h.clone());
+                }
+                cache.removals
+            };
+            let loaded = self.load_from_disk(app, id)?;
+            let mut cache = lock_cache()?;
+            if let Some((h, _)) = cache.lru.get(&key) {
+                return Ok(h.clone());
+            }
+            if cache.removals == removals {
+                return Ok(Self::insert_loaded(&mut cache, key, loaded));
+            }
+        }
+        let mut cache = lock_cache()?;
         if let Some((h, _)) = cache.lru.get(&key) {
             return Ok(h.clone());
         }
         let loaded = self.load_from_disk(app, id)?;
+        Ok(Self::insert_loaded(&mut cache, key, loaded))
+    }
+
+    fn insert_loaded(cache: &mut DocCache, key: DocKey, loaded: LoadedDoc) -> DocHandle {
         let cost = MEMORY_PER_DOC + loaded.meta.stored_bytes() as usize * MEMORY_PER_STORED_BYTE;
         let h = Arc::new(Mutex::new(loaded));
         cache.lru.put(key, (h.clone(), cost));
         cache.bytes += cost;
         cache.evict();
-        Ok(h)
+        h
+    }
+
+    /// Handles of `docs` in the store's one lock order (see [`DocSet`]),
+    /// each once. Loading happens here, before any document lock is taken.
+    pub(crate) fn doc_set(
+        &self,
+        docs: impl IntoIterator<Item = (String, DocId)>,
+    ) -> Result<DocSet> {
+        let mut keys: Vec<(String, bool, DocId)> = docs
+            .into_iter()
+            .map(|(app, id)| (app, !crate::doc::is_catalog(&id), id))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let entries = keys
+            .into_iter()
+            .map(|(app, _, id)| self.doc_handle(&app, &id).map(|h| (app, id, h)))
+            .collect::<Result<_>>()?;
+        Ok(DocSet { entries })
     }
 
     fn load_from_disk(&self, app: &str, id: &DocId) -> Result<LoadedDoc> {
@@ -505,6 +612,7 @@ impl Store {
         if let Ok(mut c) = self.inner.cache.lock() {
             if let Some((_, cost)) = c.lru.pop(&(app.to_string(), id.clone())) {
                 c.bytes = c.bytes.saturating_sub(cost);
+                c.removals += 1;
             }
         }
     }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 pub use ops::ChangeOp;
 
 use crate::error::{Error, Result};
-use crate::store::{App, Event, Origin, Staged};
+use crate::store::{take_locked, App, DocSet, Event, LockedDoc, Origin, Staged};
 
 /// Largest Automerge file accepted by [`Docs::import`].
 pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
@@ -96,14 +96,10 @@ impl Docs {
     pub fn create_with(&self, ops: &[ChangeOp], message: Option<&str>) -> Result<DocId> {
         let id = DocId::random();
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
-        let doc_h = store.doc_handle(self.app_name(), &id)?;
-        let mut cat = cat_h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
-        let mut doc = doc_h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let set = self.catalog_and(&id)?;
+        let mut locked = set.lock()?;
+        let LockedDoc { guard: mut cat, .. } = take_locked(&mut locked, &DocId::catalog_for(&id))?;
+        let LockedDoc { guard: mut doc, .. } = take_locked(&mut locked, &id)?;
         let cat_before = cat.doc.get_heads();
         let doc_before = doc.doc.get_heads();
         let msg = message.unwrap_or("create").to_string();
@@ -165,6 +161,13 @@ impl Docs {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// A document and its catalog shard, to be locked together.
+    fn catalog_and(&self, id: &DocId) -> Result<DocSet> {
+        let app = self.app_name().to_string();
+        self.store()
+            .doc_set([(app.clone(), DocId::catalog_for(id)), (app, id.clone())])
     }
 
     /// Locks a user document that must exist (and not be deleted).
@@ -259,6 +262,10 @@ impl Docs {
         let mut g = h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        if !g.exists {
+            // Deleted while this waited for the lock (see `delete`).
+            return Err(Error::DocDeleted(id.to_string()));
+        }
         let before = g.doc.get_heads();
         let opts = || {
             let mut o = automerge::transaction::CommitOptions::default().with_time(now_secs());
@@ -322,10 +329,16 @@ impl Docs {
     pub fn delete(&self, id: &DocId) -> Result<()> {
         self.existing(id)?;
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(id))?;
-        let mut cat = cat_h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        // The document is locked too, so a change in progress either
+        // commits before the deletion or finds it deleted (`transact`
+        // checks `exists` under the lock), never writing after it.
+        let set = self.catalog_and(id)?;
+        let mut locked = set.lock()?;
+        let LockedDoc { guard: mut cat, .. } = take_locked(&mut locked, &DocId::catalog_for(id))?;
+        let LockedDoc { guard: mut doc, .. } = take_locked(&mut locked, id)?;
+        if !doc.exists {
+            return Err(Error::DocDeleted(id.to_string()));
+        }
         let before = cat.doc.get_heads();
         cat.doc
             .transact_with(
@@ -345,6 +358,11 @@ impl Docs {
             patches: None,
         }];
         store.commit_docs(batch, staged, &Origin::Local)?;
+        // Handles still held elsewhere see the document gone.
+        doc.exists = false;
+        doc.doc = Automerge::new();
+        doc.meta = Default::default();
+        drop(doc);
         store.forget(self.app_name(), id);
         store.publish(
             self.app_name(),
@@ -381,14 +399,10 @@ impl Docs {
         })?;
         let id = DocId::random();
         let store = self.store();
-        let cat_h = store.doc_handle(self.app_name(), &DocId::catalog_for(&id))?;
-        let doc_h = store.doc_handle(self.app_name(), &id)?;
-        let mut cat = cat_h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
-        let mut doc = doc_h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        let set = self.catalog_and(&id)?;
+        let mut locked = set.lock()?;
+        let LockedDoc { guard: mut cat, .. } = take_locked(&mut locked, &DocId::catalog_for(&id))?;
+        let LockedDoc { guard: mut doc, .. } = take_locked(&mut locked, &id)?;
         let cat_before = cat.doc.get_heads();
         let changes = incoming.get_changes(&[]);
         doc.doc.apply_changes(changes)?;

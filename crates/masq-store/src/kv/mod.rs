@@ -24,7 +24,7 @@
 
 pub mod pending;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::Automerge;
 use masq_core::records::WriteSet;
@@ -34,7 +34,7 @@ use crate::doc::{catalog_entry, put_catalog_entry, DocId, Filter, Subscription, 
 use crate::error::{Error, Result};
 use crate::storage::kv_pending::PendingRecord;
 use crate::storage::Db;
-use crate::store::{App, Event, Origin, Staged};
+use crate::store::{take_locked, App, Event, LockedDoc, Origin, Staged};
 pub use pending::MAX_PENDING_PER_SHARD;
 
 pub use masq_core::kv::{
@@ -126,43 +126,37 @@ impl Bucket {
         }
         let store = &self.app.store;
         let app = self.app.name.as_str();
-        let handles: Vec<(DocId, _)> = by_shard
-            .keys()
-            .map(|s| {
-                let id = shard_doc(&self.name, *s);
-                store.doc_handle(app, &id).map(|h| (id, h))
-            })
-            .collect::<Result<_>>()?;
-        // Lock order: catalog first (only if a shard is new), then shards in order.
-        let new_shard = handles
-            .iter()
-            .map(|(_, h)| h.lock().map(|g| !g.exists))
-            .collect::<std::result::Result<Vec<bool>, _>>()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?
-            .into_iter()
-            .any(|b| b);
-        // Catalog shards that must list a new KV shard, in id order (lock order).
-        let mut cats: std::collections::BTreeMap<DocId, Vec<DocId>> =
-            std::collections::BTreeMap::new();
-        if new_shard {
-            for (id, _) in &handles {
-                cats.entry(DocId::catalog_for(id))
-                    .or_default()
-                    .push(id.clone());
-            }
-        }
-        let cat_handles: Vec<(DocId, Vec<DocId>, crate::store::DocHandle)> = cats
-            .into_iter()
-            .map(|(c, ids)| store.doc_handle(app, &c).map(|h| (c, ids, h)))
-            .collect::<Result<_>>()?;
-        let mut staged: Vec<Staged<'_>> = Vec::new();
-        for (cat_id, ids, h) in &cat_handles {
-            let mut cat = h
+        let shard_ids: Vec<DocId> = by_shard.keys().map(|s| shard_doc(&self.name, *s)).collect();
+        // Whether a shard is new (looked at one at a time, never two locks
+        // at once): then the catalog must list it, in the same batch.
+        let mut new_shard = false;
+        for id in &shard_ids {
+            let h = store.doc_handle(app, id)?;
+            let exists = h
                 .lock()
-                .map_err(|_| Error::Storage("lock poisoned".into()))?;
-            let before = cat.doc.get_heads();
-            let missing: Vec<&DocId> = ids
+                .map_err(|_| Error::Storage("lock poisoned".into()))?
+                .exists;
+            new_shard |= !exists;
+        }
+        let cat_ids: BTreeSet<DocId> = if new_shard {
+            shard_ids.iter().map(DocId::catalog_for).collect()
+        } else {
+            BTreeSet::new()
+        };
+        let set = store.doc_set(
+            cat_ids
                 .iter()
+                .chain(&shard_ids)
+                .map(|id| (app.to_string(), id.clone())),
+        )?;
+        let mut locked = set.lock()?;
+        let mut staged: Vec<Staged<'_>> = Vec::new();
+        for cat_id in &cat_ids {
+            let LockedDoc { guard: mut cat, .. } = take_locked(&mut locked, cat_id)?;
+            let before = cat.doc.get_heads();
+            let missing: Vec<&DocId> = shard_ids
+                .iter()
+                .filter(|id| DocId::catalog_for(id) == *cat_id)
                 .filter(|id| catalog_entry(&cat.doc, id.as_str()).is_none())
                 .collect();
             if !missing.is_empty() {
@@ -187,14 +181,14 @@ impl Bucket {
         let mut batch = db.batch();
         // Shards whose writes wait for the folder (see `pending`).
         let mut deferred: Vec<&DocId> = Vec::new();
-        for ((id, h), (_, items)) in handles.iter().zip(by_shard.iter()) {
-            let mut g = match h.lock() {
-                Ok(g) => g,
-                Err(_) => {
+        for (id, (_, items)) in shard_ids.iter().zip(by_shard.iter()) {
+            let LockedDoc { guard: mut g, .. } = match take_locked(&mut locked, id) {
+                Ok(l) => l,
+                Err(e) => {
                     for s in &staged {
                         store.forget(&s.app, &s.id);
                     }
-                    return Err(Error::Storage("lock poisoned".into()));
+                    return Err(e);
                 }
             };
             let before = g.doc.get_heads();

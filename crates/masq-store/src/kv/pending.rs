@@ -32,9 +32,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::doc::DocId;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::storage::Db;
-use crate::store::{LoadedDoc, Origin, Staged, Store};
+use crate::store::{LoadedDoc, LockedDoc, Origin, Staged, Store};
 
 pub use masq_core::kv::MAX_PENDING_PER_SHARD;
 /// Most shard documents one fold round locks and commits in one batch. Small,
@@ -63,8 +63,8 @@ pub(crate) fn fold_into<'e>(
 }
 
 /// Folds the pending writes of `docs` (those that have any), committing up to
-/// [`FOLD_DOCS_PER_BATCH`] documents per batch. Locks are taken in (app, id)
-/// order, the order every other writer uses. The batches are enqueued back to
+/// [`FOLD_DOCS_PER_BATCH`] documents per batch, each batch's documents locked
+/// together through [`Store::doc_set`] (the one lock order). The batches are enqueued back to
 /// back and waited for at the end, so they share group commits instead of
 /// paying one fsync each.
 pub(crate) fn fold_docs(store: &Store, mut docs: Vec<(String, DocId)>) -> Result<()> {
@@ -89,16 +89,15 @@ fn fold_docs_enqueue(
 ) -> Result<()> {
     let db = store.db();
     for chunk in docs.chunks(FOLD_DOCS_PER_BATCH) {
-        let handles = chunk
-            .iter()
-            .map(|(app, id)| store.doc_handle(app, id).map(|h| (app, id, h)))
-            .collect::<Result<Vec<_>>>()?;
+        let set = store.doc_set(chunk.iter().cloned())?;
         let mut batch = db.batch();
         let mut staged: Vec<Staged<'_>> = Vec::new();
-        for (app, id, h) in &handles {
-            let mut g = h
-                .lock()
-                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        for LockedDoc {
+            app,
+            id,
+            guard: mut g,
+        } in set.lock()?
+        {
             if g.kv_pending.is_empty() {
                 continue;
             }
@@ -113,7 +112,7 @@ fn fold_docs_enqueue(
             }
             staged.push(Staged {
                 app: app.to_string(),
-                id: (*id).clone(),
+                id: id.clone(),
                 guard: g,
                 before,
                 patches: None,

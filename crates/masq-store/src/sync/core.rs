@@ -18,7 +18,7 @@ use super::peers;
 use crate::doc::{catalog_entry, is_internal, DocId, CATALOG_DELETED};
 use crate::error::{Error, Result};
 use crate::kv::{bucket_of_shard, stage_reindex};
-use crate::store::{Event, Origin, Staged, Store};
+use crate::store::{Event, LockedDoc, Origin, Staged, Store};
 use masq_core::crypto::DeviceId;
 use masq_core::wire::device::{DocMessage, SyncPayload};
 
@@ -188,24 +188,27 @@ impl SyncCore {
             }
         }
         sorted.retain(|(app, _, doc), _| !deleted_here.contains(&(app.clone(), doc.clone())));
-        let handles: Vec<_> = sorted
-            .keys()
-            .map(|(app, _, doc)| {
-                store
-                    .doc_handle(app, doc)
-                    .map(|h| (app.clone(), doc.clone(), h))
-            })
-            .collect::<Result<_>>()?;
+        let mut messages: HashMap<(String, DocId), Message> = sorted
+            .into_iter()
+            .map(|((app, _, doc), m)| ((app, doc), m))
+            .collect();
+        let set = store.doc_set(messages.keys().cloned())?;
         let mut staged: Vec<Staged<'_>> = Vec::new();
         let mut batch = db.batch();
         let mut kv_events: Vec<(String, Event)> = Vec::new();
         let mut deleted: Vec<(String, DocId)> = Vec::new();
         let mut tombstones: HashMap<String, Vec<String>> = HashMap::new();
         let origin = Origin::Remote(peer.to_string());
-        for ((app, doc, h), msg) in handles.iter().zip(sorted.into_values()) {
-            let mut g = h
-                .lock()
-                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        for LockedDoc {
+            app,
+            id: doc,
+            guard: mut g,
+        } in set.lock()?
+        {
+            let app = &app.to_string();
+            let Some(msg) = messages.remove(&(app.clone(), doc.clone())) else {
+                continue;
+            };
             if tombstones
                 .get(app)
                 .map(|t| t.iter().any(|d| d == doc.as_str()))
