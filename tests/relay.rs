@@ -582,3 +582,19 @@ async fn a_device_is_reachable_as_soon_as_it_is_authenticated() {
         }
     }
 }
+
+/// Built without the `cluster` feature, `masq relay --cluster URL` exits at
+/// once with a message that says how to build it in (instead of running
+/// unclustered, which would split the user's devices between nodes).
+#[cfg(not(feature = "cluster"))]
+#[test]
+fn cluster_without_the_feature_is_refused_clearly() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_masq"))
+        .args(["relay", "--listen", "127.0.0.1:0"])
+        .args(["--cluster", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features cluster"), "{err}");
+}

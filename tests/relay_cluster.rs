@@ -7,6 +7,11 @@
 //!
 //! Needs `redis-server` (Debian's package; `.ci/run` installs it). Without
 //! it the tests say so and pass, unless `CI` is set.
+//!
+//! Built only with the `cluster` feature (`cargo test --release --features
+//! cluster`, as `.ci/run` does); without it, `relay.rs` checks that
+//! `--cluster` is refused with a clear message.
+#![cfg(feature = "cluster")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

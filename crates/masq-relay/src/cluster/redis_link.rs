@@ -1,23 +1,5 @@
-//! Several relay nodes acting as one, over Redis pub/sub (`masq relay
-//! --cluster redis://HOST:PORT`). No home-made cluster protocol, and nothing
-//! stored in Redis but presence keys that expire.
-//!
-//! Channels and keys (all prefixed `masq:`):
-//! - `masq:dev:<device hex>`: the node holding a device's connection is
-//!   subscribed. Messages: `0 ‖ frame` (a frame to push to the device as is,
-//!   e.g. an `Undeliverable` answer), `2 ‖ msg id(8) ‖ Deliver frame` (another
-//!   device's message: this node applies the recipient's allow list and
-//!   queue shares, and publishes a refusal back on the sender's channel as
-//!   `0 ‖ Undeliverable`), or `1 ‖ node id` (a newer connection of this device
-//!   opened on that node: any other node closes its own, as one relay does).
-//!   A `PUBLISH` that reached nobody means the device is offline everywhere.
-//! - `masq:presence`: every node is subscribed; `device(32) ‖ online(1) ‖ node id`.
-//! - `masq:presence:<device hex>` = node id, expiring after
-//!   [`PRESENCE_TTL`] unless the node refreshes it; read when a device
-//!   subscribes to the presence of devices held by other nodes.
-//! - `masq:slot:<slot hex>` (counter, expires with the rendezvous TTL) and the
-//!   channel of the same name: pairing rendezvous across nodes. Messages:
-//!   `kind(1) ‖ member tag(24) ‖ data` (0 joined, 1 data, 2 left).
+//! The Redis link of a clustered relay node (the `cluster` feature): the
+//! channel layout is described in [`super`].
 //!
 //! Architecture invariant: this module knows Redis and the channel layout; it
 //! never touches the relay's connection table. It hands frames for local
@@ -35,6 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use masq_core::crypto::DeviceId;
 use masq_core::wire::relay_frame::{codes, Frame};
+
+use super::{Inbound, RemoteSend};
 
 /// How long a node's claim that a device is online lives without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
@@ -62,7 +46,7 @@ pub const INBOUND_QUEUE: usize = 65_536;
 /// unsubscribe when it closes) plus two per rendezvous slot it opens, so a
 /// relay within its connection limit never reaches this bound; past it a
 /// command is dropped with a warning.
-pub const SUBSCRIPTION_QUEUE: usize = 4 * super::config::MAX_CONNECTIONS;
+pub const SUBSCRIPTION_QUEUE: usize = 4 * crate::config::MAX_CONNECTIONS;
 /// Device payload bytes waiting for Redis; past this, the connections that
 /// send stop being read until Redis catches up (backpressure, no drops), so a
 /// node's memory stays bounded when Redis is slower than its devices.
@@ -74,59 +58,6 @@ const KIND_SEND: u8 = 2;
 const SLOT_JOINED: u8 = 0;
 const SLOT_DATA: u8 = 1;
 const SLOT_LEFT: u8 = 2;
-
-/// What the cluster asks the local server to do.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A message for a device on this node: deliver it if the device
-    /// allows `from` and has room, else answer `from` with a refusal.
-    Deliver {
-        /// The recipient.
-        device: DeviceId,
-        /// The sender (as in the `Deliver` frame).
-        from: DeviceId,
-        /// The sender's message id (for the refusal).
-        msg_id: u64,
-        /// The encoded `Deliver` frame.
-        frame: Vec<u8>,
-    },
-    /// The presence of `id` for one connection that asked (Subscribe).
-    PresenceTo {
-        /// The watcher.
-        device: DeviceId,
-        /// Its connection.
-        conn_id: u64,
-        /// The watched device.
-        id: DeviceId,
-        /// Whether it is online.
-        online: bool,
-    },
-    /// Push `frame` to the device's current connection on this node.
-    ToDevice {
-        /// The device.
-        device: DeviceId,
-        /// Encoded frame.
-        frame: Vec<u8>,
-    },
-    /// Push `frame` to one connection (if it is still the device's current one).
-    ToConn {
-        /// The device.
-        device: DeviceId,
-        /// Its connection.
-        conn_id: u64,
-        /// Encoded frame.
-        frame: Vec<u8>,
-    },
-    /// Another node now holds the device: close the local connection.
-    Claimed(DeviceId),
-    /// A device came online or went offline on another node.
-    Presence {
-        /// The device.
-        device: DeviceId,
-        /// Whether it is online now.
-        online: bool,
-    },
-}
 
 enum SubCmd {
     /// Subscribe; the sender (if any) hears when Redis has confirmed it.
@@ -142,20 +73,6 @@ struct Publish {
     /// Bytes counted in `Cluster::queued` for it (0: small control messages
     /// sent from background tasks, not counted).
     counted: usize,
-}
-
-/// A device's message for a device on another node, waiting to be published.
-pub struct RemoteSend {
-    /// The recipient.
-    pub to: DeviceId,
-    /// The sender.
-    pub from: DeviceId,
-    /// The sender's message id.
-    pub msg_id: u64,
-    /// The encoded frame for it (`Deliver`).
-    pub frame: Vec<u8>,
-    /// Sent back to the server if no node holds the recipient.
-    pub if_offline: Inbound,
 }
 
 /// A rendezvous member on this node: (device, connection).
