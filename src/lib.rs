@@ -9,7 +9,21 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
-pub mod api;
+/// The app protocol (from [`masq_core::api`]), run against a native store.
+pub mod api {
+    pub use masq_core::api::*;
+    /// The data executor over a native store's [`App`](crate::App).
+    pub mod execute {
+        pub use masq_core::api::execute::{op_name, DataApi, ListOptions};
+        /// What a data request produced, for a native store.
+        pub type Outcome = masq_core::api::Outcome<crate::doc::Subscription>;
+        /// Executes a data request in `app` (see [`masq_core::api::execute`]).
+        pub fn execute(app: &crate::App, req: super::Request) -> Result<Outcome, super::ApiError> {
+            masq_core::api::execute(app, req)
+        }
+    }
+    pub use execute::execute;
+}
 pub mod client;
 pub use masq_core::crypto;
 pub use masq_relay as relay;

@@ -53,6 +53,17 @@ pub const DEFAULT_LIST_LIMIT: usize = 1000;
 /// memory, and makes writers slow down when folding falls behind.
 pub const MAX_PENDING_PER_SHARD: usize = 256;
 
+/// Options of a bucket's `list`.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Only keys strictly after this one (for paging).
+    pub start_after: Option<String>,
+    /// At most this many entries (capped at [`MAX_LIST_LIMIT`]; default 1000).
+    pub limit: Option<usize>,
+}
+
 /// Which shard a key lives in.
 pub fn shard_of(key: &str) -> usize {
     blake3::hash(key.as_bytes()).as_bytes()[0] as usize % SHARDS

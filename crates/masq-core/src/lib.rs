@@ -1,6 +1,8 @@
 //! masq-core: the protocol and data logic every masq device runs, native
 //! store or browser page.
 //!
+//! - [`api`]: the app protocol's requests, answers and events, and the data
+//!   executor every store answers through ([`api::DataApi`]).
 //! - [`crypto`]: identities, KDFs, handshake, Double Ratchet, envelopes, the
 //!   pairing channel.
 //! - [`wire`]: every byte format: relay frames, device payloads, invites.
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod crypto;
 pub mod doc;
 pub mod kv;

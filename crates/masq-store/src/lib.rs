@@ -12,12 +12,15 @@
 //! - [`sync`]: paired devices, sessions and sync states in the database, and
 //!   `SyncCore`, the Automerge sync protocol over this store's documents.
 //! - [`error`]: the store's error type, whose codes the app protocol uses.
+//! - [`data_api`]: the store as the core's `DataApi`, so app requests run
+//!   through the core's one executor.
 //!
-//! Architecture invariant: no sockets, no relay, no app protocol. The
+//! Architecture invariant: no sockets, no relay, no app protocol framing. The
 //! network shells (`masq`'s sync engine, local service, client) use this
 //! crate; it never uses them.
 #![warn(missing_docs)]
 
+pub mod data_api;
 pub mod doc;
 pub mod error;
 pub mod kv;

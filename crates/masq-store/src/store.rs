@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use automerge::{ActorId, Automerge, ChangeHash};
 use lru::LruCache;
-use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 use tokio::sync::broadcast;
 
 use crate::doc::{DocId, Docs};
@@ -72,55 +70,7 @@ impl Default for StoreOptions {
     }
 }
 
-/// Where a change came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "device")]
-pub enum Origin {
-    /// Written on this device.
-    Local,
-    /// Received from another device (its DeviceId in hex).
-    Remote(String),
-}
-
-/// Something that changed in an app's data, delivered to subscribers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
-    /// A document changed.
-    Doc {
-        /// Which document.
-        doc: DocId,
-        /// Its heads after the change.
-        heads: Vec<String>,
-        /// The change as Automerge patches rendered to JSON.
-        patches: Vec<Json>,
-        /// Who made it.
-        origin: Origin,
-    },
-    /// A document was deleted.
-    DocDeleted {
-        /// Which document.
-        doc: DocId,
-        /// Who deleted it.
-        origin: Origin,
-    },
-    /// The subscriber fell behind and missed this many events; re-read state.
-    Lagged {
-        /// How many events were dropped for this subscriber.
-        missed: u64,
-    },
-    /// A key in a bucket changed (value `None`: deleted).
-    Kv {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-        /// Its new winning value.
-        value: Option<Json>,
-        /// Who wrote it.
-        origin: Origin,
-    },
-}
+pub use masq_core::api::event::{Event, Origin};
 
 /// A loaded document and its storage bookkeeping.
 pub(crate) struct LoadedDoc {

@@ -6,6 +6,7 @@
 //! touch it (apps and permissions), or how it travels (sync).
 
 pub mod catalog;
+pub mod history;
 pub mod id;
 pub mod json;
 pub mod ops;
@@ -84,6 +85,24 @@ pub enum DocError {
     /// JSON encoding or decoding failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl DocError {
+    /// The app protocol's stable code for the error (the same as the native
+    /// store's error of the same name).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DocError::BadDocId(_) => "bad_doc_id",
+            DocError::BadPath { .. } => "bad_path",
+            DocError::WrongType { .. } => "wrong_type",
+            DocError::TooDeep { .. } => "too_deep",
+            DocError::InvalidName { .. } => "invalid_name",
+            DocError::TooLarge { .. } => "too_large",
+            DocError::Corrupt { .. } => "corrupt",
+            DocError::Automerge(_) => "automerge",
+            DocError::Json(_) => "json",
+        }
+    }
 }
 
 /// The result of a document operation.

@@ -10,7 +10,6 @@
 pub use masq_core::doc::{is_catalog, is_internal, json, ops, DocId, CATALOG_PREFIX};
 
 use automerge::{transaction::Transaction, AutoCommit, Automerge, ChangeHash, ReadDoc};
-use serde::Serialize;
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
 
@@ -24,22 +23,7 @@ pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
 /// Largest serialized change (all ops of one `change` call) accepted.
 pub const MAX_CHANGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// One entry of a document's history.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct HistoryEntry {
-    /// Change hash (hex).
-    pub hash: String,
-    /// Actor id (hex).
-    pub actor: String,
-    /// Sequence number of the change for its actor.
-    pub seq: u64,
-    /// Wall-clock time the author claimed, seconds since the epoch (0 if none).
-    pub time: i64,
-    /// Commit message, if any.
-    pub message: Option<String>,
-    /// Hashes of the changes it depends on.
-    pub deps: Vec<String>,
-}
+pub use masq_core::doc::history::HistoryEntry;
 
 /// Parses hex change hashes.
 pub fn parse_heads(heads: &[String]) -> Result<Vec<ChangeHash>> {
@@ -52,10 +36,7 @@ pub fn parse_heads(heads: &[String]) -> Result<Vec<ChangeHash>> {
         .collect()
 }
 
-/// Hex form of heads.
-pub fn heads_hex(heads: &[ChangeHash]) -> Vec<String> {
-    heads.iter().map(|h| h.to_string()).collect()
-}
+pub use masq_core::doc::history::heads_hex;
 
 pub(crate) use masq_core::doc::catalog::catalog_entry;
 pub use masq_core::doc::catalog::{CATALOG_DELETED, CATALOG_DOC, CATALOG_KV};
@@ -301,19 +282,7 @@ impl Docs {
 
     /// The document's change history, oldest first.
     pub fn history(&self, id: &DocId) -> Result<Vec<HistoryEntry>> {
-        self.read(id, |d| {
-            d.get_changes(&[])
-                .iter()
-                .map(|c| HistoryEntry {
-                    hash: c.hash().to_string(),
-                    actor: c.actor_id().to_hex_string(),
-                    seq: c.seq(),
-                    time: c.timestamp(),
-                    message: c.message().map(str::to_string),
-                    deps: c.deps().iter().map(|h| h.to_string()).collect(),
-                })
-                .collect()
-        })
+        self.read(id, masq_core::doc::history::history)
     }
 
     /// Subscribes to changes of one document (or, with `None`, of all the app's documents).

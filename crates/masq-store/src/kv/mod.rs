@@ -58,16 +58,7 @@ pub(crate) fn stage_reindex<'k>(
     Ok(out)
 }
 
-/// Options for [`Bucket::list`].
-#[derive(Debug, Clone, Default)]
-pub struct ListOptions {
-    /// Only keys starting with this.
-    pub prefix: String,
-    /// Only keys strictly after this one (for paging).
-    pub start_after: Option<String>,
-    /// At most this many entries (capped at [`MAX_LIST_LIMIT`]; default 1000).
-    pub limit: Option<usize>,
-}
+pub use masq_core::kv::ListOptions;
 
 /// One bucket of an app.
 #[derive(Clone, Debug)]

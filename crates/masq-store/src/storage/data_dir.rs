@@ -62,29 +62,40 @@ pub fn prepare(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
-    tighten(dir, 0)
+    Ok(tighten(dir, 0)?)
 }
 
 /// Sets `path` (a directory) to [`DIR_MODE`] and what it holds to
 /// [`DIR_MODE`] / [`FILE_MODE`]; symlinks are neither followed nor changed.
-fn tighten(path: &Path, depth: usize) -> Result<()> {
+///
+/// An entry that vanishes during the walk is fine: the storage engine of a
+/// store just closed in this process may still be removing old tables (its
+/// late flush, see `Store::close_within`), and what is gone needs no mode.
+fn tighten(path: &Path, depth: usize) -> std::io::Result<()> {
     set_mode(path, DIR_MODE)?;
     if depth >= MAX_WALK_DEPTH {
         return Ok(());
     }
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            tighten(&entry.path(), depth + 1)?;
-        } else if kind.is_file() {
-            set_mode(&entry.path(), FILE_MODE)?;
+        let done = entry.file_type().and_then(|kind| {
+            if kind.is_dir() {
+                tighten(&entry.path(), depth + 1)
+            } else if kind.is_file() {
+                set_mode(&entry.path(), FILE_MODE)
+            } else {
+                Ok(())
+            }
+        });
+        match done {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
         }
     }
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
     if meta.mode() & 0o777 != mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;

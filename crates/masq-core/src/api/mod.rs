@@ -6,22 +6,24 @@
 //! are `{"state": "pending" | "ready" | "denied" | "revoked", "app": NAME}`.
 //! `docs/protocol.md` ("App protocol") specifies every op with its limits.
 //!
-//! [`execute`] runs a data request against one app's namespace of a [`Store`];
-//! it is shared by the store service (requests from sockets), peer-mode clients
-//! (requests from the same process) and the CLI, so all three behave the same.
+//! [`execute`] runs a data request against one app's namespace of any store
+//! that implements [`DataApi`]: the native store, peer-mode clients, the CLI
+//! and (M11) the browser shell all answer through it, so all behave the same.
 //!
 //! Architecture invariant: [`Request`], [`Response`] and [`ApiError`] are plain
-//! data (serde); this module knows nothing of sockets, tokio or HTTP.
+//! data (serde); this module knows nothing of sockets, tokio, HTTP or where
+//! documents are kept.
 
+pub mod event;
 pub mod execute;
 
-pub use execute::execute;
+pub use event::{Event, Origin};
+pub use execute::{execute, op_name, DataApi, ListOptions, Outcome};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::doc::ChangeOp;
-use crate::store::Event;
+use crate::doc::{ChangeOp, DocError};
 
 /// Largest request or response text frame on the app WebSocket.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -325,14 +327,8 @@ impl ApiError {
     }
 }
 
-impl From<masq_core::doc::DocError> for ApiError {
-    fn from(e: masq_core::doc::DocError) -> Self {
-        crate::error::Error::from(e).into()
-    }
-}
-
-impl From<crate::error::Error> for ApiError {
-    fn from(e: crate::error::Error) -> Self {
+impl From<DocError> for ApiError {
+    fn from(e: DocError) -> Self {
         ApiError::new(e.code(), e.to_string())
     }
 }
