@@ -3,7 +3,8 @@
 //! ([`fragments`]), and who answers whose handshake and when an unanswered
 //! one is sent again ([`handshake_rules`]), what goes into a batch
 //! ([`batching`]), when a document's sync state restarts ([`doc_states`]),
-//! and the whole per-peer session as one state machine ([`link`]). The native engine
+//! the whole per-peer session as one state machine ([`link`]), and what one
+//! received sync message does to its document ([`receive`]). The native engine
 //! (`masq::sync::engine`) drives them with its socket, clock and disk; they
 //! are tested here without any of those.
 //!
@@ -16,3 +17,4 @@ pub mod doc_states;
 pub mod fragments;
 pub mod handshake_rules;
 pub mod link;
+pub mod receive;

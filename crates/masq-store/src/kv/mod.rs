@@ -26,39 +26,21 @@ pub mod pending;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::Automerge;
 use masq_core::records::WriteSet;
 use serde_json::Value as Json;
 
 use crate::doc::{catalog_entry, put_catalog_entry, DocId, Filter, Subscription, CATALOG_KV};
 use crate::error::{Error, Result};
 use crate::storage::kv_pending::PendingRecord;
-use crate::storage::Db;
 use crate::store::{take_locked, App, Event, LockedDoc, Origin, Staged};
 pub use pending::MAX_PENDING_PER_SHARD;
 
+pub use masq_core::kv::ListOptions;
 pub use masq_core::kv::{
     bucket_of_shard, shard_doc, shard_of, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_VALUE_BYTES, SHARDS,
 };
 use masq_core::kv::{encode_value, validate_key, DEFAULT_LIST_LIMIT};
 use masq_core::layout::kv_index::{self, index_key};
-
-/// Stages index entries for `keys` of a shard document (after a remote change).
-pub(crate) fn stage_reindex<'k>(
-    db: &Db,
-    batch: &mut fjall::OwnedWriteBatch,
-    app: &str,
-    bucket: &str,
-    doc: &Automerge,
-    keys: impl IntoIterator<Item = &'k str>,
-) -> Result<Vec<(String, Option<Json>)>> {
-    let mut writes = WriteSet::new();
-    let out = masq_core::kv::stage_reindex(&mut writes, app, bucket, doc, keys)?;
-    db.stage(batch, writes)?;
-    Ok(out)
-}
-
-pub use masq_core::kv::ListOptions;
 
 /// One bucket of an app.
 #[derive(Clone, Debug)]

@@ -12,20 +12,19 @@
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::PatchLog;
 
 use super::peers;
 use crate::doc::{catalog_entry, is_internal, DocId, CATALOG_DELETED};
 use crate::error::{Error, Result};
-use crate::kv::{bucket_of_shard, stage_reindex};
 use crate::store::{Event, LockedDoc, Origin, Staged, Store};
 use masq_core::crypto::DeviceId;
 use masq_core::wire::device::{DocMessage, SyncPayload};
 
-use masq_core::kv::changed_keys;
+use masq_core::records::WriteSet;
 use masq_core::sync::batching::{bundle_changes, pack_batches};
 pub use masq_core::sync::batching::{BUNDLE_MIN_CHANGES, MAX_BATCH_BYTES};
 use masq_core::sync::doc_states::DocStates;
+use masq_core::sync::receive::apply_message;
 
 /// Sync states and the logic around them.
 pub struct SyncCore {
@@ -224,58 +223,42 @@ impl SyncCore {
             }
             self.states.note_received((*peer, app.clone(), doc.clone()));
             let st = self.state_mut(peer, app, doc)?;
-            // Patches are logged while the changes apply (cost proportional to
-            // the changes) when someone needs them: catalog and KV shard
-            // reindexing, and the app's subscribers. Diffing afterwards walks
-            // the whole document, which made each change of a large document
-            // slow to become visible.
-            let wanted = crate::doc::is_catalog(doc)
-                || bucket_of_shard(doc).is_some()
-                || (!is_internal(doc) && store.has_listeners(app));
-            let mut log = if wanted {
-                PatchLog::active()
-            } else {
-                PatchLog::inactive()
-            };
-            if g.doc
-                .receive_sync_message_log_patches(st, msg, &mut log)
-                .is_err()
-            {
+            let subscribers = !is_internal(doc) && store.has_listeners(app);
+            let mut writes = WriteSet::new();
+            let Ok(done) = apply_message(
+                &mut writes,
+                peer,
+                app,
+                doc,
+                &mut g.doc,
+                st,
+                msg,
+                subscribers,
+            )?
+            else {
                 applied.rejected += 1;
                 continue;
-            }
-            let patches = wanted.then(|| g.doc.make_patches(&mut log));
-            peers::stage_sync_state(db, &mut batch, peer, app, doc.as_str(), &st.encode());
-            let after = g.doc.get_heads();
-            if after != before {
-                if crate::doc::is_catalog(doc) {
-                    let ts: Vec<String> = changed_keys(patches.as_deref().unwrap_or_default())
-                        .into_iter()
-                        .filter(|k| catalog_entry(&g.doc, k).as_deref() == Some(CATALOG_DELETED))
-                        .collect();
-                    tombstones.entry(app.clone()).or_default().extend(ts);
-                } else if let Some(bucket) = bucket_of_shard(doc) {
-                    let keys = changed_keys(patches.as_deref().unwrap_or_default());
-                    for (key, value) in stage_reindex(
-                        db,
-                        &mut batch,
-                        app,
-                        bucket,
-                        &g.doc,
-                        keys.iter().map(String::as_str),
-                    )? {
-                        kv_events.push((
-                            app.clone(),
-                            Event::Kv {
-                                bucket: bucket.to_string(),
-                                key,
-                                value,
-                                origin: origin.clone(),
-                            },
-                        ));
-                    }
+            };
+            db.stage(&mut batch, writes)?;
+            tombstones
+                .entry(app.clone())
+                .or_default()
+                .extend(done.tombstoned);
+            if let Some(changes) = done.kv {
+                let bucket = changes.bucket;
+                for (key, value) in changes.winners {
+                    kv_events.push((
+                        app.clone(),
+                        Event::Kv {
+                            bucket: bucket.clone(),
+                            key,
+                            value,
+                            origin: origin.clone(),
+                        },
+                    ));
                 }
             }
+            let patches = done.patches;
             applied.docs.push((app.clone(), doc.clone()));
             staged.push(Staged {
                 app: app.clone(),
