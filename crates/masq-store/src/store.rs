@@ -238,14 +238,35 @@ pub(crate) struct LockedDoc<'a> {
 impl DocSet {
     /// Locks every document, in order.
     pub(crate) fn lock(&self) -> Result<Vec<LockedDoc<'_>>> {
-        self.entries
-            .iter()
-            .map(|(app, id, h)| {
-                h.lock()
-                    .map(|guard| LockedDoc { app, id, guard })
-                    .map_err(|_| Error::Storage("lock poisoned".into()))
-            })
-            .collect()
+        self.lock_each().collect()
+    }
+
+    /// Whether `f` holds for any of the documents, each looked at under its
+    /// lock alone (never two at once).
+    pub(crate) fn any(&self, f: impl Fn(&LoadedDoc) -> bool) -> Result<bool> {
+        for (_, _, h) in &self.entries {
+            let g = h
+                .lock()
+                .map_err(|_| Error::Storage("lock poisoned".into()))?;
+            if f(&g) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Locks the documents one by one, in order, as the caller advances:
+    /// a writer that works through them (a fold round, a received batch)
+    /// holds each only from the moment it reaches it, so writers of the
+    /// later ones are not kept waiting for the earlier ones' work. (Taking
+    /// all 16 of a fold round up front cost `masq bench local` a quarter of
+    /// its embedded put rate.) The order is the same as [`lock`](Self::lock)'s.
+    pub(crate) fn lock_each(&self) -> impl Iterator<Item = Result<LockedDoc<'_>>> {
+        self.entries.iter().map(|(app, id, h)| {
+            h.lock()
+                .map(|guard| LockedDoc { app, id, guard })
+                .map_err(|_| Error::Storage("lock poisoned".into()))
+        })
     }
 }
 

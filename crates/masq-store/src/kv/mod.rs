@@ -101,27 +101,25 @@ impl Bucket {
         let app = self.app.name.as_str();
         let shard_ids: Vec<DocId> = by_shard.keys().map(|s| shard_doc(&self.name, *s)).collect();
         // Whether a shard is new (looked at one at a time, never two locks
-        // at once): then the catalog must list it, in the same batch.
-        let mut new_shard = false;
-        for id in &shard_ids {
-            let h = store.doc_handle(app, id)?;
-            let exists = h
-                .lock()
-                .map_err(|_| Error::Storage("lock poisoned".into()))?
-                .exists;
-            new_shard |= !exists;
-        }
+        // at once): then the catalog must list it, in the same batch, and
+        // the set to lock takes the catalog shards too.
+        let shards = store.doc_set(shard_ids.iter().map(|id| (app.to_string(), id.clone())))?;
+        let new_shard = shards.any(|d| !d.exists)?;
         let cat_ids: BTreeSet<DocId> = if new_shard {
             shard_ids.iter().map(DocId::catalog_for).collect()
         } else {
             BTreeSet::new()
         };
-        let set = store.doc_set(
-            cat_ids
-                .iter()
-                .chain(&shard_ids)
-                .map(|id| (app.to_string(), id.clone())),
-        )?;
+        let set = if new_shard {
+            store.doc_set(
+                cat_ids
+                    .iter()
+                    .chain(&shard_ids)
+                    .map(|id| (app.to_string(), id.clone())),
+            )?
+        } else {
+            shards
+        };
         let mut locked = set.lock()?;
         let mut staged: Vec<Staged<'_>> = Vec::new();
         for cat_id in &cat_ids {

@@ -92,12 +92,12 @@ fn fold_docs_enqueue(
         let set = store.doc_set(chunk.iter().cloned())?;
         let mut batch = db.batch();
         let mut staged: Vec<Staged<'_>> = Vec::new();
-        for LockedDoc {
-            app,
-            id,
-            guard: mut g,
-        } in set.lock()?
-        {
+        for locked in set.lock_each() {
+            let LockedDoc {
+                app,
+                id,
+                guard: mut g,
+            } = locked?;
             if g.kv_pending.is_empty() {
                 continue;
             }

@@ -198,12 +198,12 @@ impl SyncCore {
         let mut deleted: Vec<(String, DocId)> = Vec::new();
         let mut tombstones: HashMap<String, Vec<String>> = HashMap::new();
         let origin = Origin::Remote(peer.to_string());
-        for LockedDoc {
-            app,
-            id: doc,
-            guard: mut g,
-        } in set.lock()?
-        {
+        for locked in set.lock_each() {
+            let LockedDoc {
+                app,
+                id: doc,
+                guard: mut g,
+            } = locked?;
             let app = &app.to_string();
             let Some(msg) = messages.remove(&(app.clone(), doc.clone())) else {
                 continue;
