@@ -491,3 +491,60 @@ fn a_pending_local_write_stays_concurrent_with_a_remote_one() {
     assert_eq!(winner, kv(&b).get("k").unwrap());
     assert_eq!(winner.as_ref(), ca.first());
 }
+
+/// A message for a KV shard that holds pending local writes, which fails to
+/// apply: the pending writes were folded into a change first (as always
+/// before remote changes), and the batch that removes their records must
+/// store that change too. Before, the refused message skipped the shard and
+/// the acknowledged writes were gone from the shard (the next load of it
+/// failed on missing dependencies).
+#[test]
+fn a_refused_message_for_a_shard_with_pending_writes_loses_nothing() {
+    use automerge::sync::SyncDoc;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        durability: Durability::Buffered,
+        fold_in_background: false,
+        ..Default::default()
+    };
+    let store = Store::open_with(dir.path(), opts.clone()).unwrap();
+    let bucket = store.app("notes").unwrap().bucket("b").unwrap();
+    bucket.put("k", &json!(0)).unwrap(); // creates the shard (written at once)
+    bucket.put("k", &json!(1)).unwrap(); // pending
+    let shard = masq::kv::shard_doc("b", masq::kv::shard_of("k"));
+    // A sync message whose change reuses the store's own (actor, seq) with
+    // other contents: it is refused (duplicate sequence number) once the
+    // pending write has been folded under that very number.
+    let exported = store.app("notes").unwrap().docs().export(&shard).unwrap();
+    let mut fork = automerge::Automerge::load(&exported).unwrap();
+    let actor = fork.get_changes(&[]).last().unwrap().actor_id().clone();
+    fork.set_actor(actor);
+    fork.transact(|tx| automerge::transaction::Transactable::put(tx, automerge::ROOT, "x", 1))
+        .unwrap();
+    let forged = fork.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let mut msg = fork
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .unwrap();
+    msg.changes = vec![forged].into();
+    let mut core = SyncCore::new(store.clone());
+    let applied = core
+        .apply_batch(
+            &DeviceKeypair::generate().device_id(),
+            vec![masq::sync::wire::DocMessage {
+                app: "notes".into(),
+                doc: shard.to_string(),
+                msg: msg.encode(),
+            }],
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(applied.rejected, 1);
+    drop(core);
+    drop(bucket);
+    store.close();
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let bucket = store.app("notes").unwrap().bucket("b").unwrap();
+    assert_eq!(bucket.get("k").unwrap(), Some(json!(1)));
+    // The shard itself loads and holds the write.
+    assert_eq!(bucket.conflicts("k").unwrap(), [json!(1)]);
+}

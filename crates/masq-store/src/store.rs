@@ -80,6 +80,10 @@ pub(crate) struct LoadedDoc {
     pub meta: DocMeta,
     /// Whether anything is stored for it yet.
     pub exists: bool,
+    /// Deleted on this device while this copy was loaded (`Docs::delete`):
+    /// a writer that waited for the lock with this handle must not write it
+    /// back. In memory only; the store forgets the copy right after.
+    pub deleted: bool,
     /// Local key-value writes of a shard document not yet folded into `doc`
     /// (durable as records; see [`crate::kv::pending`]). Always empty for
     /// other documents.
@@ -554,6 +558,7 @@ impl Store {
                 doc: Automerge::new().with_actor(self.inner.actor.clone()),
                 meta: DocMeta::default(),
                 exists: false,
+                deleted: false,
                 kv_pending: self.load_pending(app, id)?,
             }),
             Some(stored) => {
@@ -564,6 +569,7 @@ impl Store {
                     doc,
                     meta,
                     exists: true,
+                    deleted: false,
                     kv_pending: self.load_pending(app, id)?,
                 })
             }
@@ -583,8 +589,12 @@ impl Store {
         if let Ok(mut c) = self.inner.cache.lock() {
             if let Some((_, cost)) = c.lru.pop(&(app.to_string(), id.clone())) {
                 c.bytes = c.bytes.saturating_sub(cost);
-                c.removals += 1;
             }
+            // Counted even when the document was not cached: a load of it
+            // running outside the mutex may have read it before the change
+            // that made us forget it (a deletion from a peer), and must not
+            // be inserted.
+            c.removals += 1;
         }
     }
 

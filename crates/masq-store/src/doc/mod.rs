@@ -243,7 +243,7 @@ impl Docs {
         let mut g = h
             .lock()
             .map_err(|_| Error::Storage("lock poisoned".into()))?;
-        if !g.exists {
+        if g.deleted || !g.exists {
             // Deleted while this waited for the lock (see `delete`).
             return Err(Error::DocDeleted(id.to_string()));
         }
@@ -328,6 +328,7 @@ impl Docs {
         }];
         store.commit_docs(batch, staged, &Origin::Local)?;
         // Handles still held elsewhere see the document gone.
+        doc.deleted = true;
         doc.exists = false;
         doc.doc = Automerge::new();
         doc.meta = Default::default();

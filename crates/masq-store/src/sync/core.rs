@@ -215,10 +215,14 @@ impl SyncCore {
             {
                 continue; // deleted: ignore late changes
             }
+            if g.deleted {
+                continue; // deleted here after the check above: stays deleted
+            }
             let before = g.doc.get_heads();
             // This device's pending writes to a KV shard become a change
             // before the remote ones apply (see `kv::pending`).
-            if !g.kv_pending.is_empty() {
+            let folded = !g.kv_pending.is_empty();
+            if folded {
                 crate::kv::pending::fold_into(db, &mut batch, app, doc, &mut g, [])?;
             }
             self.states.note_received((*peer, app.clone(), doc.clone()));
@@ -237,6 +241,18 @@ impl SyncCore {
             )?
             else {
                 applied.rejected += 1;
+                if folded {
+                    // The batch removes the folded pending records: it must
+                    // store the change that holds them too, or those
+                    // acknowledged writes would be lost.
+                    staged.push(Staged {
+                        app: app.clone(),
+                        id: doc.clone(),
+                        guard: g,
+                        before,
+                        patches: None,
+                    });
+                }
                 continue;
             };
             db.stage(&mut batch, writes)?;
