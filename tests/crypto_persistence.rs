@@ -103,3 +103,70 @@ fn crash_between_receive_and_apply_neither_loses_nor_double_applies() {
     let later = a.seal(b"later").unwrap();
     assert_eq!(b3.open(&later).unwrap(), b"later");
 }
+
+/// Copies every file of `from` into `to` (a data directory "restored from
+/// a backup").
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A data directory copied (a backup, a VM snapshot), the original sends,
+/// then the copy starts and sends: both seal under the same ratchet position
+/// (the copy cannot know), so the same message key, but never under the
+/// same nonce (random, carried in the envelope), and the receiver opens the
+/// one it gets. Before M12 the nonce came from the message key, so these two
+/// envelopes shared key and nonce.
+#[test]
+fn a_restored_copy_never_reuses_a_key_with_the_same_nonce() {
+    let root = tempfile::tempdir().unwrap();
+    let (original, copy) = (root.path().join("original"), root.path().join("copy"));
+    let (mut a, mut b) = sessions();
+    b.open(&a.seal(b"hello").unwrap()).unwrap();
+    {
+        let db = Db::open(&original, Durability::Buffered).unwrap();
+        save(&db, &a);
+        db.persist_all().unwrap();
+    }
+    copy_dir(&original, &copy);
+    let from_original = {
+        let db = Db::open(&original, Durability::Buffered).unwrap();
+        let mut s = load(&db, &a);
+        let env = s.seal(b"from the original").unwrap();
+        let mut batch = db.batch();
+        peers::stage_session(&db, &mut batch, &s.peer(), &s.to_bytes());
+        db.commit_fsync(batch).unwrap();
+        env
+    };
+    let from_copy = {
+        let db = Db::open(&copy, Durability::Buffered).unwrap();
+        load(&db, &a).seal(b"from the copy").unwrap()
+    };
+    let (e1, e2) = (
+        Envelope::decode(&from_original).unwrap(),
+        Envelope::decode(&from_copy).unwrap(),
+    );
+    assert_eq!(
+        (e1.header.dh, e1.header.n),
+        (e2.header.dh, e2.header.n),
+        "same key"
+    );
+    assert!(
+        e1.nonce.is_some() && e2.nonce.is_some(),
+        "version 2 envelopes"
+    );
+    assert_ne!(e1.nonce, e2.nonce, "a key was used twice with one nonce");
+    assert_eq!(
+        b.clone().open(&from_original).unwrap(),
+        b"from the original"
+    );
+    assert_eq!(b.open(&from_copy).unwrap(), b"from the copy");
+}

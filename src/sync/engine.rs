@@ -622,7 +622,9 @@ impl Engine {
             for k in sent_notes {
                 peers::stage_remove_note(db, &mut b, k);
             }
-            db.commit(b)
+            // Fsynced even under `--durability buffered`: the state that
+            // sealed these envelopes must survive a power cut once they leave.
+            db.commit_fsync(b)
         });
         if let Err(e) = persisted {
             // Nothing leaves unless the ratchet state that sealed it is durable.

@@ -173,14 +173,19 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
         crate::crypto::check_public_key(&PublicKey::from(p.public_key)).map_err(pairing_err)?;
     }
     let mut b = db.batch();
-    let mut learned = 0;
+    // Devices other than the inviter and this one. Counted, not derived
+    // from the list's length: a hostile inviter's list may leave itself out
+    // or name this device (`learned - 1` underflowed then).
+    let mut learned = 0usize;
     for p in &list {
         let public = PublicKey::from(p.public_key);
         if DeviceId::from_public(&public) == kp.device_id() {
             continue;
         }
         peers::stage_peer(db, &mut b, &public, &p.name)?;
-        learned += 1;
+        if public != inviter_pub {
+            learned += 1;
+        }
     }
     db.commit(b)?;
     peers::set_relay_url(db, &invite.relay)?;
@@ -190,7 +195,7 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
         fingerprint: id.fingerprint(),
         name: inviter.name,
         safety_code: safety_code(&kp.public(), &inviter_pub),
-        also_learned: learned - 1,
+        also_learned: learned,
     })
 }
 

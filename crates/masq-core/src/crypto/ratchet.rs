@@ -19,7 +19,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::envelope::{unpad, Envelope, RatchetHeader};
+use super::envelope::{unpad, Envelope, RatchetHeader, NONCE_LEN};
 use super::error::CryptoError;
 use super::identity::DeviceId;
 use super::kdf::{kdf_ck, kdf_rk, message_key_material};
@@ -177,6 +177,17 @@ impl Session {
 
     /// Encrypts `plaintext` into an envelope (see [`super::envelope`]).
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.seal_with_nonce(plaintext, *super::random_bytes::<NONCE_LEN>())
+    }
+
+    /// As [`seal`](Self::seal) with a given nonce (known-answer tests only:
+    /// a nonce must never repeat under one key).
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &mut self,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>, CryptoError> {
         let cks = self.cks.as_ref().ok_or(CryptoError::NotReady)?;
         let (next, mk) = kdf_ck(cks);
         let env = Envelope {
@@ -187,10 +198,14 @@ impl Session {
                 pn: self.pn,
                 n: self.ns,
             },
+            nonce: Some(nonce),
             ciphertext: Vec::new(),
         };
         let ad = env.header_bytes();
-        let (key, nonce) = message_key_material(&mk);
+        // The key only: the nonce is random and carried in the envelope (see
+        // `envelope`), so a message key used twice after a rollback never
+        // meets the same nonce again.
+        let (key, _) = message_key_material(&mk);
         let cipher = XChaCha20Poly1305::new((&*key).into());
         // header || padded plaintext, encrypted in place, then the tag: one buffer, no copies.
         let target = super::envelope::padme(plaintext.len() + 1);
@@ -224,7 +239,9 @@ impl Session {
     }
 
     fn decrypt(mk: &[u8; 32], env: &Envelope) -> Result<Vec<u8>, CryptoError> {
-        let (key, nonce) = message_key_material(mk);
+        let (key, derived) = message_key_material(mk);
+        // Version 2 carries its nonce; version 1 derived it from the key.
+        let nonce = env.nonce.unwrap_or(derived);
         let cipher = XChaCha20Poly1305::new((&*key).into());
         let ad = env.header_bytes();
         let split = env
@@ -320,9 +337,29 @@ impl Session {
         Ok(())
     }
 
-    /// Serializes the whole state (versioned; see `docs/crypto.md`). Wiped on drop.
+    /// Bytes of [`to_bytes`](Self::to_bytes)' output: version, both device
+    /// ids, the ratchet secret, the peer's ratchet key (flag + 32), the root
+    /// key, both chain keys (flag + 32 each), four counters, the skipped keys
+    /// (32 + 4 + 32 each) and the past ratchet keys (count + 32 each).
+    pub fn serialized_len(&self) -> usize {
+        1 + 32
+            + 32
+            + 32
+            + 33
+            + 32
+            + 33
+            + 33
+            + 16
+            + self.skipped.len() * 68
+            + 4
+            + self.past_dhr.len() * 32
+    }
+
+    /// Serializes the whole state (versioned; see `docs/crypto.md`). Wiped
+    /// on drop; its buffer is allocated at its exact size once, so growing it
+    /// never leaves an unwiped copy of the secrets behind in freed memory.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(256 + self.skipped.len() * 68));
+        let mut out = Zeroizing::new(Vec::with_capacity(self.serialized_len()));
         out.push(STATE_VERSION);
         out.extend_from_slice(&self.local.0);
         out.extend_from_slice(&self.peer.0);
@@ -443,5 +480,40 @@ impl<'a> StateReader<'a> {
             1 => Ok(Some(v)),
             _ => Err(CryptoError::BadState),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session that skipped keys and stepped its DH ratchet many times
+    /// serializes into a buffer that never grew (no unwiped copy left
+    /// behind), and reads back to a session that still opens what the peer
+    /// sends.
+    #[test]
+    fn serialization_never_reallocates_and_round_trips() {
+        let (a_id, b_id) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let sk = [7u8; 32];
+        let b_ratchet = random_secret();
+        let mut a = Session::new_initiator(a_id, b_id, &sk, PublicKey::from(&b_ratchet));
+        let mut b = Session::new_responder(b_id, a_id, &sk, b_ratchet);
+        for round in 0..40u32 {
+            // a sends three, b sees only the last: two keys skipped.
+            let sent: Vec<Vec<u8>> = (0..3).map(|i| a.seal(&[i]).unwrap()).collect();
+            assert_eq!(b.open(&sent[2]).unwrap(), [2]);
+            // b answers: a DH ratchet step on both sides.
+            let back = b.seal(&round.to_be_bytes()).unwrap();
+            assert_eq!(a.open(&back).unwrap(), round.to_be_bytes());
+        }
+        assert!(!b.skipped.is_empty() && !b.past_dhr.is_empty());
+        for s in [&a, &b] {
+            let bytes = s.to_bytes();
+            assert_eq!(bytes.len(), s.serialized_len());
+            assert_eq!(bytes.capacity(), bytes.len(), "the buffer grew");
+        }
+        let mut b2 = Session::from_bytes(&b.to_bytes()).unwrap();
+        let msg = a.seal(b"after").unwrap();
+        assert_eq!(b2.open(&msg).unwrap(), b"after");
     }
 }

@@ -220,6 +220,22 @@ impl Db {
         self.wait_durable(ticket)
     }
 
+    /// Commits `batch` and returns once it is fsynced, whatever the
+    /// configured [`Durability`]. For the ratchet state that sealed an
+    /// envelope about to leave: under `buffered`, a power cut after the
+    /// envelope left would roll the state back and the next envelope would
+    /// use the same message key again.
+    pub fn commit_fsync(&self, batch: fjall::OwnedWriteBatch) -> Result<()> {
+        self.commit(batch)?;
+        if self.durability == Durability::Buffered {
+            // The batch is in the journal (its round persisted to OS
+            // buffers); this syncs the journal up to it and past.
+            self.db.persist(PersistMode::SyncAll)?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Queues `batch` for the next group commit and returns a ticket for
     /// [`wait_durable`](Self::wait_durable). Callers release their locks in
     /// between, so writers that arrive while an fsync runs join the next one.
