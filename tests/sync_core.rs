@@ -548,3 +548,89 @@ fn a_refused_message_for_a_shard_with_pending_writes_loses_nothing() {
     // The shard itself loads and holds the write.
     assert_eq!(bucket.conflicts("k").unwrap(), [json!(1)]);
 }
+
+/// A peer's deletion wins over a local change that held the document while
+/// the deletion arrived: the change may complete, but it is not written back
+/// after the tombstone (the received batch locks only the catalog; the store
+/// then seals the deletion under the document's own lock).
+#[test]
+fn a_peer_deletion_is_not_undone_by_a_local_change_in_flight() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let mut a = node();
+    let mut b = node();
+    let docs_a = a.core.store().app("notes").unwrap().docs();
+    let docs_b = b.core.store().app("notes").unwrap().docs();
+    let id = docs_a
+        .create_with(
+            &[ChangeOp::Put {
+                path: "/n".into(),
+                value: json!(0),
+            }],
+            None,
+        )
+        .unwrap();
+    sync_pair(&mut a, &mut b);
+    docs_b.delete(&id).unwrap();
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut deletions = docs_a.subscribe(Some(id.clone()));
+    let writer = {
+        let docs_a = docs_a.clone();
+        let id = id.clone();
+        std::thread::spawn(move || {
+            docs_a.transact(&id, None, |tx| {
+                ready_tx.send(()).unwrap();
+                // Holds the document until the peer's deletion is committed
+                // and announced (the old behaviour, which then wrote the
+                // document back), or at most 2 s: a batch that seals the
+                // deletion under this lock announces it only after that.
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while std::time::Instant::now() < deadline {
+                    if let Some(masq::Event::DocDeleted { .. }) = deletions.try_next() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                automerge::transaction::Transactable::put(tx, automerge::ROOT, "n", 1)?;
+                Ok(())
+            })
+        })
+    };
+    ready_rx.recv().unwrap();
+    let applier = std::thread::spawn(move || {
+        // B speaks first, and A answers only for the documents it received
+        // (the catalog), so nothing here needs the document the writer holds
+        // before the deletion lands.
+        let to_a = b.core.on_peer_ready(&a.id).unwrap();
+        exchange(&mut a, &mut b, Vec::new(), to_a);
+        (a, b)
+    });
+    let (a, _b) = applier.join().unwrap();
+    let _ = writer.join().unwrap(); // committed before the seal, or refused after it
+
+    assert!(
+        docs_a.list().unwrap().is_empty(),
+        "the deleted document came back"
+    );
+    assert!(docs_a.get(&id).is_err());
+    // And from disk.
+    let store = a.core.store().clone();
+    let Node {
+        core, _dir: dir, ..
+    } = a;
+    drop(docs_a);
+    drop(core);
+    store.close();
+    let store = Store::open_with(
+        dir.path(),
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let docs = store.app("notes").unwrap().docs();
+    assert!(docs.list().unwrap().is_empty());
+    assert!(docs.get(&id).is_err());
+}

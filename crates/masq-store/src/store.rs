@@ -584,6 +584,38 @@ impl Store {
         }
     }
 
+    /// After a peer's tombstone removed `id`'s data (its catalog said
+    /// deleted): makes the deletion final against local writers.
+    ///
+    /// A received batch locks only the catalog, not the documents it
+    /// tombstones, so a local change may hold the cached copy meanwhile and
+    /// commit it after the batch. Locking that copy here (with no other lock
+    /// held, so no lock order is at stake) marks it deleted for every writer
+    /// still waiting with the handle, and removes whatever such a change
+    /// wrote between the batch and this lock. The deletion wins, as it does
+    /// against a concurrent local change on the device that deleted.
+    pub(crate) fn seal_deleted(&self, app: &str, id: &DocId) -> Result<()> {
+        let h = self.doc_handle(app, id)?;
+        let mut g = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        g.deleted = true;
+        g.exists = false;
+        g.doc = Automerge::new();
+        g.meta = DocMeta::default();
+        let db = &self.inner.db;
+        let result = if db.doc_meta(app, id.as_str())?.is_some() {
+            let mut batch = db.batch();
+            db.stage_remove_doc(&mut batch, app, id.as_str())?;
+            db.write(batch).and_then(|t| db.wait_durable(t))
+        } else {
+            Ok(())
+        };
+        drop(g);
+        self.forget(app, id);
+        result
+    }
+
     /// Drops a document from the cache (after a failed commit, or a delete).
     pub(crate) fn forget(&self, app: &str, id: &DocId) {
         if let Ok(mut c) = self.inner.cache.lock() {

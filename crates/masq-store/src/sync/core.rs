@@ -302,7 +302,12 @@ impl SyncCore {
         stage_extra(&mut batch);
         store.commit_docs(batch, staged, &origin)?;
         for (app, doc) in deleted {
-            store.forget(&app, &doc);
+            // The batch is committed: a failure here leaves at most a local
+            // change written after the tombstone, so it is reported, not
+            // turned into a failed batch.
+            if let Err(e) = store.seal_deleted(&app, &doc) {
+                tracing::warn!(%app, %doc, error = %e, "sealing a peer's deletion failed");
+            }
             store.publish(
                 &app,
                 Event::DocDeleted {
