@@ -49,12 +49,12 @@ pub fn asset(path: &str) -> Option<Asset> {
         "/masq-client.js" => (
             "text/javascript; charset=utf-8",
             CLIENT_HEADERS,
-            include_bytes!("../../web/masq-client.js"),
+            include_bytes!("../../web/client/masq-client.js"),
         ),
         "/masq-client.d.ts" => (
             "text/plain; charset=utf-8",
             CLIENT_HEADERS,
-            include_bytes!("../../web/masq-client.d.ts"),
+            include_bytes!("../../web/client/masq-client.d.ts"),
         ),
         _ => return None,
     };

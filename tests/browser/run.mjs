@@ -14,68 +14,28 @@
 // approved is refused (and cannot use the admin token); denying and revoking
 // from the manager close the pages' access.
 
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, mkdirSync, rmSync, existsSync } from "node:fs";
-import { createServer } from "node:http";
-import { createServer as createNetServer } from "node:net";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, mkdirSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve, extname, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import {
+  root,
+  MASQ,
+  CHROMIUM,
+  CHROMIUM_ARGS,
+  ARTIFACTS,
+  temps,
+  log,
+  freePort,
+  until,
+  run,
+  serveDirs,
+  newPage,
+  cleanup as cleanupAll,
+} from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../..");
-const MASQ = resolve(process.env.MASQ_BIN || join(root, "target/release/masq"));
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const ARTIFACTS = resolve(process.env.MASQ_ARTIFACTS || join(root, "target/browser"));
-/** How long one expectation may take (sync through a relay included). */
-const STEP_TIMEOUT_MS = 30_000;
-
-const children = [];
-const servers = [];
-const temps = [];
 let browser;
-
-function log(msg) {
-  console.log(`[browser-test] ${msg}`);
-}
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createNetServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
-async function until(what, fn, timeout = STEP_TIMEOUT_MS) {
-  const start = Date.now();
-  let last;
-  while (Date.now() - start < timeout) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ""}`);
-}
-
-function run(args) {
-  const p = spawn(MASQ, args, { stdio: ["ignore", "ignore", "pipe"] });
-  let err = "";
-  p.stderr.on("data", (d) => (err = (err + d).slice(-4000)));
-  p.on("exit", (code, sig) => {
-    if (!p.stopping) log(`masq ${args.join(" ")} exited (${code ?? sig}): ${err}`);
-  });
-  children.push(p);
-  return p;
-}
 
 async function startRelay() {
   const port = await freePort();
@@ -100,34 +60,9 @@ async function startStore(name, relay) {
   return { name, dir, http: info.http_url, ws: info.ws_url, token: info.admin_token, link };
 }
 
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".md": "text/plain" };
-
 /** A static file server for examples/notes on its own port (its own origin). */
-async function serveNotes() {
-  const base = join(root, "examples/notes");
-  const server = createServer((req, res) => {
-    const path = new URL(req.url, "http://x").pathname;
-    const file = join(base, path === "/" ? "index.html" : path.slice(1));
-    if (!file.startsWith(base) || !existsSync(file)) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    res.writeHead(200, { "content-type": TYPES[extname(file)] || "application/octet-stream" });
-    res.end(readFileSync(file));
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  servers.push(server);
-  return `http://127.0.0.1:${server.address().port}`;
-}
-
-async function newPage(context, label) {
-  const page = await context.newPage();
-  page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  page.on("pageerror", (e) => log(`${label}: page error: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") log(`${label}: console: ${m.text()}`);
-  });
-  return page;
+function serveNotes() {
+  return serveDirs({ "/": join(root, "examples/notes") });
 }
 
 async function shot(page, name) {
@@ -148,16 +83,7 @@ async function main() {
 
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
+    args: CHROMIUM_ARGS,
   });
   const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
 
@@ -334,15 +260,8 @@ async function main() {
   log(`PASS; screenshots in ${ARTIFACTS}`);
 }
 
-async function cleanup() {
-  if (browser) await browser.close().catch(() => {});
-  for (const s of servers) s.close();
-  for (const p of children) {
-    p.stopping = true;
-    p.kill("SIGTERM");
-  }
-  await new Promise((r) => setTimeout(r, 300));
-  for (const d of temps) rmSync(d, { recursive: true, force: true });
+function cleanup() {
+  return cleanupAll([browser]);
 }
 
 main().then(

@@ -12,6 +12,7 @@
 //! - [`layout`]: which records, under which keys, hold documents, the KV
 //!   index, pending KV writes and the device's own facts.
 //! - [`kv`]: the key-value API's logic over shard documents.
+//! - [`names`]: the naming rule for apps and buckets.
 //! - [`sync`]: the sync protocol's rules that need no I/O: fragments,
 //!   handshake tie-break and resend.
 //!
@@ -28,6 +29,7 @@ pub mod crypto;
 pub mod doc;
 pub mod kv;
 pub mod layout;
+pub mod names;
 pub mod records;
 pub mod sync;
 pub mod wire;

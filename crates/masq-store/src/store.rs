@@ -194,25 +194,12 @@ impl std::fmt::Debug for Store {
 /// slow disk; past that the store closes anyway and the journal replays.
 pub const CLOSE_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Longest app or bucket name.
-pub const MAX_NAME_LEN: usize = 64;
+pub use masq_core::names::MAX_NAME_LEN;
 
-/// Checks an app or bucket name: 1–64 of `[A-Za-z0-9._-]`.
+/// Checks an app or bucket name: 1–64 of `[A-Za-z0-9._-]`
+/// ([`masq_core::names::validate_name`]).
 pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName {
-            what,
-            name: name.to_string(),
-            rule: "1-64 characters of A-Z a-z 0-9 . _ -",
-        })
-    }
+    Ok(masq_core::names::validate_name(what, name)?)
 }
 
 /// Loads of one document outside the cache mutex that [`Store::doc_handle`]

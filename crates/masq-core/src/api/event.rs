@@ -56,3 +56,35 @@ pub enum Event {
         origin: Origin,
     },
 }
+
+/// What a watch or subscription lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Document events (of one document, or all with `None`).
+    Doc(Option<DocId>),
+    /// KV events of one bucket whose key starts with the prefix.
+    Kv {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix ("" for every key).
+        prefix: String,
+    },
+}
+
+impl Filter {
+    /// Whether a subscriber with this filter hears `ev` (a lag notice
+    /// always passes).
+    pub fn matches(&self, ev: &Event) -> bool {
+        match (self, ev) {
+            (_, Event::Lagged { .. }) => true,
+            (Filter::Doc(None), Event::Doc { .. } | Event::DocDeleted { .. }) => true,
+            (Filter::Doc(Some(id)), Event::Doc { doc, .. } | Event::DocDeleted { doc, .. }) => {
+                id == doc
+            }
+            (Filter::Kv { bucket, prefix }, Event::Kv { bucket: b, key, .. }) => {
+                b == bucket && key.starts_with(prefix.as_str())
+            }
+            _ => false,
+        }
+    }
+}

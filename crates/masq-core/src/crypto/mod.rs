@@ -17,6 +17,7 @@ pub mod error;
 pub mod handshake;
 pub mod identity;
 pub mod kdf;
+pub mod known_answers;
 pub mod pairing;
 pub mod ratchet;
 

@@ -105,5 +105,10 @@ impl DocError {
     }
 }
 
+/// Largest Automerge file a store imports (`doc.import`).
+pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
+/// Largest serialized change (all ops of one `doc.change` call) accepted.
+pub const MAX_CHANGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The result of a document operation.
 pub type Result<T, E = DocError> = std::result::Result<T, E>;

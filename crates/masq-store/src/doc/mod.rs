@@ -18,10 +18,7 @@ pub use ops::ChangeOp;
 use crate::error::{Error, Result};
 use crate::store::{take_locked, App, DocSet, Event, LockedDoc, Origin, Staged};
 
-/// Largest Automerge file accepted by [`Docs::import`].
-pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
-/// Largest serialized change (all ops of one `change` call) accepted.
-pub const MAX_CHANGE_BYTES: usize = 16 * 1024 * 1024;
+pub use masq_core::doc::{MAX_CHANGE_BYTES, MAX_IMPORT_BYTES};
 
 pub use masq_core::doc::history::HistoryEntry;
 
@@ -409,30 +406,7 @@ impl Docs {
     }
 }
 
-/// What a subscription lets through.
-#[derive(Debug, Clone)]
-pub(crate) enum Filter {
-    /// Document events (of one document, or all with `None`).
-    Doc(Option<DocId>),
-    /// KV events of one bucket whose key starts with the prefix.
-    Kv { bucket: String, prefix: String },
-}
-
-impl Filter {
-    fn matches(&self, ev: &Event) -> bool {
-        match (self, ev) {
-            (_, Event::Lagged { .. }) => true,
-            (Filter::Doc(None), Event::Doc { .. } | Event::DocDeleted { .. }) => true,
-            (Filter::Doc(Some(id)), Event::Doc { doc, .. } | Event::DocDeleted { doc, .. }) => {
-                id == doc
-            }
-            (Filter::Kv { bucket, prefix }, Event::Kv { bucket: b, key, .. }) => {
-                b == bucket && key.starts_with(prefix.as_str())
-            }
-            _ => false,
-        }
-    }
-}
+pub(crate) use masq_core::api::event::Filter;
 
 /// A stream of change events. A subscriber that falls more than
 /// [`EVENT_CHANNEL_CAPACITY`](crate::store::EVENT_CHANNEL_CAPACITY) events behind

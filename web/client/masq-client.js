@@ -1,10 +1,17 @@
-// masq-client.js — the browser client of a masq store (served at /masq-client.js).
+// masq-client.js — the browser client of masq. Served by every store at
+// /masq-client.js, and shipped in the package folder web/client/ (with the
+// browser store: masq-peer.js and pkg/) for apps that serve it themselves.
 //
 // A dependency-free ES module speaking the app protocol of docs/protocol.md
-// ("App protocol") over the store's WebSocket:
+// ("App protocol"), in one of two modes:
+// - store mode: over the WebSocket of the masq store running on this device;
+// - peer mode: no store runs here (a phone, a tablet), so the page is the
+//   device: the same Rust core, compiled to WebAssembly, keeps the data in
+//   IndexedDB (masq-peer.js). The API, the events and the error codes are
+//   the same; the state is `peer` instead of `ready`.
 //
-//   import { connect } from "http://127.0.0.1:7070/masq-client.js";
-//   const masq = await connect({ app: "notes" });
+//   import { connect } from "./masq-client.js";
+//   const masq = await connect({ app: "notes" });   // a store if one answers, else peer mode
 //   masq.onState(s => console.log(s));   // pending until the user approves
 //   await masq.kv.put("theme", "dark");
 //   const id = await masq.docs.create([{ op: "put", path: "/title", value: "Hi" }]);
@@ -23,6 +30,14 @@ const MIN_BACKOFF_MS = 200;
 const CLOSE_REVOKED = 4003;
 /** Requests queued while not ready; past this `request` fails (`queue_full`). */
 const MAX_QUEUED = 1024;
+/**
+ * In mode `auto`, how long the local store gets to answer before the page
+ * becomes its own device (peer mode). A store on 127.0.0.1 answers in a few
+ * milliseconds; a refused connection fails at once.
+ */
+const STORE_PROBE_MS = 1500;
+/** Where a store listens unless told otherwise (`masq store`'s default). */
+const DEFAULT_STORE = "http://127.0.0.1:7070";
 
 /** An error answered by the store (or by this client): `code` is stable. */
 export class MasqError extends Error {
@@ -33,9 +48,15 @@ export class MasqError extends Error {
   }
 }
 
-/** The store that served this module, as a WebSocket URL. */
+/**
+ * The store that served this module, as a WebSocket URL; a module the app
+ * serves itself (from web/client/, next to masq-peer.js) means the default
+ * store address.
+ */
 function defaultUrl() {
-  return wsUrl(new URL(".", import.meta.url).href);
+  const here = new URL(".", import.meta.url);
+  const fromStore = here.hostname === "127.0.0.1" || here.hostname === "localhost" || here.hostname === "[::1]";
+  return wsUrl(fromStore && here.port ? here.href : DEFAULT_STORE);
 }
 
 /** Maps `http(s)://host[:port][/ws]` to `ws(s)://host[:port]/ws`. */
@@ -50,21 +71,52 @@ function wsUrl(base) {
 }
 
 /**
- * Connects to the store. Resolves once the store said who we are (state
- * `pending` or `ready`); rejects if the store refuses the app or cannot be
- * reached.
+ * Connects. Resolves once the store said who we are (state `pending` or
+ * `ready`), or once the page's own store is open (state `peer`); rejects if
+ * the store refuses the app or cannot be reached (store mode).
  *
  * opts.app: the namespace a web page asks for; opts.token: a native or admin
- * token instead; opts.url: the store (`http://127.0.0.1:7070` or its `/ws`
- * URL; default: the store that served this module).
+ * token instead (store mode only); opts.url: the store (`http://127.0.0.1:7070`
+ * or its `/ws` URL; default: the store that served this module, or
+ * 127.0.0.1:7070 when the app serves it itself).
+ * opts.mode: `auto` (default: the store if one answers within
+ * STORE_PROBE_MS, else peer mode), `store` or `peer`.
  */
-export function connect(opts = {}) {
+export async function connect(opts = {}) {
+  const mode = opts.mode || "auto";
+  if (!["auto", "store", "peer"].includes(mode))
+    throw new MasqError("bad_request", `unknown mode ${JSON.stringify(mode)} (auto, store or peer)`);
+  if (mode === "peer") return connectPeer(opts);
+  if (mode === "store") return connectStore(opts);
+  const masq = new Masq(opts);
+  const answered = masq._first.then(
+    () => true,
+    (e) => {
+      if (e.code === "unreachable") return false;
+      throw e;
+    },
+  );
+  const timeout = new Promise((res) => setTimeout(() => res(false), STORE_PROBE_MS));
+  if (await Promise.race([answered, timeout])) return masq;
+  masq.close();
+  return connectPeer(opts);
+}
+
+function connectStore(opts) {
   try {
     const masq = new Masq(opts);
     return masq._first.then(() => masq);
   } catch (e) {
     return Promise.reject(e);
   }
+}
+
+async function connectPeer(opts) {
+  if (!opts.app) throw new MasqError("bad_request", "peer mode needs { app }");
+  const { openPeer } = await import("./masq-peer.js");
+  const masq = new Masq({ ...opts, transport: () => openPeer(opts.app) });
+  await masq._first;
+  return masq;
 }
 
 /** One live watch or subscription; survives reconnects. */
@@ -83,7 +135,7 @@ class Subscription {
     this._masq._subs.delete(this);
     const sub = this._sub;
     this._sub = null;
-    if (sub !== null && this._masq.state === "ready") {
+    if (sub !== null && this._masq._serving()) {
       this._masq._bySub.delete(sub);
       try {
         await this._masq.request("unsubscribe", { sub });
@@ -96,6 +148,8 @@ class Subscription {
 
 class Masq {
   constructor(opts) {
+    /** Peer mode: opens the page's own store (a socket-like object). */
+    this._transport = opts.transport || null;
     this._url = opts.url ? wsUrl(opts.url) : defaultUrl();
     if (opts.token) this._url.searchParams.set("token", opts.token);
     else if (opts.app) this._url.searchParams.set("app", opts.app);
@@ -129,7 +183,7 @@ class Masq {
 
   /** Resolves when the store serves this app (rejects if it refuses it). */
   ready() {
-    if (this.state === "ready") return Promise.resolve();
+    if (this._serving()) return Promise.resolve();
     if (this.state === "denied" || this.state === "closed")
       return Promise.reject(new MasqError(this.state, `the connection is ${this.state}`));
     return new Promise((resolve, reject) => this._readyWaiters.push({ resolve, reject }));
@@ -141,7 +195,7 @@ class Masq {
       return Promise.reject(new MasqError(this.state, `the connection is ${this.state}`));
     return new Promise((resolve, reject) => {
       const entry = { msg: { ...args, op }, resolve, reject };
-      if (this.state === "ready") this._send(entry);
+      if (this._serving()) this._send(entry);
       else if (this._queue.length >= MAX_QUEUED)
         reject(new MasqError("queue_full", "too many requests waiting for the store"));
       else this._queue.push(entry);
@@ -185,10 +239,15 @@ class Masq {
     this._ws.send(JSON.stringify({ ...entry.msg, id }));
   }
 
+  /** Whether requests are served now (`ready`, or `peer`: the page's own store). */
+  _serving() {
+    return this.state === "ready" || this.state === "peer";
+  }
+
   _setState(state) {
     if (this.state === state) return;
     this.state = state;
-    if (state === "ready") {
+    if (this._serving()) {
       const waiters = this._readyWaiters.splice(0);
       waiters.forEach((w) => w.resolve());
       const queued = this._queue.splice(0);
@@ -209,6 +268,23 @@ class Masq {
   }
 
   _open() {
+    if (this._transport) {
+      // Peer mode: the page's own store, behind the same socket interface.
+      this._transport().then(
+        (t) => {
+          if (this._closedByUser) return t.close();
+          this._ws = t;
+          t.onmessage = (ev) => this._onMessage(ev.data);
+          t.onclose = (ev) => this._onClose(ev);
+          t.start();
+        },
+        (e) => {
+          this._firstReject(e instanceof MasqError ? e : new MasqError("storage", String((e && e.message) || e)));
+          this._setState("closed");
+        },
+      );
+      return;
+    }
     const ws = new WebSocket(this._url.href);
     this._ws = ws;
     ws.onmessage = (ev) => this._onMessage(ev.data);
@@ -227,7 +303,7 @@ class Masq {
       if (msg.app !== undefined) this.app = msg.app;
       this._backoff = MIN_BACKOFF_MS;
       this._everConnected = true;
-      if (msg.state === "ready" && this.state !== "ready") this._resubscribe();
+      if ((msg.state === "ready" || msg.state === "peer") && !this._serving()) this._resubscribe();
       this._setState(msg.state === "revoked" ? "denied" : msg.state);
       this._firstResolve();
       return;

@@ -1,22 +1,32 @@
-// Types of masq-client.js (served by the store at /masq-client.d.ts).
+// Types of masq-client.js (served by the store at /masq-client.d.ts, and
+// shipped in the package folder web/client/).
 // The protocol behind them: docs/protocol.md, "App protocol".
 
 /** An error answered by the store or by the client; `code` is stable. */
 export class MasqError extends Error {
-  /** e.g. `not_found`, `not_approved`, `denied`, `disconnected`, `unreachable`, `too_large`. */
+  /** e.g. `not_found`, `not_approved`, `denied`, `disconnected`, `unreachable`, `too_large`, `quota_exceeded` (peer mode). */
   code: string;
 }
 
-/** Where the connection stands. `pending`: the user has not approved this page yet. */
-export type State = "connecting" | "pending" | "ready" | "denied" | "closed";
+/**
+ * Where the connection stands. `pending`: the user has not approved this page
+ * yet. `peer`: no store runs on this device; the page is its own store
+ * (IndexedDB), and requests are served as in `ready`.
+ */
+export type State = "connecting" | "pending" | "ready" | "peer" | "denied" | "closed";
 
 export interface ConnectOptions {
   /** The namespace a web page asks for (the user approves origin + app). */
   app?: string;
   /** A native app token or the store's admin token, instead of `app`. */
   token?: string;
-  /** The store: `http://127.0.0.1:7070` or its `ws://…/ws` URL. Default: the store that served the module. */
+  /** The store: `http://127.0.0.1:7070` or its `ws://…/ws` URL. Default: the store that served the module (127.0.0.1:7070 when the app serves it). */
   url?: string;
+  /**
+   * `auto` (default): the store if one answers within 1.5 s, else peer mode;
+   * `store`: the store only; `peer`: the page's own store (needs `app`).
+   */
+  mode?: "auto" | "store" | "peer";
 }
 
 /** One change operation (JSON-Pointer paths). */
