@@ -16,21 +16,21 @@ if [ "$have" != "$want" ]; then
   echo "  cargo install wasm-bindgen-cli --version $want"
   exit 1
 fi
-cargo build --release -p masq-web --target wasm32-unknown-unknown --quiet
-rm -rf "$here/pkg"
-wasm-bindgen --target web --out-dir "$here/pkg" \
-  target/wasm32-unknown-unknown/release/masq_web.wasm
+cargo build --profile wasm -p masq-web --target wasm32-unknown-unknown --quiet
+wasm=target/wasm32-unknown-unknown/wasm/masq_web.wasm
 if command -v wasm-opt >/dev/null 2>&1; then
-  # The features rustc's wasm32 target emits, named: without reference
-  # types an older wasm-opt (Debian's 108) rewrites the externref table into
-  # one the browser refuses; --all-features makes it emit encodings Chromium
-  # does not read.
-  wasm-opt -Oz --enable-reference-types --enable-bulk-memory --enable-sign-ext \
-    --enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue \
-    "$here/pkg/masq_web_bg.wasm" -o "$here/pkg/masq_web_bg.wasm"
+  # Before wasm-bindgen: Debian's wasm-opt (108) mangles the externref table
+  # wasm-bindgen adds, and with --all-features emits encodings Chromium does
+  # not read. The features named are the ones rustc's wasm32 target uses.
+  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+    --enable-mutable-globals --enable-multivalue --enable-reference-types \
+    "$wasm" -o target/wasm32-unknown-unknown/wasm/masq_web.opt.wasm
+  wasm=target/wasm32-unknown-unknown/wasm/masq_web.opt.wasm
 else
   echo "(wasm-opt not found: install binaryen for a smaller .wasm)"
 fi
+rm -rf "$here/pkg"
+wasm-bindgen --target web --out-name masq_web --out-dir "$here/pkg" "$wasm"
 size() { gzip -9c "$@" | wc -c; }
 total=$(cat "$here"/pkg/masq_web_bg.wasm "$here"/pkg/masq_web.js "$here"/masq-client.js "$here"/masq-peer.js | gzip -9c | wc -c)
 echo "web/client: wasm $(size "$here/pkg/masq_web_bg.wasm") B gzipped, JS $(cat "$here"/pkg/masq_web.js "$here"/masq-client.js "$here"/masq-peer.js | size) B gzipped, total $total B"

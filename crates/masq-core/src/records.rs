@@ -140,6 +140,33 @@ impl WriteSet {
     pub fn iter(&self) -> std::slice::Iter<'_, Write> {
         self.writes.iter()
     }
+
+    /// The same set without the puts and removals that a later put or
+    /// removal of the same key overrides: applied, both leave the tables
+    /// the same. (A prefix removal between the two changes nothing: the later
+    /// write decides the key either way.) A shell that commits many
+    /// requests' writes together stores a document's metadata once instead
+    /// of once per change.
+    pub fn coalesced(self) -> WriteSet {
+        let mut seen: std::collections::HashSet<(Table, &[u8])> = std::collections::HashSet::new();
+        let mut keep = vec![true; self.writes.len()];
+        for (i, w) in self.writes.iter().enumerate().rev() {
+            let (table, key) = match w {
+                Write::Put { table, key, .. } | Write::Remove { table, key } => (*table, key),
+                Write::RemovePrefix { .. } => continue,
+            };
+            if !seen.insert((table, key.as_slice())) {
+                keep[i] = false;
+            }
+        }
+        let mut keep = keep.into_iter();
+        let writes = self
+            .writes
+            .into_iter()
+            .filter(|_| keep.next().unwrap_or(true))
+            .collect();
+        WriteSet { writes }
+    }
 }
 
 impl IntoIterator for WriteSet {
@@ -153,6 +180,57 @@ impl IntoIterator for WriteSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies `w` to a model of the tables, as a shell would.
+    fn applied(w: &WriteSet) -> std::collections::BTreeMap<(Table, Vec<u8>), Vec<u8>> {
+        let mut m = std::collections::BTreeMap::new();
+        for w in w.iter() {
+            match w {
+                Write::Put { table, key, value } => {
+                    m.insert((*table, key.clone()), value.clone());
+                }
+                Write::Remove { table, key } => {
+                    m.remove(&(*table, key.clone()));
+                }
+                Write::RemovePrefix { table, prefix } => {
+                    m.retain(|(t, k), _| !(t == table && k.starts_with(prefix)));
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn a_coalesced_set_leaves_the_tables_as_the_whole_set_does() {
+        // Pseudo-random sets over few keys, so keys repeat and prefixes hit.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..500 {
+            let mut w = WriteSet::new();
+            for _ in 0..next(30) {
+                let table = Table::ALL[next(2) as usize];
+                let key = vec![b'a' + next(3) as u8, b'a' + next(3) as u8];
+                match next(5) {
+                    0 => w.remove(table, key),
+                    1 => w.remove_prefix(table, key[..1].to_vec()),
+                    _ => w.put(table, key, vec![next(255) as u8]),
+                }
+            }
+            let c = w.clone().coalesced();
+            assert!(c.len() <= w.len());
+            assert_eq!(applied(&c), applied(&w), "{w:?}");
+        }
+        let mut w = WriteSet::new();
+        w.put(Table::Docs, b"m".to_vec(), b"1".to_vec());
+        w.put(Table::Chunks, b"c1".to_vec(), b"x".to_vec());
+        w.put(Table::Docs, b"m".to_vec(), b"2".to_vec());
+        assert_eq!(w.coalesced().len(), 2);
+    }
 
     #[test]
     fn table_names_are_the_stored_keyspace_names() {

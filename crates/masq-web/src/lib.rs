@@ -77,6 +77,22 @@ impl WebStore {
         }
     }
 
+    /// Applies a journal entry (write frames committed but maybe not yet
+    /// copied into the tables) on top of the loaded records, in journal
+    /// order. Only before the first request.
+    pub fn replay(&mut self, frames: &[u8]) -> Result<(), JsError> {
+        let writes = tables::decode_writes(frames).map_err(|e| JsError::new(&e))?;
+        match self.loading.as_mut() {
+            Some(tables) => {
+                tables.apply(&writes);
+                Ok(())
+            }
+            None => Err(JsError::new(
+                "the journal replays only before the first request",
+            )),
+        }
+    }
+
     fn store(&mut self) -> Result<&PeerStore, ApiError> {
         if self.store.is_none() {
             let tables = self.loading.take().unwrap_or_default();
@@ -145,13 +161,27 @@ impl WebStore {
     }
 
     /// The writes of the requests answered since the last call, as frames
-    /// (see [`tables::encode_writes`]); empty when nothing changed.
+    /// (see [`tables::encode_writes`]); empty when nothing changed. Throws if
+    /// they cannot be committed whole: the page then fails the batch's
+    /// writes and reopens the store.
     #[wasm_bindgen(js_name = takeWrites)]
-    pub fn take_writes(&mut self) -> Vec<u8> {
+    pub fn take_writes(&mut self) -> Result<Vec<u8>, JsError> {
         match self.store.as_ref() {
-            Some(s) => encode_writes(&s.take_writes()),
-            None => Vec::new(),
+            // Many requests' writes, committed together: a document's
+            // metadata once, not once per change.
+            Some(s) => s
+                .take_writes()
+                .map(|w| encode_writes(&w.coalesced()))
+                .map_err(|e| JsError::new(&e.to_string())),
+            None => Ok(Vec::new()),
         }
+    }
+
+    /// Number of writes the requests answered since the last
+    /// [`WebStore::take_writes`] made (it grows with each request that wrote).
+    #[wasm_bindgen(js_name = pendingWrites)]
+    pub fn pending_writes(&self) -> usize {
+        self.store.as_ref().map_or(0, PeerStore::pending_writes)
     }
 
     /// The events of the requests answered since the last call, each as a
@@ -227,7 +257,7 @@ mod tests {
             answer(&mut s, r#"{"id":3,"op":"kv.put","key":"other","value":6}"#)["ok"],
             json!(null)
         );
-        assert!(!s.take_writes().is_empty());
+        assert!(!s.take_writes().unwrap().is_empty());
         let events: Vec<serde_json::Value> = s
             .take_events()
             .lines()

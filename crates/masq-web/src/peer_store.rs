@@ -13,9 +13,11 @@
 //! a time, from start to end.
 //!
 //! Differences from the native store, each on purpose:
-//! - A KV write becomes its shard's Automerge change at once (the native
-//!   store's write-behind folder is a thread; a page has none, and a change
-//!   costs tens of µs, far below an IndexedDB commit).
+//! - A KV write goes into the index at once and into its shard document at
+//!   the end of the batch the page commits together ([`PeerStore::take_writes`]):
+//!   one change per shard per batch, as the native store's folder thread
+//!   does, but with no pending records, since the index and the changes
+//!   reach the disk in the same commit.
 //! - The page passes the time ([`PeerStore::set_time`]): `SystemTime` aborts
 //!   in wasm32.
 //! - The cache of loaded documents is bounded by count
@@ -90,6 +92,9 @@ pub struct PeerStore {
     docs: RefCell<HashMap<DocId, Loaded>>,
     /// Writes of successful requests not yet taken by the page.
     outbox: RefCell<WriteSet>,
+    /// KV writes of the batch not yet folded into their shard documents
+    /// (already in the index and the outbox): shard → key → encoded value.
+    kv_pending: RefCell<BTreeMap<DocId, BTreeMap<String, Option<String>>>>,
     /// Events of successful requests not yet taken by the page.
     events: RefCell<Vec<Event>>,
 }
@@ -122,6 +127,7 @@ impl PeerStore {
             tables: RefCell::new(tables),
             docs: RefCell::new(HashMap::new()),
             outbox: RefCell::new(WriteSet::new()),
+            kv_pending: RefCell::new(BTreeMap::new()),
             events: RefCell::new(Vec::new()),
         })
     }
@@ -142,9 +148,20 @@ impl PeerStore {
     }
 
     /// The writes of the requests that succeeded since the last call, for
-    /// the page to commit as one transaction.
-    pub fn take_writes(&self) -> WriteSet {
-        std::mem::take(&mut *self.outbox.borrow_mut())
+    /// the page to commit as one transaction (KV writes folded into their
+    /// shards first). An `Err` means the batch cannot be committed whole:
+    /// its writes are dropped, and the page must reopen the store from what
+    /// it committed before (memory is ahead of it).
+    pub fn take_writes(&self) -> Result<WriteSet, ApiError> {
+        let folded = self.fold_pending(None);
+        let writes = std::mem::take(&mut *self.outbox.borrow_mut());
+        folded.map(|()| writes)
+    }
+
+    /// Number of writes waiting for [`Self::take_writes`] (the page tells
+    /// by it which requests wrote).
+    pub fn pending_writes(&self) -> usize {
+        self.outbox.borrow().len()
     }
 
     /// The events of the requests that succeeded since the last call.
@@ -333,8 +350,8 @@ impl PeerStore {
         self.stage(txn, &cat, &before, None)
     }
 
-    /// Writes KV entries (`None`: delete) as one request: per shard one
-    /// change, the index, and the catalog entry of a new shard.
+    /// Writes KV entries (`None`: delete) as one request: the index at
+    /// once, the shard documents at the end of the batch ([`Self::fold_pending`]).
     fn kv_write(
         &self,
         bucket: &str,
@@ -349,22 +366,7 @@ impl PeerStore {
         }
         let listening = self.listening.get();
         self.write(|txn| {
-            for (shard, items) in &by_shard {
-                let id = shard_doc(bucket, *shard);
-                txn.touched.push(id.clone());
-                let (before, new) = self.with_doc(&id, |l| {
-                    let before = l.doc.get_heads();
-                    fold(
-                        &mut l.doc,
-                        &[],
-                        items.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
-                    )?;
-                    Ok((before, l.meta.is_none()))
-                })?;
-                if new {
-                    self.catalog_put(txn, &id, CATALOG_KV, false)?;
-                }
-                self.stage(txn, &id, &before, None)?;
+            for items in by_shard.values() {
                 for (k, v) in items {
                     kv_index::stage_winner(
                         &mut txn.writes,
@@ -386,7 +388,53 @@ impl PeerStore {
                 }
             }
             Ok(())
-        })
+        })?;
+        let mut pending = self.kv_pending.borrow_mut();
+        for (shard, items) in by_shard {
+            pending
+                .entry(shard_doc(bucket, shard))
+                .or_default()
+                .extend(items);
+        }
+        Ok(())
+    }
+
+    /// Folds the KV writes of the batch into their shard documents: one
+    /// change per shard (the native store's folder does the same across
+    /// its own batches), with the catalog entry of a new shard. `only`:
+    /// just that shard (before it is read).
+    ///
+    /// Nothing of the batch is committed before this ran (the page commits
+    /// what [`Self::take_writes`] returns, which calls it), so the index and
+    /// the shard changes always reach the disk together. If it fails, the
+    /// batch must not be committed at all (see [`Self::take_writes`]).
+    fn fold_pending(&self, only: Option<&DocId>) -> Result<(), ApiError> {
+        let shards: Vec<(DocId, BTreeMap<String, Option<String>>)> = {
+            let mut pending = self.kv_pending.borrow_mut();
+            match only {
+                Some(id) => pending.remove_entry(id).into_iter().collect(),
+                None => std::mem::take(&mut *pending).into_iter().collect(),
+            }
+        };
+        for (id, items) in shards {
+            self.write(|txn| {
+                txn.touched.push(id.clone());
+                let (before, new) = self.with_doc(&id, |l| {
+                    let before = l.doc.get_heads();
+                    fold(
+                        &mut l.doc,
+                        &[],
+                        items.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+                    )?;
+                    Ok((before, l.meta.is_none()))
+                })?;
+                if new {
+                    self.catalog_put(txn, &id, CATALOG_KV, false)?;
+                }
+                self.stage(txn, &id, &before, None)
+            })?;
+        }
+        Ok(())
     }
 
     /// Creates a document from `build` (which fills the empty document) and
@@ -475,6 +523,8 @@ impl DataApi for PeerStore {
         validate_name("bucket", bucket)?;
         validate_key(key)?;
         let id = shard_doc(bucket, shard_of(key));
+        // The shard's writes of this batch first, so Automerge has them.
+        self.fold_pending(Some(&id))?;
         self.with_doc(&id, |l| Ok(all_values(&l.doc, key)?))
     }
 
@@ -692,7 +742,7 @@ mod tests {
             .unwrap()
             .to_string();
         run(&s, json!({"op": "doc.delete", "doc": gone})).unwrap();
-        let written = vec![s.take_writes()];
+        let written = vec![s.take_writes().unwrap()];
 
         let r = reopen(&written);
         assert_eq!(
@@ -738,7 +788,7 @@ mod tests {
             "unknown_doc"
         );
         let doc = run(&s, json!({"op": "doc.create"})).unwrap()["doc"].clone();
-        let before = s.take_writes().len();
+        let before = s.take_writes().unwrap().len();
         assert!(before > 0);
         // A change whose second op fails applies nothing, writes nothing.
         assert_eq!(
@@ -748,7 +798,7 @@ mod tests {
             ]})),
             "bad_path"
         );
-        assert!(s.take_writes().is_empty());
+        assert!(s.take_writes().unwrap().is_empty());
         assert_eq!(
             run(&s, json!({"op": "doc.get", "doc": doc})).unwrap(),
             json!({})
@@ -758,7 +808,7 @@ mod tests {
             code(json!({"op": "kv.put", "key": "d", "value": deep})),
             "too_deep"
         );
-        assert!(s.take_writes().is_empty());
+        assert!(s.take_writes().unwrap().is_empty());
     }
 
     #[test]
@@ -768,6 +818,11 @@ mod tests {
         assert!(s.take_events().is_empty());
         s.set_listening(true);
         run(&s, json!({"op": "kv.put", "key": "k", "value": 2})).unwrap();
+        // Read before the batch is folded: the shard gets the write first.
+        assert_eq!(
+            run(&s, json!({"op": "kv.conflicts", "key": "k"})).unwrap(),
+            json!([2])
+        );
         let doc = run(
             &s,
             json!({"op": "doc.create", "ops": [{"op": "put", "path": "/a", "value": 1}]}),
@@ -792,7 +847,7 @@ mod tests {
     fn the_records_match_the_native_layout() {
         let s = PeerStore::open("notes", Tables::new()).unwrap();
         run(&s, json!({"op": "kv.put", "key": "a", "value": 1})).unwrap();
-        let w = s.take_writes();
+        let w = s.take_writes().unwrap();
         // One KV index entry, the shard's and the catalog's chunks and metadata.
         assert_eq!(s.record_count(Table::Kv), 1);
         assert_eq!(s.record_count(Table::Docs), 2);

@@ -164,6 +164,42 @@ pub fn encode_writes(writes: &WriteSet) -> Vec<u8> {
     out
 }
 
+/// Reads frames of [`encode_writes`] back (the page's journal, replayed
+/// at open); `Err` names what is malformed.
+pub fn decode_writes(mut bytes: &[u8]) -> Result<WriteSet, String> {
+    fn field<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], String> {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("a frame ends inside a length")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err("a frame ends inside a field".into());
+        }
+        let (f, rest) = rest.split_at(len);
+        *bytes = rest;
+        Ok(f)
+    }
+    let mut out = WriteSet::new();
+    while let Some((&[kind, table], rest)) = bytes.split_first_chunk::<2>() {
+        bytes = rest;
+        let table = table_of(table).ok_or_else(|| format!("unknown table {table}"))?;
+        let key = field(&mut bytes)?.to_vec();
+        match kind {
+            PUT => {
+                let value = field(&mut bytes)?.to_vec();
+                out.put(table, key, value);
+            }
+            REMOVE => out.remove(table, key),
+            REMOVE_PREFIX => out.remove_prefix(table, key),
+            other => return Err(format!("unknown write kind {other}")),
+        }
+    }
+    if !bytes.is_empty() {
+        return Err("a frame ends inside its header".into());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +242,16 @@ mod tests {
         for t in Table::ALL {
             assert_eq!(table_of(table_index(t)), Some(t));
         }
+        assert_eq!(decode_writes(&encode_writes(&w)), Ok(w.clone()));
+        let bytes = encode_writes(&w);
+        // Cut anywhere but between two writes: an error, never a guess.
+        for cut in 1..bytes.len() {
+            match cut {
+                13 | 20 => assert!(decode_writes(&bytes[..cut]).is_ok()),
+                _ => assert!(decode_writes(&bytes[..cut]).is_err(), "cut at {cut}"),
+            }
+        }
+        assert!(decode_writes(&[9, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]
