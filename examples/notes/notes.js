@@ -10,6 +10,12 @@
 
 const params = new URLSearchParams(location.search);
 const STORE = (params.get("store") || "http://127.0.0.1:7070").replace(/\/+$/, "");
+/**
+ * The client package (web/client/) for when no store runs on this device:
+ * the page then keeps the notes itself, in this browser (peer mode). The
+ * default works when the repository's root is served; `?client=` overrides.
+ */
+const PACKAGE_CLIENT = params.get("client") || "../../web/client/masq-client.js";
 const APP = "notes";
 const SAVE_DELAY_MS = 300;
 
@@ -132,6 +138,9 @@ function showState(state) {
     case "ready":
       b.append("Connected");
       break;
+    case "peer":
+      b.append("No store on this device: your notes are kept in this browser");
+      break;
     case "denied":
       b.append("This store refused the app. Approve ", code(location.origin), " again in the store manager, then reload.");
       break;
@@ -145,7 +154,7 @@ function showState(state) {
       b.append(state);
   }
   // While reconnecting, requests wait in the client: editing goes on.
-  const usable = everReady && (state === "ready" || state === "connecting");
+  const usable = everReady && (state === "ready" || state === "peer" || state === "connecting");
   ui.newNote.disabled = !usable;
   setEditorEnabled(current !== null && usable);
   if (masq && masq.app && masq.app !== APP) ui.namespace.textContent = ` · namespace ${masq.app}`;
@@ -512,22 +521,30 @@ async function main() {
   renderList();
   showState("connecting");
   let client;
+  let mode = "store";
   try {
     client = await import(STORE + "/masq-client.js");
   } catch (e) {
-    showUnreachable(null);
-    console.error(e);
-    return;
+    // No store serves its client: this page becomes the device (peer mode),
+    // if the client package is here.
+    try {
+      client = await import(new URL(PACKAGE_CLIENT, location.href).href);
+      mode = "peer";
+    } catch (_) {
+      showUnreachable(null);
+      console.error(e);
+      return;
+    }
   }
   try {
-    masq = await client.connect({ app: APP, url: STORE });
+    masq = await client.connect({ app: APP, url: STORE, mode });
   } catch (e) {
     if (e.code === "denied") showState("denied");
     else showUnreachable(e);
     return;
   }
   masq.onState((s) => {
-    if (s === "ready") everReady = true;
+    if (s === "ready" || s === "peer") everReady = true;
     showState(s);
   });
   showState(masq.state);

@@ -15,6 +15,7 @@
 // 5. (what is built of it) a second tab of the same app waits while the
 //    first holds the store, then takes over when it closes, with every
 //    write of the first.
+// Also: examples/notes works with no store (peer mode) and keeps a note.
 // It also prints the page's kv.put / kv.get rates and how long a profile
 // with 10 000 documents takes to open (measurements, not assertions).
 
@@ -209,6 +210,29 @@ async function main() {
       `(the checkpoint after the benchmark took ${rates.checkpointMs.toFixed(0)} ms more; ` +
       `in the core ${rates.stats.execMs.toFixed(0)} ms, in journal commits ${rates.stats.commitMs.toFixed(0)} ms)`,
   );
+  // ---- examples/notes with no store: the page keeps the notes itself.
+  const notesOrigin = await serveDirs({
+    "/examples/notes/": join(root, "examples/notes"),
+    "/web/client/": join(root, "web/client"),
+  });
+  const notes = await newPage(context, "notes, no store");
+  await notes.goto(`${notesOrigin}/examples/notes/?store=${noStore}`);
+  await notes.waitForSelector("#state[data-state=peer]");
+  await notes.click("#new-note");
+  await notes.waitForSelector("#notes li[data-doc]");
+  await notes.fill("#title", "Offline note");
+  await notes.fill("#text", "kept in this browser\n");
+  await notes.locator("#text").blur();
+  await until("the note saved in the page's store", () =>
+    notes.evaluate(() => document.querySelector("#save-state")?.textContent === "Saved"),
+  );
+  await notes.reload();
+  await notes.waitForSelector("#state[data-state=peer]");
+  await until("the note after a reload", async () => (await notes.textContent("#notes")).includes("Offline note"));
+  await notes.click("#notes li[data-doc]");
+  await until("the note's text after a reload", () => notes.evaluate(() => document.querySelector("#text").value === "kept in this browser\n"));
+  log("examples/notes with no store: says so, keeps a note across a reload");
+
   log("PASS");
 }
 
