@@ -87,7 +87,8 @@ export async function connect(opts = {}) {
   if (!["auto", "store", "peer"].includes(mode))
     throw new MasqError("bad_request", `unknown mode ${JSON.stringify(mode)} (auto, store or peer)`);
   if (mode === "peer") return connectPeer(opts);
-  if (mode === "store") return connectStore(opts);
+  // A token names a store's app: there is no page store to fall back to.
+  if (mode === "store" || !opts.app) return connectStore(opts);
   const masq = new Masq(opts);
   const answered = masq._first.then(
     () => true,
@@ -98,6 +99,7 @@ export async function connect(opts = {}) {
   );
   const timeout = new Promise((res) => setTimeout(() => res(false), STORE_PROBE_MS));
   if (await Promise.race([answered, timeout])) return masq;
+  answered.catch(() => {}); // closing it below rejects it: nobody waits for that
   masq.close();
   return connectPeer(opts);
 }
@@ -279,7 +281,8 @@ class Masq {
           t.start();
         },
         (e) => {
-          this._firstReject(e instanceof MasqError ? e : new MasqError("storage", String((e && e.message) || e)));
+          const code = e instanceof MasqError ? e.code : (e && e.code) || "storage";
+          this._firstReject(new MasqError(code, String((e && e.message) || e)));
           this._setState("closed");
         },
       );

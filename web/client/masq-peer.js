@@ -80,9 +80,20 @@ function openDb(app, names) {
   return promised(req);
 }
 
-/** Waits for the app's Web Lock; resolves to a function that releases it. */
+/**
+ * Waits for the app's Web Lock; resolves to a function that releases it.
+ * Without Web Locks (an insecure context: plain http:// other than
+ * localhost; old browsers) two tabs could write over each other's journal
+ * and chunks, so peer mode is refused.
+ */
 function acquireLock(app) {
-  if (!(navigator.locks && navigator.locks.request)) return Promise.resolve(() => {});
+  if (!(navigator.locks && navigator.locks.request)) {
+    const e = new Error(
+      "peer mode needs Web Locks, so two tabs never write over each other: serve the page from https:// or localhost",
+    );
+    e.code = "unsupported";
+    return Promise.reject(e);
+  }
   return new Promise((gotIt, failed) => {
     navigator.locks
       .request(`masq-store:${app}`, { mode: "exclusive" }, () => new Promise((release) => gotIt(release)))
@@ -168,14 +179,14 @@ function prefixEnd(prefix) {
   return null;
 }
 
-/** The error answer of a write whose commit failed. */
+/** The error answer of a request whose batch could not be committed. */
 function commitError(id, e) {
   const quota = e && (e.name === "QuotaExceededError" || /quota/i.test(String(e.message)));
   return JSON.stringify({
     id,
     error: quota
-      ? { code: "quota_exceeded", message: "the browser's storage quota for this site is exhausted; nothing of this write was kept" }
-      : { code: "storage", message: `IndexedDB: ${(e && e.message) || e}; nothing of this write was kept` },
+      ? { code: "quota_exceeded", message: "the browser's storage quota for this site is exhausted; nothing of this batch of requests was kept" }
+      : { code: "storage", message: `IndexedDB: ${(e && e.message) || e}; nothing of this batch of requests was kept` },
   });
 }
 
@@ -193,6 +204,8 @@ class PeerTransport {
     this._nextSeq = pending.length ? pending[pending.length - 1].seq + 1 : 1;
     /** The running checkpoint, or null. */
     this._checkpoint = null;
+    /** Why the last checkpoint failed (null: it did not). */
+    this._checkpointError = null;
     this._queue = [];
     this._running = false;
     this._closed = false;
@@ -211,6 +224,9 @@ class PeerTransport {
   /** Commits one batch's frames as a journal record, durably. */
   async _commit(frames) {
     while (this._journalBytes > MAX_JOURNAL_BYTES && this._checkpoint) await this._checkpoint;
+    // Checkpoints keep failing (a full disk, most likely): the journal must
+    // not grow without end, in memory and at the next open.
+    if (this._journalBytes > MAX_JOURNAL_BYTES && this._checkpointError) throw this._checkpointError;
     const seq = this._nextSeq++;
     const tx = this._db.transaction([JOURNAL], "readwrite", { durability: "strict" });
     tx.objectStore(JOURNAL).put(frames, seq);
@@ -243,8 +259,10 @@ class PeerTransport {
           await completed(drop);
           this._journal.splice(0, batch.length);
           this._journalBytes -= batch.reduce((n, e) => n + e.frames.length, 0);
+          this._checkpointError = null;
         }
       } catch (e) {
+        this._checkpointError = e;
         // The journal keeps the writes (replayed at the next open); retried
         // after the next commit.
         if (!this._closed) console.warn("masq: checkpoint failed; the journal keeps the writes", e);
@@ -279,52 +297,60 @@ class PeerTransport {
 
   /** Runs what arrived together, commits it as one transaction, answers. */
   async _run() {
-    while (this._queue.length && !this._closed) {
-      const batch = this._queue.splice(0);
-      const started = performance.now();
-      const answers = [];
-      for (const text of batch) {
-        const before = this._store.pendingWrites();
-        const answer = this._store.request(text, Date.now());
-        answers.push({ answer, wrote: this._store.pendingWrites() > before });
-      }
-      let frames = null;
-      let failure = null;
-      if (answers.some((a) => a.wrote)) {
-        try {
-          frames = this._store.takeWrites();
-        } catch (e) {
-          failure = e;
-        }
-      }
-      if (frames || failure) {
-        const executed = performance.now();
-        this.stats.execMs += executed - started;
-        try {
-          if (failure) throw failure;
-          this.stats.bytes += frames.length;
-          await this._commit(frames);
-          this.stats.commitMs += performance.now() - executed;
-        } catch (e) {
-          if (this._closed) return;
-          this._store.takeEvents(); // never delivered: their writes are not on disk
-          for (const a of answers) {
-            if (!a.wrote) this._deliver(a.answer);
-            else this._deliver(commitError(JSON.parse(a.answer).id, e));
-          }
-          // Memory is ahead of the disk: reopen from IndexedDB. Requests
-          // queued meanwhile never ran; the client fails them (`disconnected`).
-          this.close(CLOSE_REOPEN);
-          return;
-        }
-      }
-      if (this._closed) return; // closed while committing: nobody to answer
-      this.stats.batches += 1;
-      this.stats.requests += batch.length;
-      for (const a of answers) this._deliver(a.answer);
-      const events = this._store.takeEvents();
-      if (events) for (const line of events.split("\n")) if (line) this._deliver(line);
+    try {
+      while (this._queue.length && !this._closed) await this._runBatch(this._queue.splice(0));
+    } catch (e) {
+      // The core trapped (a wasm panic leaves the module unusable) or the
+      // shell failed: nothing more runs here; the client reopens the store.
+      console.error("masq: the page's store failed; reopening", e);
+      this.close(CLOSE_REOPEN);
+    } finally {
+      this._running = false;
     }
-    this._running = false;
+  }
+
+  async _runBatch(batch) {
+    const started = performance.now();
+    const answers = [];
+    for (const text of batch) {
+      const before = this._store.pendingWrites();
+      const answer = this._store.request(text, Date.now());
+      answers.push({ answer, wrote: this._store.pendingWrites() > before });
+    }
+    let frames = null;
+    let failure = null;
+    if (answers.some((a) => a.wrote)) {
+      try {
+        frames = this._store.takeWrites();
+      } catch (e) {
+        failure = e;
+      }
+    }
+    if (frames || failure) {
+      const executed = performance.now();
+      this.stats.execMs += executed - started;
+      try {
+        if (failure) throw failure;
+        this.stats.bytes += frames.length;
+        await this._commit(frames);
+        this.stats.commitMs += performance.now() - executed;
+      } catch (e) {
+        if (this._closed) return;
+        this._store.takeEvents(); // never delivered: their writes are not on disk
+        // Every answer of the batch fails: its reads may have seen the
+        // writes that are not on disk.
+        for (const a of answers) this._deliver(commitError(JSON.parse(a.answer).id, e));
+        // Memory is ahead of the disk: reopen from IndexedDB. Requests
+        // queued meanwhile never ran; the client fails them (`disconnected`).
+        this.close(CLOSE_REOPEN);
+        return;
+      }
+    }
+    if (this._closed) return; // closed while committing: nobody to answer
+    this.stats.batches += 1;
+    this.stats.requests += batch.length;
+    for (const a of answers) this._deliver(a.answer);
+    const events = this._store.takeEvents();
+    if (events) for (const line of events.split("\n")) if (line) this._deliver(line);
   }
 }

@@ -86,6 +86,15 @@ pub struct PeerStore {
     /// Whether anybody subscribed: events (and their patches) are only made
     /// then.
     listening: Cell<bool>,
+    /// Most documents kept decoded ([`MAX_CACHED_DOCS`]; tests use less).
+    cache_limit: usize,
+    /// A write request is under way: cached documents may hold its
+    /// unstaged changes, so none is evicted.
+    in_write: Cell<bool>,
+    /// A batch's KV writes could not be folded into their shards: its index
+    /// entries must not be committed without them, so the batch fails and
+    /// the page reopens the store (see [`PeerStore::take_writes`]).
+    broken: RefCell<Option<ApiError>>,
     /// The page's records.
     tables: RefCell<Tables>,
     /// Loaded documents.
@@ -124,6 +133,9 @@ impl PeerStore {
             actor: ActorId::random(),
             now_secs: Cell::new(0),
             listening: Cell::new(false),
+            cache_limit: MAX_CACHED_DOCS,
+            in_write: Cell::new(false),
+            broken: RefCell::new(None),
             tables: RefCell::new(tables),
             docs: RefCell::new(HashMap::new()),
             outbox: RefCell::new(WriteSet::new()),
@@ -155,6 +167,9 @@ impl PeerStore {
     pub fn take_writes(&self) -> Result<WriteSet, ApiError> {
         let folded = self.fold_pending(None);
         let writes = std::mem::take(&mut *self.outbox.borrow_mut());
+        if let Some(e) = self.broken.borrow().clone() {
+            return Err(e);
+        }
         folded.map(|()| writes)
     }
 
@@ -186,7 +201,13 @@ impl PeerStore {
     /// it succeeds.
     fn write<R>(&self, f: impl FnOnce(&mut Txn) -> Result<R, ApiError>) -> Result<R, ApiError> {
         let mut txn = Txn::default();
-        match f(&mut txn) {
+        let nested = self.in_write.replace(true);
+        let result = f(&mut txn);
+        self.in_write.set(nested);
+        if !nested {
+            Self::trim(&mut self.docs.borrow_mut(), self.cache_limit);
+        }
+        match result {
             Ok(r) => {
                 self.tables.borrow_mut().apply(&txn.writes);
                 self.outbox.borrow_mut().append(txn.writes);
@@ -206,6 +227,17 @@ impl PeerStore {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Drops cached documents until at most `keep` remain (any: every
+    /// one can be reloaded from the mirror, as no request is under way).
+    fn trim(docs: &mut HashMap<DocId, Loaded>, keep: usize) {
+        while docs.len() > keep {
+            let Some(victim) = docs.keys().next().cloned() else {
+                return;
+            };
+            docs.remove(&victim);
         }
     }
 
@@ -258,10 +290,10 @@ impl PeerStore {
         let mut docs = self.docs.borrow_mut();
         if !docs.contains_key(id) {
             let loaded = self.load(id)?;
-            if docs.len() >= MAX_CACHED_DOCS {
-                if let Some(victim) = docs.keys().next().cloned() {
-                    docs.remove(&victim);
-                }
+            // Inside a write request a cached document may hold changes not
+            // staged yet: nothing is dropped then (`write` trims after).
+            if !self.in_write.get() {
+                Self::trim(&mut docs, self.cache_limit.saturating_sub(1));
             }
             docs.insert(id.clone(), loaded);
         }
@@ -366,7 +398,10 @@ impl PeerStore {
         }
         let listening = self.listening.get();
         self.write(|txn| {
-            for items in by_shard.values() {
+            for (shard, items) in &by_shard {
+                // A shard that does not load (corrupt records) fails this
+                // request now, as natively, not the batch's fold later.
+                self.with_doc(&shard_doc(bucket, *shard), |_| Ok(()))?;
                 for (k, v) in items {
                     kv_index::stage_winner(
                         &mut txn.writes,
@@ -417,7 +452,7 @@ impl PeerStore {
             }
         };
         for (id, items) in shards {
-            self.write(|txn| {
+            let folded = self.write(|txn| {
                 txn.touched.push(id.clone());
                 let (before, new) = self.with_doc(&id, |l| {
                     let before = l.doc.get_heads();
@@ -432,7 +467,12 @@ impl PeerStore {
                     self.catalog_put(txn, &id, CATALOG_KV, false)?;
                 }
                 self.stage(txn, &id, &before, None)
-            })?;
+            });
+            if let Err(e) = folded {
+                // The writes' index entries are in the outbox already.
+                *self.broken.borrow_mut() = Some(e.clone());
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -841,6 +881,46 @@ mod tests {
         assert!(events
             .iter()
             .all(|e| !matches!(e, Event::Doc { doc, .. } if is_internal(doc))));
+    }
+
+    #[test]
+    fn a_full_document_cache_never_drops_a_change_before_it_is_stored() {
+        // With room for two documents, every create loads the new document
+        // and its catalog shard, and every KV write its shard and catalog:
+        // an eviction inside the request would store an empty document or
+        // leave a shard without its write.
+        let mut s = PeerStore::open("notes", Tables::new()).unwrap();
+        s.cache_limit = 2;
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let doc = run(
+                &s,
+                json!({"op": "doc.create", "ops": [{"op": "put", "path": "/i", "value": i}]}),
+            )
+            .unwrap()["doc"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            ids.push(doc);
+            run(
+                &s,
+                json!({"op": "kv.put", "key": format!("k{i}"), "value": i}),
+            )
+            .unwrap();
+        }
+        let written = vec![s.take_writes().unwrap()];
+        let mut r = reopen(&written);
+        r.cache_limit = 2;
+        for (i, doc) in ids.iter().enumerate() {
+            assert_eq!(
+                run(&r, json!({"op": "doc.get", "doc": doc})).unwrap(),
+                json!({"i": i})
+            );
+            assert_eq!(
+                run(&r, json!({"op": "kv.conflicts", "key": format!("k{i}")})).unwrap(),
+                json!([i])
+            );
+        }
     }
 
     #[test]
