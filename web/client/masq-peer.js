@@ -27,10 +27,14 @@
 // is two or three records; one record per batch made acknowledgments ~10x
 // faster in tests/browser/peer.mjs.)
 //
-// One tab at a time: the store is held under a Web Lock named after the app.
-// A second tab of the same app waits (state `connecting`) until the first
-// closes, then opens the store from IndexedDB, so two copies never write
-// over each other. (Sharing one store between open tabs is not built yet.)
+// Tabs: the store is held by one tab at a time, the leader, under a Web Lock
+// named after the app. The app's other tabs (same profile, same origin) are
+// followers: they send their requests to the leader over a BroadcastChannel
+// and get its answers and their subscriptions' events back, so every tab
+// reads and writes the same data. When the leader closes, a follower's
+// waiting lock request is granted: it reconnects (its requests in flight
+// fail with `disconnected`, as when a store goes away), and one of the tabs
+// becomes the new leader, opening the store from IndexedDB.
 
 import init, { WebStore, tableNames, knownAnswers } from "./pkg/masq_web.js";
 
@@ -80,36 +84,53 @@ function openDb(app, names) {
   return promised(req);
 }
 
+/** The Web Lock the leader holds, and the BroadcastChannel of the app's tabs. */
+function lockName(app) {
+  return `masq-store:${app}`;
+}
+
 /**
- * Waits for the app's Web Lock; resolves to a function that releases it.
  * Without Web Locks (an insecure context: plain http:// other than
  * localhost; old browsers) two tabs could write over each other's journal
  * and chunks, so peer mode is refused.
  */
-function acquireLock(app) {
-  if (!(navigator.locks && navigator.locks.request)) {
+function requireLocks() {
+  if (!(navigator.locks && navigator.locks.request && typeof BroadcastChannel === "function")) {
     const e = new Error(
-      "peer mode needs Web Locks, so two tabs never write over each other: serve the page from https:// or localhost",
+      "peer mode needs Web Locks and BroadcastChannel, so two tabs never write over each other: serve the page from https:// or localhost",
     );
     e.code = "unsupported";
-    return Promise.reject(e);
+    throw e;
   }
-  return new Promise((gotIt, failed) => {
+}
+
+/**
+ * Takes the app's lock if no other tab holds it; resolves to a function that
+ * releases it, or null (another tab leads).
+ */
+function tryLock(app) {
+  return new Promise((resolve, reject) => {
     navigator.locks
-      .request(`masq-store:${app}`, { mode: "exclusive" }, () => new Promise((release) => gotIt(release)))
-      .catch(failed);
+      .request(lockName(app), { mode: "exclusive", ifAvailable: true }, (lock) => {
+        if (!lock) return resolve(null);
+        return new Promise((release) => resolve(release));
+      })
+      .catch(reject);
   });
 }
 
 /**
- * Opens `app`'s store in this page: waits for the one-tab lock, reads every
- * record into the core. Resolves to a socket-like transport for
- * masq-client.js (send, onmessage, onclose, close, start).
+ * Opens `app`'s store for this page: as the leader (this tab holds the
+ * store: every record read into the core) or as a follower of the tab that
+ * does. Resolves to a socket-like transport for masq-client.js (send,
+ * onmessage, onclose, close, start).
  */
 export async function openPeer(app) {
+  requireLocks();
   await loadWasm();
   const names = tableNames();
-  const release = await acquireLock(app);
+  const release = await tryLock(app);
+  if (!release) return new FollowerTransport(app);
   try {
     const db = await openDb(app, names);
     const store = new WebStore(app);
@@ -126,9 +147,79 @@ export async function openPeer(app) {
     const [seqs, frames] = journal;
     seqs.forEach((seq, j) => store.replay(frames[j]));
     const pending = seqs.map((seq, j) => ({ seq, frames: frames[j] }));
-    return new PeerTransport(app, db, store, names, release, pending);  } catch (e) {
+    return new PeerTransport(app, db, store, names, release, pending);
+  } catch (e) {
     release();
     throw e;
+  }
+}
+
+/** A tab that is not the leader: its requests go to the leader's tab. */
+class FollowerTransport {
+  constructor(app) {
+    this.app = app;
+    /** This tab's name on the channel. */
+    this.tab = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+    this._channel = new BroadcastChannel(lockName(app));
+    this._channel.onmessage = (ev) => this._onChannel(ev.data);
+    /** Requests written before the leader said it serves. */
+    this._waiting = [];
+    this._leaderReady = false;
+    this._closed = false;
+    this.onmessage = null;
+    this.onclose = null;
+    this.stats = null;
+    // A lock of this tab's own, so the leader can tell it still lives.
+    navigator.locks
+      .request(`${lockName(app)}/tab/${this.tab}`, () => new Promise((r) => (this._releaseTabLock = r)))
+      .catch(() => {});
+    // Granted once the leader is gone: reconnect, and maybe lead.
+    this._abort = new AbortController();
+    navigator.locks
+      .request(lockName(app), { signal: this._abort.signal }, () => {
+        if (!this._closed) this.close(CLOSE_REOPEN);
+      })
+      .catch(() => {});
+  }
+
+  start() {
+    this._deliver(JSON.stringify({ state: "peer", app: this.app }));
+    this._channel.postMessage({ type: "hello", tab: this.tab });
+  }
+
+  send(text) {
+    if (this._closed) return;
+    if (this._leaderReady) this._channel.postMessage({ type: "req", tab: this.tab, text });
+    else this._waiting.push(text);
+  }
+
+  close(code = 1000) {
+    if (this._closed) return;
+    this._closed = true;
+    try {
+      this._channel.postMessage({ type: "bye", tab: this.tab });
+    } catch (_) {
+      // The channel is closed already.
+    }
+    this._channel.close();
+    this._abort.abort();
+    if (this._releaseTabLock) this._releaseTabLock();
+    const cb = this.onclose;
+    if (cb) setTimeout(() => cb({ code }), 0);
+  }
+
+  _onChannel(m) {
+    if (this._closed || !m) return;
+    if (m.type === "leader-ready" && !this._leaderReady) {
+      this._leaderReady = true;
+      for (const text of this._waiting.splice(0)) this.send(text);
+    } else if ((m.type === "ans" || m.type === "event") && m.tab === this.tab) {
+      this._deliver(m.text);
+    }
+  }
+
+  _deliver(text) {
+    if (this.onmessage && !this._closed) this.onmessage({ data: text });
   }
 }
 
@@ -206,11 +297,16 @@ class PeerTransport {
     this._checkpoint = null;
     /** Why the last checkpoint failed (null: it did not). */
     this._checkpointError = null;
+    /** Requests to run: {text, tab} (tab: a follower's name, null for this tab). */
     this._queue = [];
     this._running = false;
     this._closed = false;
     this.onmessage = null;
     this.onclose = null;
+    /** The app's other tabs, and which follower owns which subscription. */
+    this._channel = new BroadcastChannel(lockName(app));
+    this._channel.onmessage = (ev) => this._onChannel(ev.data);
+    this._subOwners = new Map();
     /** What the store did, for benchmarks: batches, requests, ms in the core and in commits, bytes committed. */
     this.stats = { batches: 0, requests: 0, execMs: 0, commitMs: 0, bytes: 0 };
   }
@@ -218,7 +314,39 @@ class PeerTransport {
   /** Announces the state, as a store does first on every connection. */
   start() {
     this._deliver(JSON.stringify({ state: "peer", app: this.app }));
+    this._channel.postMessage({ type: "leader-ready" });
     if (this._journal.length) this._startCheckpoint();
+  }
+
+  /** A follower's message. */
+  _onChannel(m) {
+    if (this._closed || !m) return;
+    if (m.type === "hello") this._channel.postMessage({ type: "leader-ready" });
+    else if (m.type === "req" && typeof m.tab === "string" && typeof m.text === "string") this._enqueue(m.text, m.tab);
+    else if (m.type === "bye") this._dropSubscriptions([m.tab]);
+  }
+
+  /** Ends the subscriptions of followers that left (`tabs`). */
+  _dropSubscriptions(tabs) {
+    for (const [sub, tab] of this._subOwners) {
+      if (!tabs.includes(tab)) continue;
+      this._subOwners.delete(sub);
+      this._store.request(JSON.stringify({ id: 0, op: "unsubscribe", sub }), Date.now());
+    }
+  }
+
+  /** Followers that closed without a word (a killed tab): their subscriptions go. */
+  async _sweepFollowers() {
+    const held = new Set(((await navigator.locks.query()).held || []).map((l) => l.name));
+    if (this._closed) return;
+    const gone = [...new Set(this._subOwners.values())].filter((tab) => !held.has(`${lockName(this.app)}/tab/${tab}`));
+    if (gone.length) this._dropSubscriptions(gone);
+  }
+
+  /** Sends an answer or event to the tab it is for. */
+  _route(tab, text) {
+    if (tab === null) this._deliver(text);
+    else if (!this._closed) this._channel.postMessage({ type: text.startsWith('{"sub"') ? "event" : "ans", tab, text });
   }
 
   /** Commits one batch's frames as a journal record, durably. */
@@ -273,8 +401,12 @@ class PeerTransport {
   }
 
   send(text) {
+    this._enqueue(text, null);
+  }
+
+  _enqueue(text, tab) {
     if (this._closed) return;
-    this._queue.push(text);
+    this._queue.push({ text, tab });
     if (!this._running) {
       this._running = true;
       queueMicrotask(() => this._run());
@@ -284,6 +416,7 @@ class PeerTransport {
   close(code = 1000) {
     if (this._closed) return;
     this._closed = true;
+    this._channel.close();
     this._db.close();
     this._store.free();
     this._release();
@@ -312,11 +445,17 @@ class PeerTransport {
   async _runBatch(batch) {
     const started = performance.now();
     const answers = [];
-    for (const text of batch) {
+    let followerSubscribed = false;
+    for (const { text, tab } of batch) {
       const before = this._store.pendingWrites();
       const answer = this._store.request(text, Date.now());
-      answers.push({ answer, wrote: this._store.pendingWrites() > before });
+      answers.push({ answer, tab, wrote: this._store.pendingWrites() > before });
+      if (tab !== null && answer.includes('"ok":{"sub":')) {
+        this._subOwners.set(JSON.parse(answer).ok.sub, tab);
+        followerSubscribed = true;
+      }
     }
+    if (followerSubscribed) this._sweepFollowers().catch(() => {});
     let frames = null;
     let failure = null;
     if (answers.some((a) => a.wrote)) {
@@ -339,7 +478,7 @@ class PeerTransport {
         this._store.takeEvents(); // never delivered: their writes are not on disk
         // Every answer of the batch fails: its reads may have seen the
         // writes that are not on disk.
-        for (const a of answers) this._deliver(commitError(JSON.parse(a.answer).id, e));
+        for (const a of answers) this._route(a.tab, commitError(JSON.parse(a.answer).id, e));
         // Memory is ahead of the disk: reopen from IndexedDB. Requests
         // queued meanwhile never ran; the client fails them (`disconnected`).
         this.close(CLOSE_REOPEN);
@@ -349,8 +488,14 @@ class PeerTransport {
     if (this._closed) return; // closed while committing: nobody to answer
     this.stats.batches += 1;
     this.stats.requests += batch.length;
-    for (const a of answers) this._deliver(a.answer);
+    for (const a of answers) this._route(a.tab, a.answer);
     const events = this._store.takeEvents();
-    if (events) for (const line of events.split("\n")) if (line) this._deliver(line);
+    if (events) {
+      for (const line of events.split("\n")) {
+        if (!line) continue;
+        const owner = this._subOwners.get(JSON.parse(line).sub);
+        this._route(owner === undefined ? null : owner, line);
+      }
+    }
   }
 }
