@@ -260,6 +260,47 @@ async function main() {
   await until("the note's text after a reload", () => notes.evaluate(() => document.querySelector("#text").value === "kept in this browser\n"));
   log("examples/notes with no store: says so, keeps a note across a reload");
 
+  // ---- A full quota: `quota_exceeded`, and nothing acknowledged is lost.
+  const quotaOrigin = await serveDirs({
+    "/": join(root, "tests/browser/peer-page"),
+    "/client/": join(root, "web/client"),
+  });
+  const q = await newPage(context, "small quota");
+  await q.goto(`${quotaOrigin}/`);
+  const cdp = await context.newCDPSession(q);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: quotaOrigin, quotaSize: 3 * 1024 * 1024 });
+  await connectPeer(q, noStore);
+  const filled = await q.evaluate(async () => {
+    const masq = window.masq;
+    // Random text, so no compression makes room.
+    const noise = () => {
+      const b = new Uint8Array(150_000);
+      for (let i = 0; i < b.length; i += 65536) crypto.getRandomValues(b.subarray(i, i + 65536));
+      return btoa(String.fromCharCode(...b.subarray(0, 60_000))) + btoa(String.fromCharCode(...b.subarray(60_000)));
+    };
+    let acked = 0;
+    for (let i = 0; i < 200; i++) {
+      try {
+        await masq.kv.put(`big-${i}`, noise(), { bucket: "quota" });
+        acked++;
+      } catch (e) {
+        return { acked, code: e.code, message: e.message };
+      }
+    }
+    return { acked, code: "none" };
+  });
+  expect("a write past the quota", filled.code === "quota_exceeded" && filled.acked > 0, filled);
+  await until("the page store to reopen after the failed write", () =>
+    q.evaluate(async () => window.masq.state === "peer" && (await window.masq.kv.list({ bucket: "quota", limit: 1000 })).length >= 0),
+  );
+  const kept = await q.evaluate(async () => (await window.masq.kv.list({ bucket: "quota", limit: 1000 })).map((e) => e.key));
+  expect("acknowledged writes after quota_exceeded", kept.length === filled.acked, { kept: kept.length, acked: filled.acked });
+  await q.reload();
+  await connectPeer(q, noStore);
+  const keptAfterReload = await q.evaluate(async () => (await window.masq.kv.list({ bucket: "quota", limit: 1000 })).length);
+  expect("acknowledged writes after a reload", keptAfterReload === filled.acked, keptAfterReload);
+  log(`a 3 MB quota: write ${filled.acked + 1} answered quota_exceeded; the ${filled.acked} acknowledged before it are all there, after a reload too`);
+
   log("PASS");
 }
 
