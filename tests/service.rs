@@ -651,7 +651,7 @@ async fn manager_page_client_module_and_app_data_are_served() {
     // The client module: loadable by any origin (access is decided at connect).
     let js = get("/masq-client.js");
     assert!(js.contains("access-control-allow-origin: *"), "{js}");
-    assert!(js.contains("text/javascript") && js.contains("export function connect"));
+    assert!(js.contains("text/javascript") && js.contains("export async function connect"));
     assert!(get("/masq-client.d.ts").contains("export function connect"));
     assert!(
         get("/store.json").starts_with("HTTP/1.1 404"),

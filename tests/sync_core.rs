@@ -23,20 +23,43 @@ fn node() -> Node {
 /// A node whose local KV writes fold in the background, or only on demand.
 fn node_with(fold_in_background: bool) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path(),
-        StoreOptions {
-            durability: Durability::Buffered,
-            fold_in_background,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::open_with(dir.path(), node_options(fold_in_background)).unwrap();
     Node {
         id: DeviceKeypair::generate().device_id(),
         core: SyncCore::new(store),
         _dir: dir,
     }
+}
+
+/// The options of a test node's store.
+fn node_options(fold_in_background: bool) -> StoreOptions {
+    StoreOptions {
+        durability: Durability::Buffered,
+        fold_in_background,
+        ..Default::default()
+    }
+}
+
+/// Two nodes that synced one document of the app `notes`, `{path: value}`.
+fn two_nodes_sharing_a_doc(path: &str, value: serde_json::Value) -> (Node, Node, masq::DocId) {
+    let mut a = node();
+    let mut b = node();
+    let id = a
+        .core
+        .store()
+        .app("notes")
+        .unwrap()
+        .docs()
+        .create_with(
+            &[ChangeOp::Put {
+                path: path.into(),
+                value,
+            }],
+            None,
+        )
+        .unwrap();
+    sync_pair(&mut a, &mut b);
+    (a, b, id)
 }
 
 /// Runs the protocol between a and b until neither has anything to send.
@@ -356,20 +379,9 @@ fn many_changes_travel_as_a_bundle_and_converge() {
 /// with nothing to say sends nothing.
 #[test]
 fn resync_tick_recovers_a_lost_frame_and_is_quiet_otherwise() {
-    let mut a = node();
-    let mut b = node();
+    let (mut a, mut b, id) = two_nodes_sharing_a_doc("/v", json!(1));
     let docs_a = a.core.store().app("notes").unwrap().docs();
     let docs_b = b.core.store().app("notes").unwrap().docs();
-    let id = docs_a
-        .create_with(
-            &[ChangeOp::Put {
-                path: "/v".into(),
-                value: json!(1),
-            }],
-            None,
-        )
-        .unwrap();
-    sync_pair(&mut a, &mut b);
     assert_eq!(docs_b.get(&id).unwrap(), json!({"v": 1}));
     // In sync: ticks on both sides have nothing to send.
     assert!(a.core.on_resync_tick(&b.id).unwrap().is_empty());
@@ -557,20 +569,9 @@ fn a_refused_message_for_a_shard_with_pending_writes_loses_nothing() {
 fn a_peer_deletion_is_not_undone_by_a_local_change_in_flight() {
     use std::sync::mpsc;
     use std::time::Duration;
-    let mut a = node();
-    let mut b = node();
+    let (mut a, mut b, id) = two_nodes_sharing_a_doc("/n", json!(0));
     let docs_a = a.core.store().app("notes").unwrap().docs();
     let docs_b = b.core.store().app("notes").unwrap().docs();
-    let id = docs_a
-        .create_with(
-            &[ChangeOp::Put {
-                path: "/n".into(),
-                value: json!(0),
-            }],
-            None,
-        )
-        .unwrap();
-    sync_pair(&mut a, &mut b);
     docs_b.delete(&id).unwrap();
 
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -622,14 +623,7 @@ fn a_peer_deletion_is_not_undone_by_a_local_change_in_flight() {
     drop(docs_a);
     drop(core);
     store.close();
-    let store = Store::open_with(
-        dir.path(),
-        StoreOptions {
-            durability: Durability::Buffered,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let store = Store::open_with(dir.path(), node_options(true)).unwrap();
     let docs = store.app("notes").unwrap().docs();
     assert!(docs.list().unwrap().is_empty());
     assert!(docs.get(&id).is_err());

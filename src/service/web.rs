@@ -78,7 +78,7 @@ mod tests {
         assert!(client.headers.contains("access-control-allow-origin: *"));
         assert!(std::str::from_utf8(client.body)
             .expect("utf-8")
-            .contains("export function connect"));
+            .contains("export async function connect"));
         assert!(asset("/../Cargo.toml").is_none());
         assert!(asset("/store.json").is_none());
     }

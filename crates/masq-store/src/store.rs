@@ -579,7 +579,8 @@ impl Store {
     /// commit it after the batch. Locking that copy here (with no other lock
     /// held, so no lock order is at stake) marks it deleted for every writer
     /// still waiting with the handle, and removes whatever such a change
-    /// wrote between the batch and this lock. The deletion wins, as it does
+    /// wrote between the batch and this lock (even if its batch still waits
+    /// in the group-commit queue: batches commit in queue order). The deletion wins, as it does
     /// against a concurrent local change on the device that deleted.
     pub(crate) fn seal_deleted(&self, app: &str, id: &DocId) -> Result<()> {
         let h = self.doc_handle(app, id)?;
@@ -590,14 +591,13 @@ impl Store {
         g.exists = false;
         g.doc = Automerge::new();
         g.meta = DocMeta::default();
+        // Removed again unconditionally: a change committed through this
+        // handle may still be queued for the group commit, invisible to a
+        // read, and this batch is queued after it, so it commits after it.
         let db = &self.inner.db;
-        let result = if db.doc_meta(app, id.as_str())?.is_some() {
-            let mut batch = db.batch();
-            db.stage_remove_doc(&mut batch, app, id.as_str())?;
-            db.write(batch).and_then(|t| db.wait_durable(t))
-        } else {
-            Ok(())
-        };
+        let mut batch = db.batch();
+        db.stage_remove_doc(&mut batch, app, id.as_str())?;
+        let result = db.write(batch).and_then(|t| db.wait_durable(t));
         drop(g);
         self.forget(app, id);
         result
