@@ -29,6 +29,13 @@ use super::{contributory_dh, random_bytes};
 pub const MAX_SKIP: u32 = 1000;
 /// Most skipped message keys kept in total; the oldest are dropped first.
 pub const MAX_SKIPPED_TOTAL: usize = 2000;
+/// Skipped message keys are kept for the receiving chains of this many
+/// peer ratchet keys (the current one and the ones before it); a DH ratchet
+/// step drops those of older chains. A message that late is refused (as a
+/// replay: its chain is past) and its content comes again through sync, so
+/// a key that will never be used does not stay on disk for good (Signal
+/// recommends deleting skipped keys after some ratchet steps).
+pub const MAX_SKIPPED_CHAINS: usize = 4;
 /// Previous peer ratchet keys remembered for replay detection.
 pub const MAX_PAST_RATCHET_KEYS: usize = 64;
 /// Session serialization format version.
@@ -325,6 +332,16 @@ impl Session {
                 self.past_dhr.pop_front();
             }
         }
+        // Skipped keys of chains older than the last MAX_SKIPPED_CHAINS expire.
+        let kept: Vec<[u8; 32]> = self
+            .past_dhr
+            .iter()
+            .rev()
+            .take(MAX_SKIPPED_CHAINS - 1)
+            .copied()
+            .chain(std::iter::once(*their.as_bytes()))
+            .collect();
+        self.skipped.retain(|s| kept.contains(&s.dh));
         let (rk, ckr) = kdf_rk(&self.rk, &dh_recv);
         self.rk = rk;
         self.ckr = Some(ckr);
@@ -486,6 +503,37 @@ impl<'a> StateReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key skipped in one receiving chain opens its message while that
+    /// chain is among the last MAX_SKIPPED_CHAINS, and is gone after.
+    #[test]
+    fn skipped_keys_expire_after_some_ratchet_steps() {
+        let (a_id, b_id) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        let sk = [7u8; 32];
+        let b_ratchet = random_secret();
+        let mut a = Session::new_initiator(a_id, b_id, &sk, PublicKey::from(&b_ratchet));
+        let mut b = Session::new_responder(b_id, a_id, &sk, b_ratchet);
+        let late: Vec<Vec<u8>> = (0..3).map(|i| a.seal(&[i]).unwrap()).collect();
+        assert_eq!(b.open(&late[2]).unwrap(), [2]); // 0 and 1 skipped
+                                                    // Each round moves b to a new receiving chain (a answers with a new key).
+        let round = |a: &mut Session, b: &mut Session| {
+            let back = b.seal(b"ping").unwrap();
+            assert_eq!(a.open(&back).unwrap(), b"ping");
+            let next = a.seal(b"pong").unwrap();
+            assert_eq!(b.open(&next).unwrap(), b"pong");
+        };
+        for _ in 0..MAX_SKIPPED_CHAINS - 1 {
+            round(&mut a, &mut b);
+        }
+        assert_eq!(
+            b.open(&late[0]).unwrap(),
+            [0],
+            "still within the kept chains"
+        );
+        round(&mut a, &mut b);
+        assert!(matches!(b.open(&late[1]), Err(CryptoError::Replay)));
+        assert!(b.skipped.is_empty());
+    }
 
     /// A session that skipped keys and stepped its DH ratchet many times
     /// serializes into a buffer that never grew (no unwiped copy left
