@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use masq::crypto::handshake::{initiate, respond};
+use masq::crypto::ratchet::MAX_SKIPPED_CHAINS;
 use masq::crypto::{CryptoError, DeviceKeypair, Session};
 use proptest::prelude::*;
 
@@ -37,14 +38,22 @@ fn step() -> impl Strategy<Value = Step> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Every delivered message decrypts exactly once, in any order, unless
+    /// its sending chain is no longer among the receiver's last
+    /// `MAX_SKIPPED_CHAINS` receiving chains (its skipped key expired): then
+    /// it is refused as a replay. A model of the ratchet keys says which.
     #[test]
     fn every_delivered_message_decrypts_exactly_once(steps in prop::collection::vec(step(), 1..120)) {
         let (mut a, mut b) = pair();
-        // b cannot send before a's first message arrives: a speaks first.
+        // The model: each side's current sending key (a number) and the
+        // peer keys it stepped to (its receiving chains, oldest first). a
+        // starts knowing b's initial key 0; b learns a's key 0 from `first`.
+        let mut model = [Side { my_key: 0, peer_keys: vec![0] }, Side { my_key: 0, peer_keys: vec![] }];
         let first = a.seal(b"first").unwrap();
         prop_assert_eq!(b.open(&first).unwrap(), b"first");
-        // (from_a, plaintext, envelope, delivered)
-        let mut flight: Vec<(bool, Vec<u8>, Vec<u8>, bool)> = Vec::new();
+        model[1].received(0);
+        // (from_a, plaintext, envelope, sender key, delivered)
+        let mut flight: Vec<(bool, Vec<u8>, Vec<u8>, u32, bool)> = Vec::new();
         let mut counter = 0u32;
         for s in steps {
             match s {
@@ -52,35 +61,74 @@ proptest! {
                     counter += 1;
                     let pt = format!("m{counter}").into_bytes();
                     let env = if from_a { a.seal(&pt) } else { b.seal(&pt) }.unwrap();
-                    flight.push((from_a, pt, env, false));
+                    let key = model[usize::from(!from_a)].my_key;
+                    flight.push((from_a, pt, env, key, false));
                 }
                 Step::Deliver(i) | Step::Duplicate(i) if !flight.is_empty() => {
                     let i = i % flight.len();
-                    let (from_a, pt, env, delivered) = flight[i].clone();
+                    let (from_a, pt, env, key, delivered) = flight[i].clone();
                     let rx = if from_a { &mut b } else { &mut a };
                     let res = rx.open(&env);
-                    if delivered {
+                    let side = &mut model[usize::from(from_a)];
+                    if delivered || side.expired(key) {
                         prop_assert_eq!(res, Err(CryptoError::Replay));
                     } else {
                         prop_assert_eq!(res.unwrap(), pt);
-                        flight[i].3 = true;
+                        side.received(key);
                     }
+                    flight[i].4 = true;
                 }
                 Step::Drop(i) if !flight.is_empty() => {
                     let i = i % flight.len();
-                    if !flight[i].3 {
+                    if !flight[i].4 {
                         flight.remove(i);
                     }
                 }
                 _ => {}
             }
         }
-        // Everything still in flight and undelivered decrypts, in any order.
-        for (from_a, pt, env, delivered) in flight.into_iter().rev() {
+        // Everything still in flight and undelivered decrypts, in any order
+        // (newest first here), unless its chain expired meanwhile.
+        for (from_a, pt, env, key, delivered) in flight.into_iter().rev() {
             let rx = if from_a { &mut b } else { &mut a };
+            let side = &mut model[usize::from(from_a)];
             if !delivered {
-                prop_assert_eq!(rx.open(&env).unwrap(), pt);
+                let res = rx.open(&env);
+                if side.expired(key) {
+                    prop_assert_eq!(res, Err(CryptoError::Replay));
+                } else {
+                    prop_assert_eq!(res.unwrap(), pt);
+                    side.received(key);
+                }
             }
+        }
+    }
+}
+
+/// One side of the ratchet model of `every_delivered_message_decrypts_exactly_once`.
+struct Side {
+    /// The ratchet key it sends under now.
+    my_key: u32,
+    /// The peer's ratchet keys it stepped to, oldest first (the last is current).
+    peer_keys: Vec<u32>,
+}
+
+impl Side {
+    /// A message under the peer's `key` opened: a new key is a DH ratchet
+    /// step, after which this side sends under a new key of its own.
+    fn received(&mut self, key: u32) {
+        if !self.peer_keys.contains(&key) {
+            self.peer_keys.push(key);
+            self.my_key += 1;
+        }
+    }
+
+    /// Whether messages under the peer's `key` can no longer be opened: an
+    /// older chain than the last `MAX_SKIPPED_CHAINS` (current included).
+    fn expired(&self, key: u32) -> bool {
+        match self.peer_keys.iter().position(|k| *k == key) {
+            Some(pos) => pos + MAX_SKIPPED_CHAINS < self.peer_keys.len(),
+            None => false,
         }
     }
 }
