@@ -52,8 +52,7 @@ proptest! {
         let first = a.seal(b"first").unwrap();
         prop_assert_eq!(b.open(&first).unwrap(), b"first");
         model[1].received(0);
-        // (from_a, plaintext, envelope, sender key, delivered)
-        let mut flight: Vec<(bool, Vec<u8>, Vec<u8>, u32, bool)> = Vec::new();
+        let mut flight: Vec<InFlight> = Vec::new();
         let mut counter = 0u32;
         for s in steps {
             match s {
@@ -62,11 +61,11 @@ proptest! {
                     let pt = format!("m{counter}").into_bytes();
                     let env = if from_a { a.seal(&pt) } else { b.seal(&pt) }.unwrap();
                     let key = model[usize::from(!from_a)].my_key;
-                    flight.push((from_a, pt, env, key, false));
+                    flight.push(InFlight { from_a, pt, env, key, delivered: false });
                 }
                 Step::Deliver(i) | Step::Duplicate(i) if !flight.is_empty() => {
                     let i = i % flight.len();
-                    let (from_a, pt, env, key, delivered) = flight[i].clone();
+                    let InFlight { from_a, pt, env, key, delivered } = flight[i].clone();
                     let rx = if from_a { &mut b } else { &mut a };
                     let res = rx.open(&env);
                     let side = &mut model[usize::from(from_a)];
@@ -76,11 +75,11 @@ proptest! {
                         prop_assert_eq!(res.unwrap(), pt);
                         side.received(key);
                     }
-                    flight[i].4 = true;
+                    flight[i].delivered = true;
                 }
                 Step::Drop(i) if !flight.is_empty() => {
                     let i = i % flight.len();
-                    if !flight[i].4 {
+                    if !flight[i].delivered {
                         flight.remove(i);
                     }
                 }
@@ -89,7 +88,7 @@ proptest! {
         }
         // Everything still in flight and undelivered decrypts, in any order
         // (newest first here), unless its chain expired meanwhile.
-        for (from_a, pt, env, key, delivered) in flight.into_iter().rev() {
+        for InFlight { from_a, pt, env, key, delivered } in flight.into_iter().rev() {
             let rx = if from_a { &mut b } else { &mut a };
             let side = &mut model[usize::from(from_a)];
             if !delivered {
@@ -103,6 +102,21 @@ proptest! {
             }
         }
     }
+}
+
+/// A sealed message not yet delivered, or delivered and kept to try again.
+#[derive(Clone)]
+struct InFlight {
+    /// Sealed by a (true) or b.
+    from_a: bool,
+    /// What was sealed.
+    pt: Vec<u8>,
+    /// The envelope.
+    env: Vec<u8>,
+    /// The sender's ratchet key in the model when it sealed.
+    key: u32,
+    /// Opened once already.
+    delivered: bool,
 }
 
 /// One side of the ratchet model of `every_delivered_message_decrypts_exactly_once`.
