@@ -628,3 +628,41 @@ fn a_peer_deletion_is_not_undone_by_a_local_change_in_flight() {
     assert!(docs.list().unwrap().is_empty());
     assert!(docs.get(&id).is_err());
 }
+
+/// A local KV write still pending when a peer's batch for its shard arrives
+/// is folded by that batch's commit; it is this device's change all the same
+/// and must be offered to that peer too. (Announced as the peer's, the
+/// engine never offered it back, and the peer waited for the next resync:
+/// found by the browser sync test, where a store's `masq kv put` reached a
+/// page only after 30 s.)
+#[test]
+fn a_pending_write_folded_by_a_peer_batch_is_announced_as_local() {
+    let mut a = node_with(false);
+    let mut b = node_with(false);
+    let kv = |n: &Node| n.core.store().app("notes").unwrap().bucket("kv").unwrap();
+    kv(&a).put("k", &json!("base")).unwrap();
+    sync_pair(&mut a, &mut b);
+    // The same key: the same shard (the batch must reach A's pending shard).
+    kv(&a).put("k", &json!("from a")).unwrap(); // pending on A
+    kv(&b).put("k", &json!("from b")).unwrap();
+    b.core.store().flush_kv().unwrap();
+    let mut notices = a.core.store().subscribe_changes();
+    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    for p in to_a {
+        let SyncPayload::Batch(items) = p else {
+            continue;
+        };
+        a.core.apply_batch(&b.id, items, |_| {}).unwrap();
+    }
+    let mut local = false;
+    while let Ok((app, doc, origin)) = notices.try_recv() {
+        if app == "notes" && doc.as_str().starts_with("_kv.kv.") {
+            local |= origin == masq::store::Origin::Local;
+        }
+    }
+    assert!(local, "the folded local write was announced as the peer's only");
+    // And it reaches B.
+    let to_b = a.core.on_peer_ready(&b.id).unwrap();
+    exchange(&mut a, &mut b, to_b, Vec::new());
+    assert!(kv(&b).conflicts("k").unwrap().contains(&json!("from a")));
+}

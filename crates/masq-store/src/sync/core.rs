@@ -197,6 +197,9 @@ impl SyncCore {
         let mut kv_events: Vec<(String, Event)> = Vec::new();
         let mut deleted: Vec<(String, DocId)> = Vec::new();
         let mut tombstones: HashMap<String, Vec<String>> = HashMap::new();
+        // Documents that got this device's own pending KV writes folded in
+        // on the way: those are local changes, owed to every peer.
+        let mut folded_here: Vec<(String, DocId)> = Vec::new();
         let origin = Origin::Remote(peer.to_string());
         for locked in set.lock_each() {
             let LockedDoc {
@@ -224,6 +227,7 @@ impl SyncCore {
             let folded = !g.kv_pending.is_empty();
             if folded {
                 crate::kv::pending::fold_into(db, &mut batch, app, doc, &mut g, [])?;
+                folded_here.push((app.clone(), doc.clone()));
             }
             self.states.note_received((*peer, app.clone(), doc.clone()));
             let st = self.state_mut(peer, app, doc)?;
@@ -301,6 +305,12 @@ impl SyncCore {
         }
         stage_extra(&mut batch);
         store.commit_docs(batch, staged, &origin)?;
+        // The commit announced these as the peer's changes, which the engine
+        // never offers back to it: without this, the sender would not get
+        // this device's writes folded here until the next resync.
+        for (app, doc) in folded_here {
+            store.announce_change(&app, &doc, Origin::Local);
+        }
         for (app, doc) in deleted {
             // The batch is committed: a failure here leaves at most a local
             // change written after the tombstone, so it is reported, not
