@@ -8,6 +8,7 @@
 //! - [`ratchet`]: the Double Ratchet [`Session`].
 //! - [`envelope`]: the sealed envelope's bytes and padding.
 //! - [`pairing`]: the invite-secret channel used once while pairing.
+//! - [`relay_auth`]: the proofs that answer the relay's challenge.
 //!
 //! Architecture invariant: nothing here knows about tokio, sockets or fjall. State
 //! goes in and out as bytes; the caller persists it.
@@ -20,6 +21,7 @@ pub mod kdf;
 pub mod known_answers;
 pub mod pairing;
 pub mod ratchet;
+pub mod relay_auth;
 
 pub use error::CryptoError;
 pub use identity::{safety_code, DeviceId, DeviceKeypair};

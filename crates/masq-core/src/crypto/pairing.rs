@@ -13,7 +13,7 @@
 //! `BLAKE3-derive_key(SLOT_KEY_CONTEXT, secret)` and the slot id is
 //! `BLAKE3(slot public key)`. The relay admits to a slot only a connection
 //! that proves the slot secret (the relay-auth challenge-response over its
-//! own challenge, `relay::config::slot_proof`), so whoever learns only the
+//! own challenge, [`slot_proof`](super::relay_auth::slot_proof)), so whoever learns only the
 //! slot id (a bystander, the relay) can neither join nor block the slot.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
