@@ -16,10 +16,17 @@
 //! time with every request. Nothing is acknowledged by this crate: the page
 //! answers a write once its transaction completed.
 //!
-//! Not yet here: the relay connection, pairing and sync (the sans-I/O
-//! engine is in `masq-core::sync`; its browser shell is the next step).
+//! - [`sync`]: the page's device: identity, peers, and the sync engine
+//!   over the core's sans-I/O state machines; [`relay_conn`]: the opening
+//!   of a relay connection; [`pairing`]: pairing through the relay's
+//!   rendezvous. The page owns the sockets and timers: it hands frames in
+//!   and sends what comes out ([`WebStore::take_frames`]), only after the
+//!   writes taken before them are committed.
 
+pub mod pairing;
 pub mod peer_store;
+pub mod relay_conn;
+pub mod sync;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -31,8 +38,34 @@ use masq_core::records::Table;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
+use masq_core::crypto::DeviceId;
+use masq_core::layout::meta::{self as layout, NAME};
+use masq_core::records::WriteSet;
+use masq_core::wire::device::{PeerInfo, SyncPayload};
 use peer_store::PeerStore;
+use sync::PageSync;
 use tables::{encode_writes, table_of, Tables};
+
+/// The page's clock (milliseconds since the epoch) as the core's rules
+/// take it.
+fn since_epoch(now_ms: f64) -> std::time::Duration {
+    std::time::Duration::from_millis(now_ms.max(0.0) as u64)
+}
+
+/// Frames as one byte string: each as its length (u32, little endian),
+/// then its bytes (what JavaScript splits; no JS types needed here).
+fn frames_bytes(frames: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frames.iter().map(|f| f.len() + 4).sum());
+    for f in frames {
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        out.extend_from_slice(&f);
+    }
+    out
+}
+
+fn js(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
 
 /// One app's store in a page, as JavaScript sees it.
 #[wasm_bindgen]
@@ -43,6 +76,8 @@ pub struct WebStore {
     app: String,
     /// The store, once open.
     store: Option<PeerStore>,
+    /// The device's sync engine, open with the store.
+    sync: Option<PageSync>,
     /// Live subscriptions by the `sub` number given to the page.
     subs: BTreeMap<u64, Filter>,
     /// The next `sub` number.
@@ -59,6 +94,7 @@ impl WebStore {
             loading: Some(Tables::new()),
             app: app.to_string(),
             store: None,
+            sync: None,
             subs: BTreeMap::new(),
             next_sub: 1,
         })
@@ -94,13 +130,28 @@ impl WebStore {
     }
 
     fn store(&mut self) -> Result<&PeerStore, ApiError> {
+        Ok(self.parts()?.0)
+    }
+
+    /// The store and the device's engine, opened on first use.
+    fn parts(&mut self) -> Result<(&PeerStore, &mut PageSync), ApiError> {
         if self.store.is_none() {
             let tables = self.loading.take().unwrap_or_default();
-            self.store = Some(PeerStore::open(&self.app, tables)?);
+            let store = PeerStore::open(&self.app, tables)?;
+            self.sync = Some(PageSync::open(&store));
+            self.store = Some(store);
         }
-        self.store
-            .as_ref()
-            .ok_or_else(|| ApiError::new("storage", "the store did not open"))
+        match (self.store.as_ref(), self.sync.as_mut()) {
+            (Some(store), Some(sync)) => Ok((store, sync)),
+            _ => Err(ApiError::new("storage", "the store did not open")),
+        }
+    }
+
+    /// Like [`Self::parts`], with the clock set and errors for JavaScript.
+    fn parts_at(&mut self, now_ms: f64) -> Result<(&PeerStore, &mut PageSync), JsError> {
+        let (store, sync) = self.parts().map_err(js)?;
+        store.set_time((now_ms / 1000.0) as i64);
+        Ok((store, sync))
     }
 
     /// Answers one request frame of the app protocol (a JSON object with
@@ -124,6 +175,23 @@ impl WebStore {
     }
 
     fn answer(&mut self, req: Request, now_ms: f64) -> Result<serde_json::Value, ApiError> {
+        match req {
+            Request::DevicesList {}
+            | Request::DevicesRemove { .. }
+            | Request::DevicesName { .. }
+            | Request::Status {} => {
+                let (store, sync) = self.parts()?;
+                store.set_time((now_ms / 1000.0) as i64);
+                return device_op(store, sync, req);
+            }
+            Request::PairInvite { .. } | Request::PairJoin { .. } => {
+                return Err(ApiError::new(
+                    "unsupported",
+                    "pairing runs in the page's shell (masq-peer.js), not in a request",
+                ));
+            }
+            _ => {}
+        }
         if req.is_admin() {
             return Err(ApiError::new(
                 "forbidden",
@@ -209,6 +277,130 @@ impl WebStore {
         out
     }
 
+    /// This device's id (hex).
+    #[wasm_bindgen(js_name = deviceId)]
+    pub fn device_id(&mut self) -> Result<String, JsError> {
+        Ok(self.parts().map_err(js)?.1.device_id().to_string())
+    }
+
+    /// The relay this device syncs through (set by pairing), if any.
+    #[wasm_bindgen(js_name = relayUrl)]
+    pub fn relay_url(&mut self) -> Result<Option<String>, JsError> {
+        Ok(sync::relay_url(self.parts().map_err(js)?.0))
+    }
+
+    /// Number of paired devices.
+    #[wasm_bindgen(js_name = peerCount)]
+    pub fn peer_count(&mut self) -> Result<usize, JsError> {
+        Ok(sync::peers(self.parts().map_err(js)?.0).len())
+    }
+
+    /// Names this device (as its paired devices show it) unless it has a
+    /// name: the page's default, e.g. "notes on Chromium".
+    #[wasm_bindgen(js_name = setDefaultName)]
+    pub fn set_default_name(&mut self, name: &str) -> Result<(), JsError> {
+        let (store, _) = self.parts().map_err(js)?;
+        if store.meta(NAME).is_none() && !name.trim().is_empty() {
+            let mut w = WriteSet::new();
+            w.put(Table::Meta, NAME.to_vec(), name.trim().as_bytes().to_vec());
+            store.put_records(w);
+        }
+        Ok(())
+    }
+
+    /// The page opened its WebSocket to the relay.
+    #[wasm_bindgen(js_name = relayOpened)]
+    pub fn relay_opened(&mut self) -> Result<(), JsError> {
+        self.parts().map_err(js)?.1.on_relay_open();
+        Ok(())
+    }
+
+    /// The relay's WebSocket closed.
+    #[wasm_bindgen(js_name = relayClosed)]
+    pub fn relay_closed(&mut self) -> Result<(), JsError> {
+        self.parts().map_err(js)?.1.on_relay_closed();
+        Ok(())
+    }
+
+    /// One binary frame from the relay. Returns `""`, or why the
+    /// connection cannot go on (the page closes it and connects again
+    /// later). Throws if this page's storage failed (the page reopens).
+    #[wasm_bindgen(js_name = relayFrame)]
+    pub fn relay_frame(&mut self, bytes: &[u8], now_ms: f64) -> Result<String, JsError> {
+        let (store, sync) = self.parts_at(now_ms)?;
+        match sync
+            .on_relay_frame(store, bytes, since_epoch(now_ms))
+            .map_err(js)?
+        {
+            Ok(()) => Ok(String::new()),
+            Err(e) => Ok(e.to_string()),
+        }
+    }
+
+    /// The page's sync timer (about once a second).
+    #[wasm_bindgen(js_name = syncTick)]
+    pub fn sync_tick(&mut self, now_ms: f64) -> Result<(), JsError> {
+        let (store, sync) = self.parts_at(now_ms)?;
+        sync.on_tick(store, since_epoch(now_ms)).map_err(js)
+    }
+
+    /// After a batch of requests: offers what changed to the peers.
+    #[wasm_bindgen(js_name = syncFlush)]
+    pub fn sync_flush(&mut self) -> Result<(), JsError> {
+        let (store, sync) = self.parts().map_err(js)?;
+        sync.flush(store).map_err(js)
+    }
+
+    /// Relay frames to send, as length-prefixed byte strings (u32 LE),
+    /// once the writes taken before are committed.
+    #[wasm_bindgen(js_name = takeFrames)]
+    pub fn take_frames(&mut self) -> Vec<u8> {
+        self.sync
+            .as_mut()
+            .map(|s| frames_bytes(s.take_frames()))
+            .unwrap_or_default()
+    }
+
+    /// Makes an invite through `relay` (`ws://` or `wss://`).
+    #[wasm_bindgen(js_name = pairInvite)]
+    pub fn pair_invite(&mut self, relay: &str, now_ms: f64) -> Result<WebPairing, JsError> {
+        let relay = relay.trim();
+        if !(relay.starts_with("ws://") || relay.starts_with("wss://")) {
+            return Err(JsError::new(
+                "the relay's URL must start with ws:// or wss://",
+            ));
+        }
+        self.parts_at(now_ms)?;
+        Ok(WebPairing(pairing::Pairing::invite(
+            relay,
+            (now_ms / 1000.0) as i64,
+        )))
+    }
+
+    /// Opens someone's invite (a `masq:` URI) to join it.
+    #[wasm_bindgen(js_name = pairJoin)]
+    pub fn pair_join(&mut self, uri: &str, now_ms: f64) -> Result<WebPairing, JsError> {
+        let (store, sync) = self.parts_at(now_ms)?;
+        let me = PeerInfo {
+            public_key: *sync.keypair().public().as_bytes(),
+            name: sync::device_name(store),
+        };
+        pairing::Pairing::join(uri, (now_ms / 1000.0) as i64, me)
+            .map(WebPairing)
+            .map_err(js)
+    }
+
+    /// Completes a pairing whose other side has spoken
+    /// ([`WebPairing::is_ready`]): its records go into the writes, the
+    /// engine learns the new peers. Returns the paired device as JSON.
+    #[wasm_bindgen(js_name = pairFinish)]
+    pub fn pair_finish(&mut self, p: &mut WebPairing, now_ms: f64) -> Result<String, JsError> {
+        let (store, sync) = self.parts_at(now_ms)?;
+        let paired = p.0.finish(store, sync.keypair()).map_err(js)?;
+        sync.peers_changed(store);
+        serde_json::to_string(&paired).map_err(js)
+    }
+
     /// Number of records in table `table` (for the page's statistics).
     #[wasm_bindgen(js_name = recordCount)]
     pub fn record_count(&mut self, table: u8) -> usize {
@@ -218,6 +410,156 @@ impl WebStore {
             (None, Some(l)) => l.len(t),
             (None, None) => 0,
         }
+    }
+}
+
+/// A pairing in progress, as JavaScript holds it: the page opens a relay
+/// connection for it, hands in its frames and sends what it returns.
+#[wasm_bindgen]
+pub struct WebPairing(pairing::Pairing);
+
+#[wasm_bindgen]
+impl WebPairing {
+    /// The `masq:` URI (the invite's secret: show it only to the user).
+    pub fn uri(&self) -> String {
+        self.0.invite_ref().to_uri()
+    }
+
+    /// The invite as a QR code's text (for terminals).
+    pub fn qr(&self) -> String {
+        self.0.invite_ref().qr_text()
+    }
+
+    /// The invite as a QR code (SVG).
+    #[wasm_bindgen(js_name = qrSvg)]
+    pub fn qr_svg(&self) -> String {
+        self.0.invite_ref().qr_svg()
+    }
+
+    /// The relay the pairing goes through.
+    pub fn relay(&self) -> String {
+        self.0.invite_ref().relay.clone()
+    }
+
+    /// When the invite expires (ms since the epoch).
+    #[wasm_bindgen(js_name = expiresMs)]
+    pub fn expires_ms(&self) -> f64 {
+        self.0.invite_ref().expires as f64 * 1000.0
+    }
+
+    /// One frame from the relay; throws if the pairing failed.
+    #[wasm_bindgen(js_name = onFrame)]
+    pub fn on_frame(&mut self, bytes: &[u8]) -> Result<(), JsError> {
+        self.0.on_frame(bytes).map_err(js)
+    }
+
+    /// Whether the other side's message is in (finish it with
+    /// `WebStore.pairFinish`).
+    #[wasm_bindgen(js_name = isReady)]
+    pub fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    /// Frames to send on the pairing connection (as `WebStore.takeFrames`).
+    #[wasm_bindgen(js_name = takeFrames)]
+    pub fn take_frames(&mut self) -> Vec<u8> {
+        frames_bytes(self.0.take_frames())
+    }
+}
+
+/// Answers the device operations a page serves itself (it is its own
+/// device, and its app its owner): the device list, removal, its name, and
+/// the sync status.
+fn device_op(
+    store: &PeerStore,
+    sync: &mut PageSync,
+    req: Request,
+) -> Result<serde_json::Value, ApiError> {
+    let me = sync.keypair().public();
+    let list = |sync: &PageSync| -> Vec<serde_json::Value> {
+        sync::peers(store)
+            .into_iter()
+            .map(|(id, rec)| {
+                json!({
+                    "device": id.to_string(),
+                    "fingerprint": id.fingerprint(),
+                    "name": rec.name,
+                    "online": sync.is_online(&id),
+                    "syncing": sync.is_ready(&id),
+                    "last_seen": rec.last_seen,
+                    "safety_code": rec.public().map(|p| masq_core::crypto::safety_code(&me, &p)).unwrap_or_default(),
+                })
+            })
+            .collect()
+    };
+    match req {
+        Request::DevicesList {} => Ok(json!({
+            "me": {
+                "device": sync.device_id().to_string(),
+                "fingerprint": sync.device_id().fingerprint(),
+                "name": sync::device_name(store),
+            },
+            "devices": list(sync),
+        })),
+        Request::DevicesRemove { device } => {
+            let needle = device.trim().to_ascii_lowercase();
+            let matches: Vec<DeviceId> = sync::peers(store)
+                .into_iter()
+                .map(|(id, _)| id)
+                .filter(|id| {
+                    !needle.is_empty()
+                        && (id.to_string() == needle
+                            || id.fingerprint().to_ascii_lowercase().starts_with(&needle))
+                })
+                .collect();
+            let id = match matches.as_slice() {
+                [id] => *id,
+                [] => {
+                    return Err(ApiError::new(
+                        "not_found",
+                        format!("no paired device matches {device:?}"),
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        "bad_request",
+                        format!("{device:?} matches several devices"),
+                    ))
+                }
+            };
+            // Its records go here, and every other device is told.
+            let note = SyncPayload::Removed(id.0).encode();
+            let mut w = WriteSet::new();
+            layout::stage_remove_peer(&mut w, &id, store.now_secs());
+            for (other, _) in sync::peers(store) {
+                if other != id {
+                    layout::stage_note(&mut w, &other, &note);
+                }
+            }
+            store.put_records(w);
+            sync.peers_changed(store);
+            Ok(json!({ "removed": id.to_string() }))
+        }
+        Request::DevicesName { name } => {
+            let name = name.trim();
+            if name.is_empty() || name.len() > masq_core::wire::device::MAX_NAME_BYTES {
+                return Err(ApiError::new(
+                    "bad_request",
+                    "a device name is 1 to 255 bytes",
+                ));
+            }
+            let mut w = WriteSet::new();
+            w.put(Table::Meta, NAME.to_vec(), name.as_bytes().to_vec());
+            store.put_records(w);
+            Ok(serde_json::Value::Null)
+        }
+        _ => Ok(json!({
+            "device": sync.device_id().to_string(),
+            "fingerprint": sync.device_id().fingerprint(),
+            "relay": sync::relay_url(store),
+            "sync": sync.stats(),
+            "devices": list(sync),
+        })),
     }
 }
 

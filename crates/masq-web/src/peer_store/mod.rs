@@ -49,6 +49,9 @@ use serde_json::Value as Json;
 
 use crate::tables::Tables;
 
+mod remote;
+pub use remote::Applied;
+
 /// Most documents kept decoded in memory; past it one is dropped (it
 /// reloads from the mirror when next used).
 pub const MAX_CACHED_DOCS: usize = 4096;
@@ -72,6 +75,13 @@ struct Txn {
     events: Vec<Event>,
     /// Documents it deleted (dropped from the cache once it succeeds).
     deleted: Vec<DocId>,
+    /// The documents whose stored bytes it changed (offered to peers once
+    /// it succeeds).
+    changed: Vec<DocId>,
+    /// The peer whose sync message it applies (`None`: a request of this
+    /// page): its events' origin, and the one peer its changes are not
+    /// offered back to.
+    from: Option<masq_core::crypto::DeviceId>,
 }
 
 /// One app's data in a page.
@@ -106,6 +116,20 @@ pub struct PeerStore {
     kv_pending: RefCell<BTreeMap<DocId, BTreeMap<String, Option<String>>>>,
     /// Events of successful requests not yet taken by the page.
     events: RefCell<Vec<Event>>,
+    /// Documents changed since the sync engine last asked
+    /// ([`PeerStore::take_changed`]), each with the one peer it came from
+    /// (`None`: changed here, or by several).
+    changed: RefCell<BTreeMap<DocId, Option<masq_core::crypto::DeviceId>>>,
+}
+
+impl Txn {
+    /// The origin of its events.
+    fn origin(&self) -> Origin {
+        match &self.from {
+            None => Origin::Local,
+            Some(peer) => Origin::Remote(peer.to_string()),
+        }
+    }
 }
 
 fn api(code: &str, message: impl Into<String>) -> ApiError {
@@ -141,6 +165,7 @@ impl PeerStore {
             outbox: RefCell::new(WriteSet::new()),
             kv_pending: RefCell::new(BTreeMap::new()),
             events: RefCell::new(Vec::new()),
+            changed: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -152,6 +177,11 @@ impl PeerStore {
     /// Sets the time change records carry (seconds since the Unix epoch).
     pub fn set_time(&self, secs: i64) {
         self.now_secs.set(secs);
+    }
+
+    /// Seconds since the Unix epoch, as the page last said.
+    pub fn now_secs(&self) -> i64 {
+        self.now_secs.get()
     }
 
     /// Says whether anybody listens (events are made only then).
@@ -214,6 +244,17 @@ impl PeerStore {
                 let mut docs = self.docs.borrow_mut();
                 for id in &txn.deleted {
                     docs.remove(id);
+                }
+                let mut changed = self.changed.borrow_mut();
+                for id in txn.changed {
+                    changed
+                        .entry(id)
+                        .and_modify(|f| {
+                            if *f != txn.from {
+                                *f = None
+                            }
+                        })
+                        .or_insert(txn.from);
                 }
                 if self.listening.get() {
                     self.events.borrow_mut().extend(txn.events);
@@ -312,6 +353,7 @@ impl PeerStore {
         patches: Option<Vec<automerge::Patch>>,
     ) -> Result<(), ApiError> {
         let listening = self.listening.get();
+        let origin = txn.origin();
         self.with_doc(id, |l| {
             let Some(meta) = stage_doc_change(
                 &mut txn.writes,
@@ -326,6 +368,7 @@ impl PeerStore {
                 return Ok(());
             };
             l.meta = Some(meta);
+            txn.changed.push(id.clone());
             if listening && !is_internal(id) {
                 let heads = l.doc.get_heads();
                 let raw = patches.unwrap_or_else(|| l.doc.diff(before, &heads));
@@ -336,7 +379,7 @@ impl PeerStore {
                         .iter()
                         .map(|p| json::patch_or_too_deep(&l.doc, p))
                         .collect(),
-                    origin: Origin::Local,
+                    origin,
                 });
             }
             Ok(())

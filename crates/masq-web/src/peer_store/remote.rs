@@ -1,0 +1,248 @@
+//! The page's store as one end of Automerge's sync protocol: the records a
+//! device keeps about itself and its peers (the `meta` table, under the
+//! core's [`layout::meta`](masq_core::layout::meta) keys, as natively), the
+//! sync messages it generates for a peer, and a peer's batch applied in one
+//! transaction with the ratchet state that opened it.
+//!
+//! The same steps as the native store's sync core (`masq-store::sync::core`),
+//! over the page's records: catalogs before documents, documents deleted
+//! here stay deleted, a KV shard's new winners go into the index in the same
+//! commit, and the sync state of each message is stored with its changes.
+//!
+//! One difference on purpose: a page holds one app. Messages for any other
+//! app are counted ([`Applied::other_apps`]) and dropped, never stored.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::{Message, SyncDoc};
+use masq_core::api::event::Event;
+use masq_core::api::ApiError;
+use masq_core::crypto::DeviceId;
+use masq_core::doc::catalog::{catalog_entry, CATALOG_DELETED};
+use masq_core::doc::{is_catalog, is_internal, DocId};
+use masq_core::layout::doc_chunks;
+use masq_core::layout::meta::syncstate_key;
+use masq_core::records::{Table, WriteSet};
+use masq_core::sync::batching::bundle_changes;
+use masq_core::sync::doc_states::DocStates;
+use masq_core::sync::receive::apply_message;
+use masq_core::wire::device::DocMessage;
+
+use super::PeerStore;
+
+/// What one received batch did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Documents its messages reached (replies are generated for these).
+    pub docs: Vec<DocId>,
+    /// Messages that did not decode or apply (the rest of the batch applied).
+    pub rejected: usize,
+    /// Messages for another app than the page's: dropped.
+    pub other_apps: usize,
+}
+
+impl PeerStore {
+    /// The `meta` record under `key`.
+    pub fn meta(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.tables
+            .borrow()
+            .get(Table::Meta, key)
+            .map(<[u8]>::to_vec)
+    }
+
+    /// The `meta` records whose keys start with `prefix`, in key order.
+    pub fn meta_prefix(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.tables
+            .borrow()
+            .prefix(Table::Meta, prefix)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Records that belong to no request (the identity, peers, ratchet
+    /// sessions, notes): into the mirror and the outbox, committed with
+    /// the batch like a request's writes.
+    pub fn put_records(&self, writes: WriteSet) {
+        if writes.is_empty() {
+            return;
+        }
+        self.tables.borrow_mut().apply(&writes);
+        self.outbox.borrow_mut().append(writes);
+    }
+
+    /// Every stored document of the app, catalogs first (a peer learns of
+    /// deletions before it is offered what was deleted).
+    pub fn all_docs(&self) -> Vec<DocId> {
+        let prefix = doc_chunks::app_prefix(&self.app);
+        let tables = self.tables.borrow();
+        let mut out: Vec<DocId> = tables
+            .prefix(Table::Docs, &prefix)
+            .filter_map(|(k, _)| std::str::from_utf8(&k[prefix.len()..]).ok())
+            .filter_map(|s| DocId::parse_any(s).ok())
+            .collect();
+        out.sort_by_key(|id| (!is_catalog(id), id.clone()));
+        out
+    }
+
+    /// The documents changed since the last call, each with the one peer
+    /// its changes came from (`None`: from here, or several).
+    pub fn take_changed(&self) -> BTreeMap<DocId, Option<DeviceId>> {
+        std::mem::take(&mut *self.changed.borrow_mut())
+    }
+
+    /// The next sync message for `peer` about `doc`, if there is anything
+    /// to say (`None` too for a document not stored here). The batch's KV
+    /// writes must be folded first ([`Self::fold_batch`]).
+    pub fn generate(
+        &self,
+        peer: &DeviceId,
+        doc: &DocId,
+        states: &mut DocStates,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let key = (*peer, self.app.clone(), doc.clone());
+        let persisted = if states.is_loaded(&key) {
+            None
+        } else {
+            self.meta(&syncstate_key(peer, &self.app, doc.as_str()))
+        };
+        self.with_doc(doc, |l| {
+            if l.meta.is_none() {
+                return Ok(None);
+            }
+            let st = states.state_mut(key, || persisted);
+            Ok(l.doc.generate_sync_message(st).map(|mut m| {
+                bundle_changes(&l.doc, &mut m);
+                m.encode()
+            }))
+        })
+    }
+
+    /// Folds the batch's KV writes into their shard documents now (before
+    /// sync messages about them are generated or a peer's applied).
+    pub fn fold_batch(&self) -> Result<(), ApiError> {
+        self.fold_pending(None)
+    }
+
+    /// Applies a batch of sync messages from `peer` as ONE transaction,
+    /// with `extra` (the ratchet state that opened it): either all of it
+    /// reaches the outbox or none. Messages that do not decode or apply are
+    /// counted and skipped; the rest apply.
+    pub fn apply_remote(
+        &self,
+        peer: &DeviceId,
+        items: Vec<DocMessage>,
+        states: &mut DocStates,
+        extra: WriteSet,
+    ) -> Result<Applied, ApiError> {
+        // This page's KV writes of the batch become a change first, as the
+        // native store folds its pending writes before a peer's apply.
+        self.fold_pending(None)?;
+        let mut applied = Applied::default();
+        // Catalogs first (their tombstones decide about the documents).
+        let mut sorted: BTreeMap<(bool, DocId), Message> = BTreeMap::new();
+        for it in items {
+            if it.app != self.app {
+                applied.other_apps += 1;
+                continue;
+            }
+            match (DocId::parse_any(&it.doc), Message::decode(&it.msg)) {
+                (Ok(doc), Ok(m)) => {
+                    sorted.insert((!is_catalog(&doc), doc), m);
+                }
+                _ => applied.rejected += 1,
+            }
+        }
+        // Documents deleted here never come back through a late message.
+        let mut deleted_here = Vec::new();
+        for (_, doc) in sorted.keys() {
+            if is_internal(doc) {
+                continue;
+            }
+            let entry = self.with_doc(&DocId::catalog_for(doc), |c| {
+                Ok(catalog_entry(&c.doc, doc.as_str()))
+            })?;
+            if entry.as_deref() == Some(CATALOG_DELETED) {
+                deleted_here.push(doc.clone());
+            }
+        }
+        sorted.retain(|(_, doc), _| !deleted_here.contains(doc));
+        let listening = self.listening.get();
+        self.write(|txn| {
+            txn.from = Some(*peer);
+            txn.writes.append(extra);
+            let mut tombstoned: Vec<String> = Vec::new();
+            for ((_, doc), msg) in sorted {
+                if tombstoned.iter().any(|t| t == doc.as_str()) {
+                    continue; // deleted by this very batch
+                }
+                txn.touched.push(doc.clone());
+                let key = (*peer, self.app.clone(), doc.clone());
+                states.note_received(key.clone());
+                let persisted = if states.is_loaded(&key) {
+                    None
+                } else {
+                    self.meta(&syncstate_key(peer, &self.app, doc.as_str()))
+                };
+                let st = states.state_mut(key, || persisted);
+                let subscribers = listening && !is_internal(&doc);
+                let (before, done) = self.with_doc(&doc, |l| {
+                    let before = l.doc.get_heads();
+                    let done = apply_message(
+                        &mut txn.writes,
+                        peer,
+                        &self.app,
+                        &doc,
+                        &mut l.doc,
+                        st,
+                        msg,
+                        subscribers,
+                    )?;
+                    Ok((before, done))
+                })?;
+                let Ok(done) = done else {
+                    applied.rejected += 1;
+                    continue;
+                };
+                tombstoned.extend(done.tombstoned);
+                if let Some(kv) = done.kv {
+                    if listening {
+                        for (key, value) in kv.winners {
+                            txn.events.push(Event::Kv {
+                                bucket: kv.bucket.clone(),
+                                key,
+                                value,
+                                origin: txn.origin(),
+                            });
+                        }
+                    }
+                }
+                // Staged even when nothing changed: a document this page does
+                // not have yet is stored (empty) here, as natively, so that
+                // the reply asking for its changes is generated.
+                self.stage(txn, &doc, &before, done.patches)?;
+                applied.docs.push(doc);
+            }
+            // Documents a peer deleted: their records go in the same commit.
+            for id in tombstoned {
+                let Ok(doc) = DocId::parse_any(&id) else {
+                    continue;
+                };
+                let key = doc_chunks::doc_key(&self.app, doc.as_str());
+                let stored = self.tables.borrow().get(Table::Docs, &key).is_some();
+                if is_internal(&doc) || !stored {
+                    continue;
+                }
+                doc_chunks::stage_remove_doc(&mut txn.writes, &self.app, doc.as_str());
+                txn.deleted.push(doc.clone());
+                txn.changed.retain(|d| *d != doc);
+                if listening {
+                    txn.events.push(Event::DocDeleted {
+                        doc,
+                        origin: txn.origin(),
+                    });
+                }
+            }
+            Ok(applied)
+        })
+    }
+}

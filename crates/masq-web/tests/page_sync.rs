@@ -1,0 +1,308 @@
+//! The page's device natively, two pages through a relay simulated in
+//! memory (the relay's side of the protocol: challenge, verdict, presence,
+//! forwarding, the rendezvous slot): pairing, sessions, and sync of KV and
+//! documents, with the frames as the page's JavaScript would carry them.
+//! The real thing (Chromium, `masq relay` and `masq store` processes) is
+//! `tests/browser/sync.mjs`; this covers the same engine under `cargo test`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use masq_core::api::execute::{execute, Outcome};
+use masq_core::api::parse_request;
+use masq_core::crypto::relay_auth::{auth_proof, slot_proof};
+use masq_core::crypto::{DeviceId, DeviceKeypair};
+use masq_core::wire::relay_frame::Frame;
+use masq_web::pairing::Pairing;
+use masq_web::peer_store::PeerStore;
+use masq_web::sync::PageSync;
+use masq_web::tables::Tables;
+use serde_json::{json, Value};
+use x25519_dalek::PublicKey;
+
+/// One page: its store and its device.
+struct Page {
+    store: PeerStore,
+    sync: PageSync,
+}
+
+impl Page {
+    fn new() -> Self {
+        let store = PeerStore::open("notes", Tables::new()).unwrap();
+        store.set_time(1_800_000_000);
+        let sync = PageSync::open(&store);
+        Page { store, sync }
+    }
+
+    fn id(&self) -> DeviceId {
+        self.sync.device_id()
+    }
+
+    /// One request, then what a batch's end does: offer the changes, take
+    /// the writes (the page would commit them here).
+    fn run(&mut self, req: Value) -> Value {
+        let mut req = req;
+        req["id"] = json!(1);
+        let env = parse_request(&req.to_string()).unwrap();
+        let out = match execute(&self.store, env.request).unwrap() {
+            Outcome::Value(v) => v,
+            Outcome::Subscribe(_) => json!("sub"),
+        };
+        self.end_batch();
+        out
+    }
+
+    fn end_batch(&mut self) {
+        self.sync.flush(&self.store).unwrap();
+        self.store.take_writes().unwrap();
+    }
+}
+
+/// The relay's side, for two devices.
+struct Relay {
+    key: DeviceKeypair,
+    nonce: [u8; 32],
+}
+
+impl Relay {
+    fn new() -> Self {
+        Relay {
+            key: DeviceKeypair::generate(),
+            nonce: [9; 32],
+        }
+    }
+
+    fn challenge(&self) -> Vec<u8> {
+        Frame::Challenge {
+            relay_public: *self.key.public().as_bytes(),
+            nonce: self.nonce,
+        }
+        .encode()
+    }
+
+    /// Checks an `Auth` frame as the relay does; the device it proves.
+    fn check_auth(&self, bytes: &[u8]) -> DeviceId {
+        let Frame::Auth { public, proof } = Frame::decode(bytes).unwrap() else {
+            panic!("expected Auth");
+        };
+        let dh = self.key.diffie_hellman(&PublicKey::from(public));
+        assert_eq!(
+            proof,
+            auth_proof(&dh, &self.nonce, self.key.public().as_bytes(), &public),
+            "the page's proof must be the one the relay checks"
+        );
+        DeviceId::from_public(&PublicKey::from(public))
+    }
+
+    /// Connects a page's device: challenge, proof, verdict.
+    fn connect(&self, p: &mut Page, now: Duration) {
+        p.sync.on_relay_open();
+        let r = p
+            .sync
+            .on_relay_frame(&p.store, &self.challenge(), now)
+            .unwrap();
+        assert!(r.is_ok());
+        let frames = p.sync.take_frames();
+        assert_eq!(self.check_auth(&frames[0]), p.id());
+        p.sync
+            .on_relay_frame(&p.store, &Frame::AuthOk(p.id()).encode(), now)
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Carries frames between two connected pages until both are quiet:
+    /// `Send` becomes `Deliver`, `Subscribe` gets the watched device's
+    /// presence. Returns how many frames it carried.
+    fn route(&self, a: &mut Page, b: &mut Page, now: Duration) -> usize {
+        let mut carried = 0;
+        for _ in 0..200 {
+            a.end_batch();
+            b.end_batch();
+            let (fa, fb) = (a.sync.take_frames(), b.sync.take_frames());
+            if fa.is_empty() && fb.is_empty() {
+                return carried;
+            }
+            carried += fa.len() + fb.len();
+            Self::carry(fa, a, b, now);
+            Self::carry(fb, b, a, now);
+        }
+        panic!("sync did not quiesce");
+    }
+
+    /// The relay's handling of `from`'s frames, with `to` the other device.
+    fn carry(frames: Vec<Vec<u8>>, from: &mut Page, to: &mut Page, now: Duration) {
+        for bytes in frames {
+            let (target, frame) = match Frame::decode(&bytes).unwrap() {
+                Frame::Send { payload, .. } => (
+                    &mut *to,
+                    Frame::Deliver {
+                        from: from.id(),
+                        payload,
+                    },
+                ),
+                Frame::Subscribe(ids) if ids.contains(&to.id()) => (
+                    &mut *from,
+                    Frame::Presence {
+                        id: to.id(),
+                        online: true,
+                    },
+                ),
+                _ => continue,
+            };
+            let r = target
+                .sync
+                .on_relay_frame(&target.store, &frame.encode(), now)
+                .unwrap();
+            assert!(r.is_ok());
+        }
+    }
+
+    /// Runs a pairing between an inviter and a joiner through the
+    /// rendezvous slot; both finish in their stores.
+    fn pair(&self, inviter: &mut Page, joiner: &mut Page) -> (Value, Value) {
+        let me = masq_core::wire::device::PeerInfo {
+            public_key: *joiner.sync.keypair().public().as_bytes(),
+            name: "tablet".into(),
+        };
+        let mut inv = Pairing::invite("ws://relay.test", 1_800_000_000);
+        let uri = inv.invite_ref().to_uri();
+        let mut join = Pairing::join(&uri, 1_800_000_000, me).unwrap();
+        // Each opens its connection and joins the slot with a valid proof.
+        for p in [&mut inv, &mut join] {
+            p.on_frame(&self.challenge()).unwrap();
+            let auth = p.take_frames();
+            let device = self.check_auth(&auth[0]);
+            p.on_frame(&Frame::AuthOk(device).encode()).unwrap();
+            let Frame::RendezvousJoin { slot_public, proof } =
+                Frame::decode(&p.take_frames()[0]).unwrap()
+            else {
+                panic!("expected a rendezvous join");
+            };
+            let dh = self.key.diffie_hellman(&PublicKey::from(slot_public));
+            assert_eq!(
+                proof,
+                slot_proof(&dh, &self.nonce, self.key.public().as_bytes(), &slot_public)
+            );
+        }
+        // Both are in: the joiner says hello, the inviter answers.
+        let joined = Frame::RendezvousPeer { joined: true }.encode();
+        inv.on_frame(&joined).unwrap();
+        join.on_frame(&joined).unwrap();
+        let relay_data = |frames: Vec<Vec<u8>>| -> Vec<u8> {
+            let Frame::RendezvousSend(d) = Frame::decode(&frames[0]).unwrap() else {
+                panic!("expected rendezvous data");
+            };
+            Frame::RendezvousData(d).encode()
+        };
+        inv.on_frame(&relay_data(join.take_frames())).unwrap();
+        assert!(inv.is_ready());
+        let paired_inv = inv.finish(&inviter.store, inviter.sync.keypair()).unwrap();
+        inviter.sync.peers_changed(&inviter.store);
+        join.on_frame(&relay_data(inv.take_frames())).unwrap();
+        let paired_join = join.finish(&joiner.store, joiner.sync.keypair()).unwrap();
+        joiner.sync.peers_changed(&joiner.store);
+        (
+            serde_json::to_value(paired_inv).unwrap(),
+            serde_json::to_value(paired_join).unwrap(),
+        )
+    }
+}
+
+#[test]
+fn two_pages_pair_through_the_rendezvous_and_sync_kv_and_documents() {
+    let relay = Relay::new();
+    let (mut a, mut b) = (Page::new(), Page::new());
+    a.run(json!({"op": "kv.put", "key": "before", "value": "pairing"}));
+    let (pa, pb) = relay.pair(&mut a, &mut b);
+    assert_eq!(pa["safety_code"], pb["safety_code"]);
+    assert_eq!(pa["device_id"], json!(b.id().to_string()));
+    assert_eq!(pb["device_id"], json!(a.id().to_string()));
+    let now = Duration::from_secs(1_800_000_000);
+    relay.connect(&mut a, now);
+    relay.connect(&mut b, now);
+    relay.route(&mut a, &mut b, now);
+    assert!(a.sync.is_ready(&b.id()) && b.sync.is_ready(&a.id()));
+    // What A had before pairing, and what each writes now, reaches the other.
+    assert_eq!(
+        b.run(json!({"op": "kv.get", "key": "before"})),
+        json!("pairing")
+    );
+    b.run(json!({"op": "kv.put", "key": "from-b", "value": {"n": 1}}));
+    let doc = a.run(
+        json!({"op": "doc.create", "ops": [{"op": "put_text", "path": "/t", "value": "hello"}]}),
+    )["doc"]
+        .clone();
+    relay.route(&mut a, &mut b, now);
+    assert_eq!(
+        a.run(json!({"op": "kv.get", "key": "from-b"})),
+        json!({"n": 1})
+    );
+    assert_eq!(
+        b.run(json!({"op": "doc.get", "doc": doc}))["t"],
+        json!("hello")
+    );
+    // Concurrent edits of one text converge.
+    a.run(json!({"op": "doc.change", "doc": doc, "ops": [{"op": "splice", "path": "/t", "index": 0, "insert": "A"}]}));
+    b.run(json!({"op": "doc.change", "doc": doc, "ops": [{"op": "splice", "path": "/t", "index": 5, "insert": "B"}]}));
+    relay.route(&mut a, &mut b, now);
+    let (ta, tb) = (
+        a.run(json!({"op": "doc.get", "doc": doc}))["t"].clone(),
+        b.run(json!({"op": "doc.get", "doc": doc}))["t"].clone(),
+    );
+    assert_eq!(ta, tb);
+    assert_eq!(ta, json!("AhelloB"));
+    // A deletion syncs, and the sessions were persisted in the meta table.
+    a.run(json!({"op": "doc.delete", "doc": doc}));
+    relay.route(&mut a, &mut b, now);
+    assert!(b
+        .run(json!({"op": "doc.list"}))
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(a
+        .store
+        .meta(&masq_core::layout::meta::session_key(&b.id()))
+        .is_some());
+}
+
+#[test]
+fn a_forged_or_replayed_packet_is_refused_and_sync_goes_on() {
+    let relay = Relay::new();
+    let (mut a, mut b) = (Page::new(), Page::new());
+    relay.pair(&mut a, &mut b);
+    let now = Duration::from_secs(1_800_000_000);
+    relay.connect(&mut a, now);
+    relay.connect(&mut b, now);
+    relay.route(&mut a, &mut b, now);
+    // A packet from a device nobody paired, and garbage from a paired one.
+    let stranger = DeviceKeypair::generate().device_id();
+    for (from, payload) in [(stranger, vec![1, 2, 3]), (a.id(), vec![0xff; 64])] {
+        let frame = Frame::Deliver { from, payload }.encode();
+        assert!(b
+            .sync
+            .on_relay_frame(&b.store, &frame, now)
+            .unwrap()
+            .is_ok());
+    }
+    assert_eq!(b.sync.stats().rejected, 2);
+    // A real envelope delivered twice: the second is a replay.
+    a.run(json!({"op": "kv.put", "key": "k", "value": 1}));
+    let frames = a.sync.take_frames();
+    let mut delivered = 0;
+    for bytes in frames {
+        if let Frame::Send { payload, .. } = Frame::decode(&bytes).unwrap() {
+            let d = Frame::Deliver {
+                from: a.id(),
+                payload,
+            }
+            .encode();
+            b.sync.on_relay_frame(&b.store, &d, now).unwrap().unwrap();
+            b.sync.on_relay_frame(&b.store, &d, now).unwrap().unwrap();
+            delivered += 1;
+        }
+    }
+    assert!(delivered > 0);
+    assert_eq!(b.sync.stats().rejected, 2 + delivered);
+    relay.route(&mut a, &mut b, now);
+    assert_eq!(b.run(json!({"op": "kv.get", "key": "k"})), json!(1));
+}
