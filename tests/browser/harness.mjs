@@ -2,8 +2,9 @@
 // their own origins, headless Chromium with this machine's flags, and
 // polling with a limit. Each suite cleans up with `cleanup()`.
 
-import { spawn } from "node:child_process";
-import { readFileSync, rmSync, existsSync } from "node:fs";
+import { spawn, execFileSync } from "node:child_process";
+import { readFileSync, rmSync, existsSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer } from "node:http";
 import { createServer as createNetServer } from "node:net";
 import { join, resolve, extname, dirname } from "node:path";
@@ -67,14 +68,46 @@ export async function until(what, fn, timeout = STEP_TIMEOUT_MS) {
 
 /** Starts `masq args...`; logs its stderr tail if it exits unasked. */
 export function run(args) {
-  const p = spawn(MASQ, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const p = spawn(MASQ, args, { stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
-  p.stderr.on("data", (d) => (err = (err + d).slice(-4000)));
+  // The log (tracing writes to stdout, errors to stderr): its tail, for a failure's report.
+  const keep = (d) => (err = (err + d).slice(-20000));
+  p.stdout.on("data", keep);
+  p.stderr.on("data", keep);
+  p.logTail = () => err;
   p.on("exit", (code, sig) => {
     if (!p.stopping) log(`masq ${args.join(" ")} exited (${code ?? sig}): ${err}`);
   });
   children.push(p);
   return p;
+}
+
+/** Starts `masq relay` on a free port; resolves to its ws:// URL once it serves. */
+export async function startRelay() {
+  const port = await freePort();
+  run(["relay", "--listen", `127.0.0.1:${port}`]);
+  await until("the relay", async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok);
+  return `ws://127.0.0.1:${port}`;
+}
+
+/**
+ * Starts a `masq store` named `name` in a temp data dir, syncing through
+ * `relay`; resolves to {name, dir, http, ws, token, link} once it serves.
+ */
+export async function startStore(name, relay) {
+  const dir = mkdtempSync(join(tmpdir(), `masq-browser-${name}-`));
+  temps.push(dir);
+  execFileSync(MASQ, ["--data", dir, "devices", "name", name]);
+  const p = run(["--data", dir, "store", "--listen", "127.0.0.1:0", "--relay", relay]);
+  const info = await until(`store ${name}'s store.json`, () => {
+    const f = join(dir, "store.json");
+    if (!existsSync(f)) return null;
+    const i = JSON.parse(readFileSync(f, "utf8"));
+    return i.pid === p.pid ? i : null;
+  });
+  // The link comes from the CLI, as a user would get it.
+  const link = execFileSync(MASQ, ["--data", dir, "manager"], { encoding: "utf8" }).trim();
+  return { name, dir, http: info.http_url, ws: info.ws_url, token: info.admin_token, link, proc: p };
 }
 
 const TYPES = {

@@ -29,36 +29,14 @@ import {
   log,
   freePort,
   until,
-  run,
+  startRelay,
+  startStore,
   serveDirs,
   newPage,
   cleanup as cleanupAll,
 } from "./harness.mjs";
 
 let browser;
-
-async function startRelay() {
-  const port = await freePort();
-  run(["relay", "--listen", `127.0.0.1:${port}`]);
-  await until("the relay", async () => (await fetch(`http://127.0.0.1:${port}/healthz`)).ok);
-  return `ws://127.0.0.1:${port}`;
-}
-
-async function startStore(name, relay) {
-  const dir = mkdtempSync(join(tmpdir(), `masq-browser-${name}-`));
-  temps.push(dir);
-  execFileSync(MASQ, ["--data", dir, "devices", "name", name]);
-  const p = run(["--data", dir, "store", "--listen", "127.0.0.1:0", "--relay", relay]);
-  const info = await until(`store ${name}'s store.json`, () => {
-    const f = join(dir, "store.json");
-    if (!existsSync(f)) return null;
-    const i = JSON.parse(readFileSync(f, "utf8"));
-    return i.pid === p.pid ? i : null;
-  });
-  // The link comes from the CLI, as a user would get it.
-  const link = execFileSync(MASQ, ["--data", dir, "manager"], { encoding: "utf8" }).trim();
-  return { name, dir, http: info.http_url, ws: info.ws_url, token: info.admin_token, link };
-}
 
 /** A static file server for examples/notes on its own port (its own origin). */
 function serveNotes() {

@@ -32,5 +32,5 @@ fi
 rm -rf "$here/pkg"
 wasm-bindgen --target web --out-name masq_web --out-dir "$here/pkg" "$wasm"
 size() { gzip -9c "$@" | wc -c; }
-total=$(cat "$here"/pkg/masq_web_bg.wasm "$here"/pkg/masq_web.js "$here"/masq-client.js "$here"/masq-peer.js | gzip -9c | wc -c)
-echo "web/client: wasm $(size "$here/pkg/masq_web_bg.wasm") B gzipped, JS $(cat "$here"/pkg/masq_web.js "$here"/masq-client.js "$here"/masq-peer.js | size) B gzipped, total $total B"
+total=$(cat "$here"/pkg/masq_web_bg.wasm "$here"/pkg/masq_web.js "$here"/masq-client.js "$here"/masq-peer.js "$here"/masq-relay.js | gzip -9c | wc -c)
+echo "web/client: wasm $(size "$here/pkg/masq_web_bg.wasm") B gzipped, JS $(cat "$here"/pkg/masq_web.js "$here"/masq-client.js "$here"/masq-peer.js "$here"/masq-relay.js | size) B gzipped, total $total B"

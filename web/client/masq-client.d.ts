@@ -88,6 +88,17 @@ export interface PairedDevice {
   also_learned: number;
 }
 
+export interface Device {
+  device: string;
+  fingerprint: string;
+  name: string;
+  online: boolean;
+  /** Peer mode: a session is up and documents flow. */
+  syncing?: boolean;
+  last_seen: number;
+  safety_code: string;
+}
+
 export interface Masq {
   readonly state: State;
   /** The namespace this connection acts in (`null` for an admin connection). */
@@ -98,8 +109,26 @@ export interface Masq {
   ready(): Promise<void>;
   /** A raw request; waits until ready; resolves to the answer's `ok`. */
   request(op: string, args?: Record<string, unknown>): Promise<any>;
-  /** Admin only: opens a pairing invite. */
+  /** Opens a pairing invite (peer mode, or the store's admin). Same as `pair.invite`. */
   pairInvite(relay?: string): Promise<Invite>;
+  /**
+   * This device's pairing and devices. In peer mode the page is its own
+   * device and serves these; with a store they need its admin rights.
+   */
+  pair: {
+    /** An invite through `relay` (ws:// or wss://; default: this device's relay). */
+    invite(relay?: string): Promise<Invite>;
+    /** Joins the device that made `invite` (a `masq:` URI). Errors: `bad_invite`, `pairing_failed`. */
+    join(invite: string): Promise<PairedDevice>;
+    /** This device and its paired devices. */
+    devices(): Promise<{ me: { device: string; fingerprint: string; name: string }; devices: Device[] }>;
+    /** Removes a paired device (hex id or fingerprint prefix) everywhere. */
+    remove(device: string): Promise<{ removed: string }>;
+    /** Renames this device, as the others show it. */
+    rename(name: string): Promise<null>;
+    /** The relay, sync counters and each paired device's state. */
+    status(): Promise<any>;
+  };
   kv: {
     /** The value, or undefined if absent. */
     get(key: string, opts?: BucketOptions): Promise<unknown | undefined>;

@@ -400,6 +400,29 @@ class Masq {
     return s;
   }
 
+  /**
+   * This device's pairing and paired devices. In peer mode the page is its
+   * own device and serves these itself; with a store they need the store's
+   * admin rights (the store manager does them).
+   */
+  get pair() {
+    return {
+      /** Opens an invite through `relay` (ws:// or wss://; default: the relay this device uses):
+       *  `{invite, qr, qr_svg, paired}`; `paired` resolves when the other device joined. */
+      invite: (relay) => this.pairInvite(relay),
+      /** Joins the device that made the invite (a `masq:` URI); resolves to the paired device. */
+      join: (invite) => this.request("pair.join", { invite }),
+      /** `{me, devices}`: this device and its paired devices (with safety codes and online state). */
+      devices: () => this.request("devices.list"),
+      /** Removes a paired device (hex id or fingerprint prefix) here and on every other device. */
+      remove: (device) => this.request("devices.remove", { device }),
+      /** Renames this device, as the others show it. */
+      rename: (name) => this.request("devices.name", { name }),
+      /** The relay, sync counters and each paired device's state. */
+      status: () => this.request("status"),
+    };
+  }
+
   /** Key-value API (`bucket` defaults to `default`). */
   get kv() {
     const b = (opts) => (opts && opts.bucket ? { bucket: opts.bucket } : {});

@@ -35,8 +35,18 @@
 // waiting lock request is granted: it reconnects (its requests in flight
 // fail with `disconnected`, as when a store goes away), and one of the tabs
 // becomes the new leader, opening the store from IndexedDB.
+//
+// Sync: the leader is the device. It holds the relay connection
+// (masq-relay.js) and runs pairing; the Rust core makes and reads every
+// frame. Relay frames, timer ticks and pairing frames are jobs in the same
+// queue as requests, so a received message's changes, sync states and
+// ratchet state land in the same journal record, and the frames a batch
+// produced (sealed under ratchet state it advanced) are sent only once that
+// record is committed. Each job's effects are the core's; the shell only
+// carries bytes.
 
 import init, { WebStore, tableNames, knownAnswers } from "./pkg/masq_web.js";
+import { RelaySocket, pairingSocket, splitFrames, defaultDeviceName, SYNC_TICK_MS, PAIR_LINGER_MS } from "./masq-relay.js";
 
 /** IndexedDB schema version: one object store per core table, and the journal. */
 const DB_VERSION = 1;
@@ -270,6 +280,17 @@ function prefixEnd(prefix) {
   return null;
 }
 
+/** The `op` of a request the shell serves itself (pairing), else null; parses only what may be one. */
+function opOf(text) {
+  if (!text.includes('"pair.')) return null;
+  try {
+    const op = JSON.parse(text).op;
+    return typeof op === "string" ? op : null;
+  } catch (_) {
+    return null;
+  }
+}
+
 /** The error answer of a request whose batch could not be committed. */
 function commitError(id, e) {
   const quota = e && (e.name === "QuotaExceededError" || /quota/i.test(String(e.message)));
@@ -309,6 +330,15 @@ class PeerTransport {
     this._subOwners = new Map();
     /** What the store did, for benchmarks: batches, requests, ms in the core and in commits, bytes committed. */
     this.stats = { batches: 0, requests: 0, execMs: 0, commitMs: 0, bytes: 0 };
+    /** The device's relay connection: its events are jobs of the queue. */
+    this._relay = new RelaySocket({
+      onOpen: () => this._job({ kind: "relay-open" }),
+      onFrame: (bytes) => this._job({ kind: "relay-frame", bytes }),
+      onClose: () => this._job({ kind: "relay-closed" }),
+    });
+    this._tick = null;
+    /** Pairings under way: {pairing, socket, id, tab, invite, timer}. */
+    this._pairings = new Set();
   }
 
   /** Announces the state, as a store does first on every connection. */
@@ -316,6 +346,22 @@ class PeerTransport {
     this._deliver(JSON.stringify({ state: "peer", app: this.app }));
     this._channel.postMessage({ type: "leader-ready" });
     if (this._journal.length) this._startCheckpoint();
+    this._job({ kind: "init" });
+    this._tick = setInterval(() => {
+      if (this._relay.isOpen) this._job({ kind: "tick" });
+    }, SYNC_TICK_MS);
+  }
+
+  /** Queues work for the core that is not a request (relay, timers, pairing). */
+  _job(job) {
+    this._enqueue(null, null, job);
+  }
+
+  /** Connects to the relay once this device has one and a paired device. */
+  _ensureRelay() {
+    const url = this._store.relayUrl();
+    if (url && this._store.peerCount() > 0) this._relay.start(url);
+    else this._relay.stop();
   }
 
   /** A follower's message. */
@@ -404,9 +450,9 @@ class PeerTransport {
     this._enqueue(text, null);
   }
 
-  _enqueue(text, tab) {
+  _enqueue(text, tab, job = null) {
     if (this._closed) return;
-    this._queue.push({ text, tab });
+    this._queue.push({ text, tab, job });
     if (!this._running) {
       this._running = true;
       queueMicrotask(() => this._run());
@@ -416,6 +462,9 @@ class PeerTransport {
   close(code = 1000) {
     if (this._closed) return;
     this._closed = true;
+    clearInterval(this._tick);
+    this._relay.stop();
+    for (const p of this._pairings) this._endPairing(p, { code: "disconnected", message: "the page's store closed" });
     this._channel.close();
     this._db.close();
     this._store.free();
@@ -442,11 +491,149 @@ class PeerTransport {
     }
   }
 
+  /** Runs one job in the core; `after` gets what must wait for the commit. */
+  _runJob(job, after) {
+    const now = Date.now();
+    switch (job.kind) {
+      case "init":
+        this._store.setDefaultName(defaultDeviceName(this.app));
+        after.push(() => this._ensureRelay());
+        break;
+      case "relay-open":
+        this._store.relayOpened();
+        break;
+      case "relay-frame": {
+        const why = this._store.relayFrame(job.bytes, now);
+        if (why) {
+          console.warn(`masq: relay connection: ${why}; reconnecting`);
+          after.push(() => this._relay.restart());
+        }
+        break;
+      }
+      case "relay-closed":
+        this._store.relayClosed();
+        break;
+      case "tick":
+        this._store.syncTick(now);
+        break;
+      case "pair-frame": {
+        const p = job.p;
+        if (p.done) break;
+        try {
+          p.pairing.onFrame(job.bytes);
+        } catch (e) {
+          after.push(() => this._endPairing(p, { code: "pairing_failed", message: String(e.message || e) }));
+          break;
+        }
+        let paired = null;
+        if (p.pairing.isReady()) {
+          try {
+            paired = JSON.parse(this._store.pairFinish(p.pairing, now));
+          } catch (e) {
+            after.push(() => this._endPairing(p, { code: "pairing_failed", message: String(e.message || e) }));
+          }
+        }
+        const out = splitFrames(p.pairing.takeFrames()).map((f) => f.slice());
+        after.push(() => {
+          for (const f of out) p.socket.send(f);
+          if (paired) {
+            this._endPairing(p, null, paired);
+            this._ensureRelay();
+          }
+        });
+        break;
+      }
+      case "pair-closed":
+        if (!job.p.done) this._endPairing(job.p, { code: "pairing_failed", message: "the relay closed the pairing connection" });
+        break;
+      default:
+        throw new Error(`unknown job ${job.kind}`);
+    }
+  }
+
+  /**
+   * Starts `pair.invite` (answered at once with the invite; a `paired`
+   * message follows) or `pair.join` (answered when paired), as a store's
+   * admin protocol does.
+   */
+  _startPairing(text, tab, op, answers) {
+    let req;
+    try {
+      req = JSON.parse(text);
+    } catch (_) {
+      req = {};
+    }
+    const id = typeof req.id === "number" ? req.id : 0;
+    const fail = (code, message) => answers.push({ answer: JSON.stringify({ id, error: { code, message } }), tab, wrote: false });
+    let pairing;
+    try {
+      if (op === "pair.invite") {
+        const relay = req.relay || this._store.relayUrl();
+        if (!relay) return fail("no_relay", "no relay configured: give one (pair.invite with relay)");
+        pairing = this._store.pairInvite(relay, Date.now());
+      } else {
+        if (typeof req.invite !== "string") return fail("bad_request", "pair.join needs { invite }");
+        pairing = this._store.pairJoin(req.invite, Date.now());
+      }
+    } catch (e) {
+      return fail(op === "pair.invite" ? "bad_request" : "bad_invite", String(e.message || e));
+    }
+    const p = { pairing, id, tab, invite: op === "pair.invite", done: false, socket: null, timer: null };
+    p.socket = pairingSocket(pairing.relay().split(",")[0].trim(), {
+      onFrame: (bytes) => this._job({ kind: "pair-frame", p, bytes }),
+      onClose: () => this._job({ kind: "pair-closed", p }),
+    });
+    p.timer = setTimeout(
+      () => this._endPairing(p, { code: "pairing_failed", message: "the invite expired before the other device joined" }),
+      Math.max(0, pairing.expiresMs() - Date.now()),
+    );
+    this._pairings.add(p);
+    if (p.invite)
+      answers.push({
+        answer: JSON.stringify({ id, ok: { invite: pairing.uri(), qr: pairing.qr(), qr_svg: pairing.qrSvg() } }),
+        tab,
+        wrote: false,
+      });
+  }
+
+  /** Ends a pairing: `error` ({code, message}) or `paired` goes to whoever asked. */
+  _endPairing(p, error, paired = null) {
+    if (p.done) return;
+    p.done = true;
+    clearTimeout(p.timer);
+    this._pairings.delete(p);
+    // The inviter's answer must reach the relay before the socket closes.
+    setTimeout(() => p.socket.close(), paired && p.invite ? PAIR_LINGER_MS : 0);
+    p.pairing.free();
+    let text;
+    if (p.invite) text = JSON.stringify({ id: p.id, paired: error ? { error } : paired });
+    else text = JSON.stringify(error ? { id: p.id, error } : { id: p.id, ok: paired });
+    this._route(p.tab, text);
+  }
+
   async _runBatch(batch) {
     const started = performance.now();
     const answers = [];
+    /** What runs once the batch is committed (pairing frames, pairing answers). */
+    const after = [];
     let followerSubscribed = false;
-    for (const { text, tab } of batch) {
+    let failure = null;
+    for (const { text, tab, job } of batch) {
+      if (job) {
+        try {
+          this._runJob(job, after);
+        } catch (e) {
+          // The core could not stage what the job needs (its storage):
+          // the batch is not committed, and the store reopens.
+          failure = failure || e;
+        }
+        continue;
+      }
+      const op = opOf(text);
+      if (op === "pair.invite" || op === "pair.join") {
+        this._startPairing(text, tab, op, answers);
+        continue;
+      }
       const before = this._store.pendingWrites();
       const answer = this._store.request(text, Date.now());
       answers.push({ answer, tab, wrote: this._store.pendingWrites() > before });
@@ -457,8 +644,17 @@ class PeerTransport {
     }
     if (followerSubscribed) this._sweepFollowers().catch(() => {});
     let frames = null;
-    let failure = null;
-    if (answers.some((a) => a.wrote)) {
+    if (!failure) {
+      try {
+        // What the batch changed (requests, or a peer's messages, not
+        // offered back to it) goes to the paired devices that sync now:
+        // the sealed messages wait for this batch's commit.
+        this._store.syncFlush();
+      } catch (e) {
+        failure = e;
+      }
+    }
+    if (!failure && this._store.pendingWrites() > 0) {
       try {
         frames = this._store.takeWrites();
       } catch (e) {
@@ -486,8 +682,11 @@ class PeerTransport {
       }
     }
     if (this._closed) return; // closed while committing: nobody to answer
+    // Committed: the frames sealed under it may leave now.
+    for (const f of splitFrames(this._store.takeFrames())) this._relay.send(f);
+    for (const f of after) f();
     this.stats.batches += 1;
-    this.stats.requests += batch.length;
+    this.stats.requests += batch.filter((b) => !b.job).length;
     for (const a of answers) this._route(a.tab, a.answer);
     const events = this._store.takeEvents();
     if (events) {

@@ -1,0 +1,237 @@
+// End-to-end test of browser peer mode's sync (issue M11, tests 2, 3 and 4)
+// in real headless Chromium, with real `masq relay` and `masq store`
+// processes: pages with no store are devices of their own, pair through the
+// relay and sync, sealed, like any device.
+//
+//   web/client/build.sh && cargo build --release && cd tests/browser && npm ci && node sync.mjs
+//
+// What it checks:
+// 2. store-app: a page (browser context "phone") joins an invite made by a
+//    native store ("laptop", `masq pair invite`); both show the same safety
+//    code; the laptop lists the page under a name that says what it is;
+//    writes on either side reach the other; concurrent edits of one text
+//    converge.
+// 3. app-app: a second browser context ("tablet", separate storage) joins
+//    an invite made by the phone's page; it learns the laptop through the
+//    phone; writes converge on all three; removing the tablet on the phone
+//    reaches the laptop.
+// 4. every byte the pages sent to (or got from) the relay is recorded: none
+//    holds any of the keys, values or text the devices wrote.
+
+import { spawn, execFileSync } from "node:child_process";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import {
+  root,
+  MASQ,
+  CHROMIUM,
+  CHROMIUM_ARGS,
+  log,
+  until,
+  startRelay,
+  startStore,
+  serveDirs,
+  newPage,
+  cleanup,
+  children,
+} from "./harness.mjs";
+
+const APP = "notes";
+/** What the devices write, each unique: none may cross the relay in the clear. */
+const SECRETS = {
+  pageKey: "page-key-SECRET-4711",
+  pageValue: "page-value-SECRET-0815",
+  laptopKey: "laptop-key-SECRET-1234",
+  laptopValue: "laptop-value-SECRET-5678",
+  text: "shared-text-SECRET-2342",
+  tabletValue: "tablet-value-SECRET-9999",
+};
+
+let browser;
+
+function expect(what, ok, got) {
+  if (!ok) throw new Error(`${what}: got ${JSON.stringify(got)}`);
+}
+
+/** `masq --data <dir> args...` against the running store; its stdout (null if it failed). */
+function cli(dir, args) {
+  try {
+    return execFileSync(MASQ, ["--data", dir, ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
+  } catch (_) {
+    return null;
+  }
+}
+
+/** A page of its own browser context (its own storage), in peer mode; its relay traffic is recorded. */
+async function device(context, label, origin, relay, wire) {
+  const page = await newPage(context, label);
+  page.on("websocket", (ws) => {
+    if (!ws.url().startsWith(relay)) return;
+    const keep = (dir) => (f) => wire.push({ label, dir, bytes: Buffer.from(f.payload) });
+    ws.on("framesent", keep("sent"));
+    ws.on("framereceived", keep("received"));
+  });
+  await page.goto(`${origin}/`);
+  const state = await page.evaluate(async (app) => {
+    const { connect } = await import("/client/masq-client.js");
+    window.masq = await connect({ app, mode: "peer" });
+    return window.masq.state;
+  }, APP);
+  expect(`${label}'s state`, state === "peer", state);
+  pages.push([label, page]);
+  return page;
+}
+
+/** `masq pair invite` on a store: resolves to {uri, done} (done: the CLI's stderr once it exits). */
+function nativeInvite(dir) {
+  const p = spawn(MASQ, ["--data", dir, "pair", "invite"], { stdio: ["ignore", "pipe", "pipe"] });
+  children.push(p);
+  let out = "";
+  let err = "";
+  p.stderr.on("data", (d) => (err += d));
+  const done = new Promise((res, rej) =>
+    p.on("exit", (code) => (code === 0 ? res(err) : rej(new Error(`masq pair invite exited ${code}: ${err}`)))),
+  );
+  const uri = new Promise((res) =>
+    p.stdout.on("data", (d) => {
+      out += d;
+      const line = out.split("\n").find((l) => l.startsWith("masq:"));
+      if (line) res(line.trim());
+    }),
+  );
+  return { uri, done };
+}
+
+async function main() {
+  const relay = await startRelay();
+  const laptop = await startStore("laptop", relay);
+  const origin = await serveDirs({
+    "/": join(root, "tests/browser/peer-page"),
+    "/client/": join(root, "web/client"),
+  });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true });
+  const wire = [];
+  const phone = await device(await browser.newContext(), "phone", origin, relay, wire);
+
+  // ---- 2. Store-app: the page joins the laptop's invite.
+  const invite = nativeInvite(laptop.dir);
+  const uri = await invite.uri;
+  const paired = await phone.evaluate((uri) => window.masq.pair.join(uri), uri);
+  const cliSays = await invite.done;
+  const laptopCode = (cliSays.match(/Safety code: (\d+)/) || [])[1];
+  expect("the page paired with the laptop", paired.name === "laptop", paired);
+  expect("the safety codes are equal", laptopCode && laptopCode === paired.safety_code, { laptopCode, page: paired.safety_code });
+  const listed = await until("the laptop lists the page", () => {
+    const list = cli(laptop.dir, ["devices", "list"]);
+    return list && list.includes(" notes on ") ? list : null;
+  });
+  const pageName = (listed.match(/ (notes on [^\n]+?)  /) || [])[1];
+  log(`store-app: the page joined the laptop's invite; safety code ${laptopCode} on both; the laptop lists it as "${pageName}"`);
+
+  await phone.evaluate((s) => window.masq.kv.put(s.pageKey, { v: s.pageValue }), SECRETS);
+  await until("the page's write on the laptop", () => {
+    const v = cli(laptop.dir, ["kv", "get", "--app", APP, SECRETS.pageKey]);
+    return v && JSON.parse(v).v === SECRETS.pageValue;
+  });
+  cli(laptop.dir, ["kv", "put", "--app", APP, SECRETS.laptopKey, JSON.stringify(SECRETS.laptopValue)]);
+  await until("the laptop's write in the page", () =>
+    phone.evaluate((s) => window.masq.kv.get(s.laptopKey).then((v) => v === s.laptopValue), SECRETS),
+  );
+  log("store-app: a write on either side reaches the other");
+
+  // Concurrent edits of one text: both sides splice while the other does.
+  const doc = await phone.evaluate((text) => window.masq.docs.create([{ op: "put_text", path: "/t", value: text }]), SECRETS.text);
+  await until("the document on the laptop", () => {
+    const v = cli(laptop.dir, ["doc", "show", "--app", APP, doc]);
+    return v && JSON.parse(v).t === SECRETS.text;
+  });
+  const edits = 20;
+  await Promise.all([
+    phone.evaluate(
+      async ({ doc, edits }) => {
+        for (let i = 0; i < edits; i++) await window.masq.docs.change(doc, [{ op: "splice", path: "/t", index: 0, insert: "P" }]);
+      },
+      { doc, edits },
+    ),
+    (async () => {
+      for (let i = 0; i < edits; i++) {
+        const t = JSON.parse(cli(laptop.dir, ["doc", "show", "--app", APP, doc])).t;
+        cli(laptop.dir, ["doc", "edit", "--app", APP, doc, JSON.stringify([{ op: "splice", path: "/t", index: t.length, insert: "L" }])]);
+      }
+    })(),
+  ]);
+  const converged = await until("the text converges", async () => {
+    const here = await phone.evaluate((doc) => window.masq.docs.read(doc).then((d) => d.t), doc);
+    const there = JSON.parse(cli(laptop.dir, ["doc", "show", "--app", APP, doc]) || "{}").t;
+    const count = (s, c) => s.split(c).length - 1;
+    return here === there && count(here, "P") === edits && count(here, "L") === edits ? here : null;
+  });
+  expect("both sides' edits are in the text", converged.includes(SECRETS.text), converged);
+  log(`store-app: ${edits} concurrent edits on each side converge to the same text`);
+
+  // ---- 3. App-app: a second browser context joins the phone's invite.
+  const tablet = await device(await browser.newContext(), "tablet", origin, relay, wire);
+  const offer = await phone.evaluate(async () => {
+    const inv = await window.masq.pair.invite();
+    window.pairedTablet = inv.paired;
+    return { invite: inv.invite, svg: inv.qr_svg };
+  });
+  expect("the invite has a QR code", offer.svg.startsWith("<svg") || offer.svg.includes("<svg"), offer.svg.slice(0, 40));
+  const joined = await tablet.evaluate((uri) => window.masq.pair.join(uri), offer.invite);
+  const inviterSide = await phone.evaluate(() => window.pairedTablet);
+  expect("the tablet paired with the phone", joined.name.startsWith("notes on "), joined);
+  expect("the app-app safety codes are equal", joined.safety_code === inviterSide.safety_code, { joined, inviterSide });
+  expect("the tablet learned the laptop through the phone", joined.also_learned === 1, joined);
+  log(`app-app: the tablet joined the phone's invite; safety code ${joined.safety_code} on both; it learned 1 more device`);
+
+  await until("the tablet has the phone's and the laptop's writes", () =>
+    tablet.evaluate(
+      (s) => Promise.all([window.masq.kv.get(s.pageKey), window.masq.kv.get(s.laptopKey)]).then(([a, b]) => a && a.v === s.pageValue && b === s.laptopValue),
+      SECRETS,
+    ),
+  );
+  await tablet.evaluate((s) => window.masq.kv.put("from-tablet", s.tabletValue), SECRETS);
+  await until("the tablet's write on the phone and the laptop", async () => {
+    const onPhone = await phone.evaluate(() => window.masq.kv.get("from-tablet"));
+    const onLaptop = cli(laptop.dir, ["kv", "get", "--app", APP, "from-tablet"]);
+    return onPhone === SECRETS.tabletValue && onLaptop && JSON.parse(onLaptop) === SECRETS.tabletValue;
+  });
+  await until("the laptop knows the tablet", () => (cli(laptop.dir, ["devices", "list"]) || "").split("notes on ").length - 1 === 2);
+  log("app-app: writes converge on the phone, the tablet and the laptop (which learned the tablet from the phone)");
+
+  const devices = await phone.evaluate(() => window.masq.pair.devices());
+  expect("the phone lists the laptop and the tablet", devices.devices.length === 2, devices);
+  const tabletId = devices.devices.find((d) => d.device !== paired.device_id).device;
+  await phone.evaluate((id) => window.masq.pair.remove(id), tabletId);
+  await until("the laptop forgets the removed tablet", () => (cli(laptop.dir, ["devices", "list"]) || "").split("notes on ").length - 1 === 1);
+  log("removing the tablet on the phone reaches the laptop");
+
+  // ---- 4. The relay saw no plaintext of what anyone wrote.
+  const sent = wire.filter((w) => w.dir === "sent").length;
+  expect("the pages talked to the relay", sent > 10 && wire.length > 20, wire.length);
+  for (const [name, secret] of Object.entries(SECRETS)) {
+    const hit = wire.find((w) => w.bytes.includes(Buffer.from(secret)));
+    expect(`no frame holds ${name}`, !hit, hit && { label: hit.label, dir: hit.dir });
+  }
+  const bytes = wire.reduce((n, w) => n + w.bytes.length, 0);
+  log(`the relay saw ${wire.length} frames (${bytes} bytes) of the pages: none holds any key, value or text written`);
+  log("PASS");
+}
+
+/** The pages' sync status, for a failure's report. */
+const pages = [];
+async function report() {
+  for (const [label, page] of pages) {
+    const status = await page.evaluate(() => window.masq.pair.status()).catch((e) => String(e));
+    log(`${label}'s status: ${JSON.stringify(status)}`);
+  }
+}
+
+main()
+  .then(() => cleanup([browser]))
+  .catch(async (e) => {
+    console.error(e);
+    await report().catch(() => {});
+    await cleanup([browser]);
+    process.exit(1);
+  });
