@@ -30,7 +30,21 @@ const ui = {
   del: $("#delete-note"),
   saveState: $("#save-state"),
   namespace: $("#namespace"),
+  devices: $("#devices"),
+  deviceList: $("#device-list"),
+  inviteForm: $("#pair-invite-form"),
+  relay: $("#pair-relay"),
+  offer: $("#pair-offer"),
+  qr: $("#pair-qr"),
+  uri: $("#pair-uri"),
+  joinForm: $("#pair-join-form"),
+  joinUri: $("#pair-join-uri"),
+  pairStatus: $("#pair-status"),
 };
+/** The relay to pair through: `?relay=`, else the last one used here. */
+const RELAY_KEY = "notes-relay";
+/** How often the device list refreshes (online state) while it is open. */
+const DEVICES_REFRESH_MS = 3000;
 
 let masq = null;
 /** Whether the store has let this app in at least once. */
@@ -488,6 +502,88 @@ function onEvent(ev) {
 }
 
 // ---------------------------------------------------------------------------
+// Devices (peer mode): this browser is a device; pair it with the others.
+
+async function renderDevices() {
+  if (!masq || masq.state !== "peer") return;
+  const { devices } = await masq.pair.devices();
+  ui.deviceList.textContent = "";
+  if (!devices.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "Not paired yet: your notes stay in this browser until you pair it with your other devices.";
+    ui.deviceList.append(li);
+  }
+  for (const d of devices) {
+    const li = document.createElement("li");
+    li.dataset.device = d.device;
+    const dot = document.createElement("span");
+    dot.className = d.online ? "dot online" : "dot";
+    dot.title = d.online ? "online" : "offline";
+    li.append(dot, ` ${d.name} `);
+    const sc = document.createElement("span");
+    sc.className = "muted";
+    sc.textContent = `safety code ${d.safety_code}`;
+    li.append(sc);
+    ui.deviceList.append(li);
+  }
+}
+
+function pairStatus(text, ok) {
+  ui.pairStatus.textContent = text;
+  ui.pairStatus.dataset.ok = ok ? "yes" : "no";
+}
+
+function pairedText(p) {
+  return `Paired with ${p.name}. Safety code ${p.safety_code}: check that the other device shows the same.`;
+}
+
+async function invite(e) {
+  e.preventDefault();
+  const relay = ui.relay.value.trim();
+  localStorage.setItem(RELAY_KEY, relay);
+  try {
+    const inv = await masq.pair.invite(relay);
+    ui.qr.innerHTML = inv.qr_svg; // an SVG made by the core from the invite
+    ui.uri.value = inv.invite;
+    ui.offer.hidden = false;
+    pairStatus("Open this invite on your other device (valid 10 minutes, once).", true);
+    const p = await inv.paired;
+    ui.offer.hidden = true;
+    pairStatus(pairedText(p), true);
+  } catch (err) {
+    ui.offer.hidden = true;
+    pairStatus(`Pairing failed: ${err.message}`, false);
+  }
+  renderDevices().catch(showError);
+}
+
+async function join(e) {
+  e.preventDefault();
+  pairStatus("Joining…", true);
+  try {
+    const p = await masq.pair.join(ui.joinUri.value.trim());
+    ui.joinUri.value = "";
+    pairStatus(pairedText(p), true);
+  } catch (err) {
+    pairStatus(`Pairing failed: ${err.message}`, false);
+  }
+  renderDevices().catch(showError);
+}
+
+function wireDevices() {
+  ui.devices.hidden = false;
+  ui.relay.value = params.get("relay") || localStorage.getItem(RELAY_KEY) || "";
+  ui.inviteForm.addEventListener("submit", (e) => invite(e).catch(showError));
+  ui.joinForm.addEventListener("submit", (e) => join(e).catch(showError));
+  ui.devices.addEventListener("toggle", () => renderDevices().catch(showError));
+  setInterval(() => {
+    if (ui.devices.open) renderDevices().catch(() => {});
+  }, DEVICES_REFRESH_MS);
+  renderDevices().catch(showError);
+}
+
+// ---------------------------------------------------------------------------
 // Start.
 
 function wire() {
@@ -558,6 +654,7 @@ async function main() {
   showState(masq.state);
   await masq.docs.subscribe(null, onEvent);
   await enqueue(reloadAll);
+  if (masq.state === "peer") wireDevices();
 }
 
 main().catch(showError);

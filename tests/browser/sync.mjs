@@ -15,10 +15,13 @@
 //    an invite made by the phone's page; it learns the laptop through the
 //    phone; writes converge on all three; removing the tablet on the phone
 //    reaches the laptop.
+// Also: examples/notes with no store pairs with the laptop from its devices
+// panel (screenshot: target/browser/notes-devices.png) and gets its notes.
 // 4. every byte the pages sent to (or got from) the relay is recorded: none
 //    holds any of the keys, values or text the devices wrote.
 
 import { spawn, execFileSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import {
@@ -26,11 +29,13 @@ import {
   MASQ,
   CHROMIUM,
   CHROMIUM_ARGS,
+  ARTIFACTS,
   log,
   until,
   startRelay,
   startStore,
   serveDirs,
+  freePort,
   newPage,
   cleanup,
   children,
@@ -62,15 +67,20 @@ function cli(dir, args) {
   }
 }
 
-/** A page of its own browser context (its own storage), in peer mode; its relay traffic is recorded. */
-async function device(context, label, origin, relay, wire) {
-  const page = await newPage(context, label);
+/** Records every frame `page` sends to or gets from the relay. */
+function record(page, label, relay, wire) {
   page.on("websocket", (ws) => {
     if (!ws.url().startsWith(relay)) return;
     const keep = (dir) => (f) => wire.push({ label, dir, bytes: Buffer.from(f.payload) });
     ws.on("framesent", keep("sent"));
     ws.on("framereceived", keep("received"));
   });
+}
+
+/** A page of its own browser context (its own storage), in peer mode; its relay traffic is recorded. */
+async function device(context, label, origin, relay, wire) {
+  const page = await newPage(context, label);
+  record(page, label, relay, wire);
   await page.goto(`${origin}/`);
   const state = await page.evaluate(async (app) => {
     const { connect } = await import("/client/masq-client.js");
@@ -205,6 +215,36 @@ async function main() {
   await phone.evaluate((id) => window.masq.pair.remove(id), tabletId);
   await until("the laptop forgets the removed tablet", () => (cli(laptop.dir, ["devices", "list"]) || "").split("notes on ").length - 1 === 1);
   log("removing the tablet on the phone reaches the laptop");
+
+  // ---- examples/notes with no store offers pairing: it joins the laptop
+  // from its devices panel, and the laptop's notes come in.
+  const notesOrigin = await serveDirs({
+    "/examples/notes/": join(root, "examples/notes"),
+    "/web/client/": join(root, "web/client"),
+  });
+  const notesPage = await newPage(await browser.newContext(), "notes");
+  record(notesPage, "notes", relay, wire);
+  const noStore = `http://127.0.0.1:${await freePort()}`;
+  await notesPage.goto(`${notesOrigin}/examples/notes/?store=${noStore}&relay=${encodeURIComponent(relay)}`);
+  await notesPage.waitForSelector("#state[data-state=peer]");
+  await notesPage.waitForSelector("#devices:not([hidden])");
+  await notesPage.click("#devices summary");
+  const noteInvite = nativeInvite(laptop.dir);
+  await notesPage.fill("#pair-join-uri", await noteInvite.uri);
+  await notesPage.click("#pair-join");
+  const notesSays = await noteInvite.done;
+  const notesCode = (notesSays.match(/Safety code: (\d+)/) || [])[1];
+  await until("the notes page says it paired, with the laptop's safety code", async () =>
+    (await notesPage.textContent("#pair-status")).includes(`Paired with laptop. Safety code ${notesCode}`),
+  );
+  cli(laptop.dir, ["doc", "create", "--app", APP, "--json", JSON.stringify({ title: "From the laptop", text: "hello\n", updated: Date.now() })]);
+  await until("the laptop's note in the notes page", async () => (await notesPage.textContent("#notes")).includes("From the laptop"));
+  await until("the laptop shows online in the devices panel", () =>
+    notesPage.evaluate(() => !!document.querySelector("#device-list .dot.online")),
+  );
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await notesPage.screenshot({ path: join(ARTIFACTS, "notes-devices.png"), fullPage: true });
+  log("examples/notes with no store: pairs with the laptop from its devices panel; the laptop's note comes in");
 
   // ---- 4. The relay saw no plaintext of what anyone wrote.
   const sent = wire.filter((w) => w.dir === "sent").length;
