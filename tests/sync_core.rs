@@ -660,7 +660,10 @@ fn a_pending_write_folded_by_a_peer_batch_is_announced_as_local() {
             local |= origin == masq::store::Origin::Local;
         }
     }
-    assert!(local, "the folded local write was announced as the peer's only");
+    assert!(
+        local,
+        "the folded local write was announced as the peer's only"
+    );
     // And it reaches B.
     let to_b = a.core.on_peer_ready(&b.id).unwrap();
     exchange(&mut a, &mut b, to_b, Vec::new());

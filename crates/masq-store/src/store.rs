@@ -466,7 +466,10 @@ impl Store {
     /// Announces a committed change of `id` to the sync engine as coming
     /// from `origin` (for a commit that holds changes of several origins).
     pub(crate) fn announce_change(&self, app: &str, id: &DocId, origin: Origin) {
-        let _ = self.inner.changes.send((app.to_string(), id.clone(), origin));
+        let _ = self
+            .inner
+            .changes
+            .send((app.to_string(), id.clone(), origin));
     }
 
     /// Notices of every committed document change (used by the sync engine).
