@@ -247,6 +247,9 @@ impl PageSync {
     /// The relay's WebSocket closed: every peer is offline until it is back.
     pub fn on_relay_closed(&mut self) {
         self.conn = None;
+        // Frames for the closed connection never go out on the next one
+        // (which must open with the answer to its own challenge).
+        self.frames.clear();
         self.stats.relay_connected = false;
         self.busy.clear();
         for (id, link) in self.links.iter_mut() {
@@ -405,12 +408,20 @@ impl PageSync {
         store.fold_batch()?;
         let mut messages = Vec::new();
         for doc in docs {
-            if let Some(msg) = store.generate(peer, doc, &mut self.states)? {
-                messages.push(DocMessage {
+            match store.generate(peer, doc, &mut self.states) {
+                Ok(Some(msg)) => messages.push(DocMessage {
                     app: store.app().to_string(),
                     doc: doc.to_string(),
                     msg,
-                });
+                }),
+                Ok(None) => {}
+                // One document's records do not decode: it is not offered
+                // (its reads answer `corrupt`), the others are, as natively.
+                Err(e) if is_document_fault(&e) => {
+                    self.stats.note(format!("{doc} not offered: {e}"));
+                    self.stats.last_error = Some(format!("{doc} not offered: {e}"));
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(pack_batches(messages))
@@ -443,8 +454,12 @@ impl PageSync {
         }
         let mut w = WriteSet::new();
         layout::stage_session(&mut w, &to, &sealed.update.bytes());
-        for k in sent_notes {
-            layout::stage_remove_note(&mut w, k);
+        // Notes leave the queue only when every payload was sealed (sent
+        // twice is harmless: a note's effect is idempotent; never is not).
+        if sealed.stopped.is_none() {
+            for k in sent_notes {
+                layout::stage_remove_note(&mut w, k);
+            }
         }
         store.put_records(w);
         link.commit(sealed.update);
@@ -683,6 +698,12 @@ impl PageSync {
         }
         Ok(())
     }
+}
+
+/// Whether `e` is about one document (its stored records do not decode)
+/// rather than the page's storage: the document is skipped, sync goes on.
+pub(crate) fn is_document_fault(e: &ApiError) -> bool {
+    e.code == "corrupt"
 }
 
 /// A device's id, short, for [`SyncStats::recent`].

@@ -12,6 +12,8 @@ use masq_core::api::execute::{execute, Outcome};
 use masq_core::api::parse_request;
 use masq_core::crypto::relay_auth::{auth_proof, slot_proof};
 use masq_core::crypto::{DeviceId, DeviceKeypair};
+use masq_core::layout::doc_chunks;
+use masq_core::records::Table;
 use masq_core::wire::relay_frame::Frame;
 use masq_web::pairing::Pairing;
 use masq_web::peer_store::PeerStore;
@@ -24,14 +26,31 @@ use x25519_dalek::PublicKey;
 struct Page {
     store: PeerStore,
     sync: PageSync,
+    /// What the page committed (its IndexedDB), to reopen it from.
+    disk: Tables,
 }
 
 impl Page {
     fn new() -> Self {
-        let store = PeerStore::open("notes", Tables::new()).unwrap();
+        Self::open(Tables::new())
+    }
+
+    /// The page opened from `disk` (a reload).
+    fn open(disk: Tables) -> Self {
+        let mut loaded = Tables::new();
+        loaded.apply(&{
+            let mut w = masq_core::records::WriteSet::new();
+            for t in Table::ALL {
+                for (k, v) in disk.prefix(t, &[]) {
+                    w.put(t, k.clone(), v.clone());
+                }
+            }
+            w
+        });
+        let store = PeerStore::open("notes", loaded).unwrap();
         store.set_time(1_800_000_000);
         let sync = PageSync::open(&store);
-        Page { store, sync }
+        Page { store, sync, disk }
     }
 
     fn id(&self) -> DeviceId {
@@ -54,7 +73,8 @@ impl Page {
 
     fn end_batch(&mut self) {
         self.sync.flush(&self.store).unwrap();
-        self.store.take_writes().unwrap();
+        let writes = self.store.take_writes().unwrap();
+        self.disk.apply(&writes);
     }
 }
 
@@ -305,4 +325,82 @@ fn a_forged_or_replayed_packet_is_refused_and_sync_goes_on() {
     assert_eq!(b.sync.stats().rejected, 2 + delivered);
     relay.route(&mut a, &mut b, now);
     assert_eq!(b.run(json!({"op": "kv.get", "key": "k"})), json!(1));
+}
+
+#[test]
+fn a_corrupt_document_is_skipped_and_the_others_sync() {
+    let relay = Relay::new();
+    let (mut a, mut b) = (Page::new(), Page::new());
+    relay.pair(&mut a, &mut b);
+    let now = Duration::from_secs(1_800_000_000);
+    relay.connect(&mut a, now);
+    relay.connect(&mut b, now);
+    relay.route(&mut a, &mut b, now);
+    let create = |p: &mut Page, text: &str| {
+        p.run(json!({"op": "doc.create", "ops": [{"op": "put", "path": "/t", "value": text}]}))
+            ["doc"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (bad, good) = (create(&mut a, "bad"), create(&mut a, "good"));
+    relay.route(&mut a, &mut b, now);
+    // A reloads with one document's stored records mangled (a bad disk, a
+    // bug of an old version): every chunk of it no longer decodes.
+    let mut disk = std::mem::take(&mut a.disk);
+    let prefix = doc_chunks::chunk_prefix("notes", &bad);
+    let keys: Vec<Vec<u8>> = disk
+        .prefix(Table::Chunks, &prefix)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!keys.is_empty());
+    for k in keys {
+        disk.load(Table::Chunks, k, vec![0xde, 0xad, 0xbe, 0xef]);
+    }
+    let mut a = Page::open(disk);
+    b.sync.on_relay_closed();
+    relay.connect(&mut a, now);
+    relay.connect(&mut b, now);
+    // Both documents change on B while A is offered and answers: the
+    // corrupt one is skipped on A's side, and nothing else stops.
+    for (doc, text) in [(&bad, "bad2"), (&good, "good2")] {
+        b.run(json!({"op": "doc.change", "doc": doc, "ops": [{"op": "put", "path": "/t", "value": text}]}));
+    }
+    b.run(json!({"op": "kv.put", "key": "after", "value": 1}));
+    relay.route(&mut a, &mut b, now);
+    assert!(a.sync.is_ready(&b.id()));
+    assert_eq!(
+        a.run(json!({"op": "doc.get", "doc": good}))["t"],
+        json!("good2")
+    );
+    assert_eq!(a.run(json!({"op": "kv.get", "key": "after"})), json!(1));
+    let env = parse_request(&json!({"id": 1, "op": "doc.get", "doc": bad}).to_string()).unwrap();
+    let err = execute(&a.store, env.request).err().unwrap();
+    assert_eq!(err.code, "corrupt");
+    let last = a.sync.stats().last_error.clone().unwrap_or_default();
+    assert!(last.contains("corrupt"), "{last}");
+    assert!(a.sync.stats().rejected > 0);
+}
+
+#[test]
+fn frames_of_a_closed_relay_connection_never_go_out_on_the_next() {
+    let relay = Relay::new();
+    let (mut a, mut b) = (Page::new(), Page::new());
+    relay.pair(&mut a, &mut b);
+    let now = Duration::from_secs(1_800_000_000);
+    relay.connect(&mut a, now);
+    relay.connect(&mut b, now);
+    relay.route(&mut a, &mut b, now);
+    a.run(json!({"op": "kv.put", "key": "k", "value": 1}));
+    // The write's envelopes wait for the commit; the socket drops first.
+    a.sync.on_relay_closed();
+    a.sync.on_relay_open();
+    assert!(a.sync.take_frames().is_empty());
+    // The new connection's first frame is the answer to its challenge.
+    a.sync
+        .on_relay_frame(&a.store, &relay.challenge(), now)
+        .unwrap()
+        .unwrap();
+    let frames = a.sync.take_frames();
+    assert_eq!(relay.check_auth(&frames[0]), a.id());
 }

@@ -29,6 +29,7 @@ use masq_core::sync::receive::apply_message;
 use masq_core::wire::device::DocMessage;
 
 use super::PeerStore;
+use crate::sync::is_document_fault;
 
 /// What one received batch did.
 #[derive(Debug, Default)]
@@ -158,9 +159,19 @@ impl PeerStore {
             if is_internal(doc) {
                 continue;
             }
-            let entry = self.with_doc(&DocId::catalog_for(doc), |c| {
+            let entry = match self.with_doc(&DocId::catalog_for(doc), |c| {
                 Ok(catalog_entry(&c.doc, doc.as_str()))
-            })?;
+            }) {
+                Ok(entry) => entry,
+                // A catalog that does not decode cannot say what was
+                // deleted here: its documents' messages wait (rejected).
+                Err(e) if is_document_fault(&e) => {
+                    applied.rejected += 1;
+                    deleted_here.push(doc.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if entry.as_deref() == Some(CATALOG_DELETED) {
                 deleted_here.push(doc.clone());
             }
@@ -174,6 +185,17 @@ impl PeerStore {
             for ((_, doc), msg) in sorted {
                 if tombstoned.iter().any(|t| t == doc.as_str()) {
                     continue; // deleted by this very batch
+                }
+                // A document whose stored records do not decode takes no
+                // message (it stays as it is, its reads answer `corrupt`);
+                // the rest of the batch applies.
+                match self.with_doc(&doc, |_| Ok(())) {
+                    Ok(()) => {}
+                    Err(e) if is_document_fault(&e) => {
+                        applied.rejected += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
                 txn.touched.push(doc.clone());
                 let key = (*peer, self.app.clone(), doc.clone());
