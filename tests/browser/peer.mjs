@@ -301,6 +301,77 @@ async function main() {
   expect("acknowledged writes after a reload", keptAfterReload === filled.acked, keptAfterReload);
   log(`a 3 MB quota: write ${filled.acked + 1} answered quota_exceeded; the ${filled.acked} acknowledged before it are all there, after a reload too`);
 
+  // ---- A trap in the core (a Rust panic leaves the wasm instance unusable,
+  // and even `free` may throw then): the store closes, its lock is released,
+  // and the client reopens it on a fresh instance, with every acknowledged
+  // write. The trap is simulated on the instance's own glue module.
+  const trapOrigin = await serveDirs({
+    "/": join(root, "tests/browser/peer-page"),
+    "/client/": join(root, "web/client"),
+  });
+  const t = await newPage(context, "trap");
+  await t.goto(`${trapOrigin}/`);
+  await connectPeer(t, noStore);
+  const trapped = await t.evaluate(async () => {
+    const masq = window.masq;
+    await masq.kv.put("before-trap", 1);
+    const glue = await import("/client/pkg/masq_web.js"); // the instance in use
+    glue.WebStore.prototype.request = function () {
+      throw new WebAssembly.RuntimeError("unreachable (simulated trap)");
+    };
+    glue.WebStore.prototype.free = function () {
+      throw new Error("recursive use of an object detected (simulated)");
+    };
+    let code = "none";
+    try {
+      await masq.kv.get("before-trap");
+    } catch (e) {
+      code = e.code;
+    }
+    return code;
+  });
+  expect("a request when the core traps", trapped === "disconnected", trapped);
+  await until("the page store to reopen on a fresh instance", () =>
+    t.evaluate(async () => {
+      if (window.masq.state !== "peer") return false;
+      try {
+        return (await window.masq.kv.get("before-trap")) === 1;
+      } catch (_) {
+        return false;
+      }
+    }),
+  );
+  const restarts = await t.evaluate(async () => {
+    await window.masq.kv.put("after-trap", 2);
+    return (await import("/client/masq-peer.js")).coreRestarts();
+  });
+  expect("fresh wasm instances after the trap", restarts === 1, restarts);
+  log("a trap in the core: the store closes, reopens on a fresh instance, and its writes are there");
+
+  // ---- A hostile invite: a relay URL the page cannot open, a far expiry.
+  const badInvite = await t.evaluate(async () => {
+    const masq = window.masq;
+    const inv = await masq.pair.invite("ws://127.0.0.1:9");
+    const inviteFailed = inv.paired.then(
+      () => "paired?",
+      (e) => e.code,
+    );
+    const hostile = inv.invite.replace(/relay=[^&]*/, "relay=ws%3A%2F%2F%5Bbad").replace(/exp=\d+/, "exp=9999999999999999");
+    let code = "none";
+    try {
+      await masq.pair.join(hostile);
+    } catch (e) {
+      code = e.code;
+    }
+    return { code, inviteFailed: await inviteFailed, still: await masq.kv.get("after-trap"), state: masq.state };
+  });
+  expect(
+    "a join of an invite whose relay is no URL",
+    badInvite.code === "bad_invite" && badInvite.inviteFailed === "pairing_failed" && badInvite.still === 2 && badInvite.state === "peer",
+    badInvite,
+  );
+  log("an invite naming a relay that is no URL: bad_invite, and the store serves on");
+
   log("PASS");
 }
 

@@ -45,8 +45,7 @@
 // record is committed. Each job's effects are the core's; the shell only
 // carries bytes.
 
-import init, { WebStore, tableNames, knownAnswers } from "./pkg/masq_web.js";
-import { RelaySocket, pairingSocket, splitFrames, defaultDeviceName, SYNC_TICK_MS, PAIR_LINGER_MS } from "./masq-relay.js";
+import { RelaySocket, pairingSocket, splitFrames, relayUrls, defaultDeviceName, SYNC_TICK_MS, PAIR_LINGER_MS } from "./masq-relay.js";
 
 /** IndexedDB schema version: one object store per core table, and the journal. */
 const DB_VERSION = 1;
@@ -60,19 +59,63 @@ const MAX_JOURNAL_BYTES = 32 * 1024 * 1024;
 /** Close code when a commit failed and the store must be reopened. */
 const CLOSE_REOPEN = 4500;
 
-let wasmReady = null;
+/**
+ * The core's WebAssembly instance the page's stores run on (a promise of
+ * the glue module, loaded once), and its generation. A trap (a Rust panic)
+ * leaves an instance unusable, maybe in the middle of a borrow: every
+ * store on it closes, and the next open loads a fresh instance (the glue
+ * module imported again under another URL, so it gets its own memory).
+ */
+let core = null;
+let coreGeneration = 0;
+/** The stores open on the current instance. */
+const liveStores = new Set();
 
-/** Loads the WebAssembly module once per page. */
+/** Loads the WebAssembly core (once per generation); resolves to its module. */
 export function loadWasm() {
-  if (!wasmReady) wasmReady = init({ module_or_path: new URL("./pkg/masq_web_bg.wasm", import.meta.url) });
-  return wasmReady;
+  if (!core) {
+    const glue = new URL(`./pkg/masq_web.js${coreGeneration ? `?instance=${coreGeneration}` : ""}`, import.meta.url);
+    core = import(glue.href).then(async (m) => {
+      await m.default({ module_or_path: new URL("./pkg/masq_web_bg.wasm", import.meta.url) });
+      return m;
+    });
+    core.catch(() => (core = null)); // a failed load is tried again at the next open
+  }
+  return core;
+}
+
+/** How many times the core was loaded afresh after a trap (for tests). */
+export function coreRestarts() {
+  return coreGeneration;
+}
+
+/**
+ * The instance of generation `gen` failed: every store on it closes (the
+ * clients reopen them), and the next open loads a fresh one.
+ */
+function retireCore(gen) {
+  if (gen !== coreGeneration) return;
+  coreGeneration += 1;
+  core = null;
+  for (const t of [...liveStores]) t.close(CLOSE_REOPEN);
 }
 
 /** The crypto known answers checked inside the wasm build (count matched). */
 export async function checkKnownAnswers() {
-  await loadWasm();
-  return knownAnswers();
+  return (await loadWasm()).knownAnswers();
 }
+
+/**
+ * The clock of the sync engine's timers (handshake resends, resync): wall
+ * time that never steps back while the page lives (Date.now() follows the
+ * system clock, which may).
+ */
+function syncClock() {
+  return performance.timeOrigin + performance.now();
+}
+
+/** Longest a pairing waits for the other device, whatever its invite says. */
+const MAX_PAIR_WAIT_MS = 10 * 60 * 1000;
 
 /** The IndexedDB database of `app`'s store. */
 export function databaseName(app) {
@@ -137,13 +180,14 @@ function tryLock(app) {
  */
 export async function openPeer(app) {
   requireLocks();
-  await loadWasm();
-  const names = tableNames();
+  const m = await loadWasm();
+  const gen = coreGeneration;
+  const names = m.tableNames();
   const release = await tryLock(app);
   if (!release) return new FollowerTransport(app);
   try {
     const db = await openDb(app, names);
-    const store = new WebStore(app);
+    const store = new m.WebStore(app);
     const tx = db.transaction([...names, JOURNAL], "readonly");
     const all = (name) => {
       const os = tx.objectStore(name);
@@ -157,7 +201,11 @@ export async function openPeer(app) {
     const [seqs, frames] = journal;
     seqs.forEach((seq, j) => store.replay(frames[j]));
     const pending = seqs.map((seq, j) => ({ seq, frames: frames[j] }));
-    return new PeerTransport(app, db, store, names, release, pending);
+    if (gen !== coreGeneration) throw Object.assign(new Error("the page's store failed while opening"), { code: "storage" });
+    const t = new PeerTransport(app, db, store, names, release, pending);
+    t._coreGen = gen;
+    liveStores.add(t);
+    return t;
   } catch (e) {
     release();
     throw e;
@@ -332,10 +380,12 @@ class PeerTransport {
     this.stats = { batches: 0, requests: 0, execMs: 0, commitMs: 0, bytes: 0 };
     /** The device's relay connection: its events are jobs of the queue. */
     this._relay = new RelaySocket({
-      onOpen: () => this._job({ kind: "relay-open" }),
+      onOpen: (conn) => this._job({ kind: "relay-open", conn }),
       onFrame: (bytes) => this._job({ kind: "relay-frame", bytes }),
       onClose: () => this._job({ kind: "relay-closed" }),
     });
+    /** The relay socket the core's frames are for (set by its relay-open job). */
+    this._relayConn = 0;
     this._tick = null;
     /** Pairings under way: {pairing, socket, id, tab, invite, timer}. */
     this._pairings = new Set();
@@ -462,13 +512,24 @@ class PeerTransport {
   close(code = 1000) {
     if (this._closed) return;
     this._closed = true;
-    clearInterval(this._tick);
-    this._relay.stop();
-    for (const p of this._pairings) this._endPairing(p, { code: "disconnected", message: "the page's store closed" });
-    this._channel.close();
-    this._db.close();
-    this._store.free();
-    this._release();
+    liveStores.delete(this);
+    // Each step on its own: after a trap the core may refuse even to free
+    // (an object still borrowed), and the lock must be released whatever
+    // happens, or no tab could open the store again.
+    const step = (f) => {
+      try {
+        f();
+      } catch (e) {
+        console.warn("masq: closing the page's store", e);
+      }
+    };
+    step(() => clearInterval(this._tick));
+    step(() => this._relay.stop());
+    for (const p of [...this._pairings]) step(() => this._endPairing(p, { code: "disconnected", message: "the page's store closed" }));
+    step(() => this._channel.close());
+    step(() => this._db.close());
+    step(() => this._store.free());
+    step(() => this._release());
     const cb = this.onclose;
     if (cb) setTimeout(() => cb({ code }), 0);
   }
@@ -486,6 +547,8 @@ class PeerTransport {
       // shell failed: nothing more runs here; the client reopens the store.
       console.error("masq: the page's store failed; reopening", e);
       this.close(CLOSE_REOPEN);
+      // The instance may be broken for every store on it: a fresh one.
+      retireCore(this._coreGen);
     } finally {
       this._running = false;
     }
@@ -493,7 +556,7 @@ class PeerTransport {
 
   /** Runs one job in the core; `after` gets what must wait for the commit. */
   _runJob(job, after) {
-    const now = Date.now();
+    const now = syncClock();
     switch (job.kind) {
       case "init":
         this._store.setDefaultName(defaultDeviceName(this.app));
@@ -501,12 +564,17 @@ class PeerTransport {
         break;
       case "relay-open":
         this._store.relayOpened();
+        this._relayConn = job.conn;
         break;
       case "relay-frame": {
+        const was = this._store.relayReady();
         const why = this._store.relayFrame(job.bytes, now);
         if (why) {
           console.warn(`masq: relay connection: ${why}; reconnecting`);
           after.push(() => this._relay.restart());
+        } else if (!was && this._store.relayReady()) {
+          // Accepted: the next loss reconnects quickly again.
+          after.push(() => this._relay.accepted());
         }
         break;
       }
@@ -518,7 +586,7 @@ class PeerTransport {
         break;
       case "pair-frame": {
         const p = job.p;
-        if (p.done) break;
+        if (p.done || p.finishing) break;
         try {
           p.pairing.onFrame(job.bytes);
         } catch (e) {
@@ -528,7 +596,10 @@ class PeerTransport {
         let paired = null;
         if (p.pairing.isReady()) {
           try {
-            paired = JSON.parse(this._store.pairFinish(p.pairing, now));
+            paired = JSON.parse(this._store.pairFinish(p.pairing, Date.now()));
+            // Paired (committed with this batch): no expiry or closed
+            // socket may answer otherwise now.
+            p.finishing = true;
           } catch (e) {
             after.push(() => this._endPairing(p, { code: "pairing_failed", message: String(e.message || e) }));
           }
@@ -544,7 +615,12 @@ class PeerTransport {
         break;
       }
       case "pair-closed":
-        if (!job.p.done) this._endPairing(job.p, { code: "pairing_failed", message: "the relay closed the pairing connection" });
+        if (!job.p.done && !job.p.finishing)
+          after.push(() => this._endPairing(job.p, { code: "pairing_failed", message: "the relay closed the pairing connection" }));
+        break;
+      case "pair-expired":
+        if (!job.p.done && !job.p.finishing)
+          after.push(() => this._endPairing(job.p, { code: "pairing_failed", message: "the invite expired before the other device joined" }));
         break;
       default:
         throw new Error(`unknown job ${job.kind}`);
@@ -578,14 +654,27 @@ class PeerTransport {
     } catch (e) {
       return fail(op === "pair.invite" ? "bad_request" : "bad_invite", String(e.message || e));
     }
-    const p = { pairing, id, tab, invite: op === "pair.invite", done: false, socket: null, timer: null };
-    p.socket = pairingSocket(pairing.relay().split(",")[0].trim(), {
-      onFrame: (bytes) => this._job({ kind: "pair-frame", p, bytes }),
-      onClose: () => this._job({ kind: "pair-closed", p }),
-    });
+    const p = { pairing, id, tab, invite: op === "pair.invite", done: false, finishing: false, socket: null, timer: null };
+    // The relay named by an invite is the inviter's word: a URL the page
+    // cannot open is a bad invite, not the end of the store.
+    const url = relayUrls(pairing.relay())[0];
+    try {
+      if (!url) throw new Error(`no ws:// or wss:// relay in ${JSON.stringify(pairing.relay())}`);
+      p.socket = pairingSocket(new URL(url).href, {
+        onFrame: (bytes) => this._job({ kind: "pair-frame", p, bytes }),
+        onClose: () => this._job({ kind: "pair-closed", p }),
+      });
+    } catch (e) {
+      try {
+        pairing.free();
+      } catch (_) {
+        // Nothing more to release.
+      }
+      return fail(op === "pair.invite" ? "bad_request" : "bad_invite", `the relay of the invite: ${e.message || e}`);
+    }
     p.timer = setTimeout(
-      () => this._endPairing(p, { code: "pairing_failed", message: "the invite expired before the other device joined" }),
-      Math.max(0, pairing.expiresMs() - Date.now()),
+      () => this._job({ kind: "pair-expired", p }),
+      Math.min(MAX_PAIR_WAIT_MS, Math.max(0, pairing.expiresMs() - Date.now())),
     );
     this._pairings.add(p);
     if (p.invite)
@@ -604,7 +693,11 @@ class PeerTransport {
     this._pairings.delete(p);
     // The inviter's answer must reach the relay before the socket closes.
     setTimeout(() => p.socket.close(), paired && p.invite ? PAIR_LINGER_MS : 0);
-    p.pairing.free();
+    try {
+      p.pairing.free();
+    } catch (e) {
+      console.warn("masq: freeing a pairing", e); // after a trap; the instance goes anyway
+    }
     let text;
     if (p.invite) text = JSON.stringify({ id: p.id, paired: error ? { error } : paired });
     else text = JSON.stringify(error ? { id: p.id, error } : { id: p.id, ok: paired });
@@ -623,6 +716,7 @@ class PeerTransport {
         try {
           this._runJob(job, after);
         } catch (e) {
+          if (e instanceof WebAssembly.RuntimeError) throw e; // a trap: _run retires the instance
           // The core could not stage what the job needs (its storage):
           // the batch is not committed, and the store reopens.
           failure = failure || e;
@@ -651,6 +745,7 @@ class PeerTransport {
         // the sealed messages wait for this batch's commit.
         this._store.syncFlush();
       } catch (e) {
+        if (e instanceof WebAssembly.RuntimeError) throw e;
         failure = e;
       }
     }
@@ -683,7 +778,10 @@ class PeerTransport {
     }
     if (this._closed) return; // closed while committing: nobody to answer
     // Committed: the frames sealed under it may leave now.
-    for (const f of splitFrames(this._store.takeFrames())) this._relay.send(f);
+    // Only on the socket they were made for: one that opened meanwhile
+    // must begin with its own challenge's answer (what was lost is offered
+    // again when sync restarts on it).
+    for (const f of splitFrames(this._store.takeFrames())) this._relay.send(f, this._relayConn);
     for (const f of after) f();
     this.stats.batches += 1;
     this.stats.requests += batch.filter((b) => !b.job).length;

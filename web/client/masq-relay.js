@@ -56,8 +56,11 @@ export function defaultDeviceName(app) {
 
 /**
  * The device's connection to the relay: opened when asked, reopened with
- * backoff whenever it drops, until stopped. `handlers`: onOpen(), onFrame(bytes),
- * onClose() — onClose follows every onOpen exactly once.
+ * backoff whenever it drops, until stopped. `handlers`: onOpen(conn),
+ * onFrame(bytes), onClose() — onClose follows every onOpen exactly once;
+ * `conn` numbers the sockets, so frames made for one are never sent on the
+ * next (see `send`). The backoff starts over only once the relay accepted
+ * the device (`accepted`), not when a socket merely opens.
  */
 export class RelaySocket {
   constructor(handlers) {
@@ -69,6 +72,8 @@ export class RelaySocket {
     this._timer = null;
     this._delay = RECONNECT_MIN_MS;
     this._stopped = true;
+    /** The number of the current socket. */
+    this._conn = 0;
   }
 
   /** Connects to `setting` (kept across reconnects); a new setting reconnects. */
@@ -88,9 +93,19 @@ export class RelaySocket {
     return this._open;
   }
 
-  /** Sends one binary frame, if open (a frame lost here is as one the relay dropped). */
-  send(bytes) {
-    if (this._open) this._ws.send(bytes);
+  /**
+   * Sends one binary frame on socket `conn` (its onOpen's number), if that
+   * socket is still the open one (a frame lost here is as one the relay
+   * dropped).
+   */
+  send(bytes, conn) {
+    if (this._open && conn === this._conn) this._ws.send(bytes);
+  }
+
+  /** The relay accepted the device on this socket: the next reconnect is quick again. */
+  accepted() {
+    this._delay = RECONNECT_MIN_MS;
+    this._next = 0; // the preferred relay first, next time too
   }
 
   /** Closes the socket and stops reconnecting. */
@@ -132,11 +147,10 @@ export class RelaySocket {
     }
     ws.binaryType = "arraybuffer";
     this._ws = ws;
+    const conn = ++this._conn;
     ws.onopen = () => {
       this._open = true;
-      this._delay = RECONNECT_MIN_MS;
-      this._next = 0; // the preferred relay first, next time too
-      this._h.onOpen();
+      this._h.onOpen(conn);
     };
     ws.onmessage = (ev) => {
       if (ev.data instanceof ArrayBuffer) this._h.onFrame(new Uint8Array(ev.data));

@@ -322,6 +322,16 @@ impl WebStore {
         Ok(())
     }
 
+    /// Whether the relay accepted this device on the current connection
+    /// (the page's reconnect backoff starts over only then: a relay that
+    /// accepts sockets but refuses the device is not hammered).
+    #[wasm_bindgen(js_name = relayReady)]
+    pub fn relay_ready(&self) -> bool {
+        self.sync
+            .as_ref()
+            .is_some_and(|s| s.stats().relay_connected)
+    }
+
     /// One binary frame from the relay. Returns `""`, or why the
     /// connection cannot go on (the page closes it and connects again
     /// later). Throws if this page's storage failed (the page reopens).
