@@ -6,7 +6,7 @@
 use masq::crypto::DeviceKeypair;
 use masq::storage::Durability;
 use masq::sync::core::SyncCore;
-use masq::sync::wire::SyncPayload;
+use masq::sync::wire::{PeerPrefs, SyncPayload};
 use masq::{ChangeOp, Store, StoreOptions};
 use serde_json::json;
 
@@ -62,14 +62,24 @@ fn two_nodes_sharing_a_doc(path: &str, value: serde_json::Value) -> (Node, Node,
     (a, b, id)
 }
 
+/// What the engine does when sync with `peer` starts: `peer` said what it
+/// takes (everything here), and it is offered every document.
+fn ready(
+    core: &mut SyncCore,
+    peer: &masq::crypto::DeviceId,
+) -> masq::error::Result<Vec<SyncPayload>> {
+    core.on_remote_prefs(peer, PeerPrefs::default())?;
+    core.on_peer_ready(peer)
+}
+
 /// Runs the protocol between a and b until neither has anything to send.
 /// The engine hears of folded KV writes on the store's change channel; this
 /// loop does not listen to it, so it folds them before it starts.
 fn sync_pair(a: &mut Node, b: &mut Node) -> usize {
     a.core.store().flush_kv().unwrap();
     b.core.store().flush_kv().unwrap();
-    let to_b = a.core.on_peer_ready(&b.id).unwrap();
-    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    let to_b = ready(&mut a.core, &b.id).unwrap();
+    let to_a = ready(&mut b.core, &a.id).unwrap();
     exchange(a, b, to_b, to_a).0
 }
 
@@ -351,8 +361,8 @@ fn many_changes_travel_as_a_bundle_and_converge() {
     assert!(raw_changes > 100_000, "{raw_changes}");
 
     // One exchange from A's side, bytes counted.
-    let to_b = a.core.on_peer_ready(&b.id).unwrap();
-    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    let to_b = ready(&mut a.core, &b.id).unwrap();
+    let to_a = ready(&mut b.core, &a.id).unwrap();
     let (_, sent_by_a) = exchange(&mut a, &mut b, to_b, to_a);
     assert_eq!(docs_a.heads(&id).unwrap(), docs_b.heads(&id).unwrap());
     let doc = docs_b.get(&id).unwrap();
@@ -489,7 +499,7 @@ fn a_pending_local_write_stays_concurrent_with_a_remote_one() {
     assert!(a.core.store().db().kv_pending.iter().count() > 0);
     // B's write reaches A while A's is still pending.
     b.core.store().flush_kv().unwrap();
-    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    let to_a = ready(&mut b.core, &a.id).unwrap();
     exchange(&mut a, &mut b, Vec::new(), to_a);
     assert_eq!(a.core.store().db().kv_pending.iter().count(), 0);
     sync_pair(&mut a, &mut b);
@@ -603,7 +613,7 @@ fn a_peer_deletion_is_not_undone_by_a_local_change_in_flight() {
         // B speaks first, and A answers only for the documents it received
         // (the catalog), so nothing here needs the document the writer holds
         // before the deletion lands.
-        let to_a = b.core.on_peer_ready(&a.id).unwrap();
+        let to_a = ready(&mut b.core, &a.id).unwrap();
         exchange(&mut a, &mut b, Vec::new(), to_a);
         (a, b)
     });
@@ -647,7 +657,7 @@ fn a_pending_write_folded_by_a_peer_batch_is_announced_as_local() {
     kv(&b).put("k", &json!("from b")).unwrap();
     b.core.store().flush_kv().unwrap();
     let mut notices = a.core.store().subscribe_changes();
-    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    let to_a = ready(&mut b.core, &a.id).unwrap();
     for p in to_a {
         let SyncPayload::Batch(items) = p else {
             continue;
@@ -665,7 +675,200 @@ fn a_pending_write_folded_by_a_peer_batch_is_announced_as_local() {
         "the folded local write was announced as the peer's only"
     );
     // And it reaches B.
-    let to_b = a.core.on_peer_ready(&b.id).unwrap();
+    let to_b = ready(&mut a.core, &b.id).unwrap();
     exchange(&mut a, &mut b, to_b, Vec::new());
     assert!(kv(&b).conflicts("k").unwrap().contains(&json!("from a")));
+}
+
+/// What each tells the other it takes (its own choices), then every
+/// document is offered: the engine's start of sync, preferences included.
+fn sync_pair_told(a: &mut Node, b: &mut Node) -> usize {
+    a.core.store().flush_kv().unwrap();
+    b.core.store().flush_kv().unwrap();
+    let (pa, pb) = (a.core.prefs_for(&b.id), b.core.prefs_for(&a.id));
+    a.core.on_remote_prefs(&b.id, pb).unwrap();
+    b.core.on_remote_prefs(&a.id, pa).unwrap();
+    let to_b = a.core.on_peer_ready(&b.id).unwrap();
+    let to_a = b.core.on_peer_ready(&a.id).unwrap();
+    exchange(a, b, to_b, to_a).0
+}
+
+fn kv_put(n: &Node, app: &str, key: &str, v: serde_json::Value) {
+    let bucket = n.core.store().app(app).unwrap().bucket("kv").unwrap();
+    bucket.put(key, &v).unwrap();
+}
+
+fn kv_get(n: &Node, app: &str, key: &str) -> Option<serde_json::Value> {
+    let bucket = n.core.store().app(app).unwrap().bucket("kv").unwrap();
+    bucket.get(key).unwrap()
+}
+
+/// Applies `payloads` from `from` at `to`; how many messages the gate dropped.
+fn deliver_filtered(
+    to: &mut Node,
+    from: &masq::crypto::DeviceId,
+    payloads: Vec<SyncPayload>,
+) -> usize {
+    let mut filtered = 0;
+    for p in payloads {
+        if let SyncPayload::Batch(items) = p {
+            filtered += to.core.apply_batch(from, items, |_| {}).unwrap().filtered;
+        }
+    }
+    filtered
+}
+
+/// M14: `photos` off towards B on A. Nothing of A's photos (documents, KV,
+/// catalog) reaches B and nothing of B's reaches A, even from a peer that
+/// offers it anyway, while `notes` syncs both ways; back on, both catch up.
+#[test]
+fn an_app_off_towards_a_device_neither_goes_nor_comes_and_catches_up_when_on() {
+    let mut a = node();
+    let mut b = node();
+    masq::sync::peers::set_app_sync(a.core.store().db(), &b.id, "photos", false).unwrap();
+    a.core.reload_prefs().unwrap();
+    assert_eq!(a.core.prefs_for(&b.id).off, vec!["photos".to_string()]);
+    let photo = a
+        .core
+        .store()
+        .app("photos")
+        .unwrap()
+        .docs()
+        .create_with(
+            &[ChangeOp::Put {
+                path: "/p".into(),
+                value: json!("a's photo"),
+            }],
+            None,
+        )
+        .unwrap();
+    kv_put(&a, "photos", "from-a", json!(1));
+    kv_put(&a, "notes", "from-a", json!(1));
+    kv_put(&b, "photos", "from-b", json!(2));
+    kv_put(&b, "notes", "from-b", json!(2));
+    a.core.store().flush_kv().unwrap();
+    b.core.store().flush_kv().unwrap();
+    let b_photos_before = b.core.store().db().doc_ids("photos").unwrap();
+    let a_photos_before = a.core.store().db().doc_ids("photos").unwrap();
+    sync_pair_told(&mut a, &mut b);
+    assert_eq!(kv_get(&b, "notes", "from-a"), Some(json!(1)));
+    assert_eq!(kv_get(&a, "notes", "from-b"), Some(json!(2)));
+    // Not one record of the other's photos: no document, no catalog entry,
+    // no KV shard change.
+    assert_eq!(
+        b.core.store().db().doc_ids("photos").unwrap(),
+        b_photos_before
+    );
+    assert_eq!(
+        a.core.store().db().doc_ids("photos").unwrap(),
+        a_photos_before
+    );
+    assert_eq!(kv_get(&b, "photos", "from-a"), None);
+    assert_eq!(kv_get(&a, "photos", "from-b"), None);
+    assert!(b
+        .core
+        .store()
+        .app("photos")
+        .unwrap()
+        .docs()
+        .list()
+        .unwrap()
+        .is_empty());
+    // B offers its photos anyway (it ignores what A said): A drops them.
+    b.core.on_remote_prefs(&a.id, PeerPrefs::default()).unwrap();
+    let offer = b.core.on_peer_ready(&a.id).unwrap();
+    assert!(deliver_filtered(&mut a, &b.id, offer) > 0);
+    assert_eq!(kv_get(&a, "photos", "from-b"), None);
+    assert_eq!(
+        a.core.store().db().doc_ids("photos").unwrap(),
+        a_photos_before
+    );
+    // Back on: the normal sync catches up in full, both ways.
+    masq::sync::peers::set_app_sync(a.core.store().db(), &b.id, "photos", true).unwrap();
+    a.core.reload_prefs().unwrap();
+    sync_pair_told(&mut a, &mut b);
+    assert_eq!(kv_get(&b, "photos", "from-a"), Some(json!(1)));
+    assert_eq!(kv_get(&a, "photos", "from-b"), Some(json!(2)));
+    let docs_b = b.core.store().app("photos").unwrap().docs();
+    assert_eq!(docs_b.get(&photo).unwrap(), json!({"p": "a's photo"}));
+}
+
+/// M14: a paused store sends and takes nothing (its local writes succeed),
+/// is still paused after a reopen, and catches up on resume.
+#[test]
+fn a_paused_store_stays_paused_across_a_reopen_and_catches_up_on_resume() {
+    let mut a = node();
+    let mut b = node();
+    masq::sync::peers::set_paused(a.core.store().db(), true).unwrap();
+    a.core.reload_prefs().unwrap();
+    kv_put(&a, "notes", "a1", json!(1));
+    kv_put(&b, "notes", "b1", json!(1));
+    sync_pair_told(&mut a, &mut b);
+    assert_eq!(kv_get(&b, "notes", "a1"), None);
+    assert_eq!(kv_get(&a, "notes", "b1"), None);
+    // B offers anyway: A takes nothing.
+    b.core.on_remote_prefs(&a.id, PeerPrefs::default()).unwrap();
+    let offer = b.core.on_peer_ready(&a.id).unwrap();
+    assert!(deliver_filtered(&mut a, &b.id, offer) > 0);
+    assert_eq!(kv_get(&a, "notes", "b1"), None);
+    // A restarts: still paused.
+    let Node { id, core, _dir } = a;
+    let store = core.store().clone();
+    drop(core);
+    assert!(store.close());
+    let store = Store::open_with(_dir.path(), node_options(true)).unwrap();
+    let mut a = Node {
+        id,
+        core: SyncCore::new(store),
+        _dir,
+    };
+    assert!(a.core.local_prefs().paused);
+    kv_put(&a, "notes", "a2", json!(2));
+    sync_pair_told(&mut a, &mut b);
+    assert_eq!(kv_get(&b, "notes", "a2"), None);
+    assert_eq!(kv_get(&a, "notes", "b1"), None);
+    // Resume: everything missed in both directions arrives.
+    masq::sync::peers::set_paused(a.core.store().db(), false).unwrap();
+    a.core.reload_prefs().unwrap();
+    sync_pair_told(&mut a, &mut b);
+    for k in ["a1", "a2"] {
+        assert!(kv_get(&b, "notes", k).is_some(), "{k} on B");
+    }
+    assert_eq!(kv_get(&a, "notes", "b1"), Some(json!(1)));
+}
+
+/// Nothing is offered to a device before it said what it takes: a page
+/// that holds one app (`only`) is never handed another app's data.
+#[test]
+fn nothing_is_offered_before_the_peer_said_what_it_takes() {
+    let mut a = node();
+    let b = node();
+    kv_put(&a, "notes", "k", json!(1));
+    kv_put(&a, "photos", "k", json!(1));
+    a.core.store().flush_kv().unwrap();
+    assert!(a.core.on_peer_ready(&b.id).unwrap().is_empty());
+    let offer = a
+        .core
+        .on_remote_prefs(
+            &b.id,
+            PeerPrefs {
+                only: Some(vec!["notes".into()]),
+                ..PeerPrefs::default()
+            },
+        )
+        .unwrap();
+    let apps: std::collections::BTreeSet<String> = offer
+        .iter()
+        .flat_map(|p| match p {
+            SyncPayload::Batch(items) => items.iter().map(|i| i.app.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        apps.into_iter().collect::<Vec<_>>(),
+        vec!["notes".to_string()]
+    );
+    // Its session ends: unknown again until it says.
+    a.core.peer_offline(&b.id);
+    assert!(a.core.on_peer_ready(&b.id).unwrap().is_empty());
 }

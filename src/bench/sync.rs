@@ -216,8 +216,9 @@ pub fn plaintext_sync(a: &Store, b: &Store) -> Result<u64> {
     let idb = crate::crypto::DeviceKeypair::generate().device_id();
     let mut ca = SyncCore::new(a.clone());
     let mut cb = SyncCore::new(b.clone());
-    let mut to_b = ca.on_peer_ready(&idb)?;
-    let mut to_a = cb.on_peer_ready(&ida)?;
+    // Each said it takes everything (the engine's Prefs exchange).
+    let mut to_b = ca.on_remote_prefs(&idb, crate::sync::wire::PeerPrefs::default())?;
+    let mut to_a = cb.on_remote_prefs(&ida, crate::sync::wire::PeerPrefs::default())?;
     let mut bytes = 0u64;
     let mut rounds = 0;
     while !(to_a.is_empty() && to_b.is_empty()) && rounds < 1000 {

@@ -50,6 +50,10 @@ pub enum Command {
     Devices(sync_cmds::DevicesCmd),
     /// Relay, devices, and documents not yet acknowledged by each device (JSON).
     Status,
+    /// Sync preferences: which app syncs with which device, pause and
+    /// resume (this store's own choices; JSON).
+    #[command(subcommand)]
+    Sync(sync_cmds::SyncCmd),
     /// Apps allowed to use the store (browser origins, native apps).
     #[command(subcommand)]
     Apps(sync_cmds::AppsCmd),
@@ -182,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Devices(cmd) => with_backend(&|b| sync_cmds::devices(b, cmd.clone())),
         Command::Apps(cmd) => with_backend(&|b| sync_cmds::apps(b, cmd.clone())),
         Command::Status => with_backend(&sync_cmds::status),
+        Command::Sync(cmd) => with_backend(&|b| sync_cmds::sync(b, cmd.clone())),
         Command::Store {
             listen,
             relay,

@@ -87,6 +87,56 @@ pub enum AppsCmd {
     },
 }
 
+/// Sync preference commands (the same admin ops as the manager page's).
+#[derive(Debug, Clone, Subcommand)]
+pub enum SyncCmd {
+    /// Pause state, and per app × paired device whether it syncs, with
+    /// what each device said it takes (JSON).
+    Show,
+    /// Turn one app on or off towards one paired device.
+    Set {
+        /// App name (its namespace).
+        #[arg(long)]
+        app: String,
+        /// Paired device: hex id or fingerprint prefix.
+        #[arg(long)]
+        device: String,
+        /// `on` (the default for every app and device) or `off`.
+        state: OnOff,
+    },
+    /// Pause all sync of this store (kept across restarts; presence and
+    /// pairing still work).
+    Pause,
+    /// Resume sync; what was missed catches up.
+    Resume,
+}
+
+/// A switch's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Syncs.
+    On,
+    /// Does not sync.
+    Off,
+}
+
+/// `masq sync ...`: prints the preferences after the command, as JSON.
+pub fn sync(backend: &Backend, cmd: SyncCmd) -> Result<(), CliError> {
+    let req = match cmd {
+        SyncCmd::Show => Request::SyncShow {},
+        SyncCmd::Set { app, device, state } => Request::SyncSet {
+            app,
+            device,
+            on: state == OnOff::On,
+        },
+        SyncCmd::Pause => Request::SyncPause {},
+        SyncCmd::Resume => Request::SyncResume {},
+    };
+    let v = backend.call(None, req)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 /// `masq pair ...`
 pub fn pair(backend: &Backend, cmd: PairCmd) -> Result<(), CliError> {
     let req = match cmd {

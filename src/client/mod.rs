@@ -299,6 +299,24 @@ impl Client {
         }
     }
 
+    /// Whether this app syncs, and with which devices (read only: the user
+    /// decides in the store manager or with `masq sync`): `{"app",
+    /// "paused", "devices": [{"device", "name", "on", "online", "takes"}]}`.
+    pub async fn sync_status(&self) -> Result<Json, ClientError> {
+        match &self.backend {
+            Backend::Store(c) => Ok(c.call(None, Request::SyncStatus {}).await?),
+            Backend::Peer(p) => {
+                let engine = p.engine.status().await;
+                let (store, app) = (p.store.clone(), self.app.clone());
+                Ok(tokio::task::spawn_blocking(move || {
+                    crate::service::admin::sync_status_json(&store, &app, engine.as_ref())
+                })
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))??)
+            }
+        }
+    }
+
     /// The value of `key` in `bucket`, if any.
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Option<Json>, ClientError> {
         let req = Request::KvGet {

@@ -180,6 +180,103 @@ pub fn status_json(store: &Store, engine: Option<&EngineStatus>) -> Result<Json>
     }))
 }
 
+/// The apps the sync preferences are about: every app with data here,
+/// every registered one (approved origins, native apps), and any turned off
+/// already — sorted.
+pub fn sync_apps(store: &Store) -> Result<Vec<String>> {
+    let db = store.db();
+    let mut apps: Vec<String> = store.apps()?;
+    apps.extend(registry::natives(db)?.into_iter().map(|r| r.name));
+    apps.extend(
+        registry::origins(db)?
+            .into_iter()
+            .filter(|o| o.state == registry::OriginState::Approved)
+            .map(|o| o.app),
+    );
+    apps.extend(peers::local_prefs(db)?.off.into_iter().map(|(_, a)| a));
+    apps.sort();
+    apps.dedup();
+    Ok(apps)
+}
+
+/// This store's sync preferences (pause; per app × device on or off), and
+/// what each device said it takes from this store, when it said so:
+/// `{"paused", "relay", "relay_connected", "apps", "devices": [{"device",
+/// "fingerprint", "name", "online", "syncing", "apps": {APP: on}, "remote":
+/// {"paused", "off", "only"} | null}]}`.
+pub fn sync_json(store: &Store, engine: Option<&EngineStatus>) -> Result<Json> {
+    let db = store.db();
+    let local = peers::local_prefs(db)?;
+    let apps = sync_apps(store)?;
+    let mut devices = Vec::new();
+    for (id, rec) in peers::peers(db)? {
+        let hex = id.to_string();
+        let on: serde_json::Map<String, Json> = apps
+            .iter()
+            .map(|a| (a.clone(), Json::Bool(local.app_on(&id, a))))
+            .collect();
+        let remote = engine.and_then(|e| e.peer_prefs.iter().find(|p| p.device == hex));
+        devices.push(json!({
+            "device": hex,
+            "fingerprint": id.fingerprint(),
+            "name": rec.name,
+            "online": engine.map(|e| e.online.contains(&hex)),
+            "syncing": engine.map(|e| e.syncing.contains(&hex)),
+            "apps": on,
+            "remote": remote,
+        }));
+    }
+    Ok(json!({
+        "paused": local.paused,
+        "relay": peers::relay_url(db)?,
+        "relay_connected": engine.map(|e| e.relay_connected),
+        "apps": apps,
+        "devices": devices,
+    }))
+}
+
+/// `sync.status` for `app`: whether it syncs, and with which devices
+/// (`{"app", "paused", "devices": [{"device", "name", "on", "online",
+/// "takes"}]}`; `takes`: whether the device said it takes the app, `null`
+/// until it said so in its current session). The same for a store's apps
+/// and for a native app in peer mode.
+pub fn sync_status_json(store: &Store, app: &str, engine: Option<&EngineStatus>) -> Result<Json> {
+    let db = store.db();
+    let local = peers::local_prefs(db)?;
+    let mut devices = Vec::new();
+    for (id, rec) in peers::peers(db)? {
+        let hex = id.to_string();
+        let takes = engine
+            .and_then(|e| e.peer_prefs.iter().find(|p| p.device == hex))
+            .map(|r| {
+                !r.paused
+                    && !r.off.iter().any(|a| a == app)
+                    && r.only.as_ref().is_none_or(|o| o.iter().any(|a| a == app))
+            });
+        devices.push(json!({
+            "device": hex,
+            "name": rec.name,
+            "on": local.app_on(&id, app),
+            "online": engine.map(|e| e.online.contains(&hex)),
+            "takes": takes,
+        }));
+    }
+    Ok(json!({ "app": app, "paused": local.paused, "devices": devices }))
+}
+
+/// `sync.status` on an app's connection.
+pub(crate) async fn sync_status(
+    shared: &std::sync::Arc<Shared>,
+    app: &str,
+) -> std::result::Result<Json, ApiError> {
+    let engine = engine_status(shared).await;
+    let (store, app) = (shared.store.clone(), app.to_string());
+    tokio::task::spawn_blocking(move || sync_status_json(&store, &app, engine.as_ref()))
+        .await
+        .map_err(|e| ApiError::new("internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
 /// Registered origins and native apps.
 pub fn apps_json(store: &Store) -> Result<Json> {
     let db = store.db();
@@ -394,6 +491,29 @@ pub(crate) async fn handle(
             let _ = shared.ensure_engine().await;
             serde_json::to_value(paired).map_err(|e| ApiError::new("internal", e.to_string()))
         }
+        Request::SyncShow {} => {
+            let status = engine_status(shared).await;
+            blocking(Box::new(move |s| sync_json(s, status.as_ref()))).await
+        }
+        Request::SyncSet { app, device, on } => {
+            blocking(Box::new(move |s| {
+                crate::store::validate_name("app", &app)?;
+                let id = find_device(s, &device)?;
+                peers::set_app_sync(s.db(), &id, &app, on)?;
+                Ok(Json::Null)
+            }))
+            .await?;
+            sync_changed(shared).await
+        }
+        Request::SyncPause {} | Request::SyncResume {} => {
+            let paused = matches!(req, Request::SyncPause {});
+            blocking(Box::new(move |s| {
+                peers::set_paused(s.db(), paused)?;
+                Ok(Json::Null)
+            }))
+            .await?;
+            sync_changed(shared).await
+        }
         Request::AdminLoginCode {} => Ok(json!({ "code": shared.admin_credentials.new_code() })),
         Request::AdminSession {} => {
             Ok(json!({ "session": shared.admin_credentials.new_session() }))
@@ -410,6 +530,19 @@ pub(crate) async fn handle(
 
 async fn engine_status(shared: &Shared) -> Option<EngineStatus> {
     shared.engine.status().await
+}
+
+/// After a change of the sync preferences (persisted): the engine follows
+/// them, and the answer is the new state (as `sync.show`; the engine's
+/// view of the devices as it was just before).
+async fn sync_changed(shared: &std::sync::Arc<Shared>) -> std::result::Result<Json, ApiError> {
+    shared.engine.prefs_changed().await;
+    let status = engine_status(shared).await;
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || sync_json(&store, status.as_ref()))
+        .await
+        .map_err(|e| ApiError::new("internal", e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 #[cfg(test)]

@@ -632,7 +632,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn is_data(req: &Request) -> bool {
-    !req.is_admin() && !matches!(req, Request::Unsubscribe { .. })
+    !req.is_admin() && !matches!(req, Request::Unsubscribe { .. } | Request::SyncStatus {})
 }
 
 async fn worker(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, out: mpsc::Sender<Message>) {
@@ -647,6 +647,10 @@ async fn worker(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, out: mpsc::S
                     Request::Unsubscribe { sub } => match subs.remove(&sub) {
                         Some(_) => Ok(serde_json::Value::Null),
                         None => Err(ApiError::new("not_found", format!("no subscription {sub}"))),
+                    },
+                    Request::SyncStatus {} => match job.app.as_deref() {
+                        Some(app) => admin::sync_status(&shared, app).await,
+                        None => Err(ApiError::new("bad_request", "sync.status names an \"app\"")),
                     },
                     req => admin::handle(&shared, job.id, req, &out).await,
                 };

@@ -60,6 +60,27 @@ pub struct EngineStatus {
     pub bytes_received: u64,
     /// Envelopes or packets rejected (bad, unknown sender, replay, ...).
     pub rejected: u64,
+    /// This store's sync is paused (its choice, kept across restarts).
+    pub paused: bool,
+    /// Sync messages dropped because their app does not sync with the
+    /// sender here (or sync is paused).
+    pub filtered: u64,
+    /// What each syncing device said it takes from this one (its own
+    /// choices), as far as it said so in its current session.
+    pub peer_prefs: Vec<PeerPrefsView>,
+}
+
+/// What a paired device said it takes from this store.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PeerPrefsView {
+    /// The device (hex id).
+    pub device: String,
+    /// Its sync is paused.
+    pub paused: bool,
+    /// Apps it turned off towards this store.
+    pub off: Vec<String>,
+    /// The only apps it holds (a web page: its own), if it said so.
+    pub only: Option<Vec<String>>,
 }
 
 /// How the engine runs.
@@ -97,6 +118,9 @@ pub struct SyncEngine {
     /// `Notify` keeps at most one wake-up pending however often it is
     /// told, so the engine's inbox is bounded by construction.
     peers_changed: Arc<Notify>,
+    /// This store's sync choices changed in the store (admin op, CLI):
+    /// the engine reads them again and tells its peers. A `Notify` too.
+    prefs_changed: Arc<Notify>,
     /// Asks the task to stop (it closes its relay connection first).
     stop: CancellationToken,
     /// Latest status.
@@ -124,6 +148,7 @@ impl SyncEngine {
     pub fn start_with(store: Store, config: EngineConfig) -> Result<Self> {
         let kp = peers::load_or_create_identity(store.db())?;
         let peers_changed = Arc::new(Notify::new());
+        let prefs_changed = Arc::new(Notify::new());
         let stop = CancellationToken::new();
         let (status_tx, status_rx) = watch::channel(EngineStatus::default());
         let engine = Engine {
@@ -137,9 +162,15 @@ impl SyncEngine {
             stats: EngineStatus::default(),
             busy: Default::default(),
         };
-        let task = tokio::spawn(engine.run(config, peers_changed.clone(), stop.clone()));
+        let task = tokio::spawn(engine.run(
+            config,
+            peers_changed.clone(),
+            prefs_changed.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             peers_changed,
+            prefs_changed,
             stop,
             status: status_rx,
             task: Some(task),
@@ -159,6 +190,11 @@ impl SyncEngine {
     /// Tells the engine the set of peers changed (after pairing or removal).
     pub fn peers_changed(&self) {
         self.peers_changed.notify_one();
+    }
+
+    /// Tells the engine this store's sync choices changed in the store.
+    pub fn prefs_changed(&self) {
+        self.prefs_changed.notify_one();
     }
 
     /// Stops the engine and waits for its task.
@@ -201,11 +237,13 @@ impl Engine {
         mut self,
         config: EngineConfig,
         peers_changed: Arc<Notify>,
+        prefs_changed: Arc<Notify>,
         stop: CancellationToken,
     ) {
         let relay_url = config.relay_url.clone();
         let mut delay = RECONNECT_MIN;
         let mut changes = self.store.subscribe_changes();
+        self.stats.paused = self.core.local_prefs().paused;
         loop {
             self.load_peers();
             let transport = tokio::select! {
@@ -285,6 +323,7 @@ impl Engine {
                         let _ = self.announce_peers(&mut transport).await;
                         self.flush_notes(&mut transport).await;
                     }
+                    _ = prefs_changed.notified() => self.on_prefs_changed(&mut transport).await,
                     _ = stop.cancelled() => break true,
                 }
             };
@@ -293,7 +332,7 @@ impl Engine {
             self.busy.clear();
             for (id, p) in self.peers.iter_mut() {
                 p.offline();
-                self.core.reset_peer(id);
+                self.core.peer_offline(id);
             }
             self.publish_status();
             if stopping {
@@ -304,6 +343,32 @@ impl Engine {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// This store's sync choices changed: every syncing peer is told, and
+    /// offered again every document it may now have (what was off or
+    /// paused catches up through the normal sync).
+    async fn on_prefs_changed(&mut self, t: &mut Transport) {
+        if let Err(e) = blocking(|| self.core.reload_prefs()) {
+            tracing::warn!("cannot read the sync preferences: {e}");
+            return;
+        }
+        self.stats.paused = self.core.local_prefs().paused;
+        let ready: Vec<DeviceId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.is_ready())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let mut payloads = vec![SyncPayload::Prefs(self.core.prefs_for(&id))];
+            match blocking(|| self.core.on_peer_ready(&id)) {
+                Ok(b) => payloads.extend(b),
+                Err(e) => tracing::warn!("cannot generate sync for {id:?}: {e}"),
+            }
+            self.send_payloads(t, id, payloads, &[]).await;
+        }
+        self.publish_status();
     }
 
     fn publish_status(&mut self) {
@@ -318,6 +383,18 @@ impl Engine {
             .iter()
             .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| id.to_string())
+            .collect();
+        self.stats.peer_prefs = self
+            .peers
+            .keys()
+            .filter_map(|id| {
+                self.core.remote_prefs(id).map(|p| PeerPrefsView {
+                    device: id.to_string(),
+                    paused: p.paused,
+                    off: p.off.clone(),
+                    only: p.only.clone(),
+                })
+            })
             .collect();
         let _ = self.status.send(self.stats.clone());
     }
@@ -384,7 +461,7 @@ impl Engine {
             TransportEvent::Offline(id) | TransportEvent::Undeliverable(id, _) => {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.offline();
-                    self.core.reset_peer(&id);
+                    self.core.peer_offline(&id);
                 }
             }
             TransportEvent::Packet { from, bytes } => {
@@ -448,11 +525,15 @@ impl Engine {
         }
     }
 
-    /// What a peer gets when sync starts: our name, the notes queued for
-    /// it, and a sync offer for every document.
+    /// What a peer gets when sync starts: our name, what we take from it,
+    /// the notes queued for it, and a sync offer for every document it
+    /// may have (none until it said what it takes: see `on_remote_prefs`).
     async fn send_initial_sync(&mut self, t: &mut Transport, id: DeviceId) {
         let name = blocking(|| peers::device_name(self.store.db())).unwrap_or_default();
-        let mut payloads = vec![SyncPayload::Hello { name }];
+        let mut payloads = vec![
+            SyncPayload::Hello { name },
+            SyncPayload::Prefs(self.core.prefs_for(&id)),
+        ];
         let notes = blocking(|| peers::notes(self.store.db(), &id)).unwrap_or_default();
         for (_, bytes) in &notes {
             if let Ok(p) = SyncPayload::decode(bytes) {
@@ -698,6 +779,7 @@ impl Engine {
                     })
                 })?;
                 self.install_session(from, update);
+                self.stats.filtered += applied.filtered as u64;
                 if start_sync {
                     self.become_ready(t, from).await;
                 }
@@ -762,6 +844,19 @@ impl Engine {
                     peers::update_peer(db, &from, |r| r.name = name)
                 })?;
                 self.install_session(from, update);
+            }
+            SyncPayload::Prefs(prefs) => {
+                self.commit_session(from, update)?;
+                if start_sync {
+                    self.become_ready(t, from).await;
+                }
+                // What it takes is known now: it is offered that.
+                let offer = blocking(|| self.core.on_remote_prefs(&from, prefs))?;
+                if !offer.is_empty() {
+                    self.send_payloads(t, from, offer, &[]).await;
+                }
+                self.publish_status();
+                return Ok(());
             }
             // The link hands over whole payloads only.
             SyncPayload::Fragment { .. } => return Ok(()),
@@ -834,6 +929,14 @@ impl EngineSlot {
             )?);
         }
         Ok(())
+    }
+
+    /// Tells the running engine, if any, that this store's sync choices
+    /// changed (an engine that starts later reads them itself).
+    pub async fn prefs_changed(&self) {
+        if let Some(e) = self.engine.lock().await.as_ref() {
+            e.prefs_changed();
+        }
     }
 
     /// The engine's status, if it runs.

@@ -179,6 +179,7 @@ impl WebStore {
             Request::DevicesList {}
             | Request::DevicesRemove { .. }
             | Request::DevicesName { .. }
+            | Request::SyncStatus {}
             | Request::Status {} => {
                 let (store, sync) = self.parts()?;
                 store.set_time((now_ms / 1000.0) as i64);
@@ -503,6 +504,26 @@ fn device_op(
             .collect()
     };
     match req {
+        // As a store answers it (`sync.status`): the page's own choices
+        // (all on, unless its records say otherwise) and what each device
+        // said it takes of this app.
+        Request::SyncStatus {} => {
+            let app = store.app();
+            let local = sync.local_prefs();
+            let devices: Vec<serde_json::Value> = sync::peers(store)
+                .into_iter()
+                .map(|(id, rec)| {
+                    json!({
+                        "device": id.to_string(),
+                        "name": rec.name,
+                        "on": local.app_on(&id, app),
+                        "online": sync.is_online(&id),
+                        "takes": sync.remote_prefs(&id).map(|r| r.takes(app)),
+                    })
+                })
+                .collect();
+            Ok(json!({ "app": app, "paused": local.paused, "devices": devices }))
+        }
         Request::DevicesList {} => Ok(json!({
             "me": {
                 "device": sync.device_id().to_string(),

@@ -33,6 +33,7 @@ use masq_core::records::{Table, WriteSet};
 use masq_core::sync::batching::pack_batches;
 use masq_core::sync::doc_states::DocStates;
 use masq_core::sync::link::{Online, PeerLink, Received, SealError, SessionUpdate};
+use masq_core::sync::prefs::{LocalPrefs, SyncGate};
 use masq_core::wire::device::{DocMessage, PeerInfo, SyncPayload};
 use masq_core::wire::relay_frame::{Frame, UndeliverableReason};
 use x25519_dalek::PublicKey;
@@ -65,6 +66,9 @@ pub struct SyncStats {
     pub rejected: u64,
     /// Sync messages for other apps than the page's, dropped.
     pub other_apps: u64,
+    /// Sync messages dropped because their app does not sync with the
+    /// sender (the page's own choices, kept as natively).
+    pub filtered: u64,
     /// The last error the relay or a peer's packet caused, if any.
     pub last_error: Option<String>,
     /// The engine's last [`RECENT_EVENTS`] steps, oldest first (what a
@@ -107,6 +111,11 @@ pub struct PageSync {
     /// Online peers whose messages the relay refused as busy or rate
     /// limited: sync with them starts over on the next tick.
     busy: BTreeSet<DeviceId>,
+    /// Which documents may flow with which peer: a page holds its one
+    /// app, and tells every peer so (`only`), so no device ever offers it
+    /// another app's data; it offers nothing before a peer said what it
+    /// takes (`masq_core::sync::prefs`, the native rules).
+    gate: SyncGate,
     /// Counters.
     stats: SyncStats,
 }
@@ -142,6 +151,7 @@ impl PageSync {
             next_msg_id: 1,
             last_resync: Duration::ZERO,
             busy: BTreeSet::new(),
+            gate: SyncGate::new(local_prefs(store)),
             stats: SyncStats::default(),
         };
         sync.load_peers(store);
@@ -166,6 +176,16 @@ impl PageSync {
     /// Whether `peer` is online and syncing.
     pub fn is_ready(&self, peer: &DeviceId) -> bool {
         self.links.get(peer).is_some_and(PeerLink::is_ready)
+    }
+
+    /// This page's own sync choices.
+    pub fn local_prefs(&self) -> &LocalPrefs {
+        self.gate.local()
+    }
+
+    /// What `peer` said it takes, in its current session.
+    pub fn remote_prefs(&self, peer: &DeviceId) -> Option<&masq_core::wire::device::PeerPrefs> {
+        self.gate.remote(peer)
     }
 
     /// Whether `peer` is online.
@@ -255,6 +275,7 @@ impl PageSync {
         for (id, link) in self.links.iter_mut() {
             link.offline();
             self.states.reset_peer(id);
+            self.gate.forget(id);
         }
     }
 
@@ -336,6 +357,7 @@ impl PageSync {
         if let Some(link) = self.links.get_mut(id) {
             link.offline();
             self.states.reset_peer(id);
+            self.gate.forget(id);
         }
     }
 
@@ -372,9 +394,13 @@ impl PageSync {
     /// What a peer gets when sync starts: our name, its queued notes, and
     /// an offer of every document.
     fn send_initial_sync(&mut self, store: &PeerStore, id: DeviceId) -> SyncResult<()> {
-        let mut payloads = vec![SyncPayload::Hello {
-            name: device_name(store),
-        }];
+        let only = [store.app().to_string()];
+        let mut payloads = vec![
+            SyncPayload::Hello {
+                name: device_name(store),
+            },
+            SyncPayload::Prefs(self.gate.local().for_peer(&id, Some(&only))),
+        ];
         let notes = notes(store, &id);
         payloads.extend(
             notes
@@ -407,6 +433,9 @@ impl PageSync {
     ) -> SyncResult<Vec<SyncPayload>> {
         store.fold_batch()?;
         let mut messages = Vec::new();
+        if !self.gate.may_send(peer, store.app()) {
+            return Ok(Vec::new());
+        }
         for doc in docs {
             match store.generate(peer, doc, &mut self.states) {
                 Ok(Some(msg)) => messages.push(DocMessage {
@@ -557,7 +586,10 @@ impl PageSync {
         let mut w = WriteSet::new();
         layout::stage_session(&mut w, &from, &update.bytes());
         match payload {
-            SyncPayload::Batch(items) => {
+            SyncPayload::Batch(mut items) => {
+                let before = items.len();
+                items.retain(|it| self.gate.may_receive(&from, &it.app));
+                self.stats.filtered += (before - items.len()) as u64;
                 let applied = store.apply_remote(&from, items, &mut self.states, w)?;
                 self.stats.rejected += applied.rejected as u64;
                 self.stats.other_apps += applied.other_apps as u64;
@@ -619,6 +651,28 @@ impl PageSync {
                 store.put_records(w);
                 if let Some(link) = self.links.get_mut(&from) {
                     link.commit(update);
+                }
+            }
+            SyncPayload::Prefs(prefs) => {
+                store.put_records(w);
+                if let Some(link) = self.links.get_mut(&from) {
+                    link.commit(update);
+                }
+                self.stats.note(format!(
+                    "{} takes: paused {}, off {:?}, only {:?}",
+                    short(&from),
+                    prefs.paused,
+                    prefs.off,
+                    prefs.only
+                ));
+                // Sync starts first if this opened it (our prefs go out),
+                // then the peer is offered what it takes.
+                self.become_ready(store, from)?;
+                if self.gate.on_remote(from, prefs) {
+                    self.states.reset_peer(&from);
+                    let docs = store.all_docs();
+                    let offer = self.generate(store, &from, &docs)?;
+                    self.send_payloads(store, from, &offer, &[]);
                 }
             }
             // The link hands over whole payloads only.
@@ -700,6 +754,15 @@ impl PageSync {
     }
 }
 
+/// The page's own sync choices, from its `meta` records (as natively).
+fn local_prefs(store: &PeerStore) -> LocalPrefs {
+    let mut records = store.meta_prefix(layout::SYNC_OFF);
+    if let Some(v) = store.meta(layout::SYNC_PAUSED) {
+        records.push((layout::SYNC_PAUSED.to_vec(), v));
+    }
+    LocalPrefs::from_records(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+}
+
 /// Whether `e` is about one document (its stored records do not decode)
 /// rather than the page's storage: the document is skipped, sync goes on.
 pub(crate) fn is_document_fault(e: &ApiError) -> bool {
@@ -735,6 +798,7 @@ fn payload_kind(p: &SyncPayload) -> String {
         SyncPayload::Introduce(l) => format!("introduction of {}", l.len()),
         SyncPayload::Removed(_) => "removal".into(),
         SyncPayload::Hello { .. } => "hello".into(),
+        SyncPayload::Prefs(_) => "prefs".into(),
         SyncPayload::Fragment { .. } => "fragment".into(),
     }
 }

@@ -264,6 +264,32 @@ pub enum Request {
     /// `{"session"}`, accepted as a token for the rest of this store run.
     #[serde(rename = "admin.session")]
     AdminSession {},
+    /// Admin only: this store's sync preferences (pause; per app × device
+    /// on or off) and what each device said it takes.
+    #[serde(rename = "sync.show")]
+    SyncShow {},
+    /// Admin only: turns `app` on or off towards `device`; `ok` is as for
+    /// `sync.show`.
+    #[serde(rename = "sync.set")]
+    SyncSet {
+        /// App name (its namespace).
+        app: String,
+        /// Hex id or fingerprint prefix of a paired device.
+        device: String,
+        /// On (the default) or off.
+        on: bool,
+    },
+    /// Admin only: pauses all of this store's sync (kept across restarts;
+    /// the relay connection stays, so presence and pairing work).
+    #[serde(rename = "sync.pause")]
+    SyncPause {},
+    /// Admin only: resumes sync; everything missed catches up.
+    #[serde(rename = "sync.resume")]
+    SyncResume {},
+    /// Whether the asking app syncs, and with which devices (read only:
+    /// the user decides in the store manager).
+    #[serde(rename = "sync.status")]
+    SyncStatus {},
 }
 
 fn default_bucket() -> String {
@@ -289,6 +315,10 @@ impl Request {
                 | Request::PairJoin { .. }
                 | Request::AdminLoginCode {}
                 | Request::AdminSession {}
+                | Request::SyncShow {}
+                | Request::SyncSet { .. }
+                | Request::SyncPause {}
+                | Request::SyncResume {}
         )
     }
 }

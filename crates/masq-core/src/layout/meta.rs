@@ -13,6 +13,9 @@
 //! - `syncstate/<id><app>\0<doc>` → `automerge::sync::State::encode()` bytes
 //! - `note/<id><8 random bytes>` → an encoded sync payload to send to `id`
 //!   once a session with it is ready
+//! - `sync_paused` → present (empty) while this store's sync is paused
+//! - `sync_off/<id><app>` → present (empty) while `app` does not sync with
+//!   `id` (every app syncs with every device unless one of these says so)
 //!
 //! Architecture invariant: keys and record encodings only; the caller passes
 //! the time (seconds since the epoch) where a record holds one.
@@ -39,6 +42,10 @@ pub const SESSION: &[u8] = b"session/";
 pub const SYNCSTATE: &[u8] = b"syncstate/";
 /// Prefix of queued notes.
 pub const NOTE: &[u8] = b"note/";
+/// Present while this store's sync is paused.
+pub const SYNC_PAUSED: &[u8] = b"sync_paused";
+/// Prefix of the (device, app) pairs that do not sync.
+pub const SYNC_OFF: &[u8] = b"sync_off/";
 
 /// A paired device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,6 +134,49 @@ pub fn note_prefix(id: &DeviceId) -> Vec<u8> {
     key(NOTE, id.as_bytes())
 }
 
+/// The prefix of the apps turned off towards `id`.
+pub fn sync_off_prefix(id: &DeviceId) -> Vec<u8> {
+    let mut k = SYNC_OFF.to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// The key saying `app` does not sync with `id`.
+pub fn sync_off_key(id: &DeviceId, app: &str) -> Vec<u8> {
+    let mut k = sync_off_prefix(id);
+    k.extend_from_slice(app.as_bytes());
+    k
+}
+
+/// The (device, app) a `sync_off/` key names (`None`: not such a key).
+pub fn sync_off_of_key(k: &[u8]) -> Option<(DeviceId, String)> {
+    let rest = k.strip_prefix(SYNC_OFF)?;
+    if rest.len() <= 32 {
+        return None;
+    }
+    let (id, app) = rest.split_at(32);
+    let id = <[u8; 32]>::try_from(id).ok().map(DeviceId)?;
+    Some((id, String::from_utf8(app.to_vec()).ok()?))
+}
+
+/// Stages whether `app` syncs with `id` (on: the default, no record).
+pub fn stage_app_sync(writes: &mut WriteSet, id: &DeviceId, app: &str, on: bool) {
+    if on {
+        writes.remove(Table::Meta, sync_off_key(id, app));
+    } else {
+        writes.put(Table::Meta, sync_off_key(id, app), Vec::new());
+    }
+}
+
+/// Stages pausing (or resuming) all of this store's sync.
+pub fn stage_paused(writes: &mut WriteSet, paused: bool) {
+    if paused {
+        writes.put(Table::Meta, SYNC_PAUSED.to_vec(), Vec::new());
+    } else {
+        writes.remove(Table::Meta, SYNC_PAUSED.to_vec());
+    }
+}
+
 /// The device a `peer/` record's key names (`None`: not a peer key).
 pub fn peer_of_key(k: &[u8]) -> Option<DeviceId> {
     let rest = k.strip_prefix(PEER)?;
@@ -164,6 +214,7 @@ pub fn stage_remove_peer(writes: &mut WriteSet, id: &DeviceId, now: i64) {
     writes.remove(Table::Meta, session_key(id));
     writes.put(Table::Meta, removed_key(id), now.to_be_bytes().to_vec());
     writes.remove_prefix(Table::Meta, syncstate_prefix(id));
+    writes.remove_prefix(Table::Meta, sync_off_prefix(id));
 }
 
 /// Stages the ratchet session with a peer.
@@ -216,6 +267,15 @@ mod tests {
             table: Table::Meta,
             prefix: syncstate_prefix(&id)
         }));
+        assert!(writes.contains(&Write::RemovePrefix {
+            table: Table::Meta,
+            prefix: sync_off_prefix(&id)
+        }));
+        assert_eq!(
+            sync_off_of_key(&sync_off_key(&id, "photos")),
+            Some((id, "photos".to_string()))
+        );
+        assert_eq!(sync_off_of_key(&sync_off_prefix(&id)), None);
         let bad = PeerRecord {
             public_key: "zz".into(),
             ..rec

@@ -3,7 +3,8 @@
 //! ([`fragments`]), and who answers whose handshake and when an unanswered
 //! one is sent again ([`handshake_rules`]), what goes into a batch
 //! ([`batching`]), when a document's sync state restarts ([`doc_states`]),
-//! the whole per-peer session as one state machine ([`link`]), and what one
+//! the whole per-peer session as one state machine ([`link`]), which app's
+//! documents may flow with which peer ([`prefs`]), and what one
 //! received sync message does to its document ([`receive`]). The native engine
 //! (`masq::sync::engine`) drives them with its socket, clock and disk; they
 //! are tested here without any of those.
@@ -17,4 +18,5 @@ pub mod doc_states;
 pub mod fragments;
 pub mod handshake_rules;
 pub mod link;
+pub mod prefs;
 pub mod receive;

@@ -17,6 +17,9 @@ pub const SYNC_PAYLOAD_VERSION: u8 = 1;
 pub const MAX_BATCH_ITEMS: usize = 65_535;
 /// Longest app or document name on the wire.
 pub const MAX_NAME_BYTES: usize = 255;
+/// Most app names in one [`PeerPrefs`] list (a store with more apps than
+/// this is not a real one; a longer list is cut, never an allocation bomb).
+pub const MAX_PREF_APPS: usize = 1024;
 
 /// Why bytes did not decode.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -98,6 +101,33 @@ pub struct PeerInfo {
     pub name: String,
 }
 
+/// What the sender takes from the receiver (kind 6 of [`SyncPayload`]):
+/// sent when sync starts and again whenever it changes. A device offers
+/// another its documents only once that device's prefs arrived in the
+/// session, and only of apps they say it takes (`masq_core::sync::prefs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerPrefs {
+    /// The sender paused all sync: it takes nothing now.
+    pub paused: bool,
+    /// Apps the sender turned off towards the receiver.
+    pub off: Vec<String>,
+    /// The only apps the sender holds (a web page in peer mode holds its
+    /// own app, and must never be handed another's data); `None`: any app.
+    pub only: Option<Vec<String>>,
+}
+
+impl PeerPrefs {
+    /// Whether the sender of these prefs takes `app`'s documents.
+    pub fn takes(&self, app: &str) -> bool {
+        !self.paused
+            && !self.off.iter().any(|a| a == app)
+            && self
+                .only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|a| a == app))
+    }
+}
+
 /// The plaintext inside a sealed envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncPayload {
@@ -124,6 +154,8 @@ pub enum SyncPayload {
         /// Human name.
         name: String,
     },
+    /// What the sender takes from the receiver (kind 6).
+    Prefs(PeerPrefs),
 }
 
 struct Reader<'a> {
@@ -161,6 +193,13 @@ impl<'a> Reader<'a> {
         let s = self.take(n, what)?;
         String::from_utf8(s.to_vec()).map_err(|_| WireError::BadName)
     }
+    fn names(&mut self, what: &'static str) -> Result<Vec<String>, WireError> {
+        let n = self.u16(what)? as usize;
+        if n > MAX_PREF_APPS {
+            return Err(WireError::Truncated(what));
+        }
+        (0..n).map(|_| self.name(what)).collect()
+    }
     fn key32(&mut self, what: &'static str) -> Result<[u8; 32], WireError> {
         let s = self.take(32, what)?;
         let mut a = [0u8; 32];
@@ -184,6 +223,14 @@ fn put_name(out: &mut Vec<u8>, s: &str) {
     }
     out.push(end as u8);
     out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn put_names(out: &mut Vec<u8>, names: &[String]) {
+    let n = names.len().min(MAX_PREF_APPS);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for name in names.iter().take(n) {
+        put_name(out, name);
+    }
 }
 
 impl SyncPayload {
@@ -233,6 +280,14 @@ impl SyncPayload {
             SyncPayload::Hello { name } => {
                 out.push(5);
                 put_name(&mut out, name);
+            }
+            SyncPayload::Prefs(p) => {
+                out.push(6);
+                out.push(u8::from(p.paused) | (u8::from(p.only.is_some()) << 1));
+                put_names(&mut out, &p.off);
+                if let Some(only) = &p.only {
+                    put_names(&mut out, only);
+                }
             }
         }
         out
@@ -285,6 +340,20 @@ impl SyncPayload {
             5 => SyncPayload::Hello {
                 name: r.name("name")?,
             },
+            6 => {
+                let flags = r.u8("prefs flags")?;
+                let off = r.names("apps off")?;
+                let only = if flags & 2 != 0 {
+                    Some(r.names("only apps")?)
+                } else {
+                    None
+                };
+                SyncPayload::Prefs(PeerPrefs {
+                    paused: flags & 1 != 0,
+                    off,
+                    only,
+                })
+            }
             k => return Err(WireError::BadKind(k)),
         };
         r.end()?;
@@ -325,6 +394,17 @@ mod tests {
             SyncPayload::Hello {
                 name: "phone".into(),
             },
+            SyncPayload::Prefs(PeerPrefs::default()),
+            SyncPayload::Prefs(PeerPrefs {
+                paused: true,
+                off: vec!["photos".into(), "work".into()],
+                only: None,
+            }),
+            SyncPayload::Prefs(PeerPrefs {
+                paused: false,
+                off: vec![],
+                only: Some(vec!["notes".into()]),
+            }),
         ];
         for c in cases {
             assert_eq!(SyncPayload::decode(&c.encode()), Ok(c));
@@ -352,5 +432,29 @@ mod tests {
             let _ = SyncPayload::decode(&bytes);
             let _ = DevicePacket::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn prefs_say_which_apps_the_sender_takes() {
+        let p = PeerPrefs {
+            paused: false,
+            off: vec!["photos".into()],
+            only: None,
+        };
+        assert!(p.takes("notes") && !p.takes("photos"));
+        let page = PeerPrefs {
+            only: Some(vec!["notes".into()]),
+            ..PeerPrefs::default()
+        };
+        assert!(page.takes("notes") && !page.takes("photos"));
+        let paused = PeerPrefs {
+            paused: true,
+            ..PeerPrefs::default()
+        };
+        assert!(!paused.takes("notes"));
+        // A list longer than the limit does not decode (no allocation bomb).
+        let mut bytes = vec![SYNC_PAYLOAD_VERSION, 6, 0];
+        bytes.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(SyncPayload::decode(&bytes).is_err());
     }
 }

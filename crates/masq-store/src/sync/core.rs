@@ -8,6 +8,12 @@
 //! the changes a message brought; on every (re)connect the in-memory states are
 //! rebuilt from the persisted heads, so nothing stays stuck "in flight" after a
 //! lost message and reconnects resume without resending history.
+//!
+//! Every offered and every received message passes the [`SyncGate`]
+//! (`masq_core::sync::prefs`: pause, apps off per device, and what each
+//! peer said it takes): nothing is offered to a peer before its prefs
+//! arrived, and a message the gate refuses is dropped before it touches a
+//! document or a sync state.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +24,8 @@ use crate::doc::{catalog_entry, is_internal, DocId, CATALOG_DELETED};
 use crate::error::{Error, Result};
 use crate::store::{Event, LockedDoc, Origin, Staged, Store};
 use masq_core::crypto::DeviceId;
-use masq_core::wire::device::{DocMessage, SyncPayload};
+use masq_core::sync::prefs::{LocalPrefs, SyncGate};
+use masq_core::wire::device::{DocMessage, PeerPrefs, SyncPayload};
 
 use masq_core::records::WriteSet;
 use masq_core::sync::batching::{bundle_changes, pack_batches};
@@ -33,6 +40,8 @@ pub struct SyncCore {
     /// In-memory Automerge sync state per (peer, app, doc), and when one
     /// restarts (the core's rules).
     states: DocStates,
+    /// Which app's documents may flow with which peer.
+    gate: SyncGate,
 }
 
 /// What one received batch did.
@@ -42,15 +51,71 @@ pub struct Applied {
     pub docs: Vec<(String, DocId)>,
     /// Sync messages that failed to decode or apply (kept out of the batch, reported).
     pub rejected: usize,
+    /// Sync messages dropped because their app does not sync with the
+    /// sender here (or sync is paused).
+    pub filtered: usize,
 }
 
 impl SyncCore {
-    /// A core over `store`.
+    /// A core over `store`, with the sync choices it stored.
     pub fn new(store: Store) -> Self {
+        let local = peers::local_prefs(store.db()).unwrap_or_else(|e| {
+            // Unreadable choices: sync nothing rather than what the user
+            // may have turned off (a pause or an app off stays respected).
+            tracing::warn!("cannot read the sync preferences, sync paused: {e}");
+            LocalPrefs {
+                paused: true,
+                ..LocalPrefs::default()
+            }
+        });
         Self {
             store,
             states: DocStates::new(),
+            gate: SyncGate::new(local),
         }
+    }
+
+    /// Reads this store's sync choices again (after the admin changed
+    /// them): what flows from now on follows them.
+    pub fn reload_prefs(&mut self) -> Result<()> {
+        self.gate.set_local(peers::local_prefs(self.store.db())?);
+        Ok(())
+    }
+
+    /// This store's sync choices.
+    pub fn local_prefs(&self) -> &LocalPrefs {
+        self.gate.local()
+    }
+
+    /// What this store tells `peer` it takes.
+    pub fn prefs_for(&self, peer: &DeviceId) -> PeerPrefs {
+        self.gate.local().for_peer(peer, None)
+    }
+
+    /// What `peer` said it takes in its current session, if it did.
+    pub fn remote_prefs(&self, peer: &DeviceId) -> Option<&PeerPrefs> {
+        self.gate.remote(peer)
+    }
+
+    /// `peer` said what it takes: when that is news, every document it may
+    /// have is offered (from the persisted states).
+    pub fn on_remote_prefs(
+        &mut self,
+        peer: &DeviceId,
+        prefs: PeerPrefs,
+    ) -> Result<Vec<SyncPayload>> {
+        if !self.gate.on_remote(*peer, prefs) {
+            return Ok(Vec::new());
+        }
+        self.on_peer_ready(peer)
+    }
+
+    /// `peer`'s session ended (offline, or the relay connection closed):
+    /// its states restart from the persisted heads, and what it takes is
+    /// unknown until it says again.
+    pub fn peer_offline(&mut self, peer: &DeviceId) {
+        self.reset_peer(peer);
+        self.gate.forget(peer);
     }
 
     /// The store.
@@ -122,6 +187,9 @@ impl SyncCore {
     ) -> Result<Vec<SyncPayload>> {
         let mut messages = Vec::new();
         for (app, doc) in docs {
+            if !self.gate.may_send(peer, app) {
+                continue;
+            }
             if let Some(msg) = self.generate(peer, app, doc)? {
                 messages.push(DocMessage {
                     app: app.clone(),
@@ -155,6 +223,10 @@ impl SyncCore {
         // Decode and validate first; group by (app, catalog first, id) — the lock order.
         let mut sorted: BTreeMap<(String, bool, DocId), Message> = BTreeMap::new();
         for it in items {
+            if !self.gate.may_receive(peer, &it.app) {
+                applied.filtered += 1;
+                continue;
+            }
             let (Ok(()), Ok(doc)) = (
                 crate::store::validate_name("app", &it.app),
                 DocId::parse_any(&it.doc),
@@ -339,6 +411,9 @@ impl SyncCore {
     pub fn unacknowledged(&self, peer: &DeviceId) -> Result<Vec<(String, DocId)>> {
         let mut out = Vec::new();
         for (app, doc) in self.all_docs()? {
+            if self.gate.local().paused || !self.gate.local().app_on(peer, &app) {
+                continue; // not owed to it while off
+            }
             let heads = {
                 let h = self.store.doc_handle(&app, &doc)?;
                 let g = h

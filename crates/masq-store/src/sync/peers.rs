@@ -1,8 +1,8 @@
 //! What a device remembers about itself and its peers, read from and written
 //! to the store's `meta` keyspace under the core's layout
 //! ([`masq_core::layout::meta`], which lists the keys): its identity key, its
-//! name, paired devices, ratchet session state and per-(peer, document)
-//! Automerge sync state.
+//! name, paired devices, ratchet session state, per-(peer, document)
+//! Automerge sync state, and its sync choices (pause, apps off per device).
 //!
 //! Architecture invariant: storage of records only — no networking, no crypto
 //! beyond loading/creating the key pair.
@@ -15,9 +15,10 @@ use masq_core::crypto::{DeviceId, DeviceKeypair};
 pub use masq_core::layout::meta::PeerRecord;
 use masq_core::layout::meta::{
     self as layout, note_prefix, peer_key, peer_of_key, removed_key, session_key, syncstate_key,
-    IDENTITY, NAME, PEER, RELAY_URL,
+    IDENTITY, NAME, PEER, RELAY_URL, SYNC_OFF, SYNC_PAUSED,
 };
 use masq_core::records::WriteSet;
+pub use masq_core::sync::prefs::LocalPrefs;
 
 impl From<layout::BadRecord> for Error {
     fn from(e: layout::BadRecord) -> Self {
@@ -203,5 +204,38 @@ pub fn relay_url(db: &Db) -> Result<Option<String>> {
 pub fn set_relay_url(db: &Db, url: &str) -> Result<()> {
     let mut b = db.batch();
     b.insert(&db.meta, RELAY_URL, url.as_bytes());
+    db.commit(b)
+}
+
+/// This store's sync choices (pause; apps off per device).
+pub fn local_prefs(db: &Db) -> Result<LocalPrefs> {
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if let Some(v) = db.meta.get(SYNC_PAUSED)? {
+        records.push((SYNC_PAUSED.to_vec(), v.to_vec()));
+    }
+    for g in db.meta.prefix(SYNC_OFF) {
+        let (k, v) = g.into_inner()?;
+        records.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(LocalPrefs::from_records(
+        records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+    ))
+}
+
+/// Turns `app` on or off towards the paired device `id`, durably.
+pub fn set_app_sync(db: &Db, id: &DeviceId, app: &str, on: bool) -> Result<()> {
+    let mut writes = WriteSet::new();
+    layout::stage_app_sync(&mut writes, id, app, on);
+    let mut b = db.batch();
+    db.stage(&mut b, writes)?;
+    db.commit(b)
+}
+
+/// Pauses or resumes all of this store's sync, durably.
+pub fn set_paused(db: &Db, paused: bool) -> Result<()> {
+    let mut writes = WriteSet::new();
+    layout::stage_paused(&mut writes, paused);
+    let mut b = db.batch();
+    db.stage(&mut b, writes)?;
     db.commit(b)
 }
