@@ -50,6 +50,7 @@ const SECRETS = {
   laptopValue: "laptop-value-SECRET-5678",
   text: "shared-text-SECRET-2342",
   tabletValue: "tablet-value-SECRET-9999",
+  otherAppValue: "photos-value-SECRET-3141",
 };
 
 let browser;
@@ -148,6 +149,23 @@ async function main() {
     phone.evaluate((s) => window.masq.kv.get(s.laptopKey).then((v) => v === s.laptopValue), SECRETS),
   );
   log("store-app: a write on either side reaches the other");
+
+  // Another app's data on the laptop never reaches the page (it said it
+  // holds `notes` only, before the laptop offered anything).
+  cli(laptop.dir, ["kv", "put", "--app", "photos", "private", JSON.stringify(SECRETS.otherAppValue)]);
+  cli(laptop.dir, ["kv", "put", "--app", APP, "after-photos", "1"]);
+  await until("a later write in the page", () => phone.evaluate(() => window.masq.kv.get("after-photos").then((v) => v === 1)));
+  const pageStatus = await phone.evaluate(() => window.masq.pair.status());
+  expect("no other app's message reached the page", pageStatus.sync && pageStatus.sync.other_apps === 0, pageStatus.sync);
+  const laptopSees = await until("the laptop knows what the page takes", () => {
+    const v = cli(laptop.dir, ["sync", "show"]);
+    const d = v && JSON.parse(v).devices.find((x) => x.remote);
+    return d ? d.remote : null;
+  });
+  expect("the page takes notes only", JSON.stringify(laptopSees.only) === JSON.stringify([APP]), laptopSees);
+  const appView = await phone.evaluate(() => window.masq.sync.status());
+  expect("the page's sync.status", appView.app === APP && appView.devices.length === 1 && appView.devices[0].on && appView.devices[0].takes === true, appView);
+  log("store-app: the page says it holds notes only; the laptop's photos never reach it (0 messages of other apps)");
 
   // Concurrent edits of one text: both sides splice while the other does.
   const doc = await phone.evaluate((text) => window.masq.docs.create([{ op: "put_text", path: "/t", value: text }]), SECRETS.text);

@@ -99,6 +99,22 @@ export interface Device {
   safety_code: string;
 }
 
+/** Whether an app syncs with each paired device (`sync.status`). */
+export interface SyncStatus {
+  app: string;
+  /** This device paused all sync. */
+  paused: boolean;
+  devices: {
+    device: string;
+    name: string;
+    /** The app is on towards this device here. */
+    on: boolean;
+    online: boolean | null;
+    /** The device said it takes this app (null: not said in its current session). */
+    takes: boolean | null;
+  }[];
+}
+
 export interface Masq {
   readonly state: State;
   /** The namespace this connection acts in (`null` for an admin connection). */
@@ -128,6 +144,10 @@ export interface Masq {
     rename(name: string): Promise<null>;
     /** The relay, sync counters and each paired device's state. */
     status(): Promise<any>;
+  };
+  /** Whether this app syncs, and with which devices (read only). */
+  sync: {
+    status(): Promise<SyncStatus>;
   };
   kv: {
     /** The value, or undefined if absent. */

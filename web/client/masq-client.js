@@ -423,6 +423,19 @@ class Masq {
     };
   }
 
+  /**
+   * Whether this app syncs, and with which devices (read only: the user
+   * decides in the store manager, or with `masq sync`; a page in peer mode
+   * syncs its app with every paired device).
+   */
+  get sync() {
+    return {
+      /** `{app, paused, devices: [{device, name, on, online, takes}]}`; `takes`: whether
+       *  that device said it takes this app (null until it said so in its current session). */
+      status: () => this.request("sync.status"),
+    };
+  }
+
   /** Key-value API (`bucket` defaults to `default`). */
   get kv() {
     const b = (opts) => (opts && opts.bucket ? { bucket: opts.bucket } : {});
