@@ -272,7 +272,9 @@ pub enum Request {
     /// `sync.show`.
     #[serde(rename = "sync.set")]
     SyncSet {
-        /// App name (its namespace).
+        /// App name (its namespace). The envelope takes the JSON `app`
+        /// first; [`parse_request`] hands it on.
+        #[serde(default)]
         app: String,
         /// Hex id or fingerprint prefix of a paired device.
         device: String,
@@ -461,6 +463,12 @@ pub fn parse_request(text: &str) -> Result<Envelope, (u64, ApiError)> {
     {
         *app = envelope.app.take();
     }
+    // The same for `sync.set`'s app.
+    if let Request::SyncSet { app, .. } = &mut envelope.request {
+        if app.is_empty() {
+            *app = envelope.app.take().unwrap_or_default();
+        }
+    }
     Ok(envelope)
 }
 
@@ -468,6 +476,22 @@ pub fn parse_request(text: &str) -> Result<Envelope, (u64, ApiError)> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn sync_set_keeps_the_app_it_names() {
+        let e =
+            parse_request(r#"{"id":1,"op":"sync.set","app":"photos","device":"ab12","on":false}"#)
+                .unwrap();
+        assert_eq!(
+            e.request,
+            Request::SyncSet {
+                app: "photos".into(),
+                device: "ab12".into(),
+                on: false
+            }
+        );
+        assert_eq!(e.app, None);
+    }
 
     #[test]
     fn apps_approve_keeps_the_namespace_it_grants() {
