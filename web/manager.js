@@ -277,13 +277,15 @@ async function pollOnce() {
   const note = (e) => {
     if (!firstError) firstError = e;
   };
-  const [status, devices, apps] = await Promise.all([
+  const [status, devices, apps, prefs] = await Promise.all([
     masq.request("status").catch((e) => (note(e), null)),
     masq.request("devices.list").catch((e) => (note(e), null)),
     masq.request("apps.list").catch((e) => (note(e), null)),
+    masq.request("sync.show").catch((e) => (note(e), null)),
   ]);
   if (status) renderStatus(status);
   if (devices) renderDevices(devices, status);
+  if (prefs) renderSyncPrefs(prefs);
   let names = [];
   if (apps) {
     renderPending(apps);
@@ -355,6 +357,66 @@ function renderDevices(list, status) {
       setText($(".pending-docs", row), n === null ? "" : n === 0 ? "in sync" : plural(n, "document", "documents"));
     },
     emptyRow("No paired device yet: pair one above.", 7),
+  );
+}
+
+/** What a device said it takes from this store, in a few words. */
+function theirWord(remote, app) {
+  if (!remote) return { state: "unknown", text: "not said yet" };
+  if (remote.paused) return { state: "off", text: "they paused" };
+  if ((remote.off || []).includes(app)) return { state: "off", text: "they: off" };
+  if (remote.only && !remote.only.includes(app)) return { state: "off", text: "they hold other apps" };
+  return { state: "on", text: "they: on" };
+}
+
+let lastSyncPrefs = "";
+
+/** The pause switch and the apps x devices grid of `sync.show`. */
+function renderSyncPrefs(prefs) {
+  const paused = $("#sync-paused");
+  if (document.activeElement !== paused) paused.checked = !!prefs.paused;
+  const grid = $("#sync-grid");
+  setAttr(grid, "data-paused", prefs.paused ? "1" : "");
+  // Rebuilt only when something changed (a switch being clicked keeps focus).
+  const key = JSON.stringify(prefs);
+  if (key === lastSyncPrefs) return;
+  lastSyncPrefs = key;
+  const devices = prefs.devices || [];
+  const apps = prefs.apps || [];
+  const head = $("thead", grid);
+  const body = $("tbody", grid);
+  head.replaceChildren(
+    h("tr", {}, h("th", { text: "App" }), ...devices.map((d) => h("th", { text: d.name || d.fingerprint, title: d.fingerprint }))),
+  );
+  if (!devices.length || !apps.length) {
+    body.replaceChildren(
+      h("tr", {}, h("td", { class: "muted", text: !devices.length ? "No paired device yet." : "No app yet." })),
+    );
+    return;
+  }
+  body.replaceChildren(
+    ...apps.map((app) =>
+      h(
+        "tr",
+        { "data-app": app },
+        h("td", { class: "mono", text: app }),
+        ...devices.map((d) => {
+          const on = !d.apps || d.apps[app] !== false;
+          const box = h("input", {
+            type: "checkbox",
+            "data-app": app,
+            "data-device": d.device,
+            "aria-label": `Sync ${app} with ${d.name || d.fingerprint}`,
+          });
+          box.checked = on;
+          box.addEventListener("change", () =>
+            act(() => masq.request("sync.set", { app, device: d.device, on: box.checked })),
+          );
+          const word = theirWord(d.remote, app);
+          return h("td", { class: "cell" }, box, h("span", { class: "theirs muted", "data-state": word.state, text: word.text }));
+        }),
+      ),
+    ),
   );
 }
 
@@ -611,7 +673,7 @@ function renderOneApp(sec, name, data, apps) {
       setAttr(pres, "data-state", d.online === true ? "online" : "offline");
       const pending = d.unacknowledged || [];
       const st = $(".sync-state", tr);
-      setText(st, pending.length === 0 ? "in sync" : `${pending.length} pending`);
+      setText(st, d.sync_on === false ? "sync off" : pending.length === 0 ? "in sync" : `${pending.length} pending`);
       setAttr(st, "title", pending.length ? `Not yet acknowledged: ${pending.join(", ")}` : "Every document acknowledged");
       tr.classList.toggle("behind", pending.length > 0);
     },
@@ -725,6 +787,9 @@ async function copyInvite() {
 
 function wireActions() {
   $("#pair-invite").addEventListener("click", startInvite);
+  $("#sync-paused").addEventListener("change", (e) =>
+    act(() => masq.request(e.target.checked ? "sync.pause" : "sync.resume")),
+  );
   $("#join-button").addEventListener("click", joinInvite);
   $("#invite-copy").addEventListener("click", copyInvite);
   $("#invite-text").addEventListener("focus", (e) => e.target.select());

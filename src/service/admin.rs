@@ -322,6 +322,7 @@ pub fn app_data_json(store: &Store, name: &str, online: Option<&[String]>) -> Re
         bucket_list.push(json!({ "bucket": b, "keys": keys, "more": more }));
     }
     let core = SyncCore::new(store.clone());
+    let prefs = core.local_prefs().clone();
     let mut devices = Vec::new();
     for (id, rec) in peers::peers(store.db())? {
         let pending: Vec<String> = core
@@ -334,6 +335,8 @@ pub fn app_data_json(store: &Store, name: &str, online: Option<&[String]>) -> Re
             "device": id.to_string(),
             "name": rec.name,
             "online": online.map(|o| o.contains(&id.to_string())),
+            // Off (or paused): nothing of the app is owed to that device.
+            "sync_on": !prefs.paused && prefs.app_on(&id, name),
             "unacknowledged": pending,
         }));
     }

@@ -178,6 +178,46 @@ async function main() {
   await nA.waitForFunction(() => document.querySelector("#text")?.value === "milk\neggs\n");
   log("the edit on B shows up on A");
 
+  // ---- 4b. Sync preferences (M14): A's manager turns notes off towards B;
+  // B's manager shows it; B's edits stop reaching A until it is back on.
+  const sw = `#sync-grid input[data-app="notes"][data-device="${idB}"]`;
+  await mA.waitForSelector(sw);
+  if (!(await mA.isChecked(sw))) throw new Error("notes does not start on towards B");
+  await mA.click(sw);
+  await until("A's store keeps notes off towards B", () => {
+    const v = JSON.parse(execFileSync(MASQ, ["--data", a.dir, "sync", "show"], { encoding: "utf8" }));
+    return v.devices.find((d) => d.device === idB)?.apps?.notes === false;
+  });
+  await until("B's manager shows that A does not take notes", async () =>
+    (await text(mB, `#sync-grid td:has(input[data-app="notes"][data-device="${idA}"]) .theirs`)).includes("they: off"),
+  );
+  await shot(mA, "manager-sync-prefs");
+  await nB.fill("#text", "milk\neggs\nbread\n");
+  await nB.locator("#text").blur();
+  await until("B's edit stored on B", async () => {
+    const d = JSON.parse(execFileSync(MASQ, ["--data", b.dir, "doc", "show", "--app", "notes", docId], { encoding: "utf8" }));
+    return d.text === "milk\neggs\nbread\n";
+  });
+  // Several resync rounds of the daemons (a negative check, not a timing).
+  await new Promise((r) => setTimeout(r, 2000));
+  const onA = JSON.parse(execFileSync(MASQ, ["--data", a.dir, "doc", "show", "--app", "notes", docId], { encoding: "utf8" }));
+  if (onA.text !== "milk\neggs\n") throw new Error(`B's edit reached A with notes off: ${JSON.stringify(onA)}`);
+  await mA.click(sw);
+  await nA.waitForFunction(() => document.querySelector("#text")?.value === "milk\neggs\nbread\n");
+  log("the manager's switch turns notes off towards B (B's manager shows it; B's edit waits) and back on (it arrives)");
+  await mA.click("#sync-paused");
+  await until("A's store is paused", () =>
+    JSON.parse(execFileSync(MASQ, ["--data", a.dir, "sync", "show"], { encoding: "utf8" })).paused === true,
+  );
+  await until("B's manager shows A paused", async () =>
+    (await text(mB, `#sync-grid td:has(input[data-app="notes"][data-device="${idA}"]) .theirs`)).includes("they paused"),
+  );
+  await mA.click("#sync-paused");
+  await until("A's store resumed", () =>
+    JSON.parse(execFileSync(MASQ, ["--data", a.dir, "sync", "show"], { encoding: "utf8" })).paused === false,
+  );
+  log("the manager's pause switch pauses and resumes A's sync (B's manager shows it)");
+
   // The manager shows the app's document and that B has it.
   await mA.waitForSelector(`#app-data section.app[data-app="notes"] [data-doc="${docId}"]`);
   await mA.waitForFunction(
