@@ -872,3 +872,40 @@ fn nothing_is_offered_before_the_peer_said_what_it_takes() {
     a.core.peer_offline(&b.id);
     assert!(a.core.on_peer_ready(&b.id).unwrap().is_empty());
 }
+
+/// A peer that reconnected without this side seeing it go (the relay
+/// replaced its connection and reported no offline): its Hello tells this
+/// side to forget its word and send ours again, and sync resumes. Before,
+/// both waited for the other's prefs forever.
+#[test]
+fn a_peer_that_restarted_unseen_gets_our_prefs_again_and_sync_resumes() {
+    let mut a = node();
+    let mut b = node();
+    sync_pair_told(&mut a, &mut b);
+    // B's session ended on its side only.
+    b.core.peer_offline(&a.id);
+    kv_put(&a, "notes", "k", json!(1));
+    kv_put(&b, "notes", "j", json!(2));
+    a.core.store().flush_kv().unwrap();
+    b.core.store().flush_kv().unwrap();
+    assert!(
+        b.core.on_peer_ready(&a.id).unwrap().is_empty(),
+        "B waits for A's word"
+    );
+    // B's new session opens with Hello: A held B's word, so B restarted.
+    assert!(a.core.on_peer_hello(&b.id));
+    assert!(!a.core.on_peer_hello(&b.id), "its word is awaited again");
+    // A sends its prefs again; B's follow its Hello.
+    let to_a = b
+        .core
+        .on_remote_prefs(&a.id, a.core.prefs_for(&b.id))
+        .unwrap();
+    let to_b = a
+        .core
+        .on_remote_prefs(&b.id, b.core.prefs_for(&a.id))
+        .unwrap();
+    assert!(!to_a.is_empty() && !to_b.is_empty());
+    exchange(&mut a, &mut b, to_b, to_a);
+    assert_eq!(kv_get(&b, "notes", "k"), Some(json!(1)));
+    assert_eq!(kv_get(&a, "notes", "j"), Some(json!(2)));
+}

@@ -373,8 +373,9 @@ let lastSyncPrefs = "";
 
 /** The pause switch and the apps x devices grid of `sync.show`. */
 function renderSyncPrefs(prefs) {
-  const paused = $("#sync-paused");
-  if (document.activeElement !== paused) paused.checked = !!prefs.paused;
+  // Always from the store's answer: a switch whose change failed shows
+  // what holds, not the click.
+  $("#sync-paused").checked = !!prefs.paused;
   const grid = $("#sync-grid");
   setAttr(grid, "data-paused", prefs.paused ? "1" : "");
   // Rebuilt only when something changed (a switch being clicked keeps focus).
@@ -409,9 +410,10 @@ function renderSyncPrefs(prefs) {
             "aria-label": `Sync ${app} with ${d.name || d.fingerprint}`,
           });
           box.checked = on;
-          box.addEventListener("change", () =>
-            act(() => masq.request("sync.set", { app, device: d.device, on: box.checked })),
-          );
+          box.addEventListener("change", () => {
+            lastSyncPrefs = ""; // redrawn from the answer, even if it fails
+            act(() => masq.request("sync.set", { app, device: d.device, on: box.checked }));
+          });
           const word = theirWord(d.remote, app);
           return h("td", { class: "cell" }, box, h("span", { class: "theirs muted", "data-state": word.state, text: word.text }));
         }),

@@ -236,10 +236,12 @@ pub fn sync_json(store: &Store, engine: Option<&EngineStatus>) -> Result<Json> {
 }
 
 /// `sync.status` for `app`: whether it syncs, and with which devices
-/// (`{"app", "paused", "devices": [{"device", "name", "on", "online",
-/// "takes"}]}`; `takes`: whether the device said it takes the app, `null`
-/// until it said so in its current session). The same for a store's apps
-/// and for a native app in peer mode.
+/// (`{"app", "paused", "devices": [{"name", "on", "takes"}]}`; `takes`:
+/// whether the device said it takes the app, `null` until it said so in
+/// its current session). The same for a store's apps and for a native app
+/// in peer mode. Deliberately without device ids and presence: any
+/// approved app may ask, and it must not learn when each of the user's
+/// devices is online (`devices.list` and `status` are the admin's).
 pub fn sync_status_json(store: &Store, app: &str, engine: Option<&EngineStatus>) -> Result<Json> {
     let db = store.db();
     let local = peers::local_prefs(db)?;
@@ -254,10 +256,8 @@ pub fn sync_status_json(store: &Store, app: &str, engine: Option<&EngineStatus>)
                     && r.only.as_ref().is_none_or(|o| o.iter().any(|a| a == app))
             });
         devices.push(json!({
-            "device": hex,
             "name": rec.name,
             "on": local.app_on(&id, app),
-            "online": engine.map(|e| e.online.contains(&hex)),
             "takes": takes,
         }));
     }

@@ -264,6 +264,12 @@ impl Engine {
                 }
             };
             delay = RECONNECT_MIN;
+            // Choices made while the relay was away hold from the first
+            // packet of this connection on.
+            if let Err(e) = blocking(|| self.core.reload_prefs()) {
+                tracing::warn!("cannot read the sync preferences: {e}");
+            }
+            self.stats.paused = self.core.local_prefs().paused;
             self.stats.relay_connected = true;
             self.publish_status();
             if let Err(e) = self.announce_peers(&mut transport).await {
@@ -625,11 +631,14 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in ready {
+            // The prefs go again with every resync: a lost one would stop
+            // the peer offering anything (unchanged, they cost it nothing).
+            let mut payloads = vec![SyncPayload::Prefs(self.core.prefs_for(&id))];
             match blocking(|| self.core.on_resync_tick(&id)) {
-                Ok(b) if !b.is_empty() => self.send_payloads(t, id, b, &[]).await,
-                Ok(_) => {}
+                Ok(b) => payloads.extend(b),
                 Err(e) => tracing::warn!("resync for {id:?} failed: {e}"),
             }
+            self.send_payloads(t, id, payloads, &[]).await;
         }
         // A responder whose first message never came: start over as initiator.
         let now = self.now();
@@ -844,6 +853,13 @@ impl Engine {
                     peers::update_peer(db, &from, |r| r.name = name)
                 })?;
                 self.install_session(from, update);
+                // A new session of a peer this side thought was still in
+                // one: it needs this side's prefs again (a starting sync
+                // sends them anyway).
+                if self.core.on_peer_hello(&from) && !start_sync {
+                    let prefs = vec![SyncPayload::Prefs(self.core.prefs_for(&from))];
+                    self.send_payloads(t, from, prefs, &[]).await;
+                }
             }
             SyncPayload::Prefs(prefs) => {
                 self.commit_session(from, update)?;

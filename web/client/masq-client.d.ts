@@ -104,12 +104,11 @@ export interface SyncStatus {
   app: string;
   /** This device paused all sync. */
   paused: boolean;
+  /** Per paired device (no ids or presence: those are the store owner's). */
   devices: {
-    device: string;
     name: string;
     /** The app is on towards this device here. */
     on: boolean;
-    online: boolean | null;
     /** The device said it takes this app (null: not said in its current session). */
     takes: boolean | null;
   }[];

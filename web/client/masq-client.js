@@ -430,7 +430,7 @@ class Masq {
    */
   get sync() {
     return {
-      /** `{app, paused, devices: [{device, name, on, online, takes}]}`; `takes`: whether
+      /** `{app, paused, devices: [{name, on, takes}]}`; `takes`: whether
        *  that device said it takes this app (null until it said so in its current session). */
       status: () => this.request("sync.status"),
     };

@@ -514,10 +514,8 @@ fn device_op(
                 .into_iter()
                 .map(|(id, rec)| {
                     json!({
-                        "device": id.to_string(),
                         "name": rec.name,
                         "on": local.app_on(&id, app),
-                        "online": sync.is_online(&id),
                         "takes": sync.remote_prefs(&id).map(|r| r.takes(app)),
                     })
                 })

@@ -391,15 +391,14 @@ impl PageSync {
         Ok(())
     }
 
-    /// What a peer gets when sync starts: our name, its queued notes, and
-    /// an offer of every document.
+    /// What a peer gets when sync starts: our name, what we take, its queued
+    /// notes, and an offer of every document (once it said what it takes).
     fn send_initial_sync(&mut self, store: &PeerStore, id: DeviceId) -> SyncResult<()> {
-        let only = [store.app().to_string()];
         let mut payloads = vec![
             SyncPayload::Hello {
                 name: device_name(store),
             },
-            SyncPayload::Prefs(self.gate.local().for_peer(&id, Some(&only))),
+            self.prefs_payload(store, &id),
         ];
         let notes = notes(store, &id);
         payloads.extend(
@@ -413,6 +412,12 @@ impl PageSync {
         let keys: Vec<Vec<u8>> = notes.into_iter().map(|(k, _)| k).collect();
         self.send_payloads(store, id, &payloads, &keys);
         Ok(())
+    }
+
+    /// What this page tells `peer` it takes: its own app only.
+    fn prefs_payload(&self, store: &PeerStore, peer: &DeviceId) -> SyncPayload {
+        let only = [store.app().to_string()];
+        SyncPayload::Prefs(self.gate.local().for_peer(peer, Some(&only)))
     }
 
     fn send_notes(&mut self, store: &PeerStore, id: DeviceId, notes: Vec<(Vec<u8>, Vec<u8>)>) {
@@ -652,6 +657,17 @@ impl PageSync {
                 if let Some(link) = self.links.get_mut(&from) {
                     link.commit(update);
                 }
+                // A new session of a peer whose word is still held here (it
+                // reconnected without the relay saying it went): it forgot
+                // ours, so it gets them again, and its word is awaited.
+                if self.gate.remote(&from).is_some() {
+                    self.gate.forget(&from);
+                    self.states.reset_peer(&from);
+                    if self.is_ready(&from) {
+                        let prefs = self.prefs_payload(store, &from);
+                        self.send_payloads(store, from, &[prefs], &[]);
+                    }
+                }
             }
             SyncPayload::Prefs(prefs) => {
                 store.put_records(w);
@@ -659,11 +675,14 @@ impl PageSync {
                     link.commit(update);
                 }
                 self.stats.note(format!(
-                    "{} takes: paused {}, off {:?}, only {:?}",
+                    "{} takes: paused {}, {} app(s) off, only {}",
                     short(&from),
                     prefs.paused,
-                    prefs.off,
-                    prefs.only
+                    prefs.off.len(),
+                    prefs
+                        .only
+                        .as_ref()
+                        .map_or("any app".to_string(), |o| format!("{} app(s)", o.len()))
                 ));
                 // Sync starts first if this opened it (our prefs go out),
                 // then the peer is offered what it takes.
@@ -737,8 +756,11 @@ impl PageSync {
             }
             self.states.on_resync_tick(&id);
             let docs = store.all_docs();
-            let batches = self.generate(store, &id, &docs)?;
-            self.send_payloads(store, id, &batches, &[]);
+            // The prefs go again with every resync (a lost one would stop
+            // the peer offering anything).
+            let mut payloads = vec![self.prefs_payload(store, &id)];
+            payloads.extend(self.generate(store, &id, &docs)?);
+            self.send_payloads(store, id, &payloads, &[]);
         }
         // A responder whose initiator never spoke: start over as initiator.
         let kp = &self.kp;

@@ -278,7 +278,7 @@ pub enum Request {
         app: String,
         /// Hex id or fingerprint prefix of a paired device.
         device: String,
-        /// On (the default) or off.
+        /// On (what every app and device start as) or off.
         on: bool,
     },
     /// Admin only: pauses all of this store's sync (kept across restarts;

@@ -17,9 +17,11 @@ pub const SYNC_PAYLOAD_VERSION: u8 = 1;
 pub const MAX_BATCH_ITEMS: usize = 65_535;
 /// Longest app or document name on the wire.
 pub const MAX_NAME_BYTES: usize = 255;
-/// Most app names in one [`PeerPrefs`] list (a store with more apps than
-/// this is not a real one; a longer list is cut, never an allocation bomb).
-pub const MAX_PREF_APPS: usize = 1024;
+/// Most app names in one [`PeerPrefs`] list: far more apps than a person
+/// turns off towards one device, and small enough that a paired device
+/// cannot make every offer scan long lists (a longer list is cut when
+/// encoded, and refused when decoded).
+pub const MAX_PREF_APPS: usize = 256;
 
 /// Why bytes did not decode.
 #[derive(Debug, Error, PartialEq, Eq)]

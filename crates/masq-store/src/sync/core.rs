@@ -110,6 +110,20 @@ impl SyncCore {
         self.on_peer_ready(peer)
     }
 
+    /// `peer` said Hello, which opens each of its sync sessions. If its
+    /// word from before is still held here, it started a new session
+    /// without this side seeing it go (a reconnect the relay did not
+    /// report): it forgot ours, its states restart here, and its word is
+    /// awaited again. Returns whether that happened (then the caller sends
+    /// it this side's prefs again).
+    pub fn on_peer_hello(&mut self, peer: &DeviceId) -> bool {
+        if self.gate.remote(peer).is_none() {
+            return false;
+        }
+        self.peer_offline(peer);
+        true
+    }
+
     /// `peer`'s session ended (offline, or the relay connection closed):
     /// its states restart from the persisted heads, and what it takes is
     /// unknown until it says again.
@@ -407,7 +421,8 @@ impl SyncCore {
 
 impl SyncCore {
     /// Documents whose current heads `peer` has not acknowledged (per the
-    /// persisted sync states), as (app, doc).
+    /// persisted sync states), as (app, doc); apps that do not sync with
+    /// `peer` here (off, or paused) are left out: nothing of them is owed.
     pub fn unacknowledged(&self, peer: &DeviceId) -> Result<Vec<(String, DocId)>> {
         let mut out = Vec::new();
         for (app, doc) in self.all_docs()? {
