@@ -376,6 +376,8 @@ function renderSyncPrefs(prefs) {
   // Always from the store's answer: a switch whose change failed shows
   // what holds, not the click.
   $("#sync-paused").checked = !!prefs.paused;
+  const relayState = prefs.relay_connected === true ? "connected" : prefs.relay_connected === false ? "not connected" : "no sync engine";
+  setText($("#sync-relay"), prefs.relay ? `${prefs.relay} (${relayState})` : "none configured");
   const grid = $("#sync-grid");
   setAttr(grid, "data-paused", prefs.paused ? "1" : "");
   // Rebuilt only when something changed (a switch being clicked keeps focus).

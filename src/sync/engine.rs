@@ -360,21 +360,37 @@ impl Engine {
             return;
         }
         self.stats.paused = self.core.local_prefs().paused;
-        let ready: Vec<DeviceId> = self
-            .peers
+        let ready = self.ready_peers();
+        for id in ready {
+            let offer = blocking(|| self.core.on_peer_ready(&id));
+            self.send_prefs_with(t, id, offer).await;
+        }
+        self.publish_status();
+    }
+
+    /// Sends `id` this store's prefs, then `offer` (sync messages; an
+    /// error is logged, the prefs go anyway).
+    async fn send_prefs_with(
+        &mut self,
+        t: &mut Transport,
+        id: DeviceId,
+        offer: Result<Vec<SyncPayload>>,
+    ) {
+        let mut payloads = vec![SyncPayload::Prefs(self.core.prefs_for(&id))];
+        match offer {
+            Ok(b) => payloads.extend(b),
+            Err(e) => tracing::warn!("cannot generate sync for {id:?}: {e}"),
+        }
+        self.send_payloads(t, id, payloads, &[]).await;
+    }
+
+    /// The paired devices sync runs with now (session up, sync started).
+    fn ready_peers(&self) -> Vec<DeviceId> {
+        self.peers
             .iter()
             .filter(|(_, p)| p.is_ready())
             .map(|(id, _)| *id)
-            .collect();
-        for id in ready {
-            let mut payloads = vec![SyncPayload::Prefs(self.core.prefs_for(&id))];
-            match blocking(|| self.core.on_peer_ready(&id)) {
-                Ok(b) => payloads.extend(b),
-                Err(e) => tracing::warn!("cannot generate sync for {id:?}: {e}"),
-            }
-            self.send_payloads(t, id, payloads, &[]).await;
-        }
-        self.publish_status();
+            .collect()
     }
 
     fn publish_status(&mut self) {
@@ -561,12 +577,7 @@ impl Engine {
         t: &mut Transport,
         changed: HashMap<(String, crate::doc::DocId), Option<DeviceId>>,
     ) {
-        let ready: Vec<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.is_ready())
-            .map(|(id, _)| *id)
-            .collect();
+        let ready = self.ready_peers();
         for id in ready {
             let docs: Vec<(String, crate::doc::DocId)> = changed
                 .iter()
@@ -586,12 +597,7 @@ impl Engine {
 
     /// Sends queued notes (introductions, removals) to every ready peer.
     async fn flush_notes(&mut self, t: &mut Transport) {
-        let ready: Vec<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.is_ready())
-            .map(|(id, _)| *id)
-            .collect();
+        let ready = self.ready_peers();
         for id in ready {
             let notes = blocking(|| peers::notes(self.store.db(), &id)).unwrap_or_default();
             if notes.is_empty() {
@@ -624,21 +630,12 @@ impl Engine {
 
     async fn on_tick(&mut self, t: &mut Transport) {
         self.flush_notes(t).await;
-        let ready: Vec<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.is_ready())
-            .map(|(id, _)| *id)
-            .collect();
+        let ready = self.ready_peers();
         for id in ready {
             // The prefs go again with every resync: a lost one would stop
             // the peer offering anything (unchanged, they cost it nothing).
-            let mut payloads = vec![SyncPayload::Prefs(self.core.prefs_for(&id))];
-            match blocking(|| self.core.on_resync_tick(&id)) {
-                Ok(b) => payloads.extend(b),
-                Err(e) => tracing::warn!("resync for {id:?} failed: {e}"),
-            }
-            self.send_payloads(t, id, payloads, &[]).await;
+            let offer = blocking(|| self.core.on_resync_tick(&id));
+            self.send_prefs_with(t, id, offer).await;
         }
         // A responder whose first message never came: start over as initiator.
         let now = self.now();
@@ -655,12 +652,7 @@ impl Engine {
     }
 
     async fn resync_all(&mut self, t: &mut Transport) {
-        let ready: Vec<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.is_ready())
-            .map(|(id, _)| *id)
-            .collect();
+        let ready = self.ready_peers();
         for id in ready {
             let docs = blocking(|| self.core.all_docs()).unwrap_or_default();
             if let Ok(b) = blocking(|| self.core.generate_batches(&id, &docs)) {

@@ -228,6 +228,18 @@ impl Relay {
     }
 }
 
+/// Two pages paired through the relay, connected, their sync started.
+fn paired_and_syncing() -> (Relay, Page, Page, Duration) {
+    let relay = Relay::new();
+    let (mut a, mut b) = (Page::new(), Page::new());
+    relay.pair(&mut a, &mut b);
+    let now = Duration::from_secs(1_800_000_000);
+    relay.connect(&mut a, now);
+    relay.connect(&mut b, now);
+    relay.route(&mut a, &mut b, now);
+    (relay, a, b, now)
+}
+
 #[test]
 fn two_pages_pair_through_the_rendezvous_and_sync_kv_and_documents() {
     let relay = Relay::new();
@@ -287,13 +299,7 @@ fn two_pages_pair_through_the_rendezvous_and_sync_kv_and_documents() {
 
 #[test]
 fn a_forged_or_replayed_packet_is_refused_and_sync_goes_on() {
-    let relay = Relay::new();
-    let (mut a, mut b) = (Page::new(), Page::new());
-    relay.pair(&mut a, &mut b);
-    let now = Duration::from_secs(1_800_000_000);
-    relay.connect(&mut a, now);
-    relay.connect(&mut b, now);
-    relay.route(&mut a, &mut b, now);
+    let (relay, mut a, mut b, now) = paired_and_syncing();
     // A packet from a device nobody paired, and garbage from a paired one.
     let stranger = DeviceKeypair::generate().device_id();
     for (from, payload) in [(stranger, vec![1, 2, 3]), (a.id(), vec![0xff; 64])] {
@@ -329,13 +335,7 @@ fn a_forged_or_replayed_packet_is_refused_and_sync_goes_on() {
 
 #[test]
 fn a_corrupt_document_is_skipped_and_the_others_sync() {
-    let relay = Relay::new();
-    let (mut a, mut b) = (Page::new(), Page::new());
-    relay.pair(&mut a, &mut b);
-    let now = Duration::from_secs(1_800_000_000);
-    relay.connect(&mut a, now);
-    relay.connect(&mut b, now);
-    relay.route(&mut a, &mut b, now);
+    let (relay, mut a, mut b, now) = paired_and_syncing();
     let create = |p: &mut Page, text: &str| {
         p.run(json!({"op": "doc.create", "ops": [{"op": "put", "path": "/t", "value": text}]}))
             ["doc"]
@@ -384,13 +384,7 @@ fn a_corrupt_document_is_skipped_and_the_others_sync() {
 
 #[test]
 fn frames_of_a_closed_relay_connection_never_go_out_on_the_next() {
-    let relay = Relay::new();
-    let (mut a, mut b) = (Page::new(), Page::new());
-    relay.pair(&mut a, &mut b);
-    let now = Duration::from_secs(1_800_000_000);
-    relay.connect(&mut a, now);
-    relay.connect(&mut b, now);
-    relay.route(&mut a, &mut b, now);
+    let (relay, mut a, mut b, now) = paired_and_syncing();
     a.run(json!({"op": "kv.put", "key": "k", "value": 1}));
     // The write's envelopes wait for the commit; the socket drops first.
     a.sync.on_relay_closed();

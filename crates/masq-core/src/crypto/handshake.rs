@@ -209,14 +209,14 @@ impl PendingHandshake {
     }
 
     /// Completes the handshake with the responder's message.
-    pub fn finish(self, response: &[u8]) -> Result<Session, CryptoError> {
+    pub fn finish(&self, response: &[u8]) -> Result<Session, CryptoError> {
         self.finish_with(response, StaticSecret::from(*random_bytes::<32>()))
     }
 
     /// As [`finish`](Self::finish) with an explicit first ratchet secret (known-answer tests).
     #[doc(hidden)]
     pub fn finish_with(
-        self,
+        &self,
         response: &[u8],
         ratchet: StaticSecret,
     ) -> Result<Session, CryptoError> {

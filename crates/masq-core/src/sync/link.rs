@@ -98,12 +98,18 @@ pub struct SessionUpdate {
     kind: UpdateKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum UpdateKind {
     /// We answered the peer's init: our own init (if any) is abandoned, and
-    /// sync waits for the initiator's first envelope.
-    Answered,
-    /// Our init was answered: sync may start.
+    /// sync waits for the initiator's first envelope. The init's hash and
+    /// our response are kept, to answer that init again the same way.
+    Answered {
+        /// BLAKE3 of the init answered.
+        init: [u8; 32],
+        /// The response packet sent.
+        response: Vec<u8>,
+    },
+    /// Our init was answered: sync may start, the init is done.
     Established,
     /// An envelope was opened or sealed: the ratchet advanced.
     Advanced,
@@ -209,6 +215,11 @@ pub struct PeerLink {
     session: Option<Session>,
     /// Our handshake in flight.
     pending: Option<InitInFlight>,
+    /// The last init we answered (its BLAKE3) and our response: the same
+    /// init again (the peer resent it, or the relay replays it) gets the
+    /// same response and changes nothing here. Answering it afresh made a
+    /// second session, leaving the two sides on different ones.
+    answered: Option<([u8; 32], Vec<u8>)>,
     /// Sync runs: the session can send and the initial sync was offered.
     ready: bool,
     /// Numbers the payloads we fragment for this peer.
@@ -228,6 +239,7 @@ impl PeerLink {
             online: false,
             session,
             pending: None,
+            answered: None,
             ready: false,
             fragmenter: Fragmenter::new(),
             reassembler: Reassembler::default(),
@@ -345,6 +357,7 @@ impl PeerLink {
             return None;
         }
         self.session = None;
+        self.answered = None; // its session is gone: an old init is answered afresh
         Some(self.initiate(kp, now))
     }
 
@@ -358,9 +371,10 @@ impl PeerLink {
         match DevicePacket::decode(bytes).map_err(LinkError::Packet)? {
             DevicePacket::HandshakeInit(init) => self.on_init(kp, &init, now),
             DevicePacket::HandshakeResponse(resp) => {
-                // As masq always did: a response consumes our pending
-                // handshake, even a bad one (M12 is to keep it on failure).
-                let Some(p) = self.pending.take() else {
+                // A bad response (forged, or meant for an older init)
+                // leaves our handshake pending: the real one still
+                // completes it. It is done once the session is committed.
+                let Some(p) = self.pending.as_ref() else {
                     return Err(LinkError::UnexpectedResponse);
                 };
                 let session = p.handshake.finish(&resp).map_err(LinkError::Handshake)?;
@@ -381,6 +395,12 @@ impl PeerLink {
         init: &[u8],
         now: Duration,
     ) -> Result<Received, LinkError> {
+        let digest = *blake3::hash(init).as_bytes();
+        if let Some((answered, response)) = &self.answered {
+            if *answered == digest {
+                return Ok(Received::Send(response.clone()));
+            }
+        }
         if let Some(p) = self.pending.as_mut() {
             match rules::on_crossing_init(&self.me, &self.peer, p.sent_at, now) {
                 CrossingInit::AnswerTheirs => {}
@@ -393,12 +413,16 @@ impl PeerLink {
         }
         let (session, response) =
             handshake::respond(kp, &self.public, init).map_err(LinkError::Handshake)?;
+        let response = DevicePacket::HandshakeResponse(response).encode();
         Ok(Received::Answered {
             update: SessionUpdate {
                 session,
-                kind: UpdateKind::Answered,
+                kind: UpdateKind::Answered {
+                    init: digest,
+                    response: response.clone(),
+                },
             },
-            response: DevicePacket::HandshakeResponse(response).encode(),
+            response,
         })
     }
 
@@ -480,11 +504,17 @@ impl PeerLink {
     /// Installs an update the caller has persisted.
     pub fn commit(&mut self, update: SessionUpdate) {
         match update.kind {
-            UpdateKind::Answered => {
+            UpdateKind::Answered { init, response } => {
                 self.pending = None;
                 self.ready = false;
+                self.answered = Some((init, response));
             }
-            UpdateKind::Established => self.ready = false,
+            UpdateKind::Established => {
+                self.pending = None;
+                self.ready = false;
+                // The answered init's session is replaced by ours.
+                self.answered = None;
+            }
             UpdateKind::Advanced => {}
         }
         self.session = Some(update.session);
@@ -854,6 +884,57 @@ mod tests {
         // sends its (stale) init again and b answers it; else a answers b's.
         settle(&mut a, &mut b, vec![], vec![fresh], later);
         assert_synced(&mut a, &mut b, later);
+    }
+
+    #[test]
+    fn a_forged_response_leaves_the_handshake_pending_and_the_real_one_completes_it() {
+        let (mut a, mut b) = pair();
+        let init = a.online(T0);
+        assert_eq!(init.len(), 1);
+        b.link.online = true;
+        let response = b.deliver(&init[0], T0).unwrap();
+        // Right version and length, wrong confirmation.
+        let mut forged = response[0].clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(a.deliver(&forged, T0).is_err());
+        assert!(
+            a.link.pending.is_some(),
+            "the forged response killed the handshake"
+        );
+        let hello = a.deliver(&response[0], T0).unwrap();
+        assert!(a.link.pending.is_none());
+        settle(&mut a, &mut b, hello, vec![], T0);
+        assert_synced(&mut a, &mut b, T0);
+        // The real response again (a replay): refused, nothing changes.
+        let session = a.link.session.as_ref().unwrap().to_bytes();
+        assert!(a.deliver(&response[0], T0).is_err());
+        assert_eq!(a.link.session.as_ref().unwrap().to_bytes(), session);
+    }
+
+    #[test]
+    fn a_repeated_init_gets_the_same_answer_and_keeps_the_session() {
+        let (mut a, mut b) = pair();
+        let init = a.online(T0);
+        b.link.online = true;
+        let response = b.deliver(&init[0], T0).unwrap();
+        let answered = b.link.session.as_ref().unwrap().to_bytes();
+        // Resent by A's retry timer, or replayed by the relay: the same
+        // answer, and B stays on the session A will establish.
+        assert_eq!(b.deliver(&init[0], T0).unwrap(), response);
+        assert_eq!(b.link.session.as_ref().unwrap().to_bytes(), answered);
+        let hello = a.deliver(&response[0], T0).unwrap();
+        settle(&mut a, &mut b, hello, vec![], T0);
+        assert_synced(&mut a, &mut b, T0);
+        // Replayed again once sync runs: the session and sync go on.
+        let before = b.link.session.as_ref().unwrap().to_bytes();
+        let again = b.deliver(&init[0], T0).unwrap();
+        assert_eq!(b.link.session.as_ref().unwrap().to_bytes(), before);
+        assert!(
+            a.deliver(&again[0], T0).is_err(),
+            "A has no handshake pending"
+        );
+        assert_synced(&mut a, &mut b, T0);
     }
 
     #[test]
