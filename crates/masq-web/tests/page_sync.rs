@@ -384,7 +384,7 @@ fn a_corrupt_document_is_skipped_and_the_others_sync() {
 
 #[test]
 fn frames_of_a_closed_relay_connection_never_go_out_on_the_next() {
-    let (relay, mut a, mut b, now) = paired_and_syncing();
+    let (relay, mut a, _b, now) = paired_and_syncing();
     a.run(json!({"op": "kv.put", "key": "k", "value": 1}));
     // The write's envelopes wait for the commit; the socket drops first.
     a.sync.on_relay_closed();
