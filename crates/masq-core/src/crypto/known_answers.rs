@@ -13,6 +13,8 @@ use x25519_dalek::StaticSecret;
 
 use super::handshake::{initiate_with, respond_with};
 use super::kdf::{kdf_ck, kdf_rk, message_key_material};
+use super::pairing::{slot_id, PairingChannel};
+use super::relay_auth::{auth_proof, slot_proof};
 use super::{safety_code, DeviceKeypair};
 
 /// The committed answers (hex), with an `_about` entry saying what the
@@ -75,6 +77,29 @@ pub fn compute() -> Result<BTreeMap<&'static str, String>, String> {
         return Err("the version 1 envelope opened to other bytes".into());
     }
     out.insert("envelope.first_v1", hex::encode(&v1));
+
+    // The relay's challenge answers (device and rendezvous slot), for a
+    // fixed shared secret, nonce and relay key.
+    let (dh, nonce, relay) = ([0x07; 32], [0x08; 32], [0x09; 32]);
+    out.insert(
+        "relay_auth.device",
+        hex::encode(auth_proof(&dh, &nonce, &relay, a.public().as_bytes())),
+    );
+    out.insert(
+        "relay_auth.slot",
+        hex::encode(slot_proof(&dh, &nonce, &relay, &[0x0a; 32])),
+    );
+    // The pairing channel of an invite with secret [0x77; 32]: its slot,
+    // and the joiner's first message (direction 1) under nonce [0x88; 24].
+    let secret = [0x77; 32];
+    let slot = slot_id(&secret);
+    out.insert("pairing.slot", hex::encode(slot));
+    let channel = PairingChannel::new(&secret, slot);
+    let sealed = channel.seal_with_nonce(1, PLAINTEXT, [0x88; 24]);
+    if channel.open(1, &sealed).ok().as_deref() != Some(PLAINTEXT) {
+        return Err("the pairing message did not open".into());
+    }
+    out.insert("pairing.sealed", hex::encode(sealed));
     Ok(out)
 }
 
@@ -108,6 +133,6 @@ pub fn check() -> Result<usize, String> {
 mod tests {
     #[test]
     fn every_known_answer_matches() {
-        assert_eq!(super::check(), Ok(12));
+        assert_eq!(super::check(), Ok(16));
     }
 }

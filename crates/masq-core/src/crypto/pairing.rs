@@ -88,15 +88,21 @@ impl PairingChannel {
         ad
     }
 
-    /// Seals `plaintext` for `direction`.
+    /// Seals `plaintext` for `direction` (under a random nonce it carries).
     pub fn seal(&self, direction: u8, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_with_nonce(direction, plaintext, *random_bytes::<24>())
+    }
+
+    /// As [`seal`](Self::seal) with a given nonce (known-answer tests only:
+    /// a nonce must never repeat under one key).
+    #[doc(hidden)]
+    pub fn seal_with_nonce(&self, direction: u8, plaintext: &[u8], nonce: [u8; 24]) -> Vec<u8> {
         let cipher = XChaCha20Poly1305::new((&*self.key).into());
-        let nonce = random_bytes::<24>();
         let ad = self.ad(direction);
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
         let ct = cipher
             .encrypt(
-                &XNonce::from(*nonce),
+                &XNonce::from(nonce),
                 Payload {
                     msg: plaintext,
                     aad: &ad,
