@@ -398,3 +398,22 @@ fn frames_of_a_closed_relay_connection_never_go_out_on_the_next() {
     let frames = a.sync.take_frames();
     assert_eq!(relay.check_auth(&frames[0]), a.id());
 }
+
+/// A page reconnects without the other side seeing it go (the relay
+/// replaced its connection, no offline): its Hello makes the other forget
+/// its word and send its own again, so sync resumes both ways. Before,
+/// the reconnected page waited for prefs that never came and offered
+/// nothing.
+#[test]
+fn a_page_that_reconnects_unseen_syncs_again_both_ways() {
+    let (relay, mut a, mut b, now) = paired_and_syncing();
+    b.sync.on_relay_closed();
+    relay.connect(&mut b, now);
+    relay.route(&mut a, &mut b, now);
+    assert!(a.sync.is_ready(&b.id()) && b.sync.is_ready(&a.id()));
+    b.run(json!({"op": "kv.put", "key": "from-b", "value": 2}));
+    a.run(json!({"op": "kv.put", "key": "from-a", "value": 1}));
+    relay.route(&mut a, &mut b, now);
+    assert_eq!(a.run(json!({"op": "kv.get", "key": "from-b"})), json!(2));
+    assert_eq!(b.run(json!({"op": "kv.get", "key": "from-a"})), json!(1));
+}
