@@ -79,6 +79,8 @@ async fn an_app_turned_off_towards_a_device_stays_off_both_ways_until_back_on() 
     ))
     .unwrap();
     assert_eq!(after["devices"][0]["apps"]["photos"], json!(false));
+    let status: Value = serde_json::from_str(&cli(&a.path(), &["status"])).unwrap();
+    assert_eq!(status["peers"][0]["apps_off"], json!(["photos"]));
     // B hears it from A.
     eventually("B knows A does not take photos", T, || {
         remote(&b).is_some_and(|r| r["off"] == json!(["photos"]))
@@ -139,6 +141,8 @@ async fn a_pause_holds_across_a_restart_and_resume_catches_up() {
     eventually("sync runs", T, || get(&b, "notes", "before").is_some()).await;
     let paused: Value = serde_json::from_str(&cli(&a.path(), &["sync", "pause"])).unwrap();
     assert_eq!(paused["paused"], json!(true));
+    let status: Value = serde_json::from_str(&cli(&a.path(), &["status"])).unwrap();
+    assert_eq!(status["sync_paused"], json!(true));
     eventually("B knows A paused", T, || {
         remote(&b).is_some_and(|r| r["paused"] == json!(true))
     })

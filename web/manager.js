@@ -354,7 +354,11 @@ function renderDevices(list, status) {
       setAttr(seen, "title", absTime(d.last_seen));
       const p = peers.get(d.device);
       const n = p ? p.unacknowledged_docs || 0 : null;
-      setText($(".pending-docs", row), n === null ? "" : n === 0 ? "in sync" : plural(n, "document", "documents"));
+      const off = p && p.apps_off && p.apps_off.length ? ` (${plural(p.apps_off.length, "app", "apps")} off)` : "";
+      setText(
+        $(".pending-docs", row),
+        status && status.sync_paused ? "sync paused" : n === null ? "" : (n === 0 ? "in sync" : plural(n, "document", "documents")) + off,
+      );
     },
     emptyRow("No paired device yet: pair one above.", 7),
   );

@@ -156,18 +156,27 @@ pub fn status_json(store: &Store, engine: Option<&EngineStatus>) -> Result<Json>
     let db = store.db();
     let me = peers::load_or_create_identity(db)?;
     let core = SyncCore::new(store.clone());
+    let prefs = core.local_prefs().clone();
     let mut list = Vec::new();
     for (id, rec) in peers::peers(db)? {
+        // Apps off (or a pause) leave documents out: nothing of them is owed.
         let pending: Vec<String> = core
             .unacknowledged(&id)?
             .into_iter()
             .map(|(a, d)| format!("{a}/{d}"))
+            .collect();
+        let apps_off: Vec<&String> = prefs
+            .off
+            .iter()
+            .filter(|(d, _)| *d == id)
+            .map(|(_, a)| a)
             .collect();
         list.push(json!({
             "device": id.to_string(), "name": rec.name, "last_seen": rec.last_seen,
             "online": engine.map(|e| e.online.contains(&id.to_string())),
             "session": peers::session_bytes(db, &id)?.is_some(),
             "unacknowledged_docs": pending.len(), "unacknowledged": pending,
+            "apps_off": apps_off,
         }));
     }
     Ok(json!({
@@ -175,6 +184,7 @@ pub fn status_json(store: &Store, engine: Option<&EngineStatus>) -> Result<Json>
         "fingerprint": me.device_id().fingerprint(),
         "relay": peers::relay_url(db)?,
         "daemon": engine.is_some(),
+        "sync_paused": prefs.paused,
         "engine": engine,
         "peers": list,
     }))
