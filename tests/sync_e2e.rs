@@ -383,7 +383,7 @@ fn learn(d: &Device, other: &Device) {
         .unwrap()
         .public();
     let mut b = db.batch();
-    masq::sync::peers::stage_peer(db, &mut b, &public, "other").unwrap();
+    masq::sync::peers::stage_peer(db, &mut b, &public, "other", &d.id()).unwrap();
     db.commit(b).unwrap();
 }
 

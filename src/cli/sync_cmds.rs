@@ -190,13 +190,31 @@ pub fn devices(backend: &Backend, cmd: DevicesCmd) -> Result<(), CliError> {
                     (_, Some(0) | None) => "never seen online".to_string(),
                     (_, Some(t)) => format!("last seen {t}"),
                 };
+                let by = match d["added_by"].as_str() {
+                    Some(fp) if fp == s(&v["me"], "fingerprint") => "paired here".to_string(),
+                    Some(fp) => format!("added by {fp}"),
+                    None => "added by: not recorded".to_string(),
+                };
                 writeln!(
                     out,
-                    "{}  {}  {}  safety code {}",
+                    "{}  {}  {}  safety code {}  {}",
                     s(d, "fingerprint"),
                     s(d, "name"),
                     seen,
-                    s(d, "safety_code")
+                    s(d, "safety_code"),
+                    by
+                )?;
+            }
+            for r in v["removed"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{}  removed{} (at {})",
+                    s(r, "fingerprint"),
+                    r["by"]
+                        .as_str()
+                        .map(|b| format!(" by {b}"))
+                        .unwrap_or_default(),
+                    r["at"].as_i64().unwrap_or_default()
                 )?;
             }
         }

@@ -139,9 +139,13 @@ pub fn devices_json(store: &Store, online: &[String]) -> Result<Json> {
             "online": online.contains(&id.to_string()),
             "last_seen": rec.last_seen,
             "safety_code": crate::crypto::safety_code(&me.public(), &rec.public()?),
+            "added": rec.added,
+            "added_by": rec.added_by().map(|b| b.fingerprint()),
         }));
     }
+    let group = peers::group(db, me.device_id())?;
     Ok(json!({
+        "removed": group.removed_entries(),
         "me": {
             "device": me.device_id().to_string(),
             "fingerprint": me.device_id().fingerprint(),

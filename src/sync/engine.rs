@@ -21,17 +21,18 @@ use masq_core::sync::link::{LinkError, Online, PeerLink, Received, SealError, Se
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use x25519_dalek::PublicKey;
 
 use super::core::SyncCore;
 use super::peers;
 use super::transport::{Transport, TransportEvent};
-use super::wire::{PeerInfo, SyncPayload};
+use super::wire::SyncPayload;
 use crate::crypto::ratchet::Session;
 use crate::crypto::{DeviceId, DeviceKeypair};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::wire::relay_frame::UndeliverableReason;
+use masq_core::layout::meta as layout;
+use masq_core::sync::membership::Change;
 
 pub use masq_core::sync::fragments::{MAX_ENVELOPE_PLAINTEXT, MAX_FRAGMENTS};
 /// The engine checks for stale inits every half of this.
@@ -791,51 +792,32 @@ impl Engine {
                 return Ok(());
             }
             SyncPayload::Introduce(list) => {
-                let added = blocking(|| -> Result<Vec<DeviceId>> {
-                    let mut b = db.batch();
-                    let mut added = Vec::new();
-                    for PeerInfo { public_key, name } in list {
-                        let public = PublicKey::from(public_key);
-                        let id = DeviceId::from_public(&public);
-                        if crate::crypto::check_public_key(&public).is_err() {
-                            tracing::debug!("introduction of a low-order key ignored");
-                            continue;
-                        }
-                        if id == self.me
-                            || peers::peer(db, &id)?.is_some()
-                            || peers::is_removed(db, &id)?
-                        {
-                            continue;
-                        }
-                        peers::stage_peer(db, &mut b, &public, &name)?;
-                        added.push(id);
-                    }
-                    peers::stage_session(db, &mut b, &from, &session_bytes);
-                    db.commit(b)?;
-                    Ok(added)
+                let change = blocking(|| -> Result<Change> {
+                    let change =
+                        peers::group(db, self.me)?.introduce(&from, &list, peers::now())?;
+                    self.commit_membership(&from, &session_bytes, change)
                 })?;
                 self.install_session(from, update);
-                if !added.is_empty() {
+                if !change.added.is_empty() {
                     self.load_peers();
                     let _ = self.announce_peers(t).await;
                 }
             }
-            SyncPayload::Removed(id) => {
-                let removed = DeviceId(id);
-                blocking(|| -> Result<()> {
-                    let mut b = db.batch();
-                    if removed == self.me {
-                        // We were removed from this user's devices: forget the sender.
-                        peers::stage_remove_peer(db, &mut b, &from)?;
-                    } else {
-                        peers::stage_remove_peer(db, &mut b, &removed)?;
-                        peers::stage_session(db, &mut b, &from, &session_bytes);
-                    }
-                    db.commit(b)
+            SyncPayload::Removal(entry) => {
+                let change = blocking(|| -> Result<Change> {
+                    let change =
+                        peers::group(db, self.me)?.on_removal(&from, &entry, peers::now())?;
+                    self.commit_membership(&from, &session_bytes, change)
                 })?;
-                self.install_session(from, update);
-                self.load_peers();
-                let _ = self.announce_peers(t).await;
+                self.after_removal(t, from, update, change).await;
+            }
+            SyncPayload::Removed(id) => {
+                let change = blocking(|| -> Result<Change> {
+                    let change =
+                        peers::group(db, self.me)?.on_legacy_removed(&from, &id, peers::now())?;
+                    self.commit_membership(&from, &session_bytes, change)
+                })?;
+                self.after_removal(t, from, update, change).await;
             }
             SyncPayload::Hello { name } => {
                 blocking(|| -> Result<()> {
@@ -873,6 +855,48 @@ impl Engine {
             self.become_ready(t, from).await;
         }
         Ok(())
+    }
+
+    /// Commits a membership change with the session that carried it (unless
+    /// the change removed the sender, whose session goes with it).
+    fn commit_membership(
+        &self,
+        from: &DeviceId,
+        session: &[u8],
+        mut change: Change,
+    ) -> Result<Change> {
+        if !change.removed.contains(from) {
+            layout::stage_session(&mut change.writes, from, session);
+        }
+        let db = self.store.db();
+        let mut b = db.batch();
+        db.stage(&mut b, std::mem::take(&mut change.writes))?;
+        db.commit(b)?;
+        Ok(change)
+    }
+
+    /// After a removal was committed: devices that left are forgotten (the
+    /// relay stops letting them reach us), and the entry goes on to every
+    /// ready peer at once (the others get it from the queued notes later).
+    async fn after_removal(
+        &mut self,
+        t: &mut Transport,
+        from: DeviceId,
+        update: SessionUpdate,
+        change: Change,
+    ) {
+        if !change.removed.contains(&from) {
+            self.install_session(from, update);
+        }
+        if change.removed.is_empty() {
+            return;
+        }
+        for id in &change.removed {
+            self.core.peer_offline(id);
+        }
+        self.load_peers();
+        let _ = self.announce_peers(t).await;
+        self.flush_notes(t).await;
     }
 
     /// Installs a session update whose bytes were persisted.

@@ -111,7 +111,7 @@ impl Inviter {
         // Store the joiner and queue its introduction to every existing device.
         let intro = SyncPayload::Introduce(vec![joiner.clone()]).encode();
         let mut b = db.batch();
-        peers::stage_peer(db, &mut b, &joiner_pub, &joiner.name)?;
+        peers::stage_peer(db, &mut b, &joiner_pub, &joiner.name, &kp.device_id())?;
         for (id, _) in &existing {
             if *id != joiner_id {
                 peers::stage_note(db, &mut b, id, &intro)?;
@@ -177,13 +177,20 @@ pub async fn join(store: &Store, invite_uri: &str) -> Result<Paired> {
     // from the list's length: a hostile inviter's list may leave itself out
     // or name this device (`learned - 1` underflowed then).
     let mut learned = 0usize;
+    // The inviter is paired here; the devices it vouches for are brought
+    // in by it (those this device removed once stay removed).
+    let me = kp.device_id();
+    let inviter_id = DeviceId::from_public(&inviter_pub);
     for p in &list {
         let public = PublicKey::from(p.public_key);
-        if DeviceId::from_public(&public) == kp.device_id() {
+        let id = DeviceId::from_public(&public);
+        if id == me {
             continue;
         }
-        peers::stage_peer(db, &mut b, &public, &p.name)?;
-        if public != inviter_pub {
+        if public == inviter_pub {
+            peers::stage_peer(db, &mut b, &public, &p.name, &me)?;
+        } else if !peers::is_removed(db, &id)? {
+            peers::stage_peer(db, &mut b, &public, &p.name, &inviter_id)?;
             learned += 1;
         }
     }
@@ -237,22 +244,14 @@ async fn next_data(t: &mut Transport) -> Result<Vec<u8>> {
 }
 
 /// Removes a device: its records and session go here, and every other device
-/// is told (queued notes), so it receives nothing more from any of them.
+/// is told (a removal entry of the membership log, queued as notes and passed
+/// on by each device that learns it), so it receives nothing more from any
+/// of them.
 pub fn remove_device(store: &Store, id: &DeviceId) -> Result<()> {
     let db = store.db();
-    if peers::peer(db, id)?.is_none() {
-        return Err(Error::BadOp(format!(
-            "no paired device {}",
-            id.fingerprint()
-        )));
-    }
-    let note = SyncPayload::Removed(id.0).encode();
+    let me = peers::load_or_create_identity(db)?.device_id();
+    let change = peers::group(db, me)?.remove(id, peers::now())?;
     let mut b = db.batch();
-    peers::stage_remove_peer(db, &mut b, id)?;
-    for (other, _) in peers::peers(db)? {
-        if other != *id {
-            peers::stage_note(db, &mut b, &other, &note)?;
-        }
-    }
+    db.stage(&mut b, change.writes)?;
     db.commit(b)
 }

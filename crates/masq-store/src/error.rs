@@ -118,6 +118,11 @@ pub enum Error {
     /// [`LinkError`](masq_core::sync::link::LinkError)).
     #[error("{0}")]
     Link(#[from] masq_core::sync::link::LinkError),
+    /// A membership entry (introduction or removal) was refused, or a
+    /// device to remove is not paired (see
+    /// [`MembershipError`](masq_core::sync::membership::MembershipError)).
+    #[error("{0}")]
+    Membership(#[from] masq_core::sync::membership::MembershipError),
     /// JSON encoding or decoding failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -181,6 +186,10 @@ impl Error {
             Error::Json(_) => "json",
             Error::UnknownPeer => "unknown_peer",
             Error::Link(_) => "protocol",
+            Error::Membership(masq_core::sync::membership::MembershipError::NotMember(_)) => {
+                "not_found"
+            }
+            Error::Membership(_) => "membership",
         }
     }
 }

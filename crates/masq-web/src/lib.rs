@@ -39,9 +39,9 @@ use serde_json::json;
 use wasm_bindgen::prelude::*;
 
 use masq_core::crypto::DeviceId;
-use masq_core::layout::meta::{self as layout, NAME};
+use masq_core::layout::meta::NAME;
 use masq_core::records::WriteSet;
-use masq_core::wire::device::{PeerInfo, SyncPayload};
+use masq_core::wire::device::PeerInfo;
 use peer_store::PeerStore;
 use sync::PageSync;
 use tables::{encode_writes, table_of, Tables};
@@ -499,6 +499,8 @@ fn device_op(
                     "syncing": sync.is_ready(&id),
                     "last_seen": rec.last_seen,
                     "safety_code": rec.public().map(|p| masq_core::crypto::safety_code(&me, &p)).unwrap_or_default(),
+                    "added": rec.added,
+                    "added_by": rec.added_by().map(|b| b.fingerprint()),
                 })
             })
             .collect()
@@ -529,6 +531,7 @@ fn device_op(
                 "name": sync::device_name(store),
             },
             "devices": list(sync),
+            "removed": sync::group(store, sync.device_id()).removed_entries(),
         })),
         Request::DevicesRemove { device } => {
             let needle = device.trim().to_ascii_lowercase();
@@ -556,16 +559,12 @@ fn device_op(
                     ))
                 }
             };
-            // Its records go here, and every other device is told.
-            let note = SyncPayload::Removed(id.0).encode();
-            let mut w = WriteSet::new();
-            layout::stage_remove_peer(&mut w, &id, store.now_secs());
-            for (other, _) in sync::peers(store) {
-                if other != id {
-                    layout::stage_note(&mut w, &other, &note);
-                }
-            }
-            store.put_records(w);
+            // Its records go here, and every other device is told (and
+            // passes it on: the membership log).
+            let change = sync::group(store, sync.device_id())
+                .remove(&id, store.now_secs())
+                .map_err(|e| ApiError::new("not_found", e.to_string()))?;
+            store.put_records(change.writes);
             sync.peers_changed(store);
             Ok(json!({ "removed": id.to_string() }))
         }

@@ -236,8 +236,9 @@ impl Pairing {
                 "a device cannot pair with itself".into(),
             ));
         }
-        let stage = |w: &mut WriteSet, p: &PeerInfo| {
-            layout::stage_peer(w, &PublicKey::from(p.public_key), &p.name, now)
+        let me_id = me.device_id();
+        let stage = |w: &mut WriteSet, p: &PeerInfo, added_by: &DeviceId| {
+            layout::stage_peer(w, &PublicKey::from(p.public_key), &p.name, now, added_by)
                 .map(|_| ())
                 .map_err(|e| PairingFailed::Exchange(e.to_string()))
         };
@@ -260,7 +261,7 @@ impl Pairing {
                         });
                     }
                 }
-                stage(&mut w, &other)?;
+                stage(&mut w, &other, &me_id)?;
                 // Every other device learns of the joiner over its own
                 // session, when next online.
                 let intro = SyncPayload::Introduce(vec![other.clone()]).encode();
@@ -283,8 +284,16 @@ impl Pairing {
                     if DeviceId::from_public(&public) == me.device_id() {
                         continue;
                     }
-                    stage(&mut w, p)?;
-                    if public != other_public {
+                    // The inviter is paired here; the devices it vouches
+                    // for are brought in by it (those removed here once
+                    // stay removed).
+                    if public == other_public {
+                        stage(&mut w, p, &me_id)?;
+                    } else if store
+                        .meta(&layout::removed_key(&DeviceId::from_public(&public)))
+                        .is_none()
+                    {
+                        stage(&mut w, p, &other_id)?;
                         learned += 1;
                     }
                 }

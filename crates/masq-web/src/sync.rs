@@ -22,24 +22,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::peer_store::PeerStore;
+use crate::relay_conn::{ConnError, RelayConn};
 use masq_core::api::ApiError;
 use masq_core::crypto::{check_public_key, DeviceId, DeviceKeypair, Session};
 use masq_core::doc::DocId;
 use masq_core::layout::meta::{
-    self as layout, note_prefix, peer_key, peer_of_key, removed_key, session_key, PeerRecord,
-    IDENTITY, NAME, PEER, RELAY_URL,
+    self as layout, note_prefix, peer_key, peer_of_key, session_key, PeerRecord, IDENTITY, NAME,
+    PEER, RELAY_URL,
 };
 use masq_core::records::{Table, WriteSet};
 use masq_core::sync::batching::pack_batches;
 use masq_core::sync::doc_states::DocStates;
 use masq_core::sync::link::{Online, PeerLink, Received, SealError, SessionUpdate};
+use masq_core::sync::membership::{Change, Group, MembershipError};
 use masq_core::sync::prefs::{LocalPrefs, SyncGate};
-use masq_core::wire::device::{DocMessage, PeerInfo, SyncPayload};
+use masq_core::wire::device::{DocMessage, SyncPayload};
 use masq_core::wire::relay_frame::{Frame, UndeliverableReason};
-use x25519_dalek::PublicKey;
-
-use crate::peer_store::PeerStore;
-use crate::relay_conn::{ConnError, RelayConn};
 
 /// How often every ready peer is offered every document again from the
 /// persisted sync states (the native engine's `RESYNC_INTERVAL`): Automerge's
@@ -353,6 +352,37 @@ impl PageSync {
         Ok(Ok(()))
     }
 
+    /// A membership entry decided by the core: refused, nothing of it is
+    /// stored; else its records, notes and the session commit together
+    /// (the session goes instead if the sender itself left), and the peers,
+    /// the relay and the passed-on notes follow.
+    fn on_membership(
+        &mut self,
+        store: &PeerStore,
+        from: DeviceId,
+        update: SessionUpdate,
+        mut w: WriteSet,
+        change: Result<Change, MembershipError>,
+    ) -> SyncResult<()> {
+        let change = change.map_err(|e| ApiError::new("membership", e.to_string()))?;
+        let sender_left = change.removed.contains(&from);
+        // After the session's put: a removal of the sender removes it again.
+        w.append(change.writes);
+        store.put_records(w);
+        if !sender_left {
+            if let Some(link) = self.links.get_mut(&from) {
+                link.commit(update);
+            }
+        }
+        if !change.added.is_empty() || !change.removed.is_empty() {
+            for id in &change.removed {
+                self.peer_offline(id);
+            }
+            self.peers_changed(store);
+        }
+        Ok(())
+    }
+
     fn peer_offline(&mut self, id: &DeviceId) {
         if let Some(link) = self.links.get_mut(id) {
             link.offline();
@@ -606,46 +636,16 @@ impl PageSync {
                 return Ok(());
             }
             SyncPayload::Introduce(list) => {
-                let mut added = false;
-                for PeerInfo { public_key, name } in list {
-                    let public = PublicKey::from(public_key);
-                    let id = DeviceId::from_public(&public);
-                    if check_public_key(&public).is_err()
-                        || id == self.me
-                        || store.meta(&peer_key(&id)).is_some()
-                        || store.meta(&removed_key(&id)).is_some()
-                    {
-                        continue;
-                    }
-                    layout::stage_peer(&mut w, &public, &name, secs(store))
-                        .map_err(|e| ApiError::new("storage", e.to_string()))?;
-                    added = true;
-                }
-                store.put_records(w);
-                if let Some(link) = self.links.get_mut(&from) {
-                    link.commit(update);
-                }
-                if added {
-                    self.load_peers(store);
-                    self.announce_peers();
-                }
+                let change = group(store, self.me).introduce(&from, &list, secs(store));
+                self.on_membership(store, from, update, w, change)?;
+            }
+            SyncPayload::Removal(entry) => {
+                let change = group(store, self.me).on_removal(&from, &entry, secs(store));
+                self.on_membership(store, from, update, w, change)?;
             }
             SyncPayload::Removed(id) => {
-                let removed = DeviceId(id);
-                let now = secs(store);
-                if removed == self.me {
-                    // This device was removed from the user's devices:
-                    // forget the one who says so.
-                    layout::stage_remove_peer(&mut w, &from, now);
-                } else {
-                    layout::stage_remove_peer(&mut w, &removed, now);
-                }
-                store.put_records(w);
-                if let Some(link) = self.links.get_mut(&from) {
-                    link.commit(update);
-                }
-                self.load_peers(store);
-                self.announce_peers();
+                let change = group(store, self.me).on_legacy_removed(&from, &id, secs(store));
+                self.on_membership(store, from, update, w, change)?;
             }
             SyncPayload::Hello { name } => {
                 if let Some(mut rec) = peer_record(store, &from) {
@@ -818,7 +818,7 @@ fn payload_kind(p: &SyncPayload) -> String {
     match p {
         SyncPayload::Batch(items) => format!("batch of {}", items.len()),
         SyncPayload::Introduce(l) => format!("introduction of {}", l.len()),
-        SyncPayload::Removed(_) => "removal".into(),
+        SyncPayload::Removed(_) | SyncPayload::Removal(_) => "removal".into(),
         SyncPayload::Hello { .. } => "hello".into(),
         SyncPayload::Prefs(_) => "prefs".into(),
         SyncPayload::Fragment { .. } => "fragment".into(),
@@ -828,6 +828,15 @@ fn payload_kind(p: &SyncPayload) -> String {
 /// Seconds since the epoch, as the page last said.
 fn secs(store: &PeerStore) -> i64 {
     store.now_secs()
+}
+
+/// The device group as the page records it.
+pub fn group(store: &PeerStore, me: DeviceId) -> Group {
+    let records = Group::PREFIXES
+        .iter()
+        .flat_map(|p| store.meta_prefix(p))
+        .collect::<Vec<_>>();
+    Group::from_records(me, records)
 }
 
 /// The paired devices, in id order.

@@ -7,8 +7,9 @@
 //! - `name` → this device's human name
 //! - `relay_url` → the relay this device uses
 //! - `peer/<id 32 bytes>` → [`PeerRecord`] as JSON
-//! - `removed/<id>` → removal time, i64 BE seconds (removed devices are not
-//!   re-added by introductions)
+//! - `removed/<id>` → [`RemovalMark`]: removal time, i64 BE seconds, then
+//!   the remover's 32-byte id (absent in marks written before the
+//!   membership log); removed devices are not re-added by introductions
 //! - `session/<id>` → serialized Double Ratchet session
 //! - `syncstate/<id><app>\0<doc>` → `automerge::sync::State::encode()` bytes
 //! - `note/<id><8 random bytes>` → an encoded sync payload to send to `id`
@@ -58,6 +59,11 @@ pub struct PeerRecord {
     pub added: i64,
     /// When it was last seen online (seconds since the epoch, 0 never).
     pub last_seen: i64,
+    /// Hex id of the device that brought it into this store's group: this
+    /// device itself when the two paired here, else the device whose
+    /// introduction added it (`None`: paired before the membership log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_by: Option<String>,
 }
 
 /// A stored record that does not decode.
@@ -70,13 +76,19 @@ pub struct BadRecord {
 
 impl PeerRecord {
     /// A record for a device paired now.
-    pub fn new(public: &PublicKey, name: &str, now: i64) -> Self {
+    pub fn new(public: &PublicKey, name: &str, now: i64, added_by: &DeviceId) -> Self {
         PeerRecord {
             public_key: hex::encode(public.as_bytes()),
             name: name.to_string(),
             added: now,
             last_seen: 0,
+            added_by: Some(added_by.to_string()),
         }
+    }
+
+    /// The device that brought it in, when known.
+    pub fn added_by(&self) -> Option<DeviceId> {
+        DeviceId::parse(self.added_by.as_deref()?)
     }
 
     /// The public key as bytes.
@@ -90,6 +102,39 @@ impl PeerRecord {
     /// Its DeviceId.
     pub fn device_id(&self) -> Result<DeviceId, BadRecord> {
         Ok(DeviceId::from_public(&self.public()?))
+    }
+}
+
+/// Why and when a device left the group: the value of `removed/<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemovalMark {
+    /// When this store learned it (seconds since the epoch).
+    pub at: i64,
+    /// Who removed it (`None`: a mark from before the membership log).
+    pub by: Option<DeviceId>,
+}
+
+impl RemovalMark {
+    /// `at` (i64 BE) then `by` (32 bytes) when known.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.at.to_be_bytes().to_vec();
+        if let Some(by) = &self.by {
+            v.extend_from_slice(by.as_bytes());
+        }
+        v
+    }
+
+    /// Decodes a mark of 8 or 40 bytes.
+    pub fn decode(b: &[u8]) -> Result<Self, BadRecord> {
+        let bad = || BadRecord {
+            what: "removal mark",
+        };
+        let at = i64::from_be_bytes(b.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let by = match &b[8..] {
+            [] => None,
+            rest => Some(DeviceId(rest.try_into().map_err(|_| bad())?)),
+        };
+        Ok(RemovalMark { at, by })
     }
 }
 
@@ -177,21 +222,29 @@ pub fn stage_paused(writes: &mut WriteSet, paused: bool) {
     }
 }
 
+/// The device a `removed/` mark's key names (`None`: not a removal key).
+pub fn removed_of_key(k: &[u8]) -> Option<DeviceId> {
+    let rest = k.strip_prefix(REMOVED)?;
+    <[u8; 32]>::try_from(rest).ok().map(DeviceId)
+}
+
 /// The device a `peer/` record's key names (`None`: not a peer key).
 pub fn peer_of_key(k: &[u8]) -> Option<DeviceId> {
     let rest = k.strip_prefix(PEER)?;
     <[u8; 32]>::try_from(rest).ok().map(DeviceId)
 }
 
-/// Stages adding (or updating) a peer, paired at `now`; clears its removal mark.
+/// Stages adding (or updating) a peer brought in by `added_by` at `now`;
+/// clears its removal mark (pairing again undoes a removal).
 pub fn stage_peer(
     writes: &mut WriteSet,
     public: &PublicKey,
     name: &str,
     now: i64,
+    added_by: &DeviceId,
 ) -> serde_json::Result<DeviceId> {
     let id = DeviceId::from_public(public);
-    let rec = PeerRecord::new(public, name, now);
+    let rec = PeerRecord::new(public, name, now, added_by);
     writes.put(Table::Meta, peer_key(&id), serde_json::to_vec(&rec)?);
     writes.remove(Table::Meta, removed_key(&id));
     Ok(id)
@@ -207,12 +260,13 @@ pub fn stage_peer_record(
     Ok(())
 }
 
-/// Stages removal of a peer at `now`: its record, session and sync states
+/// Stages removal of a peer: its record, session, sync states and notes
 /// go; a removal mark stays.
-pub fn stage_remove_peer(writes: &mut WriteSet, id: &DeviceId, now: i64) {
+pub fn stage_remove_peer(writes: &mut WriteSet, id: &DeviceId, mark: RemovalMark) {
     writes.remove(Table::Meta, peer_key(id));
     writes.remove(Table::Meta, session_key(id));
-    writes.put(Table::Meta, removed_key(id), now.to_be_bytes().to_vec());
+    writes.put(Table::Meta, removed_key(id), mark.encode());
+    writes.remove_prefix(Table::Meta, note_prefix(id));
     writes.remove_prefix(Table::Meta, syncstate_prefix(id));
     writes.remove_prefix(Table::Meta, sync_off_prefix(id));
 }
@@ -249,20 +303,39 @@ mod tests {
     fn keys_are_pinned_and_a_removal_drops_everything_of_the_peer() {
         let public = PublicKey::from([9u8; 32]);
         let mut w = WriteSet::new();
-        let id = stage_peer(&mut w, &public, "laptop", 100).unwrap();
+        let me = DeviceId([1; 32]);
+        let id = stage_peer(&mut w, &public, "laptop", 100, &me).unwrap();
         assert_eq!(peer_of_key(&peer_key(&id)), Some(id));
         assert_eq!(&syncstate_key(&id, "a", "d")[..10], b"syncstate/");
         assert!(syncstate_key(&id, "a", "d").ends_with(b"a\0d"));
-        let rec = PeerRecord::new(&public, "laptop", 100);
+        let rec = PeerRecord::new(&public, "laptop", 100, &me);
         assert_eq!(rec.device_id().unwrap(), id);
+        assert_eq!(rec.added_by(), Some(me));
         let mut w = WriteSet::new();
-        stage_remove_peer(&mut w, &id, 7);
+        let mark = RemovalMark {
+            at: 7,
+            by: Some(me),
+        };
+        stage_remove_peer(&mut w, &id, mark);
         let writes: Vec<Write> = w.into_iter().collect();
         assert!(writes.contains(&Write::Put {
             table: Table::Meta,
             key: removed_key(&id),
-            value: 7i64.to_be_bytes().to_vec()
+            value: mark.encode()
         }));
+        assert_eq!(removed_of_key(&removed_key(&id)), Some(id));
+        assert_eq!(RemovalMark::decode(&mark.encode()).unwrap(), mark);
+        // A mark from before the membership log: the time only.
+        assert_eq!(
+            RemovalMark::decode(&7i64.to_be_bytes()).unwrap(),
+            RemovalMark { at: 7, by: None }
+        );
+        assert!(RemovalMark::decode(&[0; 9]).is_err());
+        // A record from before the membership log decodes without `added_by`.
+        let old: PeerRecord =
+            serde_json::from_str(r#"{"public_key":"00","name":"x","added":1,"last_seen":0}"#)
+                .unwrap();
+        assert_eq!(old.added_by(), None);
         assert!(writes.contains(&Write::RemovePrefix {
             table: Table::Meta,
             prefix: syncstate_prefix(&id)

@@ -22,6 +22,11 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// cannot make every offer scan long lists (a longer list is cut when
 /// encoded, and refused when decoded).
 pub const MAX_PREF_APPS: usize = 256;
+/// Most devices a [`Removal`] vouches for: the relay's own limit on the
+/// devices one device may watch (`MAX_WATCH_IDS`), so a group larger than
+/// this cannot exist; a longer list is cut when encoded and refused when
+/// decoded.
+pub const MAX_GROUP_DEVICES: usize = 1024;
 
 /// Why bytes did not decode.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -130,6 +135,23 @@ impl PeerPrefs {
     }
 }
 
+/// "`device` was removed from the user's devices by `by`" (kind 7 of
+/// [`SyncPayload`]): an entry of the membership log
+/// (`masq_core::sync::membership`), passed on unchanged by every device
+/// that learns it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The removed device's id.
+    pub device: [u8; 32],
+    /// The id of the device where the user removed it.
+    pub by: [u8; 32],
+    /// Every device the remover still held when it removed `device`
+    /// (itself included): devices that `device` introduced and that are
+    /// not in this list are removed with it, since it may have brought
+    /// them in after its removal.
+    pub vouched: Vec<[u8; 32]>,
+}
+
 /// The plaintext inside a sealed envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncPayload {
@@ -149,7 +171,9 @@ pub enum SyncPayload {
     /// "These devices are yours too": sent to a newly paired device (its peers)
     /// and to existing devices (the new one) (kind 3).
     Introduce(Vec<PeerInfo>),
-    /// "This device was removed; drop its sessions" (kind 4), by DeviceId.
+    /// "This device was removed; drop its sessions" (kind 4), by DeviceId:
+    /// what builds before the membership log sent; still read (notes queued
+    /// by them may wait on disk), never sent.
     Removed([u8; 32]),
     /// The sender's device name (kind 5), sent once after a session starts.
     Hello {
@@ -158,6 +182,8 @@ pub enum SyncPayload {
     },
     /// What the sender takes from the receiver (kind 6).
     Prefs(PeerPrefs),
+    /// A removal of the membership log (kind 7).
+    Removal(Removal),
 }
 
 struct Reader<'a> {
@@ -291,6 +317,16 @@ impl SyncPayload {
                     put_names(&mut out, only);
                 }
             }
+            SyncPayload::Removal(r) => {
+                out.push(7);
+                out.extend_from_slice(&r.device);
+                out.extend_from_slice(&r.by);
+                let n = r.vouched.len().min(MAX_GROUP_DEVICES);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for id in r.vouched.iter().take(n) {
+                    out.extend_from_slice(id);
+                }
+            }
         }
         out
     }
@@ -356,6 +392,22 @@ impl SyncPayload {
                     only,
                 })
             }
+            7 => {
+                let device = r.key32("removed device")?;
+                let by = r.key32("remover")?;
+                let n = r.u16("vouched count")? as usize;
+                if n > MAX_GROUP_DEVICES {
+                    return Err(WireError::Truncated("vouched devices"));
+                }
+                let vouched = (0..n)
+                    .map(|_| r.key32("vouched device"))
+                    .collect::<Result<_, _>>()?;
+                SyncPayload::Removal(Removal {
+                    device,
+                    by,
+                    vouched,
+                })
+            }
             k => return Err(WireError::BadKind(k)),
         };
         r.end()?;
@@ -397,6 +449,11 @@ mod tests {
                 name: "phone".into(),
             },
             SyncPayload::Prefs(PeerPrefs::default()),
+            SyncPayload::Removal(Removal {
+                device: [1; 32],
+                by: [2; 32],
+                vouched: vec![[2; 32], [4; 32]],
+            }),
             SyncPayload::Prefs(PeerPrefs {
                 paused: true,
                 off: vec!["photos".into(), "work".into()],

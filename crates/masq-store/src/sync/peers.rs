@@ -18,6 +18,7 @@ use masq_core::layout::meta::{
     IDENTITY, NAME, PEER, RELAY_URL, SYNC_OFF, SYNC_PAUSED,
 };
 use masq_core::records::WriteSet;
+pub use masq_core::sync::membership::Group;
 pub use masq_core::sync::prefs::LocalPrefs;
 
 impl From<layout::BadRecord> for Error {
@@ -100,15 +101,17 @@ pub fn is_removed(db: &Db, id: &DeviceId) -> Result<bool> {
     Ok(db.meta.get(removed_key(id))?.is_some())
 }
 
-/// Stages adding (or updating) a peer.
+/// Stages adding (or updating) a peer brought in by `added_by` (this
+/// device itself when the two paired here).
 pub fn stage_peer(
     db: &Db,
     batch: &mut fjall::OwnedWriteBatch,
     public: &PublicKey,
     name: &str,
+    added_by: &DeviceId,
 ) -> Result<DeviceId> {
     let mut writes = WriteSet::new();
-    let id = layout::stage_peer(&mut writes, public, name, now())?;
+    let id = layout::stage_peer(&mut writes, public, name, now(), added_by)?;
     db.stage(batch, writes)?;
     Ok(id)
 }
@@ -126,11 +129,17 @@ pub fn update_peer(db: &Db, id: &DeviceId, f: impl FnOnce(&mut PeerRecord)) -> R
     Ok(())
 }
 
-/// Stages removal of a peer: its record, session and sync states go; a removal mark stays.
-pub fn stage_remove_peer(db: &Db, batch: &mut fjall::OwnedWriteBatch, id: &DeviceId) -> Result<()> {
-    let mut writes = WriteSet::new();
-    layout::stage_remove_peer(&mut writes, id, now());
-    db.stage(batch, writes)
+/// The device group as this store records it (members and removal marks),
+/// for the core's membership decisions.
+pub fn group(db: &Db, me: DeviceId) -> Result<Group> {
+    let mut records = Vec::new();
+    for prefix in Group::PREFIXES {
+        for g in db.meta.prefix(prefix) {
+            let (k, v) = g.into_inner()?;
+            records.push((k.to_vec(), v.to_vec()));
+        }
+    }
+    Ok(Group::from_records(me, records))
 }
 
 /// The stored ratchet session with a peer, as bytes.
