@@ -110,7 +110,14 @@ pub async fn run() -> Result<()> {
     );
 
     let t_sync = Instant::now();
-    let ok = wait_until(CONVERGE_TIMEOUT, || docs_b.get(&id).is_ok()).await;
+    // Its content, not only its id: the catalog that names a document can
+    // arrive before the document's own changes (a separate sync message).
+    let ok = wait_until(CONVERGE_TIMEOUT, || {
+        docs_b
+            .get(&id)
+            .is_ok_and(|v| v["text"].as_str() == Some("masq"))
+    })
+    .await;
     if !ok {
         return Err(Error::BadOp("document did not reach B".into()));
     }
