@@ -46,10 +46,10 @@ use crate::crypto::handshake::{self, PendingHandshake};
 use crate::crypto::{CryptoError, DeviceId, DeviceKeypair, Session};
 use crate::wire::device::{DevicePacket, SyncPayload, WireError};
 
-/// Why a packet from the peer was refused. The link's session is unchanged
-/// by it; two things are not: a handshake response, even a bad one,
-/// consumes our init in flight (as masq always did; M12 changes this), and
-/// a fragment that arrived before the failure stays in reassembly.
+/// Why a packet from the peer was refused. The link's sessions and our
+/// handshake in flight are unchanged by it (a bad response leaves the
+/// handshake pending for the real one); a fragment that arrived before the
+/// failure stays in reassembly.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The packet's bytes do not decode.
@@ -111,8 +111,14 @@ enum UpdateKind {
     },
     /// Our init was answered: sync may start, the init is done.
     Established,
-    /// An envelope was opened or sealed: the ratchet advanced.
+    /// Envelopes were sealed: the ratchet advanced.
     Advanced,
+    /// An envelope opened with the current session.
+    OpenedCurrent,
+    /// An envelope opened with the archived previous session: the peer
+    /// still uses it, so it becomes current again (and the current one is
+    /// archived in its place).
+    OpenedPrevious,
 }
 
 impl SessionUpdate {
@@ -213,6 +219,17 @@ pub struct PeerLink {
     /// The Double Ratchet session, once a handshake completed (persisted
     /// by the caller through [`SessionUpdate`]s).
     session: Option<Session>,
+    /// The session before the last handshake, archived (as libsignal keeps
+    /// previous session states): envelopes the peer sealed with it before
+    /// it knew of the new one still open, and if the peer goes on using it
+    /// (the new handshake was a replayed init the peer never made), it
+    /// becomes current again. Dropped once an envelope on a newer current
+    /// session opens. Kept in memory only: after a restart the current
+    /// session is all there is, as before.
+    previous: Option<Session>,
+    /// The current session is newer than `previous` (it came from the last
+    /// handshake); each promotion of `previous` swaps the two, and this.
+    current_is_newer: bool,
     /// Our handshake in flight.
     pending: Option<InitInFlight>,
     /// The last init we answered (its BLAKE3) and our response: the same
@@ -238,6 +255,8 @@ impl PeerLink {
             public,
             online: false,
             session,
+            previous: None,
+            current_is_newer: false,
             pending: None,
             answered: None,
             ready: false,
@@ -427,11 +446,37 @@ impl PeerLink {
     }
 
     fn on_sealed(&mut self, env: &[u8]) -> Result<Received, LinkError> {
-        let Some(session) = self.session.as_ref() else {
-            return Err(LinkError::NoSession);
+        let (next, plaintext, kind) = match (self.session.as_ref(), self.previous.as_ref()) {
+            (None, None) => return Err(LinkError::NoSession),
+            (current, previous) => {
+                // The current session first; the archived one if that fails
+                // (the current's error is the one reported).
+                let mut err = None;
+                let mut opened = None;
+                for (s, kind) in [
+                    (current, UpdateKind::OpenedCurrent),
+                    (previous, UpdateKind::OpenedPrevious),
+                ] {
+                    let Some(s) = s else { continue };
+                    let mut next = s.clone();
+                    match next.open(env) {
+                        Ok(pt) => {
+                            opened = Some((next, pt, kind));
+                            break;
+                        }
+                        Err(e) => {
+                            err.get_or_insert(e);
+                        }
+                    }
+                }
+                match opened {
+                    Some(o) => o,
+                    None => {
+                        return Err(err.map_or(LinkError::NoSession, LinkError::Envelope));
+                    }
+                }
+            }
         };
-        let mut next = session.clone();
-        let plaintext = next.open(env).map_err(LinkError::Envelope)?;
         let payload = SyncPayload::decode(&plaintext).map_err(LinkError::Payload)?;
         let payload = match payload {
             SyncPayload::Fragment {
@@ -451,7 +496,7 @@ impl PeerLink {
         Ok(Received::Opened {
             update: SessionUpdate {
                 session: next,
-                kind: UpdateKind::Advanced,
+                kind,
             },
             // The responder starts syncing once a whole payload from the
             // initiator opened (a lone fragment only advances the ratchet).
@@ -508,16 +553,40 @@ impl PeerLink {
                 self.pending = None;
                 self.ready = false;
                 self.answered = Some((init, response));
+                self.archive_current();
             }
             UpdateKind::Established => {
                 self.pending = None;
                 self.ready = false;
                 // The answered init's session is replaced by ours.
                 self.answered = None;
+                self.archive_current();
             }
             UpdateKind::Advanced => {}
+            UpdateKind::OpenedCurrent => {
+                if self.current_is_newer {
+                    // The peer speaks on the new session: the old one is done.
+                    self.previous = None;
+                }
+            }
+            UpdateKind::OpenedPrevious => {
+                // The peer still uses the archived session: it is current
+                // again, and the one that replaced it is archived (it may yet
+                // be used, if the peer was only slow to switch).
+                self.previous = self.session.take();
+                self.current_is_newer = !self.current_is_newer;
+            }
         }
         self.session = Some(update.session);
+    }
+
+    /// A handshake replaces the current session: it is archived (an
+    /// archived one already there is kept if there is no current one).
+    fn archive_current(&mut self) {
+        if let Some(old) = self.session.take() {
+            self.previous = Some(old);
+        }
+        self.current_is_newer = true;
     }
 }
 
@@ -527,6 +596,7 @@ impl std::fmt::Debug for PeerLink {
             .field("peer", &self.peer)
             .field("online", &self.online)
             .field("session", &self.session.is_some())
+            .field("previous", &self.previous.is_some())
             .field("pending", &self.pending.is_some())
             .field("ready", &self.ready)
             .finish()
@@ -935,6 +1005,62 @@ mod tests {
             "A has no handshake pending"
         );
         assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
+    fn a_replayed_older_init_does_not_take_the_working_session_away() {
+        let (mut a, mut b) = pair();
+        b.link.online = true;
+        // A's first init never arrives (the relay keeps it); A goes away
+        // and comes back with a second one, and the two sync.
+        let old_init = a.online(T0);
+        a.link.offline();
+        let init = a.online(T0);
+        let response = b.deliver(&init[0], T0).unwrap();
+        let hello = a.deliver(&response[0], T0).unwrap();
+        settle(&mut a, &mut b, hello, vec![], T0);
+        assert_synced(&mut a, &mut b, T0);
+        // The relay replays the first init: B answers it (it cannot tell it
+        // is old) with a session A will never have...
+        let bogus = b.deliver(&old_init[0], T0).unwrap();
+        assert!(
+            a.deliver(&bogus[0], T0).is_err(),
+            "A has no handshake pending"
+        );
+        // ...yet what A sends on the real session still opens at B, which
+        // takes it back and answers on it: no gap either way.
+        let to_b = a.send(&[batch("after-replay", 10)]);
+        let to_a = b.deliver(&to_b[0], T0).unwrap();
+        assert_eq!(b.applied.last(), Some(&batch("after-replay", 10)));
+        settle(&mut a, &mut b, vec![], to_a, T0);
+        assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
+    fn envelopes_of_the_previous_session_open_until_the_new_one_speaks() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        assert_synced(&mut a, &mut b, T0);
+        // Two envelopes of A's on the first session are on their way when
+        // A starts over (its store restored without the session).
+        let late = a.send(&[batch("late-1", 5), batch("late-2", 5)]);
+        let a_kp = DeviceKeypair::from_secret_bytes(*a.kp.secret_bytes());
+        a.link = PeerLink::new(a_kp.device_id(), b.kp.public(), None);
+        let init = a.online(T0);
+        let response = b.deliver(&init[0], T0).unwrap();
+        // The first late envelope opens at B (archived session).
+        b.deliver(&late[0], T0).unwrap();
+        assert_eq!(b.applied.last(), Some(&batch("late-1", 5)));
+        // The new session speaks; after that, the old one is done.
+        let hello = a.deliver(&response[0], T0).unwrap();
+        settle(&mut a, &mut b, hello, vec![], T0);
+        assert_synced(&mut a, &mut b, T0);
+        assert!(b.link.previous.is_none());
+        assert!(matches!(
+            b.deliver(&late[1], T0),
+            Err(LinkError::Envelope(_))
+        ));
     }
 
     #[test]
