@@ -47,9 +47,12 @@ pub fn device(name: &str) -> Device {
 
 impl Device {
     pub fn start(&mut self, url: &str) {
+        self.start_with_resync(url, Duration::from_millis(500));
+    }
+    pub fn start_with_resync(&mut self, url: &str, resync_interval: Duration) {
         let cfg = EngineConfig {
             relay_url: url.to_string(),
-            resync_interval: Duration::from_millis(500),
+            resync_interval,
         };
         self.engine = Some(SyncEngine::start_with(self.store.clone(), cfg).unwrap());
     }
@@ -96,6 +99,9 @@ pub struct Proxy {
     /// Every binary frame that passed, both directions.
     pub tap: Arc<Mutex<Vec<Vec<u8>>>>,
     pub faults: Arc<Faults>,
+    /// Each connection's way down to its device, with the device the relay
+    /// authenticated on it (from its `AuthOk`), to inject frames.
+    downs: Arc<Mutex<Vec<Down>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,9 +111,27 @@ impl Drop for Proxy {
     }
 }
 
+/// One proxied connection's way down to its device.
+struct Down {
+    device: Option<masq::crypto::DeviceId>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_tungstenite::tungstenite::Message>,
+}
+
 impl Proxy {
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// Sends `frame` down every open connection of `device`, as if the relay
+    /// had (a replay, or a forgery by a hostile relay); how many took it.
+    pub fn inject_to(&self, device: &masq::crypto::DeviceId, frame: Vec<u8>) -> usize {
+        use tokio_tungstenite::tungstenite::Message;
+        let downs = self.downs.lock().unwrap();
+        downs
+            .iter()
+            .filter(|d| d.device.as_ref() == Some(device))
+            .filter(|d| d.tx.send(Message::Binary(frame.clone().into())).is_ok())
+            .count()
     }
 }
 
@@ -126,18 +150,20 @@ pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
     let addr = listener.local_addr().unwrap();
     let tap = Arc::new(Mutex::new(Vec::new()));
     let faults = Arc::new(Faults::default());
-    let (tap2, faults2) = (tap.clone(), faults.clone());
+    let downs: Arc<Mutex<Vec<Down>>> = Arc::new(Mutex::new(Vec::new()));
+    let (tap2, faults2, downs2) = (tap.clone(), faults.clone(), downs.clone());
     let rng = Arc::new(AtomicU64::new(seed.max(1)));
     let task = tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
                 continue;
             };
-            let (tap, faults, rng, relay_url) = (
+            let (tap, faults, rng, relay_url, downs) = (
                 tap2.clone(),
                 faults2.clone(),
                 rng.clone(),
                 relay_url.clone(),
+                downs2.clone(),
             );
             tokio::spawn(async move {
                 let Ok(down) = tokio_tungstenite::accept_async(sock).await else {
@@ -161,6 +187,14 @@ pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
                         }
                     }
                 });
+                let conn = {
+                    let mut d = downs.lock().unwrap();
+                    d.push(Down {
+                        device: None,
+                        tx: to_down.clone(),
+                    });
+                    d.len() - 1
+                };
                 let w2 = tokio::spawn(async move {
                     while let Some(m) = to_down_rx.recv().await {
                         if down_tx.send(m).await.is_err() {
@@ -206,7 +240,19 @@ pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
                 loop {
                     tokio::select! {
                         m = down_rx.next() => match m { Some(Ok(m)) => forward(m, to_up.clone()), _ => break },
-                        m = up_rx.next() => match m { Some(Ok(m)) => forward(m, to_down.clone()), _ => break },
+                        m = up_rx.next() => match m {
+                            Some(Ok(m)) => {
+                                if let tokio_tungstenite::tungstenite::Message::Binary(b) = &m {
+                                    if let Ok(masq::wire::relay_frame::Frame::AuthOk(id)) =
+                                        masq::wire::relay_frame::Frame::decode(b)
+                                    {
+                                        downs.lock().unwrap()[conn].device = Some(id);
+                                    }
+                                }
+                                forward(m, to_down.clone())
+                            }
+                            _ => break,
+                        },
                     }
                 }
                 w1.abort();
@@ -218,6 +264,7 @@ pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
         addr,
         tap,
         faults,
+        downs,
         task,
     }
 }
