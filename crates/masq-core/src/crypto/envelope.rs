@@ -148,7 +148,10 @@ pub fn padme(len: usize) -> usize {
         return MIN_PADDED;
     }
     let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len)
-    let s = usize::BITS - e.leading_zeros(); // floor(log2 e) + 1
+                                                   // floor(log2 e) + 1: `e` is a u32, so its bit length is counted in u32
+                                                   // (counting it in usize made `s` exceed `e`, and nothing was padded
+                                                   // above MIN_PADDED: the known answers of the padding sizes found it).
+    let s = u32::BITS - e.leading_zeros();
     let last_bits = e.saturating_sub(s);
     let mask = (1usize << last_bits) - 1;
     (len + mask) & !mask
@@ -190,6 +193,18 @@ mod tests {
                 p as f64 <= (len.max(MIN_PADDED) as f64) * 1.13,
                 "{len} -> {p}"
             );
+        }
+        // Padmé's own values: the low E - S bits of the length are rounded
+        // up (E = floor(log2 len), S = floor(log2 E) + 1).
+        for (len, padded) in [
+            (64, 64),
+            (65, 72),
+            (100, 104),
+            (1000, 1024),
+            (4097, 4352),
+            (100_001, 100_352),
+        ] {
+            assert_eq!(padme(len), padded, "padme({len})");
         }
         assert_eq!(unpad(pad(b"hello")).unwrap(), b"hello");
         assert_eq!(unpad(pad(b"")).unwrap(), b"");

@@ -16,6 +16,8 @@ use super::kdf::{kdf_ck, kdf_rk, message_key_material};
 use super::pairing::{slot_id, PairingChannel};
 use super::relay_auth::{auth_proof, slot_proof};
 use super::{safety_code, DeviceKeypair};
+use crate::layout::meta::RemovalMark;
+use crate::wire::device::{PeerInfo, Removal, SyncPayload};
 
 /// The committed answers (hex), with an `_about` entry saying what the
 /// inputs are.
@@ -100,7 +102,88 @@ pub fn compute() -> Result<BTreeMap<&'static str, String>, String> {
         return Err("the pairing message did not open".into());
     }
     out.insert("pairing.sealed", hex::encode(sealed));
+
+    ratchet_steps(&a, &b, &mut out)?;
+
+    // Padding: the padded plaintext length for each plaintext length.
+    let sizes: Vec<String> = [
+        0usize, 1, 62, 63, 64, 65, 100, 255, 1000, 4096, 65_535, 100_000,
+    ]
+    .iter()
+    .map(|&len| format!("{len}:{}", super::envelope::padme(len + 1)))
+    .collect();
+    out.insert("padding.sizes", sizes.join(" "));
+
+    // Membership entries: a removal, an introduction and a removal mark.
+    let removal = SyncPayload::Removal(Removal {
+        device: b.device_id().0,
+        by: a.device_id().0,
+        vouched: vec![a.device_id().0, [0x33; 32]],
+    });
+    out.insert("membership.removal", hex::encode(removal.encode()));
+    let intro = SyncPayload::Introduce(vec![PeerInfo {
+        public_key: *b.public().as_bytes(),
+        name: "phone".into(),
+    }]);
+    out.insert("membership.introduce", hex::encode(intro.encode()));
+    let mark = RemovalMark {
+        at: 1_800_000_000,
+        by: Some(a.device_id()),
+    };
+    out.insert("membership.removal_mark", hex::encode(mark.encode()));
     Ok(out)
+}
+
+/// Double Ratchet steps with skipped keys, from the handshake of A and B
+/// (as above): A seals a0, a1, a2 (nonces [0xa0; 24] ...); B opens a2 first
+/// (a0 and a1 become skipped keys; B's DH step takes ratchet secret
+/// [0xb1; 32]) and replies b0 (nonce [0xb0; 24]); B opens a0 from its
+/// skipped keys; A opens b0 (DH step, secret [0xa9; 32]) and seals a3 on its
+/// new chain (nonce [0xa3; 24], header pn = 3); B opens a3 (DH step, secret
+/// [0xb2; 32]) and then a1, a skipped key of the older chain. Also B's
+/// serialized session at the end (`docs/crypto.md`, "Session state
+/// serialization"), which holds no skipped key then.
+fn ratchet_steps(
+    a: &DeviceKeypair,
+    b: &DeviceKeypair,
+    out: &mut BTreeMap<&'static str, String>,
+) -> Result<(), String> {
+    let (pending, init) = initiate_with(a, &b.public(), StaticSecret::from([0x33; 32]));
+    let (mut sb, resp) = respond_with(b, &a.public(), &init, StaticSecret::from([0x44; 32]))
+        .map_err(|e| format!("respond: {e}"))?;
+    let mut sa = pending
+        .finish_with(&resp, StaticSecret::from([0x55; 32]))
+        .map_err(|e| format!("finish: {e}"))?;
+    let seal = |s: &mut super::Session, msg: &[u8], n: u8| {
+        s.seal_with_nonce(msg, [n; 24])
+            .map_err(|e| format!("seal {n:#x}: {e}"))
+    };
+    let expect = |got: Result<Vec<u8>, super::CryptoError>, want: &[u8], what: &str| match got {
+        Ok(pt) if pt == want => Ok(()),
+        Ok(_) => Err(format!("{what} opened to other bytes")),
+        Err(e) => Err(format!("{what}: {e}")),
+    };
+    let a0 = seal(&mut sa, b"a0", 0xa0)?;
+    let a1 = seal(&mut sa, b"a1", 0xa1)?;
+    let a2 = seal(&mut sa, b"a2", 0xa2)?;
+    expect(sb.open_with_ratchet_secret(&a2, [0xb1; 32]), b"a2", "a2")?;
+    let b0 = seal(&mut sb, b"b0", 0xb0)?;
+    expect(sb.open(&a0), b"a0", "a0 (skipped)")?;
+    expect(sa.open_with_ratchet_secret(&b0, [0xa9; 32]), b"b0", "b0")?;
+    let a3 = seal(&mut sa, b"a3", 0xa3)?;
+    expect(sb.open_with_ratchet_secret(&a3, [0xb2; 32]), b"a3", "a3")?;
+    expect(sb.open(&a1), b"a1", "a1 (skipped, older chain)")?;
+    for (name, env) in [
+        ("ratchet.a0", &a0),
+        ("ratchet.a1", &a1),
+        ("ratchet.a2", &a2),
+        ("ratchet.b0", &b0),
+        ("ratchet.a3", &a3),
+    ] {
+        out.insert(name, hex::encode(env));
+    }
+    out.insert("ratchet.session_b", hex::encode(&*sb.to_bytes()));
+    Ok(())
 }
 
 /// The committed answers by name (without `_about`).
