@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::wire::relay_frame::UndeliverableReason;
 use masq_core::layout::meta as layout;
-use masq_core::sync::membership::Change;
+use masq_core::sync::membership::{Change, MembershipError};
 
 pub use masq_core::sync::fragments::{MAX_ENVELOPE_PLAINTEXT, MAX_FRAGMENTS};
 /// The engine checks for stale inits every half of this.
@@ -563,6 +563,11 @@ impl Engine {
                 payloads.push(p);
             }
         }
+        // The whole removal log: what a lost note failed to say arrives now.
+        match blocking(|| peers::group(self.store.db(), self.me)) {
+            Ok(group) => payloads.extend(group.removal_log()),
+            Err(e) => tracing::warn!("cannot read the device group: {e}"),
+        }
         match blocking(|| self.core.on_peer_ready(&id)) {
             Ok(batches) => payloads.extend(batches),
             Err(e) => tracing::warn!("cannot generate sync for {id:?}: {e}"),
@@ -793,11 +798,11 @@ impl Engine {
             }
             SyncPayload::Introduce(list) => {
                 let change = blocking(|| -> Result<Change> {
-                    let change =
-                        peers::group(db, self.me)?.introduce(&from, &list, peers::now())?;
+                    let change = peers::group(db, self.me)?.introduce(&from, &list, peers::now());
                     self.commit_membership(&from, &session_bytes, change)
                 })?;
                 self.install_session(from, update);
+                self.stats.rejected += u64::from(change.refused);
                 if !change.added.is_empty() {
                     self.load_peers();
                     let _ = self.announce_peers(t).await;
@@ -805,8 +810,7 @@ impl Engine {
             }
             SyncPayload::Removal(entry) => {
                 let change = blocking(|| -> Result<Change> {
-                    let change =
-                        peers::group(db, self.me)?.on_removal(&from, &entry, peers::now())?;
+                    let change = peers::group(db, self.me)?.on_removal(&from, &entry, peers::now());
                     self.commit_membership(&from, &session_bytes, change)
                 })?;
                 self.after_removal(t, from, update, change).await;
@@ -814,7 +818,7 @@ impl Engine {
             SyncPayload::Removed(id) => {
                 let change = blocking(|| -> Result<Change> {
                     let change =
-                        peers::group(db, self.me)?.on_legacy_removed(&from, &id, peers::now())?;
+                        peers::group(db, self.me)?.on_legacy_removed(&from, &id, peers::now());
                     self.commit_membership(&from, &session_bytes, change)
                 })?;
                 self.after_removal(t, from, update, change).await;
@@ -863,8 +867,17 @@ impl Engine {
         &self,
         from: &DeviceId,
         session: &[u8],
-        mut change: Change,
+        decided: std::result::Result<Change, MembershipError>,
     ) -> Result<Change> {
+        // A refused entry changes nothing but the session that opened it
+        // (committed, so the ratchet moves on); it counts as rejected.
+        let mut change = decided.unwrap_or_else(|e| {
+            tracing::debug!("membership entry from {from:?} refused: {e}");
+            Change {
+                refused: true,
+                ..Change::default()
+            }
+        });
         if !change.removed.contains(from) {
             layout::stage_session(&mut change.writes, from, session);
         }
@@ -885,6 +898,7 @@ impl Engine {
         update: SessionUpdate,
         change: Change,
     ) {
+        self.stats.rejected += u64::from(change.refused);
         if !change.removed.contains(&from) {
             self.install_session(from, update);
         }

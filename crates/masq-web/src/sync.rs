@@ -364,7 +364,17 @@ impl PageSync {
         mut w: WriteSet,
         change: Result<Change, MembershipError>,
     ) -> SyncResult<()> {
-        let change = change.map_err(|e| ApiError::new("membership", e.to_string()))?;
+        // A refused entry changes nothing but the session that opened it
+        // (committed, so the ratchet moves on); it counts as rejected, and
+        // the page's store goes on (it is the peer's fault, not storage's).
+        let change = change.unwrap_or_else(|e| {
+            self.stats.last_error = Some(format!("membership entry refused: {e}"));
+            Change {
+                refused: true,
+                ..Change::default()
+            }
+        });
+        self.stats.rejected += u64::from(change.refused);
         let sender_left = change.removed.contains(&from);
         // After the session's put: a removal of the sender removes it again.
         w.append(change.writes);
@@ -436,6 +446,8 @@ impl PageSync {
                 .iter()
                 .filter_map(|(_, b)| SyncPayload::decode(b).ok()),
         );
+        // The whole removal log: what a lost note failed to say arrives now.
+        payloads.extend(group(store, self.me).removal_log());
         self.states.reset_peer(&id);
         let docs = store.all_docs();
         payloads.extend(self.generate(store, &id, &docs)?);

@@ -4,9 +4,14 @@
 //! removal is an entry of a replicated log ([`Removal`]: who, by whom, and
 //! which devices the remover still held); every device that learns an entry
 //! first stores it and passes it on to every device it holds (as queued notes,
-//! so devices that are offline get it when they are next seen), so it reaches
-//! every remaining device through any one of them, and the removal mark it
-//! leaves keeps the device out of every later introduction.
+//! so devices that are offline get it when they are next seen), and every
+//! device also sends its whole removal log when a session starts
+//! ([`Group::removal_log`]: a note lost on the way is made good the next
+//! time), so it reaches every remaining device through any one of them. The
+//! removal mark it leaves keeps the device out of every later introduction.
+//! Removals only ever add to the set of removed devices and every entry from
+//! a member is accepted, so all devices that hear the same entries, in any
+//! order, end with the same group.
 //!
 //! Who may do what (the user owns every device, so every member in good
 //! standing speaks for the user):
@@ -14,10 +19,10 @@
 //!   ([`Group::introduce`]); each record says who brought it in
 //!   ([`PeerRecord::added_by`]). Only a member in good standing is heard:
 //!   a removed device has no session left anywhere it is known removed.
-//! - A member removes any device ([`Group::remove`]). A removal whose author
-//!   this device knows to be removed is refused — unless it removes the very
-//!   device that removed its author, so that a stolen device cannot cancel
-//!   its own removal by removing its remover first: both go.
+//! - A member removes any device ([`Group::remove`]). A stolen device that
+//!   removes its remover first does not cancel its own removal: removals
+//!   only add, so both go. (Refusing removals whose author was removed made
+//!   devices that heard the entries in another order disagree for good.)
 //! - Devices that a removed device brought in and that its remover did not
 //!   hold when it removed it are removed with it: they may have been brought
 //!   in after the removal, by a thief on its way out ([`Removal::vouched`]).
@@ -49,10 +54,9 @@ pub enum MembershipError {
     /// The sender is not a member in good standing here.
     #[error("{} is not a member of this device's group", .0.fingerprint())]
     SenderNotMember(DeviceId),
-    /// The removal's author was removed here, and the removal is not of the
-    /// device that removed it.
-    #[error("a removal by {}, which was removed from the group", .0.fingerprint())]
-    AuthorRemoved(DeviceId),
+    /// An introduction would take the group past [`MAX_GROUP_DEVICES`].
+    #[error("the group is full ({} devices)", MAX_GROUP_DEVICES)]
+    GroupFull,
     /// The device to remove is not a member here.
     #[error("no paired device {}", .0.fingerprint())]
     NotMember(DeviceId),
@@ -71,6 +75,9 @@ pub struct Change {
     pub added: Vec<DeviceId>,
     /// Devices that left it here.
     pub removed: Vec<DeviceId>,
+    /// The entry was refused (set by a shell that commits a refusal as an
+    /// empty change, to count it).
+    pub refused: bool,
 }
 
 impl Change {
@@ -175,6 +182,8 @@ impl Group {
             return Err(MembershipError::SenderNotMember(*from));
         }
         let mut change = Change::default();
+        // This device and its members count towards the limit.
+        let room = MAX_GROUP_DEVICES.saturating_sub(1 + self.members.len());
         for PeerInfo { public_key, name } in list.iter().take(MAX_GROUP_DEVICES) {
             let public = PublicKey::from(*public_key);
             let id = DeviceId::from_public(&public);
@@ -185,6 +194,9 @@ impl Group {
                 || change.added.contains(&id)
             {
                 continue;
+            }
+            if change.added.len() == room {
+                return Err(MembershipError::GroupFull);
             }
             meta::stage_peer(&mut change.writes, &public, name, now, from)
                 .map_err(|e| MembershipError::Record(e.to_string()))?;
@@ -223,13 +235,6 @@ impl Group {
         }
         let device = DeviceId(entry.device);
         let by = DeviceId(entry.by);
-        if let Some(mark) = self.removed.get(&by) {
-            // A removed device has no say, except to remove the device that
-            // removed it (both are gone then).
-            if mark.by != Some(device) {
-                return Err(MembershipError::AuthorRemoved(by));
-            }
-        }
         let mut change = Change::default();
         if device == self.me {
             // This device was removed from the group: it forgets the remover
@@ -299,6 +304,26 @@ impl Group {
             vouched: self.vouched_without(&[]),
         };
         self.on_removal(from, &entry, now)
+    }
+
+    /// Every removal this device knows, as entries to send a peer when a
+    /// session starts (the receiver ignores the ones it knows): what makes
+    /// up for a note lost on the way. Each is sent as by its remover (this
+    /// device for marks from before the log), vouching for every device
+    /// held here.
+    pub fn removal_log(&self) -> Vec<SyncPayload> {
+        let vouched = self.vouched_without(&[]);
+        self.removed
+            .iter()
+            .take(MAX_GROUP_DEVICES)
+            .map(|(id, mark)| {
+                SyncPayload::Removal(Removal {
+                    device: id.0,
+                    by: mark.by.unwrap_or(self.me).0,
+                    vouched: vouched.clone(),
+                })
+            })
+            .collect()
     }
 
     /// This device and its members, less `gone`, as a vouched list.
@@ -482,25 +507,25 @@ mod tests {
             c.group().introduce(&b.id, &[intro], 12).unwrap_err(),
             MembershipError::SenderNotMember(b.id)
         );
-        // ...nor through a member that passes its word on.
-        let forged = Removal {
+        // ...nor remove anyone.
+        let removal = Removal {
             device: d.id.0,
             by: b.id.0,
             vouched: vec![],
         };
         assert_eq!(
-            c.group().on_removal(&a.id, &forged, 12).unwrap_err(),
-            MembershipError::AuthorRemoved(b.id)
+            c.group().on_removal(&b.id, &removal, 12).unwrap_err(),
+            MembershipError::SenderNotMember(b.id)
         );
         assert_eq!(c.meta, before, "the group is unchanged");
     }
 
     #[test]
-    fn a_stolen_device_cannot_cancel_its_removal_by_removing_its_remover() {
-        let [mut a, mut b, mut c, _d] = four();
-        // The thief on B removes A, and the user on A removes B, at once.
+    fn removals_heard_in_any_order_end_in_the_same_group() {
+        let [mut a, mut b, mut c, d] = four();
+        // The thief on B removes D, and the user on A removes B, at once.
         let by_thief = {
-            let ch = b.group().remove(&a.id, 10).unwrap();
+            let ch = b.group().remove(&d.id, 10).unwrap();
             b.apply(ch);
             b.take_notes(&c.id).remove(0)
         };
@@ -509,23 +534,60 @@ mod tests {
             a.apply(ch);
             a.take_notes(&c.id).remove(0)
         };
-        // C hears the thief first, then the user's removal (through D, say).
+        // C hears the thief first, then the user; A hears the thief's entry
+        // from C after its own removal of B.
         c.apply(c.group().on_removal(&b.id, &by_thief, 11).unwrap());
-        assert!(c.removed(&a.id));
-        let via_d = c.group().on_removal(&c.id, &by_user, 12);
-        assert!(via_d.is_err(), "only members are heard");
-        // A member other than the two passes the user's word on: accepted,
-        // since it removes the device that removed its author.
-        let d_id = *c
-            .group()
-            .members()
-            .map(|(id, _)| id)
-            .find(|id| **id != b.id)
-            .unwrap();
-        let ch = c.group().on_removal(&d_id, &by_user, 12).unwrap();
-        assert_eq!(ch.removed, vec![b.id]);
-        c.apply(ch);
-        assert!(c.removed(&a.id) && c.removed(&b.id));
+        let passed = c.take_notes(&a.id);
+        assert_eq!(passed, vec![by_thief.clone()]);
+        c.apply(c.group().on_removal(&a.id, &by_user, 12).unwrap());
+        a.apply(a.group().on_removal(&c.id, &passed[0], 13).unwrap());
+        let removed = |x: &Device| [b.id, d.id].map(|id| x.removed(&id));
+        assert_eq!(removed(&a), [true, true]);
+        assert_eq!(
+            removed(&c),
+            removed(&a),
+            "the two ended in different groups"
+        );
+        assert!(c.member(&a.id) && a.member(&c.id));
+        // Only members are heard: C itself is no member of its own group.
+        assert!(c.group().on_removal(&c.id, &by_user, 14).is_err());
+    }
+
+    #[test]
+    fn the_removal_log_is_sent_whole_and_changes_nothing_where_known() {
+        let [mut a, b, mut c, _d] = four();
+        let ch = a.group().remove(&b.id, 10).unwrap();
+        a.apply(ch);
+        // A's note to C is lost; C learns it from A's log at the next session.
+        let _ = a.take_notes(&c.id);
+        let log = a.group().removal_log();
+        assert_eq!(log.len(), 1);
+        let SyncPayload::Removal(entry) = &log[0] else {
+            panic!("{log:?}")
+        };
+        assert_eq!((entry.device, entry.by), (b.id.0, a.id.0));
+        c.apply(c.group().on_removal(&a.id, entry, 11).unwrap());
+        assert!(c.removed(&b.id));
+        let again = c.group().on_removal(&a.id, entry, 12).unwrap();
+        assert!(again.is_empty() && again.writes.is_empty());
+    }
+
+    #[test]
+    fn introductions_stop_at_the_group_limit() {
+        let [a, b, ..] = four();
+        let many: Vec<PeerInfo> = (0..MAX_GROUP_DEVICES)
+            .map(|_| PeerInfo {
+                public_key: *DeviceKeypair::generate().public().as_bytes(),
+                name: "x".into(),
+            })
+            .collect();
+        assert_eq!(
+            a.group().introduce(&b.id, &many, 1).unwrap_err(),
+            MembershipError::GroupFull
+        );
+        // A has itself and three members: room for 1020.
+        let ch = a.group().introduce(&b.id, &many[..1020], 1).unwrap();
+        assert_eq!(ch.added.len(), 1020);
     }
 
     #[test]
