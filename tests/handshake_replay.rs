@@ -10,32 +10,12 @@ use std::time::Duration;
 use masq::relay::{start, RelayConfig};
 use masq::sync::wire::DevicePacket;
 use masq::wire::relay_frame::Frame;
-use support::{device, eventually, pair, proxy, Device};
+use support::{device, eventually, kv, pair, proxy, put, Device};
 
 const T: Duration = Duration::from_secs(30);
 /// Long enough that no resync tick re-handshakes during the test: what
 /// keeps the session working is the archive, not a timer.
 const RESYNC: Duration = Duration::from_secs(600);
-
-fn kv(d: &Device, key: &str) -> Option<serde_json::Value> {
-    d.store
-        .app("app")
-        .unwrap()
-        .bucket("b")
-        .unwrap()
-        .get(key)
-        .unwrap()
-}
-
-fn put(d: &Device, key: &str, v: serde_json::Value) {
-    d.store
-        .app("app")
-        .unwrap()
-        .bucket("b")
-        .unwrap()
-        .put(key, &v)
-        .unwrap()
-}
 
 fn rejected(d: &Device) -> u64 {
     d.engine.as_ref().unwrap().status().rejected

@@ -6,25 +6,13 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use masq::api::Request;
 use serde_json::{json, Value};
-use support::{eventually, Daemon};
+use support::{cli, eventually, try_cli, Daemon};
 
 const T: Duration = Duration::from_secs(60);
-
-fn try_cli(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = support::masq_cli(dir).args(args).output().unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
-}
-
-fn cli(dir: &Path, args: &[&str]) -> String {
-    try_cli(dir, args).unwrap_or_else(|| panic!("masq {args:?} failed"))
-}
 
 fn get(d: &Daemon, key: &str) -> Option<Value> {
     try_cli(&d.path(), &["kv", "get", "--app", "notes", key])

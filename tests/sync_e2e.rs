@@ -18,26 +18,6 @@ async fn relay() -> masq::relay::RelayHandle {
     start(RelayConfig::loopback_any_port()).await.unwrap()
 }
 
-fn kv(d: &Device, key: &str) -> Option<serde_json::Value> {
-    d.store
-        .app("app")
-        .unwrap()
-        .bucket("b")
-        .unwrap()
-        .get(key)
-        .unwrap()
-}
-
-fn put(d: &Device, key: &str, v: serde_json::Value) {
-    d.store
-        .app("app")
-        .unwrap()
-        .bucket("b")
-        .unwrap()
-        .put(key, &v)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_pair_and_converge_with_concurrent_edits() {
     let r = relay().await;

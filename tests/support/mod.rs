@@ -443,3 +443,39 @@ impl Daemon {
             .unwrap()
     }
 }
+
+/// The value of `key` in bucket `b` of app `app` on `d`.
+pub fn kv(d: &Device, key: &str) -> Option<serde_json::Value> {
+    d.store
+        .app("app")
+        .unwrap()
+        .bucket("b")
+        .unwrap()
+        .get(key)
+        .unwrap()
+}
+
+/// Puts `key` in bucket `b` of app `app` on `d`.
+pub fn put(d: &Device, key: &str, v: serde_json::Value) {
+    d.store
+        .app("app")
+        .unwrap()
+        .bucket("b")
+        .unwrap()
+        .put(key, &v)
+        .unwrap()
+}
+
+/// Runs a CLI command against `dir` (its daemon answers); stdout, or None
+/// if the command failed.
+pub fn try_cli(dir: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = masq_cli(dir).args(args).output().unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
+/// As [`try_cli`], panicking if the command failed.
+pub fn cli(dir: &std::path::Path, args: &[&str]) -> String {
+    try_cli(dir, args).unwrap_or_else(|| panic!("masq {args:?} failed"))
+}
