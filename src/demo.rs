@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::relay::{start as start_relay, RelayConfig};
 use crate::store::{Store, StoreOptions};
 use crate::sync::engine::SyncEngine;
-use crate::sync::pairing::{join, Inviter};
+use crate::sync::pairing::{join, CodeCheck, Confirm, Inviter};
 use crate::sync::peers;
 
 /// How long the demo waits for convergence before giving up.
@@ -68,7 +68,10 @@ pub async fn run() -> Result<()> {
     let inviter = Inviter::start(a.clone(), &url).await?;
     let uri = inviter.invite().to_uri();
     step(t0, &format!("A invites: {}…", &uri[..uri.len().min(60)]));
-    let (paired_a, paired_b) = tokio::join!(inviter.wait(), join(&b, &uri));
+    // Each "user" looks at the other screen and says yes only if the codes
+    // are the same: nothing is stored before both did.
+    let (confirm_a, confirm_b) = two_users_comparing_codes();
+    let (paired_a, paired_b) = tokio::join!(inviter.wait(confirm_a), join(&b, &uri, confirm_b));
     let (paired_a, paired_b) = (paired_a?, paired_b?);
     step(
         t0,
@@ -80,7 +83,7 @@ pub async fn run() -> Result<()> {
     step(
         t0,
         &format!(
-            "safety codes: A {}  B {}  (equal: no one in the middle)",
+            "codes: A showed {}, B showed {}; both users compared and said yes",
             paired_a.safety_code, paired_b.safety_code
         ),
     );
@@ -203,4 +206,23 @@ pub async fn run() -> Result<()> {
     relay.shutdown().await;
     step(t0, "done");
     Ok(())
+}
+
+/// Two [`Confirm`]s, one per device, that behave like two users side by
+/// side: each tells the other what its screen shows and says yes only when
+/// both screens show the same code.
+pub fn two_users_comparing_codes() -> (Confirm, Confirm) {
+    let (a_shows, a_seen) = tokio::sync::oneshot::channel::<String>();
+    let (b_shows, b_seen) = tokio::sync::oneshot::channel::<String>();
+    let user = |shows: tokio::sync::oneshot::Sender<String>,
+                other: tokio::sync::oneshot::Receiver<String>|
+     -> Confirm {
+        Box::new(move |check: CodeCheck| {
+            Box::pin(async move {
+                let _ = shows.send(check.code.clone());
+                other.await.is_ok_and(|code| code == check.code)
+            })
+        })
+    };
+    (user(a_shows, b_seen), user(b_shows, a_seen))
 }

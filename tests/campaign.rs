@@ -166,19 +166,52 @@ impl Rng {
     }
 }
 
+/// Pairs the two stores: the inviter through its admin connection, the
+/// joiner through its CLI; both with `yes` (this test compares the codes
+/// itself: they are checked equal below).
 async fn pair(inviter: &Store, joiner: &Store) {
     let admin = inviter.admin().await;
-    let (answer, paired) = admin.pair_invite(None).await.unwrap();
-    let out = masq(&joiner.dir)
-        .args(["pair", "join", answer["invite"].as_str().unwrap()])
-        .output()
+    let (invite_tx, invite_rx) = tokio::sync::oneshot::channel::<String>();
+    let mut invite_tx = Some(invite_tx);
+    let invite = admin.pair(
+        masq::api::Request::PairInvite {
+            relay: None,
+            yes: true,
+        },
+        |answer| {
+            if let Some(tx) = invite_tx.take() {
+                let _ = tx.send(answer["invite"].as_str().unwrap().to_string());
+            }
+        },
+        |_| async { true },
+    );
+    let dir = joiner.dir.clone();
+    let join = async move {
+        let uri = invite_rx.await.unwrap();
+        tokio::task::spawn_blocking(move || {
+            masq(&dir)
+                .args(["pair", "join", "--yes", &uri])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let (paired, out) = tokio::time::timeout(T, async { tokio::join!(invite, join) })
+        .await
         .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    tokio::time::timeout(T, paired).await.unwrap().unwrap();
+    let paired = paired.unwrap();
+    let code = paired["safety_code"].as_str().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("Pairing code: {code}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

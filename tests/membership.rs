@@ -54,16 +54,7 @@ async fn fingerprint(d: &Daemon) -> String {
 
 /// `inviter` invites, `joiner` joins.
 async fn pair(inviter: &Daemon, joiner: &Daemon) {
-    let admin = inviter.admin().await;
-    let (answer, done) = admin.pair_invite(None).await.unwrap();
-    let invite = answer["invite"].as_str().unwrap().to_string();
-    joiner
-        .admin()
-        .await
-        .call(None, Request::PairJoin { invite })
-        .await
-        .unwrap();
-    tokio::time::timeout(T, done).await.unwrap().unwrap();
+    support::pair_admins(&inviter.admin().await, &joiner.admin().await).await;
 }
 
 async fn eventually_async<F, Fut>(what: &str, mut f: F)

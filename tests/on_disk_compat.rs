@@ -261,7 +261,8 @@ async fn write_fixture() {
         .await
         .unwrap();
     let uri = inv.invite().to_uri();
-    let (pa, pb) = tokio::join!(inv.wait(), masq::sync::pairing::join(&b, &uri));
+    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
+    let (pa, pb) = tokio::join!(inv.wait(yes_a), masq::sync::pairing::join(&b, &uri, yes_b));
     assert_eq!(pa.unwrap().safety_code, pb.unwrap().safety_code);
     masq::service::registry::request(a.db(), "http://notes.example", "notes").unwrap();
     masq::service::registry::approve(a.db(), "http://notes.example", None).unwrap();

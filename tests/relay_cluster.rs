@@ -481,20 +481,7 @@ async fn stores_on_different_nodes_sync_and_survive_a_node_kill() {
     let (_ca, mut cb) = (Proc(ca), Proc(cb));
 
     // Pair (the invite carries a's relay list, so b meets a through node 1).
-    let inviter = admin(&a).await;
-    let (answer, paired) = inviter.pair_invite(None).await.unwrap();
-    let joined = admin(&b)
-        .await
-        .call(
-            None,
-            Request::PairJoin {
-                invite: answer["invite"].as_str().unwrap().to_string(),
-            },
-        )
-        .await
-        .unwrap();
-    let paired = paired.await.unwrap();
-    assert_eq!(joined["safety_code"], paired["safety_code"]);
+    support::pair_admins(&admin(&a).await, &admin(&b).await).await;
     // Pairing gave b a's list; put b back on node 2 first.
     let _ = cb.0.kill();
     let _ = cb.0.wait();

@@ -417,7 +417,7 @@ async fn watch_sees_local_and_remote_writes_between_two_daemons() {
     let b = start_daemon(Some(&url));
     // Pair the two running daemons through their CLIs.
     let mut invite = masq(&a.path())
-        .args(["pair", "invite"])
+        .args(["pair", "invite", "--yes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -428,7 +428,7 @@ async fn watch_sees_local_and_remote_writes_between_two_daemons() {
         let mut r = std::io::BufReader::new(invite.stdout.take().unwrap());
         r.read_line(&mut line).unwrap();
     }
-    cli(&b.path(), &["pair", "join", line.trim()]);
+    cli(&b.path(), &["pair", "join", "--yes", line.trim()]);
     assert!(invite.wait().unwrap().success());
 
     let token = a.app_token("todo").await;
@@ -513,7 +513,8 @@ async fn client_falls_back_to_peer_mode_and_two_peer_apps_sync_directly() {
     // Pair app-to-app (scenario 3).
     let pending = a.pair_invite(&relay.url()).await.unwrap();
     let uri = pending.invite();
-    let (pa, pb) = tokio::join!(a.pair_wait(pending), b.pair_join(&uri));
+    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
+    let (pa, pb) = tokio::join!(a.pair_wait(pending, yes_a), b.pair_join(&uri, yes_b));
     assert_eq!(pa.unwrap().safety_code, pb.unwrap().safety_code);
     let mut sub = b.subscribe_docs(None).await.unwrap();
     eventually("b has a's document and key", T, || {
@@ -562,12 +563,43 @@ async fn a_daemon_and_a_peer_mode_app_sync() {
     assert_eq!(app.mode(), Mode::Peer);
     // The daemon invites (admin API through the CLI); the peer-mode app joins.
     let admin = store.admin().await;
-    let (answer, paired) = admin.pair_invite(None).await.unwrap();
-    let joined = app
-        .pair_join(answer["invite"].as_str().unwrap())
+    let (invite_tx, invite_rx) = tokio::sync::oneshot::channel::<String>();
+    let mut invite_tx = Some(invite_tx);
+    let (daemon_shows, daemon_seen) = tokio::sync::oneshot::channel::<String>();
+    let (app_shows, app_seen) = tokio::sync::oneshot::channel::<String>();
+    let inviter = admin.pair(
+        Request::PairInvite {
+            relay: None,
+            yes: false,
+        },
+        |answer| {
+            if let Some(tx) = invite_tx.take() {
+                let _ = tx.send(answer["invite"].as_str().unwrap().to_string());
+            }
+        },
+        move |check: serde_json::Value| async move {
+            let code = check["code"].as_str().unwrap().to_string();
+            let _ = daemon_shows.send(code.clone());
+            app_seen.await.is_ok_and(|c| c == code)
+        },
+    );
+    let joiner = async {
+        let uri = invite_rx.await.unwrap();
+        app.pair_join(
+            &uri,
+            Box::new(move |check: masq::sync::pairing::CodeCheck| {
+                Box::pin(async move {
+                    let _ = app_shows.send(check.code.clone());
+                    daemon_seen.await.is_ok_and(|c| c == check.code)
+                })
+            }),
+        )
+        .await
+    };
+    let (inviter_side, joined) = tokio::time::timeout(T, async { tokio::join!(inviter, joiner) })
         .await
         .unwrap();
-    let inviter_side = tokio::time::timeout(T, paired).await.unwrap().unwrap();
+    let (inviter_side, joined) = (inviter_side.unwrap(), joined.unwrap());
     assert_eq!(inviter_side["safety_code"], joined.safety_code.as_str());
 
     app.put("items", "from-app", &json!(1)).await.unwrap();

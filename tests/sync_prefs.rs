@@ -40,15 +40,7 @@ async fn paired() -> (masq::relay::RelayHandle, Daemon, Daemon) {
         .unwrap();
     let a = Daemon::start(Some(&relay.url()));
     let b = Daemon::start(Some(&relay.url()));
-    let admin = a.admin().await; // the `paired` message comes on this connection
-    let (answer, done) = admin.pair_invite(None).await.unwrap();
-    let invite = answer["invite"].as_str().unwrap().to_string();
-    b.admin()
-        .await
-        .call(None, Request::PairJoin { invite })
-        .await
-        .unwrap();
-    tokio::time::timeout(T, done).await.unwrap().unwrap();
+    support::pair_admins(&a.admin().await, &b.admin().await).await;
     (relay, a, b)
 }
 

@@ -718,11 +718,28 @@ function setPairing(on, text) {
 
 function pairedText(dev) {
   const learned = Array.isArray(dev.also_learned) ? dev.also_learned.length : Number(dev.also_learned) || 0;
-  let text =
-    `Paired with ${dev.name || "(unnamed device)"} (${dev.fingerprint}). Safety code: ${dev.safety_code}. ` +
-    "Compare the safety code on both devices: if they differ, remove the device at once.";
+  let text = `Paired with ${dev.name || "(unnamed device)"} (${dev.fingerprint}); both devices confirmed code ${dev.safety_code}.`;
   if (learned > 0) text += ` Also learned ${plural(learned, "other device", "other devices")} of yours.`;
   return text;
+}
+
+/** Shows a pairing's code and resolves to the user's answer (the Yes / No buttons). */
+function askCode(check) {
+  setText($("#pair-code"), check.code);
+  setText($("#pair-peer"), `${check.name || "(unnamed device)"} (${check.fingerprint})`);
+  $("#pair-confirm").hidden = false;
+  setText($("#pair-status"), "Compare the code with the other device's screen.");
+  return new Promise((resolve) => {
+    const answer = (yes) => {
+      $("#pair-yes").onclick = null;
+      $("#pair-no").onclick = null;
+      $("#pair-confirm").hidden = true;
+      setText($("#pair-status"), yes ? "Confirmed here: waiting for the other device's confirmation…" : "Declined: nothing was stored.");
+      resolve(yes);
+    };
+    $("#pair-yes").onclick = () => answer(true);
+    $("#pair-no").onclick = () => answer(false);
+  });
 }
 
 async function startInvite() {
@@ -731,7 +748,7 @@ async function startInvite() {
   renderError();
   setPairing(true, "Opening an invite…");
   try {
-    const inv = await masq.pairInvite();
+    const inv = await masq.pairInvite(undefined, { confirm: askCode });
     $("#invite-text").value = inv.invite;
     const qr = $("#invite-qr");
     if (inv.qr_svg) qr.innerHTML = inv.qr_svg; // our own store's markup
@@ -748,6 +765,7 @@ async function startInvite() {
     showError("action", e);
   } finally {
     $("#invite-box").hidden = true;
+    $("#pair-confirm").hidden = true;
     $("#invite-text").value = "";
     $("#invite-qr").textContent = "";
     setPairing(false);
@@ -768,13 +786,14 @@ async function joinInvite() {
   }
   setPairing(true, "Joining: waiting for the other device…");
   try {
-    const dev = await masq.request("pair.join", { invite });
+    const dev = await masq.pairJoin(invite, { confirm: askCode });
     input.value = "";
     setPairing(false, pairedText(dev));
   } catch (e) {
     setPairing(false, `Pairing failed: ${describe(e)}`);
     showError("action", e);
   } finally {
+    $("#pair-confirm").hidden = true;
     setPairing(false);
     refresh();
   }

@@ -172,7 +172,8 @@ pub async fn run(args: PeersBenchArgs) -> Result<PeersReport> {
     let b = Store::open_with(dir_b.path(), opts())?;
     let inviter = Inviter::start(a.clone(), &url).await?;
     let uri = inviter.invite().to_uri();
-    let (pa, pb) = tokio::join!(inviter.wait(), join(&b, &uri));
+    let (yes_a, yes_b) = crate::demo::two_users_comparing_codes();
+    let (pa, pb) = tokio::join!(inviter.wait(yes_a), join(&b, &uri, yes_b));
     pa?;
     pb?;
     let engine_a = SyncEngine::start(a.clone(), url.clone())?;

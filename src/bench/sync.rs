@@ -114,7 +114,8 @@ pub async fn run(args: SyncBenchArgs) -> Result<SyncBenchReport> {
     let (a, b) = (open(da.path())?, open(db.path())?);
     let inviter = Inviter::start(a.clone(), &url).await?;
     let uri = inviter.invite().to_uri();
-    let (ra, rb) = tokio::join!(inviter.wait(), join(&b, &uri));
+    let (yes_a, yes_b) = crate::demo::two_users_comparing_codes();
+    let (ra, rb) = tokio::join!(inviter.wait(yes_a), join(&b, &uri, yes_b));
     ra?;
     rb?;
     pb.set_message("writing on A");

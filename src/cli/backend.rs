@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::CliError;
 use crate::api::execute::Outcome;
 use crate::api::{ApiError, Request, Response};
+use crate::client::conn::{drive_pairing, PairNews};
 use crate::client::{Auth, Connection};
 use crate::service::{admin, daemon_file, Shared};
 use crate::storage::Durability;
@@ -105,45 +106,15 @@ impl Backend {
 
     /// Runs a request for `app` (data requests) or the store (admin requests).
     pub fn call(&self, app: Option<&str>, req: Request) -> Result<Json, CliError> {
-        self.call_with_events(app, req, |_| {})
-    }
-
-    /// Like [`call`](Self::call); messages that follow the answer (the
-    /// `paired` message of `pair.invite`) are awaited and given to `follow`.
-    pub fn call_with_events(
-        &self,
-        app: Option<&str>,
-        req: Request,
-        mut follow: impl FnMut(&Json),
-    ) -> Result<Json, CliError> {
-        let is_invite = matches!(req, Request::PairInvite { .. });
         match self {
-            Backend::Daemon { rt, conn } => rt.block_on(async {
-                if let Request::PairInvite { relay } = &req {
-                    let (answer, paired) =
-                        conn.pair_invite(relay.clone()).await.map_err(api_err)?;
-                    follow(&answer);
-                    return Ok(paired.await.unwrap_or(Json::Null));
-                }
-                conn.call(app, req).await.map_err(api_err)
-            }),
+            Backend::Daemon { rt, conn } => {
+                rt.block_on(async { conn.call(app, req).await.map_err(api_err) })
+            }
             Backend::Local { rt, shared } => {
                 if req.is_admin() {
                     return rt.block_on(async {
-                        let (tx, mut rx) = mpsc::channel(4);
-                        let answer = admin::handle(shared, 1, req, &tx).await.map_err(api_err)?;
-                        if !is_invite {
-                            return Ok(answer);
-                        }
-                        follow(&answer);
-                        while let Some(m) = rx.recv().await {
-                            if let Ok(Response::Paired { paired, .. }) =
-                                serde_json::from_str::<Response>(m.to_text().unwrap_or(""))
-                            {
-                                return Ok(paired);
-                            }
-                        }
-                        Ok(Json::Null)
+                        let (tx, _rx) = mpsc::channel(1);
+                        admin::handle(shared, 1, req, &tx).await.map_err(api_err)
                     });
                 }
                 match self.execute_local(shared, app, req)? {
@@ -151,6 +122,60 @@ impl Backend {
                     Outcome::Subscribe(_) => Err(CliError::from("use watch for subscriptions")),
                 }
             }
+        }
+    }
+
+    /// Runs `pair.invite` or `pair.join` to its end: `on_invite` gets the
+    /// invite, `ask` (run on a blocking thread: it may read the terminal)
+    /// gets the code to compare and returns the user's answer. Returns the
+    /// paired device.
+    pub fn pair(
+        &self,
+        req: Request,
+        on_invite: impl FnMut(&Json),
+        ask: impl FnOnce(Json) -> bool + Send + 'static,
+    ) -> Result<Json, CliError> {
+        let ask = |check: Json| async move {
+            tokio::task::spawn_blocking(move || ask(check))
+                .await
+                .unwrap_or(false)
+        };
+        match self {
+            Backend::Daemon { rt, conn } => {
+                rt.block_on(async { conn.pair(req, on_invite, ask).await.map_err(api_err) })
+            }
+            Backend::Local { rt, shared } => rt.block_on(async {
+                // The admin requests run in this process: their messages
+                // come on `tx` as they would on a connection.
+                const PAIRING: u64 = 1;
+                let is_invite = matches!(req, Request::PairInvite { .. });
+                let (tx, mut rx) = mpsc::channel::<tokio_tungstenite::tungstenite::Message>(4);
+                let (news_tx, news) = mpsc::channel(4);
+                let forward = async move {
+                    while let Some(m) = rx.recv().await {
+                        let news = match serde_json::from_str::<Response>(m.to_text().unwrap_or("")) {
+                            Ok(Response::PairCode { pair_code, .. }) => PairNews::Code(pair_code),
+                            Ok(Response::Paired { paired, .. }) => PairNews::Paired(paired),
+                            _ => continue,
+                        };
+                        if news_tx.send(news).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let drive = drive_pairing(
+                    is_invite,
+                    admin::handle(shared, PAIRING, req, &tx),
+                    news,
+                    |yes| admin::handle(shared, 2, Request::PairConfirm { pairing: PAIRING, yes }, &tx),
+                    on_invite,
+                    ask,
+                );
+                tokio::select! {
+                    r = drive => r.map_err(api_err),
+                    _ = forward => Err(CliError::from("the pairing ended without an answer")),
+                }
+            }),
         }
     }
 

@@ -1,8 +1,8 @@
 //! `masq pair`, `masq devices`, `masq status`, `masq apps` (admin requests run
 //! by the [`Backend`]) and `masq store` (the daemon).
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
@@ -17,11 +17,18 @@ use crate::sync::peers;
 /// Pairing commands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum PairCmd {
-    /// Make an invite (printed as a masq: URI and a QR code) and wait for the other device.
+    /// Make an invite (printed as a masq: URI and a QR code) and wait for
+    /// the other device; then compare the six-digit code both show and
+    /// confirm it here (and there).
     Invite {
         /// Relay both devices use (default: the one this device already uses).
         #[arg(long)]
         relay: Option<String>,
+        /// Confirm the code without asking. Only for scripts that compare
+        /// the two devices' codes themselves: the code is what stops
+        /// whoever saw the invite from pairing in your place.
+        #[arg(long)]
+        yes: bool,
     },
     /// Join the device that printed the invite. Safest: give the invite on
     /// stdin (`masq pair join < invite.txt`, or paste it when asked) or with
@@ -32,6 +39,9 @@ pub enum PairCmd {
         /// Read the invite from this file (`-`: stdin).
         #[arg(long, conflicts_with = "invite")]
         file: Option<PathBuf>,
+        /// Confirm the code without asking (as for `pair invite --yes`).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -139,36 +149,75 @@ pub fn sync(backend: &Backend, cmd: SyncCmd) -> Result<(), CliError> {
 
 /// `masq pair ...`
 pub fn pair(backend: &Backend, cmd: PairCmd) -> Result<(), CliError> {
-    let req = match cmd {
-        PairCmd::Invite { relay } => Request::PairInvite { relay },
-        PairCmd::Join { invite, file } => Request::PairJoin {
-            invite: read_invite(invite, file)?,
-        },
+    let (req, yes, stdin_free) = match cmd {
+        PairCmd::Invite { relay, yes } => (Request::PairInvite { relay, yes }, yes, true),
+        PairCmd::Join { invite, file, yes } => {
+            // An invite read from stdin leaves no terminal to answer on.
+            let stdin_free = invite.is_some() || file.as_deref().is_some_and(|f| f != Path::new("-"));
+            let req = Request::PairJoin {
+                invite: read_invite(invite, file)?,
+                yes,
+            };
+            (req, yes, stdin_free)
+        }
     };
-    let paired = backend.call_with_events(None, req, |answer| {
-        println!("{}", answer["invite"].as_str().unwrap_or_default());
-        eprintln!("{}", answer["qr"].as_str().unwrap_or_default());
-        eprintln!("Waiting for the other device (valid 10 minutes, single use)...");
-    })?;
-    if let Some(err) = paired.get("error") {
-        return Err(CliError::from(
-            err["message"]
-                .as_str()
-                .unwrap_or("pairing failed")
-                .to_string(),
-        ));
-    }
+    let paired = backend.pair(
+        req,
+        |answer| {
+            println!("{}", answer["invite"].as_str().unwrap_or_default());
+            eprintln!("{}", answer["qr"].as_str().unwrap_or_default());
+            eprintln!("Waiting for the other device (valid 10 minutes, single use)...");
+        },
+        move |check| ask_code(&check, yes, stdin_free),
+    )?;
     let s = |k: &str| paired[k].as_str().unwrap_or_default().to_string();
     eprintln!("Paired with {} ({})", s("name"), s("fingerprint"));
-    eprintln!(
-        "Safety code: {}  — check that the other device shows the same code.",
-        s("safety_code")
-    );
     let learned = paired["also_learned"].as_u64().unwrap_or(0);
     if learned > 0 {
         eprintln!("Also learned {learned} other device(s) of yours.");
     }
     Ok(())
+}
+
+/// Shows a pairing's code and asks whether the other device shows the same
+/// (reading the terminal; with `yes`, says yes without asking).
+fn ask_code(check: &serde_json::Value, yes: bool, stdin_free: bool) -> bool {
+    let s = |k: &str| check[k].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "Pairing code: {}   (the other device: {}, {})",
+        s("code"),
+        s("name"),
+        s("fingerprint")
+    );
+    if yes {
+        eprintln!("Confirmed without asking (--yes).");
+        return true;
+    }
+    eprint!("Does the other device show the same code? [y/N] ");
+    let _ = std::io::stderr().flush();
+    // Stdin, unless it carried the invite: then the terminal, if any.
+    let mut line = String::new();
+    let read = if stdin_free {
+        std::io::stdin().read_line(&mut line).is_ok()
+    } else {
+        match std::fs::File::open("/dev/tty") {
+            Ok(tty) => std::io::BufReader::new(tty).read_line(&mut line).is_ok(),
+            Err(_) => {
+                eprintln!("no terminal to ask on (the invite came on stdin): give it as an argument or with --file, or compare the codes yourself and pass --yes");
+                false
+            }
+        }
+    };
+    if !read {
+        return false;
+    }
+    let yes = matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes");
+    if !yes {
+        eprintln!("Declined: nothing is stored on either device.");
+    } else {
+        eprintln!("Confirmed here; waiting for the other device's confirmation...");
+    }
+    yes
 }
 
 /// `masq devices ...`

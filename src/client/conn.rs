@@ -4,6 +4,8 @@
 //! in store mode and by the CLI when a store daemon runs.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -47,8 +49,9 @@ struct Routes {
     opening: HashMap<u64, mpsc::Sender<Event>>,
     /// Live subscriptions, by sub id.
     subs: HashMap<u64, mpsc::Sender<Event>>,
-    /// `pair.invite` completions awaited, by request id.
-    paired: HashMap<u64, oneshot::Sender<Json>>,
+    /// Pairings under way (`pair.invite`, `pair.join`): where their
+    /// `pair_code` and `paired` messages go, by request id.
+    pairings: HashMap<u64, mpsc::Sender<PairNews>>,
     /// The connection ended: new requests fail at once instead of waiting
     /// for an answer that cannot come.
     closed: bool,
@@ -155,7 +158,7 @@ impl Connection {
             }
             r.subs.clear();
             r.opening.clear();
-            r.paired.clear();
+            r.pairings.clear();
             drop(r);
             state_tx.send_modify(|s| {
                 if s.is_none() {
@@ -260,21 +263,109 @@ impl Connection {
         Ok((sub, ev_rx))
     }
 
-    /// Sends `pair.invite`: returns the answer (invite URI) and a receiver for
-    /// the `paired` message that follows.
-    pub async fn pair_invite(
-        &self,
-        relay: Option<String>,
-    ) -> Result<(Json, oneshot::Receiver<Json>), ApiError> {
+    /// Runs `pair.invite` or `pair.join` to its end: `on_invite` gets the
+    /// invite (`pair.invite`'s answer), `ask` gets the code to compare
+    /// (`{"code", "device_id", "fingerprint", "name"}`) and resolves to the
+    /// user's answer, which goes back as `pair.confirm`. Resolves to the
+    /// paired device, or the error that ended the pairing.
+    pub async fn pair<F, Fut>(&self, request: Request, on_invite: impl FnMut(&Json), ask: F) -> Answer
+    where
+        F: FnOnce(Json) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let is_invite = matches!(request, Request::PairInvite { .. });
         let id = self.new_id();
-        let (ptx, prx) = oneshot::channel();
-        lock(&self.routes).paired.insert(id, ptx);
-        let answer = Self::wait(
-            self.send_as(id, None, Request::PairInvite { relay })
-                .await?,
-        )
-        .await?;
-        Ok((answer, prx))
+        let (tx, news) = mpsc::channel(PAIR_NEWS_BUFFER);
+        lock(&self.routes).pairings.insert(id, tx);
+        let r = match self.send_as(id, None, request).await {
+            Ok(answer) => {
+                drive_pairing(
+                    is_invite,
+                    Self::wait(answer),
+                    news,
+                    |yes| self.call(None, Request::PairConfirm { pairing: id, yes }),
+                    on_invite,
+                    ask,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        lock(&self.routes).pairings.remove(&id);
+        r
+    }
+}
+
+/// Room for a pairing's messages (a code, then the end): they come one at
+/// a time, each waiting on the user.
+const PAIR_NEWS_BUFFER: usize = 4;
+
+/// What a pairing request says besides its answer.
+#[derive(Debug)]
+pub(crate) enum PairNews {
+    /// The code to compare (`pair_code`).
+    Code(Json),
+    /// `pair.invite`'s end (`paired`): the device, or `{"error"}`.
+    Paired(Json),
+}
+
+/// The loop of a pairing request, whoever carries it (a connection, or the
+/// CLI running admin requests in its own process): the answer (the invite,
+/// or a join's end), the code (asked of the user while messages keep
+/// coming, so the other side's "no" ends it), the user's answer (sent
+/// with `confirm`), and the invite's end.
+pub(crate) async fn drive_pairing<F, Fut, C, CFut>(
+    is_invite: bool,
+    answer: impl Future<Output = Answer>,
+    mut news: mpsc::Receiver<PairNews>,
+    mut confirm: C,
+    mut on_invite: impl FnMut(&Json),
+    ask: F,
+) -> Answer
+where
+    F: FnOnce(Json) -> Fut,
+    Fut: Future<Output = bool>,
+    C: FnMut(bool) -> CFut,
+    CFut: Future<Output = Answer>,
+{
+    let mut answer = Some(Box::pin(answer));
+    let mut ask = Some(ask);
+    let mut asking: Option<Pin<Box<Fut>>> = None;
+    loop {
+        tokio::select! {
+            a = async { answer.as_mut().expect("guarded").await }, if answer.is_some() => {
+                answer = None;
+                match a {
+                    Ok(invite) if is_invite => on_invite(&invite),
+                    done => return done,
+                }
+            }
+            yes = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
+                asking = None;
+                confirm(yes).await?;
+            }
+            n = news.recv() => match n {
+                Some(PairNews::Code(check)) => {
+                    if let Some(f) = ask.take() {
+                        asking = Some(Box::pin(f(check)));
+                    }
+                }
+                Some(PairNews::Paired(p)) => {
+                    return match p.get("error") {
+                        Some(e) => Err(serde_json::from_value(e.clone())
+                            .unwrap_or_else(|_| ApiError::new("pairing_failed", e.to_string()))),
+                        None => Ok(p),
+                    };
+                }
+                None => {
+                    // The carrier is gone; a pending answer may still say why.
+                    return match answer.take() {
+                        Some(a) => a.await.and(Err(ApiError::new("disconnected", "connection closed"))),
+                        None => Err(ApiError::new("disconnected", "connection closed")),
+                    };
+                }
+            },
+        }
     }
 }
 
@@ -298,7 +389,6 @@ async fn dispatch(
         Response::Err { id, error } => {
             let mut r = lock(routes);
             r.opening.remove(&id);
-            r.paired.remove(&id);
             if let Some(tx) = r.answers.remove(&id) {
                 let _ = tx.send(Err(error));
             }
@@ -315,8 +405,15 @@ async fn dispatch(
             let _ = state.send(Some((s, app)));
         }
         Response::Paired { id, paired } => {
-            if let Some(tx) = lock(routes).paired.remove(&id) {
-                let _ = tx.send(paired);
+            let tx = lock(routes).pairings.get(&id).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.send(PairNews::Paired(paired)).await;
+            }
+        }
+        Response::PairCode { id, pair_code } => {
+            let tx = lock(routes).pairings.get(&id).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.send(PairNews::Code(pair_code)).await;
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::api::{ApiError, ConnState, Request};
 use crate::doc::{ChangeOp, Subscription};
 use crate::store::{Event, Store};
 use crate::sync::engine::EngineSlot;
-use crate::sync::pairing::{self, Inviter, Paired};
+use crate::sync::pairing::{self, Confirm, Inviter, Paired};
 
 /// How long [`Client::connect`] waits for a local store before peer mode.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -459,23 +459,31 @@ impl Client {
     }
 
     /// Peer mode: finishes a pairing made with [`pair_invite`](Self::pair_invite).
-    pub async fn pair_wait(&self, pending: PendingPairing) -> Result<Paired, ClientError> {
+    /// `confirm` shows the user the code and resolves to their answer (yes
+    /// only when the other device shows the same code); nothing is stored
+    /// unless both users say yes.
+    pub async fn pair_wait(
+        &self,
+        pending: PendingPairing,
+        confirm: Confirm,
+    ) -> Result<Paired, ClientError> {
         let Backend::Peer(p) = &self.backend else {
             return Err(ClientError::Unsupported("not in peer mode"));
         };
-        let paired = pending.inviter.wait().await?;
+        let paired = pending.inviter.wait(confirm).await?;
         p.ensure_engine().await?;
         Ok(paired)
     }
 
     /// Peer mode: joins the device that made `invite`, then syncs with it.
-    pub async fn pair_join(&self, invite: &str) -> Result<Paired, ClientError> {
+    /// `confirm` is asked as for [`pair_wait`](Self::pair_wait).
+    pub async fn pair_join(&self, invite: &str, confirm: Confirm) -> Result<Paired, ClientError> {
         let Backend::Peer(p) = &self.backend else {
             return Err(ClientError::Unsupported(
                 "pairing is the store's job in store mode: masq pair join",
             ));
         };
-        let paired = pairing::join(&p.store, invite).await?;
+        let paired = pairing::join(&p.store, invite, confirm).await?;
         p.ensure_engine().await?;
         Ok(paired)
     }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::sync::core::SyncCore;
 use crate::sync::engine::EngineStatus;
-use crate::sync::pairing::{self, Inviter};
+use crate::sync::pairing::{self, CodeCheck, Confirm, Inviter};
 use crate::sync::peers;
 
 /// Every manager login code starts with this, so a used or expired one gets
@@ -43,6 +43,95 @@ pub const MAX_LOGIN_CODES: usize = 16;
 /// (its page asks the user to open a fresh link). Far above the tabs a person
 /// opens; bounds memory should a script mint sessions in a loop.
 pub const MAX_ADMIN_SESSIONS: usize = 64;
+
+/// Most pairings waiting for their user's answer at once. A person pairs one
+/// device at a time; the bound keeps an admin script in a loop from growing
+/// memory (each pairing also holds a relay connection until it ends).
+pub const MAX_PAIRINGS_AWAITING_ANSWER: usize = 16;
+
+/// The pairings whose code is out and whose user has not answered, by the
+/// connection that started them and that request's id: `pair.confirm` on
+/// that connection delivers the answer.
+#[derive(Debug, Default)]
+pub struct PairAnswers {
+    waiting: Mutex<Vec<PairAnswer>>,
+}
+
+#[derive(Debug)]
+struct PairAnswer {
+    /// The `pair.invite` / `pair.join` request's id.
+    id: u64,
+    /// Its connection's outgoing channel (identifies the connection).
+    conn: mpsc::Sender<Message>,
+    /// Where the answer goes.
+    answer: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl PairAnswers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PairAnswer>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers the answer to pairing `id` of the connection `conn`.
+    fn answer(&self, id: u64, conn: &mpsc::Sender<Message>, yes: bool) -> bool {
+        let mut w = self.lock();
+        match w.iter().position(|p| p.id == id && p.conn.same_channel(conn)) {
+            Some(i) => w.swap_remove(i).answer.send(yes).is_ok(),
+            None => false,
+        }
+    }
+
+    fn forget(&self, id: u64, conn: &mpsc::Sender<Message>) {
+        self.lock()
+            .retain(|p| !(p.id == id && p.conn.same_channel(conn)) && !p.answer.is_closed());
+    }
+}
+
+/// How a pairing started by request `id` on the connection `out` asks its
+/// user: it sends the code as a `pair_code` message and waits for
+/// `pair.confirm` (a closed connection is a no). With `yes` the caller
+/// compares the codes itself: the message still goes, and the answer is yes.
+fn confirm_over(
+    shared: &std::sync::Arc<Shared>,
+    id: u64,
+    out: &mpsc::Sender<Message>,
+    yes: bool,
+) -> Confirm {
+    let (shared, out) = (shared.clone(), out.clone());
+    Box::new(move |check: CodeCheck| {
+        Box::pin(async move {
+            let text = serde_json::to_string(&Response::PairCode {
+                id,
+                pair_code: serde_json::to_value(&check).unwrap_or_default(),
+            })
+            .unwrap_or_default();
+            if yes {
+                let _ = out.send(Message::text(text)).await;
+                return true;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            {
+                let mut w = shared.pair_answers.lock();
+                w.retain(|p| !p.answer.is_closed());
+                if w.len() >= MAX_PAIRINGS_AWAITING_ANSWER {
+                    return false;
+                }
+                w.push(PairAnswer {
+                    id,
+                    conn: out.clone(),
+                    answer: tx,
+                });
+            }
+            let yes = out.send(Message::text(text)).await.is_ok()
+                && tokio::select! {
+                    a = rx => a.unwrap_or(false),
+                    _ = out.closed() => false,
+                };
+            shared.pair_answers.forget(id, &out);
+            yes
+        })
+    })
+}
 
 /// Whether `token` has the shape of a login code.
 pub fn is_login_code(token: &str) -> bool {
@@ -469,7 +558,7 @@ pub(crate) async fn handle(
             let status = engine_status(shared).await;
             blocking(Box::new(move |s| status_json(s, status.as_ref()))).await
         }
-        Request::PairInvite { relay } => {
+        Request::PairInvite { relay, yes } => {
             let relay = match relay.or(peers::relay_url(store.db()).map_err(ApiError::from)?) {
                 Some(r) => r,
                 None => return Err(ApiError::new("no_relay", "no relay configured: give one")),
@@ -483,10 +572,11 @@ pub(crate) async fn handle(
                 "qr": invite.qr_text(),
                 "qr_svg": invite.qr_svg(),
             });
+            let confirm = confirm_over(shared, id, out, yes);
             let (task_shared, out) = (shared.clone(), out.clone());
             shared.spawn(async move {
                 let shared = task_shared;
-                let paired = match inviter.wait().await {
+                let paired = match inviter.wait(confirm).await {
                     Ok(p) => {
                         let _ = shared.ensure_engine().await;
                         serde_json::to_value(p).unwrap_or_default()
@@ -501,12 +591,25 @@ pub(crate) async fn handle(
             });
             Ok(answer)
         }
-        Request::PairJoin { invite } => {
-            let paired = pairing::join(&store, &invite)
+        Request::PairJoin { invite, yes } => {
+            // Runs until both users answered: the connection runs this
+            // request as a task of its own, so its `pair.confirm` is heard.
+            let confirm = confirm_over(shared, id, out, yes);
+            let paired = pairing::join(&store, &invite, confirm)
                 .await
                 .map_err(ApiError::from)?;
             let _ = shared.ensure_engine().await;
             serde_json::to_value(paired).map_err(|e| ApiError::new("internal", e.to_string()))
+        }
+        Request::PairConfirm { pairing, yes } => {
+            if shared.pair_answers.answer(pairing, out, yes) {
+                Ok(Json::Null)
+            } else {
+                Err(ApiError::new(
+                    "not_found",
+                    format!("no pairing {pairing} of this connection waits for an answer"),
+                ))
+            }
         }
         Request::SyncShow {} => {
             let status = engine_status(shared).await;

@@ -652,6 +652,16 @@ async fn worker(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>, out: mpsc::S
                         Some(app) => admin::sync_status(&shared, app).await,
                         None => Err(ApiError::new("bad_request", "sync.status names an \"app\"")),
                     },
+                    req @ Request::PairJoin { .. } => {
+                        // A join waits for both users' answers; this
+                        // connection must go on serving (its pair.confirm).
+                        let (task_shared, out, id) = (shared.clone(), out.clone(), job.id);
+                        shared.spawn(async move {
+                            let reply = admin::handle(&task_shared, id, req, &out).await;
+                            let _ = out.send(answer(id, reply)).await;
+                        });
+                        continue;
+                    }
                     req => admin::handle(&shared, job.id, req, &out).await,
                 };
                 let _ = out.send(answer(job.id, reply)).await;

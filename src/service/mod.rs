@@ -112,6 +112,9 @@ pub struct Shared {
     pub admin_connections: std::sync::atomic::AtomicUsize,
     /// One-time manager login codes and the sessions pages trade them for.
     pub admin_credentials: admin::AdminCredentials,
+    /// Pairings whose code is shown and whose user has not answered yet
+    /// (`pair.confirm` delivers the answer).
+    pub pair_answers: admin::PairAnswers,
     /// Per-app connection caps and request rates.
     pub app_limits: Arc<app_limits::AppLimits>,
     /// Whether this process syncs (the daemon does; the CLI working on a
@@ -144,6 +147,7 @@ impl Shared {
             connections: Default::default(),
             admin_connections: Default::default(),
             admin_credentials: admin::AdminCredentials::default(),
+            pair_answers: admin::PairAnswers::default(),
             app_limits: Arc::new(app_limits::AppLimits::new(app_limits::APP_REQUESTS_PER_SEC)),
             sync_enabled,
             stop: CancellationToken::new(),

@@ -406,8 +406,9 @@ async fn a_bystander_who_knows_the_slot_id_cannot_squat_the_pairing() {
     }
     // A slot key of its own proves fine, but names another slot.
     squatter.join_rendezvous(slot).await.unwrap();
+    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
     let (paired_a, paired_b) =
-        tokio::join!(inviter.wait(), masq::sync::pairing::join(&b.store, &uri));
+        tokio::join!(inviter.wait(yes_a), masq::sync::pairing::join(&b.store, &uri, yes_b));
     let (paired_a, paired_b) = (paired_a.unwrap(), paired_b.unwrap());
     assert_eq!(paired_a.safety_code, paired_b.safety_code);
     assert_eq!(paired_a.device_id, b.id().to_string());
@@ -501,7 +502,9 @@ fn low_order_keys_are_refused_by_handshake_and_ratchet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_order_keys_are_refused_by_pairing() {
     use masq::crypto::pairing::{PairingChannel, TO_INVITER};
-    use masq::sync::wire::{PeerInfo, SyncPayload};
+    use masq::sync::wire::PeerInfo;
+    use masq_core::sync::pairing::commitment;
+    use masq_core::wire::pairing::PairMessage;
     let r = relay(RelayConfig::default()).await;
     let url = r.url();
     for point in low_order_points() {
@@ -516,17 +519,33 @@ async fn low_order_keys_are_refused_by_pairing() {
             next(&mut evil).await,
             RelayEvent::RendezvousPeer { joined: true }
         );
+        let waiting = tokio::spawn(
+            inviter.wait(masq::sync::pairing::confirm_without_asking()),
+        );
+        // The commitment and reveal of pairing v2, for a low-order key.
         let channel = PairingChannel::new(&invite.secret, invite.slot);
-        let hello = SyncPayload::Introduce(vec![PeerInfo {
-            public_key: point,
-            name: "evil".into(),
-        }])
+        let reveal = PairMessage::Reveal {
+            peer: PeerInfo {
+                public_key: point,
+                name: "evil".into(),
+            },
+            nonce: [9; 32],
+        }
         .encode();
-        evil.send_rendezvous(channel.seal(TO_INVITER, &hello))
+        let commit = PairMessage::Commit(commitment(&reveal)).encode();
+        evil.send_rendezvous(channel.seal(TO_INVITER, &commit))
             .await
             .unwrap();
-        let err = tokio::time::timeout(T, inviter.wait())
+        assert!(matches!(
+            next(&mut evil).await,
+            RelayEvent::RendezvousData(_)
+        ));
+        evil.send_rendezvous(channel.seal(TO_INVITER, &reveal))
             .await
+            .unwrap();
+        let err = tokio::time::timeout(T, waiting)
+            .await
+            .unwrap()
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("low-order"), "{err}");

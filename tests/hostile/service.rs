@@ -358,7 +358,7 @@ async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
     let b = Daemon::start(Some(&url));
     let mut invite = a
         .cli()
-        .args(["pair", "invite"])
+        .args(["pair", "invite", "--yes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -372,7 +372,7 @@ async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
     assert!(line.starts_with("masq:"), "{line}");
     let mut join = b
         .cli()
-        .args(["pair", "join"])
+        .args(["pair", "join", "--yes"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -405,7 +405,7 @@ async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
     let c = Daemon::start(Some(&url));
     let mut invite = a
         .cli()
-        .args(["pair", "invite"])
+        .args(["pair", "invite", "--yes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -421,7 +421,7 @@ async fn pair_join_reads_the_invite_from_stdin_or_a_file() {
     let path = file.to_str().unwrap().to_string();
     let out = tokio::task::spawn_blocking(move || {
         c.cli()
-            .args(["pair", "join", "--file", &path])
+            .args(["pair", "join", "--yes", "--file", &path])
             .stdin(Stdio::null())
             .output()
             .map(|o| (o, c))

@@ -231,7 +231,7 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
     let mut b = Daemon::start_in(dir_b, Some(&url));
     let mut invite = a
         .cli()
-        .args(["pair", "invite"])
+        .args(["pair", "invite", "--yes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -244,7 +244,7 @@ async fn a_deep_document_from_a_paired_store_leaves_both_stores_up() {
     }
     let joined = b
         .cli()
-        .args(["pair", "join", line.trim()])
+        .args(["pair", "join", "--yes", line.trim()])
         .output()
         .unwrap();
     assert!(

@@ -72,7 +72,8 @@ impl Device {
 pub async fn pair(inviter: &Device, joiner: &Device, url: &str) {
     let inv = Inviter::start(inviter.store.clone(), url).await.unwrap();
     let uri = inv.invite().to_uri();
-    let (a, b) = tokio::join!(inv.wait(), join(&joiner.store, &uri));
+    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
+    let (a, b) = tokio::join!(inv.wait(yes_a), join(&joiner.store, &uri, yes_b));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.safety_code, b.safety_code);
 }
@@ -478,4 +479,55 @@ pub fn try_cli(dir: &std::path::Path, args: &[&str]) -> Option<String> {
 /// As [`try_cli`], panicking if the command failed.
 pub fn cli(dir: &std::path::Path, args: &[&str]) -> String {
     try_cli(dir, args).unwrap_or_else(|| panic!("masq {args:?} failed"))
+}
+
+/// Pairs two stores through their admin connections (`pair.invite` on
+/// `inviter`, `pair.join` on `joiner`), each side answering its code the
+/// way a user looking at both screens would: yes only when they match.
+/// Returns (inviter's result, joiner's result).
+pub async fn pair_admins(
+    inviter: &masq::client::Connection,
+    joiner: &masq::client::Connection,
+) -> (serde_json::Value, serde_json::Value) {
+    use masq::api::Request;
+    let (invite_tx, invite_rx) = tokio::sync::oneshot::channel::<String>();
+    let mut invite_tx = Some(invite_tx);
+    let (a_shows, a_seen) = tokio::sync::oneshot::channel::<String>();
+    let (b_shows, b_seen) = tokio::sync::oneshot::channel::<String>();
+    let user = |shows: tokio::sync::oneshot::Sender<String>,
+                other: tokio::sync::oneshot::Receiver<String>| {
+        move |check: serde_json::Value| async move {
+            let code = check["code"].as_str().unwrap_or_default().to_string();
+            let _ = shows.send(code.clone());
+            other.await.is_ok_and(|c| c == code)
+        }
+    };
+    let invite = inviter.pair(
+        Request::PairInvite {
+            relay: None,
+            yes: false,
+        },
+        |answer| {
+            if let Some(tx) = invite_tx.take() {
+                let _ = tx.send(answer["invite"].as_str().unwrap().to_string());
+            }
+        },
+        user(a_shows, b_seen),
+    );
+    let join = async {
+        let invite = invite_rx.await.unwrap();
+        joiner
+            .pair(
+                Request::PairJoin { invite, yes: false },
+                |_| {},
+                user(b_shows, a_seen),
+            )
+            .await
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(invite, join) })
+        .await
+        .expect("pairing timed out");
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a["safety_code"], b["safety_code"]);
+    (a, b)
 }

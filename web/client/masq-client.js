@@ -161,7 +161,7 @@ class Masq {
     this._ws = null;
     this._nextId = 1;
     this._pending = new Map(); // id -> {resolve, reject, paired}
-    this._pairWaiters = new Map(); // pair.invite id -> {resolve, reject}
+    this._pairWaiters = new Map(); // pairing request id -> {resolve, reject, onCode}
     this._queue = []; // requests waiting for `ready`
     this._listeners = new Set();
     this._readyWaiters = [];
@@ -205,24 +205,79 @@ class Masq {
   }
 
   /**
-   * Admin only: opens a pairing invite. Resolves to `{invite, qr, qr_svg,
-   * paired}` where `paired` resolves when the other device has joined.
+   * Admin only (a page in peer mode is its own admin): opens a pairing
+   * invite. Resolves to `{invite, qr, qr_svg, code, confirm, paired}`:
+   * `code` resolves to `{code, device_id, fingerprint, name}` once the
+   * other device has joined; the user compares the six digits with the
+   * other screen and answers with `confirm(true|false)` (or give
+   * `opts.confirm`, a function of that object returning a boolean or a
+   * promise of one). `paired` resolves once both users said yes. Nothing is
+   * stored on either device before. `opts.yes` confirms without asking:
+   * only for callers that compare the two codes themselves.
    */
-  pairInvite(relay) {
+  pairInvite(relay, opts = {}) {
+    const args = relay ? { relay } : {};
+    return this._pair("pair.invite", args, opts).then(({ ok, code, confirm, done }) => ({ ...ok, code, confirm, paired: done }));
+  }
+
+  /**
+   * Admin only (as `pairInvite`): joins the device that made `invite` (a
+   * `masq:` URI). `opts.confirm` is asked with `{code, device_id,
+   * fingerprint, name}` and returns whether the other screen shows the same
+   * code (a boolean or a promise of one); `opts.yes` confirms without
+   * asking (only for callers that compare the codes themselves). Resolves
+   * to the paired device once both users said yes.
+   */
+  pairJoin(invite, opts = {}) {
+    if (typeof opts.confirm !== "function" && opts.yes !== true)
+      return Promise.reject(new MasqError("bad_request", "pair.join needs opts.confirm (ask the user whether the other device shows the same code) or opts.yes"));
+    return this._pair("pair.join", { invite }, opts).then(({ ok }) => ok);
+  }
+
+  /**
+   * Sends a pairing request. Resolves with its answer (`ok`) and the
+   * pairing's `code` promise, `confirm` function and `done` promise (the
+   * `paired` message of an invite).
+   */
+  _pair(op, args, opts) {
     return new Promise((resolve, reject) => {
-      const msg = relay ? { op: "pair.invite", relay } : { op: "pair.invite" };
       const go = () => {
         const id = this._nextId++;
-        const paired = new Promise((pres, prej) => this._pairWaiters.set(id, { resolve: pres, reject: prej }));
-        paired.catch(() => {}); // callers that never await it get no unhandled rejection
+        let codeResolve;
+        const code = new Promise((r) => (codeResolve = r));
+        let answered = false;
+        const confirm = (yes) => {
+          if (answered) return Promise.resolve(null);
+          answered = true;
+          return this.request("pair.confirm", { pairing: id, yes: yes === true });
+        };
+        let doneResolve, doneReject;
+        const done = new Promise((res, rej) => ((doneResolve = res), (doneReject = rej)));
+        done.catch(() => {}); // callers that never await it get no unhandled rejection
+        const onCode = (check) => {
+          codeResolve(check);
+          if (opts.yes === true) answered = true;
+          else if (typeof opts.confirm === "function")
+            Promise.resolve()
+              .then(() => opts.confirm(check))
+              .then((yes) => confirm(yes === true), () => confirm(false))
+              .catch(() => {}); // the pairing's own answer carries the failure
+        };
+        this._pairWaiters.set(id, { resolve: doneResolve, reject: doneReject, onCode });
         this._pending.set(id, {
-          resolve: (ok) => resolve({ ...ok, paired }),
+          resolve: (ok) => {
+            if (op !== "pair.invite") this._pairWaiters.delete(id);
+            resolve({ ok, code, confirm, done });
+          },
           reject: (e) => {
             this._pairWaiters.delete(id);
+            doneReject(e);
             reject(e);
           },
         });
-        this._ws.send(JSON.stringify({ ...msg, id }));
+        const msg = { ...args, op, id };
+        if (opts.yes === true) msg.yes = true;
+        this._ws.send(JSON.stringify(msg));
       };
       this.ready().then(go, reject);
     });
@@ -322,6 +377,11 @@ class Masq {
       }
       return;
     }
+    if (msg.pair_code !== undefined) {
+      const w = this._pairWaiters.get(msg.id);
+      if (w) w.onCode(msg.pair_code);
+      return;
+    }
     if (msg.paired !== undefined) {
       const w = this._pairWaiters.get(msg.id);
       if (!w) return;
@@ -408,10 +468,11 @@ class Masq {
   get pair() {
     return {
       /** Opens an invite through `relay` (ws:// or wss://; default: the relay this device uses):
-       *  `{invite, qr, qr_svg, paired}`; `paired` resolves when the other device joined. */
-      invite: (relay) => this.pairInvite(relay),
-      /** Joins the device that made the invite (a `masq:` URI); resolves to the paired device. */
-      join: (invite) => this.request("pair.join", { invite }),
+       *  `{invite, qr, qr_svg, code, confirm, paired}` (see `pairInvite`). */
+      invite: (relay, opts) => this.pairInvite(relay, opts),
+      /** Joins the device that made the invite (a `masq:` URI) once the user confirmed the
+       *  code (`opts.confirm`, see `pairJoin`); resolves to the paired device. */
+      join: (invite, opts) => this.pairJoin(invite, opts),
       /** `{me, devices}`: this device and its paired devices (with safety codes and online state). */
       devices: () => this.request("devices.list"),
       /** Removes a paired device (hex id or fingerprint prefix) here and on every other device. */

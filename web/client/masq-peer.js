@@ -590,28 +590,22 @@ class PeerTransport {
         try {
           p.pairing.onFrame(job.bytes);
         } catch (e) {
-          after.push(() => this._endPairing(p, { code: "pairing_failed", message: String(e.message || e) }));
+          this._pairingFailed(p, "pairing_failed", e, after);
           break;
         }
-        let paired = null;
-        if (p.pairing.isReady()) {
-          try {
-            paired = JSON.parse(this._store.pairFinish(p.pairing, Date.now()));
-            // Paired (committed with this batch): no expiry or closed
-            // socket may answer otherwise now.
-            p.finishing = true;
-          } catch (e) {
-            after.push(() => this._endPairing(p, { code: "pairing_failed", message: String(e.message || e) }));
-          }
+        this._pairingMoved(p, after);
+        break;
+      }
+      case "pair-confirm": {
+        const p = job.p;
+        if (p.done || p.finishing) break;
+        try {
+          p.pairing.confirm(job.yes);
+        } catch (e) {
+          this._pairingFailed(p, job.yes ? "pairing_failed" : "pairing_declined", e, after);
+          break;
         }
-        const out = splitFrames(p.pairing.takeFrames()).map((f) => f.slice());
-        after.push(() => {
-          for (const f of out) p.socket.send(f);
-          if (paired) {
-            this._endPairing(p, null, paired);
-            this._ensureRelay();
-          }
-        });
+        this._pairingMoved(p, after);
         break;
       }
       case "pair-closed":
@@ -619,8 +613,10 @@ class PeerTransport {
           after.push(() => this._endPairing(job.p, { code: "pairing_failed", message: "the relay closed the pairing connection" }));
         break;
       case "pair-expired":
-        if (!job.p.done && !job.p.finishing)
-          after.push(() => this._endPairing(job.p, { code: "pairing_failed", message: "the invite expired before the other device joined" }));
+        if (!job.p.done && !job.p.finishing) {
+          job.p.pairing.abandon();
+          this._pairingFailed(job.p, "pairing_failed", "the invite expired before both devices confirmed", after);
+        }
         break;
       default:
         throw new Error(`unknown job ${job.kind}`);
@@ -628,11 +624,70 @@ class PeerTransport {
   }
 
   /**
-   * Starts `pair.invite` (answered at once with the invite; a `paired`
-   * message follows) or `pair.join` (answered when paired), as a store's
-   * admin protocol does.
+   * What a pairing's step leaves to do, after the batch commits: its code
+   * goes to the tab that asked (as a `pair_code` message; with `yes` it is
+   * confirmed at once), its frames to the relay, and once both users said
+   * yes its records are staged with this batch and the pairing ends.
    */
-  _startPairing(text, tab, op, answers) {
+  _pairingMoved(p, after) {
+    const code = p.pairing.takeCode();
+    let codeMessage = null;
+    if (code !== undefined && code !== null) {
+      codeMessage = JSON.stringify({ id: p.id, pair_code: JSON.parse(code) });
+      if (p.yes) {
+        try {
+          p.pairing.confirm(true);
+        } catch (e) {
+          this._pairingFailed(p, "pairing_failed", e, after);
+          return;
+        }
+      }
+    }
+    let paired = null;
+    if (p.pairing.isReady()) {
+      try {
+        paired = JSON.parse(this._store.pairFinish(p.pairing, Date.now()));
+        // Paired (committed with this batch): no expiry or closed socket
+        // may answer otherwise now.
+        p.finishing = true;
+      } catch (e) {
+        this._pairingFailed(p, "pairing_failed", e, after);
+        return;
+      }
+    }
+    const out = splitFrames(p.pairing.takeFrames()).map((f) => f.slice());
+    after.push(() => {
+      for (const f of out) p.socket.send(f);
+      if (codeMessage) this._route(p.tab, codeMessage);
+      if (paired) {
+        this._endPairing(p, null, paired);
+        this._ensureRelay();
+      }
+    });
+  }
+
+  /** A pairing failed: what it still has to say (a decline) goes out, then the error to whoever asked. */
+  _pairingFailed(p, code, e, after) {
+    let out = [];
+    try {
+      out = splitFrames(p.pairing.takeFrames()).map((f) => f.slice());
+    } catch (_) {
+      // A trapped instance has nothing more to say.
+    }
+    after.push(() => {
+      for (const f of out) p.socket.send(f);
+      this._endPairing(p, { code, message: String((e && e.message) || e) });
+    });
+  }
+
+  /**
+   * Starts `pair.invite` (answered at once with the invite; a `pair_code`
+   * message, then a `paired` message follow) or `pair.join` (a `pair_code`
+   * message, then the answer once both users said yes), as a store's admin
+   * protocol does.
+   */
+  /** `pair.confirm {pairing, yes}`: the user's answer to the code of a pairing this tab started. */
+  _confirmPairing(text, tab, answers, after) {
     let req;
     try {
       req = JSON.parse(text);
@@ -640,49 +695,14 @@ class PeerTransport {
       req = {};
     }
     const id = typeof req.id === "number" ? req.id : 0;
-    const fail = (code, message) => answers.push({ answer: JSON.stringify({ id, error: { code, message } }), tab, wrote: false });
-    let pairing;
-    try {
-      if (op === "pair.invite") {
-        const relay = req.relay || this._store.relayUrl();
-        if (!relay) return fail("no_relay", "no relay configured: give one (pair.invite with relay)");
-        pairing = this._store.pairInvite(relay, Date.now());
-      } else {
-        if (typeof req.invite !== "string") return fail("bad_request", "pair.join needs { invite }");
-        pairing = this._store.pairJoin(req.invite, Date.now());
-      }
-    } catch (e) {
-      return fail(op === "pair.invite" ? "bad_request" : "bad_invite", String(e.message || e));
+    const p = [...this._pairings].find((q) => q.id === req.pairing && q.tab === tab && !q.done && !q.finishing);
+    if (!p || typeof req.yes !== "boolean") {
+      const message = !p ? `no pairing ${req.pairing} of this tab waits for an answer` : "pair.confirm needs { pairing, yes }";
+      answers.push({ answer: JSON.stringify({ id, error: { code: p ? "bad_request" : "not_found", message } }), tab, wrote: false });
+      return;
     }
-    const p = { pairing, id, tab, invite: op === "pair.invite", done: false, finishing: false, socket: null, timer: null };
-    // The relay named by an invite is the inviter's word: a URL the page
-    // cannot open is a bad invite, not the end of the store.
-    const url = relayUrls(pairing.relay())[0];
-    try {
-      if (!url) throw new Error(`no ws:// or wss:// relay in ${JSON.stringify(pairing.relay())}`);
-      p.socket = pairingSocket(new URL(url).href, {
-        onFrame: (bytes) => this._job({ kind: "pair-frame", p, bytes }),
-        onClose: () => this._job({ kind: "pair-closed", p }),
-      });
-    } catch (e) {
-      try {
-        pairing.free();
-      } catch (_) {
-        // Nothing more to release.
-      }
-      return fail(op === "pair.invite" ? "bad_request" : "bad_invite", `the relay of the invite: ${e.message || e}`);
-    }
-    p.timer = setTimeout(
-      () => this._job({ kind: "pair-expired", p }),
-      Math.min(MAX_PAIR_WAIT_MS, Math.max(0, pairing.expiresMs() - Date.now())),
-    );
-    this._pairings.add(p);
-    if (p.invite)
-      answers.push({
-        answer: JSON.stringify({ id, ok: { invite: pairing.uri(), qr: pairing.qr(), qr_svg: pairing.qrSvg() } }),
-        tab,
-        wrote: false,
-      });
+    this._runJob({ kind: "pair-confirm", p, yes: req.yes }, after);
+    answers.push({ answer: JSON.stringify({ id, ok: null }), tab, wrote: false });
   }
 
   /** Ends a pairing: `error` ({code, message}) or `paired` goes to whoever asked. */
@@ -726,6 +746,10 @@ class PeerTransport {
       const op = opOf(text);
       if (op === "pair.invite" || op === "pair.join") {
         this._startPairing(text, tab, op, answers);
+        continue;
+      }
+      if (op === "pair.confirm") {
+        this._confirmPairing(text, tab, answers, after);
         continue;
       }
       const before = this._store.pendingWrites();

@@ -185,7 +185,7 @@ impl WebStore {
                 store.set_time((now_ms / 1000.0) as i64);
                 return device_op(store, sync, req);
             }
-            Request::PairInvite { .. } | Request::PairJoin { .. } => {
+            Request::PairInvite { .. } | Request::PairJoin { .. } | Request::PairConfirm { .. } => {
                 return Err(ApiError::new(
                     "unsupported",
                     "pairing runs in the page's shell (masq-peer.js), not in a request",
@@ -381,10 +381,15 @@ impl WebStore {
                 "the relay's URL must start with ws:// or wss://",
             ));
         }
-        self.parts_at(now_ms)?;
+        let (store, sync) = self.parts_at(now_ms)?;
+        let me = PeerInfo {
+            public_key: *sync.keypair().public().as_bytes(),
+            name: sync::device_name(store),
+        };
         Ok(WebPairing(pairing::Pairing::invite(
             relay,
             (now_ms / 1000.0) as i64,
+            me,
         )))
     }
 
@@ -401,7 +406,7 @@ impl WebStore {
             .map_err(js)
     }
 
-    /// Completes a pairing whose other side has spoken
+    /// Completes a pairing both users said yes to
     /// ([`WebPairing::is_ready`]): its records go into the writes, the
     /// engine learns the new peers. Returns the paired device as JSON.
     #[wasm_bindgen(js_name = pairFinish)]
@@ -464,8 +469,27 @@ impl WebPairing {
         self.0.on_frame(bytes).map_err(js)
     }
 
-    /// Whether the other side's message is in (finish it with
-    /// `WebStore.pairFinish`).
+    /// The code to show the user, once it is known (JSON `{"code",
+    /// "device_id", "fingerprint", "name"}`), else undefined. Answer with
+    /// [`confirm`](Self::confirm).
+    #[wasm_bindgen(js_name = takeCode)]
+    pub fn take_code(&mut self) -> Option<String> {
+        self.0.take_code()
+    }
+
+    /// The user's answer to the code; throws if it ends the pairing (a no,
+    /// or an answer out of turn). Send `takeFrames` after it either way.
+    pub fn confirm(&mut self, yes: bool) -> Result<(), JsError> {
+        self.0.confirm(yes).map_err(js)
+    }
+
+    /// Gives up (expired, closed): the other device is told if it can still
+    /// hear (send `takeFrames`).
+    pub fn abandon(&mut self) {
+        self.0.abandon()
+    }
+
+    /// Whether both users said yes (finish it with `WebStore.pairFinish`).
     #[wasm_bindgen(js_name = isReady)]
     pub fn is_ready(&self) -> bool {
         self.0.is_ready()

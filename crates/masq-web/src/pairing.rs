@@ -3,24 +3,21 @@
 //!
 //! The connection shows the relay a fresh key, never the device's (the
 //! relay must not learn which device pairs, and the device's own connection
-//! must not be replaced), then joins the invite's rendezvous slot. The two
-//! devices exchange, sealed with the invite's one-time secret
-//! ([`PairingChannel`]):
-//! 1. joiner → inviter: `Introduce([joiner])`, once the relay says the
-//!    inviter is in the slot;
-//! 2. inviter → joiner: `Introduce([inviter, ...its paired devices])`.
-//!
-//! When the other side's message is in ([`Pairing::is_ready`]), the page's
-//! store finishes ([`Pairing::finish`]): the records go into the outbox
-//! (the other device, for the inviter the introductions it owes its other
-//! devices, the relay's URL), and the inviter's answer waits in
-//! [`Pairing::take_frames`] until they are committed. Nothing is stored
-//! unless the exchange authenticates.
+//! must not be replaced), then joins the invite's rendezvous slot. The
+//! exchange is the core's (`masq_core::sync::pairing::Exchange`): commit,
+//! offer, reveal, then a six-digit code both users compare
+//! ([`Pairing::take_code`]) and answer ([`Pairing::confirm`]). Once both
+//! said yes ([`Pairing::is_ready`]) the page's store finishes
+//! ([`Pairing::finish`]): the records go into the outbox (the other device,
+//! for the inviter the introductions it owes its other devices, the relay's
+//! URL), and the inviter's welcome waits in [`Pairing::take_frames`] until
+//! they are committed. Nothing is stored unless the exchange authenticates
+//! and both users say yes.
 
-use masq_core::crypto::pairing::{PairingChannel, TO_INVITER, TO_JOINER};
-use masq_core::crypto::{check_public_key, safety_code, DeviceId, DeviceKeypair};
+use masq_core::crypto::{DeviceId, DeviceKeypair};
 use masq_core::layout::meta::{self as layout, RELAY_URL};
 use masq_core::records::{Table, WriteSet};
+use masq_core::sync::pairing::{Event, Exchange, Role};
 use masq_core::wire::device::{PeerInfo, SyncPayload};
 use masq_core::wire::invite::Invite;
 use masq_core::wire::relay_frame::{codes, Frame};
@@ -28,20 +25,7 @@ use x25519_dalek::PublicKey;
 
 use crate::peer_store::PeerStore;
 use crate::relay_conn::RelayConn;
-use crate::sync::{device_name, peers};
-
-/// Which end of the invite this page is.
-enum Role {
-    /// Made the invite; waits for the joiner's hello.
-    Inviter,
-    /// Opened someone's invite; `me` is its hello.
-    Joiner {
-        /// This device, as introduced to the inviter.
-        me: PeerInfo,
-        /// Whether the hello went out.
-        said_hello: bool,
-    },
-}
+use crate::sync::peers;
 
 /// The device on the other end of a completed pairing (the native
 /// `Paired`, field for field).
@@ -74,20 +58,30 @@ pub enum PairingFailed {
     Invite(String),
 }
 
+/// What both users agreed on, until the store finishes it.
+struct Agreement {
+    /// The other device.
+    peer: PeerInfo,
+    /// The inviter's other devices (joiner side).
+    others: Vec<PeerInfo>,
+    /// The code both confirmed.
+    code: String,
+}
+
 /// One pairing in progress.
 pub struct Pairing {
     /// The invite (made here, or opened).
     invite: Invite,
-    /// The channel sealed with the invite's secret.
-    channel: PairingChannel,
-    /// Inviter or joiner.
-    role: Role,
+    /// The core's exchange.
+    exchange: Exchange,
     /// The key this connection shows the relay (fresh, never the device's).
     conn_key: DeviceKeypair,
     /// The connection's opening.
     conn: RelayConn,
-    /// The other side's opened message, once in.
-    received: Option<Vec<PeerInfo>>,
+    /// The code to show, until taken (JSON: code, device_id, fingerprint, name).
+    code: Option<String>,
+    /// Both users said yes; the store has not finished it yet.
+    agreed: Option<Agreement>,
     /// Finished (or failed): nothing more happens.
     done: bool,
     /// Frames for the relay.
@@ -96,32 +90,27 @@ pub struct Pairing {
 
 impl Pairing {
     /// A new invite through `relay` (valid from `now_secs` for the core's
-    /// `INVITE_TTL_SECS`).
-    pub fn invite(relay: &str, now_secs: i64) -> Self {
-        Self::with(Invite::new(relay, now_secs), Role::Inviter)
+    /// `INVITE_TTL_SECS`), introducing this device as `me`.
+    pub fn invite(relay: &str, now_secs: i64, me: PeerInfo) -> Self {
+        let invite = Invite::new(relay, now_secs);
+        Self::with(Exchange::new(Role::Inviter, &invite, me), invite)
     }
 
     /// Joins the pairing of `uri` as the device `me`.
     pub fn join(uri: &str, now_secs: i64, me: PeerInfo) -> Result<Self, PairingFailed> {
         let invite = Invite::parse(uri.trim(), now_secs)
             .map_err(|e| PairingFailed::Invite(e.to_string()))?;
-        Ok(Self::with(
-            invite,
-            Role::Joiner {
-                me,
-                said_hello: false,
-            },
-        ))
+        Ok(Self::with(Exchange::new(Role::Joiner, &invite, me), invite))
     }
 
-    fn with(invite: Invite, role: Role) -> Self {
+    fn with(exchange: Exchange, invite: Invite) -> Self {
         Self {
-            channel: PairingChannel::new(&invite.secret, invite.slot),
             invite,
-            role,
+            exchange,
             conn_key: DeviceKeypair::generate(),
             conn: RelayConn::new(),
-            received: None,
+            code: None,
+            agreed: None,
             done: false,
             frames: Vec::new(),
         }
@@ -132,14 +121,78 @@ impl Pairing {
         &self.invite
     }
 
-    /// Whether the other side's message is in ([`Self::finish`] next).
+    /// Whether both users said yes ([`Self::finish`] next).
     pub fn is_ready(&self) -> bool {
-        self.received.is_some() && !self.done
+        self.agreed.is_some() && !self.done
+    }
+
+    /// The code to show the user, once (JSON `{"code", "device_id",
+    /// "fingerprint", "name"}`); answer with [`Self::confirm`].
+    pub fn take_code(&mut self) -> Option<String> {
+        self.code.take()
     }
 
     /// Frames to send on the pairing connection.
     pub fn take_frames(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.frames)
+    }
+
+    /// Moves the exchange's sealed messages into relay frames.
+    fn flush(&mut self) {
+        for m in self.exchange.take_messages() {
+            self.frames.push(Frame::RendezvousSend(m).encode());
+        }
+    }
+
+    /// Takes what the exchange said.
+    fn on_event(&mut self, event: Option<Event>) {
+        match event {
+            None => {}
+            Some(Event::Compare { code, peer }) => {
+                let id = DeviceId::from_public(&PublicKey::from(peer.public_key));
+                self.code = Some(
+                    serde_json::json!({
+                        "code": code,
+                        "device_id": id.to_string(),
+                        "fingerprint": id.fingerprint(),
+                        "name": peer.name,
+                    })
+                    .to_string(),
+                );
+            }
+            Some(Event::Agreed { peer, others, code }) => {
+                self.agreed = Some(Agreement { peer, others, code });
+            }
+        }
+    }
+
+    /// This device's user answered the code: `yes` when the other device
+    /// shows the same. A no (or an answer out of turn) fails the pairing,
+    /// and the other device is told.
+    pub fn confirm(&mut self, yes: bool) -> Result<(), PairingFailed> {
+        if self.done {
+            return Err(PairingFailed::Exchange("the pairing is over".into()));
+        }
+        let r = self.exchange.confirm(yes);
+        self.flush();
+        match r {
+            Ok(ev) => {
+                self.on_event(ev);
+                Ok(())
+            }
+            Err(e) => {
+                self.done = true;
+                Err(PairingFailed::Exchange(e.to_string()))
+            }
+        }
+    }
+
+    /// Gives up (the invite expired, the page closed): the other device is
+    /// told if it can still hear.
+    pub fn abandon(&mut self) {
+        self.exchange.abandon();
+        self.flush();
+        self.done = true;
     }
 
     /// One frame from the relay on the pairing connection.
@@ -167,39 +220,26 @@ impl Pairing {
         }
         match frame {
             Frame::RendezvousPeer { joined: true } => {
-                // Speak only once the inviter is in the slot: a hello sent
-                // into a slot it has not entered yet would be lost.
-                if let Role::Joiner { me, said_hello } = &mut self.role {
-                    if !*said_hello {
-                        *said_hello = true;
-                        let hello = SyncPayload::Introduce(vec![me.clone()]).encode();
-                        let sealed = self.channel.seal(TO_INVITER, &hello);
-                        self.frames.push(Frame::RendezvousSend(sealed).encode());
-                    }
-                }
+                // The joiner speaks (commits) only once the inviter is in
+                // the slot: a message sent into a slot it has not entered
+                // yet would be lost.
+                self.exchange.on_peer_present();
+                self.flush();
+            }
+            Frame::RendezvousPeer { joined: false } if self.exchange.is_under_way() => {
+                self.done = true;
+                return Err(PairingFailed::Exchange("the other device left the pairing".into()));
             }
             Frame::RendezvousData(data) => {
-                let direction = match self.role {
-                    Role::Inviter => TO_INVITER,
-                    Role::Joiner { .. } => TO_JOINER,
-                };
-                let plain = self
-                    .channel
-                    .open(direction, &data)
-                    .map_err(|e| PairingFailed::Exchange(e.to_string()))?;
-                let Ok(SyncPayload::Introduce(list)) = SyncPayload::decode(&plain) else {
-                    return Err(PairingFailed::Exchange(
-                        "unexpected message from the other device".into(),
-                    ));
-                };
-                if list.is_empty() {
-                    return Err(PairingFailed::Exchange("an empty introduction".into()));
+                let r = self.exchange.on_message(&data);
+                self.flush();
+                match r {
+                    Ok(ev) => self.on_event(ev),
+                    Err(e) => {
+                        self.done = true;
+                        return Err(PairingFailed::Exchange(e.to_string()));
+                    }
                 }
-                for p in &list {
-                    check_public_key(&PublicKey::from(p.public_key))
-                        .map_err(|e| PairingFailed::Exchange(e.to_string()))?;
-                }
-                self.received = Some(list);
             }
             Frame::Error { code, message } if code == codes::RENDEZVOUS_AUTH_FAILED => {
                 return Err(PairingFailed::Relay(message));
@@ -213,29 +253,24 @@ impl Pairing {
     }
 
     /// Completes the pairing in `store` (whose device key is `me`): the
-    /// records go to the outbox, and the inviter's answer waits in
+    /// records go to the outbox, and the inviter's welcome waits in
     /// [`Self::take_frames`] for their commit.
     pub fn finish(
         &mut self,
         store: &PeerStore,
         me: &DeviceKeypair,
     ) -> Result<Paired, PairingFailed> {
-        let Some(list) = self.received.take().filter(|_| !self.done) else {
+        let Some(agreed) = self.agreed.take().filter(|_| !self.done) else {
             return Err(PairingFailed::Exchange(
-                "the other device has not spoken yet".into(),
+                "both users have not said yes yet".into(),
             ));
         };
         self.done = true;
         let now = store.now_secs();
         let mut w = WriteSet::new();
-        let other = list[0].clone();
+        let other = agreed.peer;
         let other_public = PublicKey::from(other.public_key);
         let other_id = DeviceId::from_public(&other_public);
-        if other_id == me.device_id() {
-            return Err(PairingFailed::Exchange(
-                "a device cannot pair with itself".into(),
-            ));
-        }
         let me_id = me.device_id();
         let stage = |w: &mut WriteSet, p: &PeerInfo, added_by: &DeviceId| {
             layout::stage_peer(w, &PublicKey::from(p.public_key), &p.name, now, added_by)
@@ -243,25 +278,22 @@ impl Pairing {
                 .map_err(|e| PairingFailed::Exchange(e.to_string()))
         };
         let mut learned = 0usize;
-        match self.role {
+        stage(&mut w, &other, &me_id)?;
+        match self.exchange.role() {
             Role::Inviter => {
                 let existing = peers(store);
-                let mut welcome = vec![PeerInfo {
-                    public_key: *me.public().as_bytes(),
-                    name: device_name(store),
-                }];
+                let mut others = Vec::new();
                 for (id, rec) in &existing {
                     if *id == other_id {
                         continue;
                     }
                     if let Ok(public) = rec.public() {
-                        welcome.push(PeerInfo {
+                        others.push(PeerInfo {
                             public_key: *public.as_bytes(),
                             name: rec.name.clone(),
                         });
                     }
                 }
-                stage(&mut w, &other, &me_id)?;
                 // Every other device learns of the joiner over its own
                 // session, when next online.
                 let intro = SyncPayload::Introduce(vec![other.clone()]).encode();
@@ -270,32 +302,28 @@ impl Pairing {
                         layout::stage_note(&mut w, id, &intro);
                     }
                 }
-                let sealed = self
-                    .channel
-                    .seal(TO_JOINER, &SyncPayload::Introduce(welcome).encode());
-                self.frames.push(Frame::RendezvousSend(sealed).encode());
+                self.exchange.welcome(others);
+                self.flush();
             }
-            Role::Joiner { .. } => {
-                // Devices other than the inviter and this one are counted,
-                // not derived from the list's length: a hostile inviter's
-                // list may leave itself out or name this device.
-                for p in &list {
+            Role::Joiner => {
+                // The devices the inviter vouches for are brought in by it
+                // (those removed here once stay removed). Counted, not
+                // derived from the list's length: a hostile inviter's list
+                // may name itself or this device.
+                for p in &agreed.others {
                     let public = PublicKey::from(p.public_key);
-                    if DeviceId::from_public(&public) == me.device_id() {
+                    if masq_core::crypto::check_public_key(&public).is_err() {
                         continue;
                     }
-                    // The inviter is paired here; the devices it vouches
-                    // for are brought in by it (those removed here once
-                    // stay removed).
-                    if public == other_public {
-                        stage(&mut w, p, &me_id)?;
-                    } else if store
-                        .meta(&layout::removed_key(&DeviceId::from_public(&public)))
-                        .is_none()
+                    let id = DeviceId::from_public(&public);
+                    if id == me_id
+                        || id == other_id
+                        || store.meta(&layout::removed_key(&id)).is_some()
                     {
-                        stage(&mut w, p, &other_id)?;
-                        learned += 1;
+                        continue;
                     }
+                    stage(&mut w, p, &other_id)?;
+                    learned += 1;
                 }
             }
         }
@@ -309,7 +337,7 @@ impl Pairing {
             device_id: other_id.to_string(),
             fingerprint: other_id.fingerprint(),
             name: other.name,
-            safety_code: safety_code(&me.public(), &other_public),
+            safety_code: agreed.code,
             also_learned: learned,
         })
     }

@@ -184,7 +184,11 @@ impl Relay {
             public_key: *joiner.sync.keypair().public().as_bytes(),
             name: "tablet".into(),
         };
-        let mut inv = Pairing::invite("ws://relay.test", 1_800_000_000);
+        let me_inv = masq_core::wire::device::PeerInfo {
+            public_key: *inviter.sync.keypair().public().as_bytes(),
+            name: "phone".into(),
+        };
+        let mut inv = Pairing::invite("ws://relay.test", 1_800_000_000, me_inv);
         let uri = inv.invite_ref().to_uri();
         let mut join = Pairing::join(&uri, 1_800_000_000, me).unwrap();
         // Each opens its connection and joins the slot with a valid proof.
@@ -204,21 +208,38 @@ impl Relay {
                 slot_proof(&dh, &self.nonce, self.key.public().as_bytes(), &slot_public)
             );
         }
-        // Both are in: the joiner says hello, the inviter answers.
+        // Both are in: the joiner commits, the inviter offers, the joiner
+        // reveals; both show the code.
         let joined = Frame::RendezvousPeer { joined: true }.encode();
         inv.on_frame(&joined).unwrap();
         join.on_frame(&joined).unwrap();
         let relay_data = |frames: Vec<Vec<u8>>| -> Vec<u8> {
+            assert_eq!(frames.len(), 1);
             let Frame::RendezvousSend(d) = Frame::decode(&frames[0]).unwrap() else {
                 panic!("expected rendezvous data");
             };
             Frame::RendezvousData(d).encode()
         };
         inv.on_frame(&relay_data(join.take_frames())).unwrap();
+        join.on_frame(&relay_data(inv.take_frames())).unwrap();
+        inv.on_frame(&relay_data(join.take_frames())).unwrap();
+        let code = |p: &mut Pairing| -> String {
+            let c: Value = serde_json::from_str(&p.take_code().expect("a code")).unwrap();
+            c["code"].as_str().unwrap().to_string()
+        };
+        assert_eq!(code(&mut inv), code(&mut join));
+        // The joiner's user says yes: nothing is ready on either side yet.
+        join.confirm(true).unwrap();
+        inv.on_frame(&relay_data(join.take_frames())).unwrap();
+        assert!(!inv.is_ready() && !join.is_ready());
+        // The inviter's user says yes: it finishes, and its welcome ends
+        // the joiner's side.
+        inv.confirm(true).unwrap();
         assert!(inv.is_ready());
         let paired_inv = inv.finish(&inviter.store, inviter.sync.keypair()).unwrap();
         inviter.sync.peers_changed(&inviter.store);
         join.on_frame(&relay_data(inv.take_frames())).unwrap();
+        assert!(join.is_ready());
         let paired_join = join.finish(&joiner.store, joiner.sync.keypair()).unwrap();
         joiner.sync.peers_changed(&joiner.store);
         (

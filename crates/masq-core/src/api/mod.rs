@@ -242,19 +242,40 @@ pub enum Request {
     /// Admin only: relay, devices online, unacknowledged documents.
     #[serde(rename = "status")]
     Status {},
-    /// Admin only: makes an invite; `ok` is `{"invite", "qr", "qr_svg"}` and a
-    /// `{"paired": ...}` message follows when the other device joins.
+    /// Admin only: makes an invite; `ok` is `{"invite", "qr", "qr_svg"}`.
+    /// When the other device has joined, a `{"id", "pair_code": {"code",
+    /// "device_id", "fingerprint", "name"}}` message asks for the user's
+    /// answer (`pair.confirm`), and a `{"id", "paired": ...}` message ends it.
     #[serde(rename = "pair.invite")]
     PairInvite {
         /// Relay URL (default: the store's).
         #[serde(default)]
         relay: Option<String>,
+        /// Confirm without asking: only for callers that compare the two
+        /// codes themselves (scripts with `--yes`).
+        #[serde(default)]
+        yes: bool,
     },
-    /// Admin only: joins the device that made `invite`; `ok` is the paired device.
+    /// Admin only: joins the device that made `invite`. A `pair_code`
+    /// message (as for `pair.invite`) asks for the user's answer; `ok` is the
+    /// paired device, once both users said yes.
     #[serde(rename = "pair.join")]
     PairJoin {
         /// The `masq:` URI.
         invite: String,
+        /// As for `pair.invite`.
+        #[serde(default)]
+        yes: bool,
+    },
+    /// Admin only: the user's answer to a pairing's code: `yes` when the
+    /// other device shows the same code. `pairing` is the id of the
+    /// `pair.invite` or `pair.join` request (on the same connection).
+    #[serde(rename = "pair.confirm")]
+    PairConfirm {
+        /// The pairing request's id.
+        pairing: u64,
+        /// The user's answer.
+        yes: bool,
     },
     /// Admin only: a single-use code for a manager link; `ok` is `{"code"}`.
     /// `masq manager` puts it in the link instead of the admin token.
@@ -315,6 +336,7 @@ impl Request {
                 | Request::Status {}
                 | Request::PairInvite { .. }
                 | Request::PairJoin { .. }
+                | Request::PairConfirm { .. }
                 | Request::AdminLoginCode {}
                 | Request::AdminSession {}
                 | Request::SyncShow {}
@@ -404,6 +426,14 @@ pub enum Response {
         id: u64,
         /// The paired device (or an error).
         paired: Json,
+    },
+    /// A pairing's code is known: the user compares it with the other
+    /// device's and answers with `pair.confirm`.
+    PairCode {
+        /// The `pair.invite` or `pair.join` request's id.
+        id: u64,
+        /// `{"code", "device_id", "fingerprint", "name"}`.
+        pair_code: Json,
     },
 }
 

@@ -4,7 +4,8 @@
 //! one is sent again ([`handshake_rules`]), what goes into a batch
 //! ([`batching`]), when a document's sync state restarts ([`doc_states`]),
 //! the whole per-peer session as one state machine ([`link`]), who is in
-//! the user's device group and how a removal spreads ([`membership`]), which app's
+//! the user's device group and how a removal spreads ([`membership`]), how two devices pair
+//! with the users' yes ([`pairing`]), which app's
 //! documents may flow with which peer ([`prefs`]), and what one
 //! received sync message does to its document ([`receive`]). The native engine
 //! (`masq::sync::engine`) drives them with its socket, clock and disk; they
@@ -20,5 +21,6 @@ pub mod fragments;
 pub mod handshake_rules;
 pub mod link;
 pub mod membership;
+pub mod pairing;
 pub mod prefs;
 pub mod receive;

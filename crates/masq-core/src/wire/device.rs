@@ -186,12 +186,12 @@ pub enum SyncPayload {
     Removal(Removal),
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if self.b.len() < n {
             return Err(WireError::Truncated(what));
         }
@@ -199,42 +199,42 @@ impl<'a> Reader<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
         Ok(self.take(1, what)?[0])
     }
-    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         let s = self.take(2, what)?;
         Ok(u16::from_be_bytes([s[0], s[1]]))
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
         let s = self.take(4, what)?;
         Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         let s = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         Ok(u64::from_be_bytes(a))
     }
-    fn name(&mut self, what: &'static str) -> Result<String, WireError> {
+    pub(crate) fn name(&mut self, what: &'static str) -> Result<String, WireError> {
         let n = self.u8(what)? as usize;
         let s = self.take(n, what)?;
         String::from_utf8(s.to_vec()).map_err(|_| WireError::BadName)
     }
-    fn names(&mut self, what: &'static str) -> Result<Vec<String>, WireError> {
+    pub(crate) fn names(&mut self, what: &'static str) -> Result<Vec<String>, WireError> {
         let n = self.u16(what)? as usize;
         if n > MAX_PREF_APPS {
             return Err(WireError::Truncated(what));
         }
         (0..n).map(|_| self.name(what)).collect()
     }
-    fn key32(&mut self, what: &'static str) -> Result<[u8; 32], WireError> {
+    pub(crate) fn key32(&mut self, what: &'static str) -> Result<[u8; 32], WireError> {
         let s = self.take(32, what)?;
         let mut a = [0u8; 32];
         a.copy_from_slice(s);
         Ok(a)
     }
-    fn end(&self) -> Result<(), WireError> {
+    pub(crate) fn end(&self) -> Result<(), WireError> {
         if self.b.is_empty() {
             Ok(())
         } else {
@@ -243,7 +243,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_name(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_name(out: &mut Vec<u8>, s: &str) {
     // Names longer than MAX_NAME_BYTES are cut at a char boundary; callers validate first.
     let mut end = s.len().min(MAX_NAME_BYTES);
     while !s.is_char_boundary(end) {

@@ -1,15 +1,21 @@
-//! Pairing invites: `masq:pair?v=1&relay=<url>&slot=<64 hex>&secret=<base58>&exp=<unix secs>`.
+//! Pairing invites: `masq:pair?v=2&relay=<url>&slot=<64 hex>&secret=<base58>&exp=<unix secs>`.
 //!
 //! The secret is 256 random bits, used once; the slot names the relay's
 //! rendezvous and is derived from the secret (`crypto::pairing::slot_id`:
 //! the hash of the slot key's public half, so only a secret holder can join
 //! it); `exp` is when the invite stops being accepted (10 minutes after
-//! it was made, matching the relay's slot lifetime). The format is the one
-//! masq always used; an invite whose slot does not match its secret is
-//! refused as malformed.
+//! it was made, matching the relay's slot lifetime). `v=2` names the pairing
+//! with a commitment and both users' confirmation (`masq_core::sync::pairing`);
+//! an invite of version 1 (made by masq before it) is refused with a message
+//! that says so, since the two pairings cannot talk. An invite whose slot does
+//! not match its secret is refused as malformed.
 
 use crate::crypto::random_bytes;
 use zeroize::Zeroizing;
+
+/// The version of invite (and pairing) this build makes and takes.
+pub const INVITE_VERSION: u8 = 2;
+const INVITE_VERSION_STR: &str = "2";
 
 /// How long an invite is valid.
 pub const INVITE_TTL_SECS: i64 = 600;
@@ -42,6 +48,9 @@ pub enum InviteError {
     /// Not a masq invite or a field is malformed.
     #[error("not a valid masq invite: {0}")]
     Malformed(&'static str),
+    /// Made by a masq whose pairing has no confirmation step (invite v1).
+    #[error("this invite was made by an older masq (pairing v1); update masq on the inviting device and make a new invite")]
+    OlderVersion,
     /// Past its expiry time.
     #[error("invite expired")]
     Expired,
@@ -67,7 +76,8 @@ impl Invite {
     /// The `masq:` URI.
     pub fn to_uri(&self) -> String {
         format!(
-            "masq:pair?v=1&relay={}&slot={}&secret={}&exp={}",
+            "masq:pair?v={}&relay={}&slot={}&secret={}&exp={}",
+            INVITE_VERSION,
             percent_encode(&self.relay),
             hex::encode(self.slot),
             bs58::encode(self.secret.as_ref()).into_string(),
@@ -97,8 +107,10 @@ impl Invite {
                 _ => {}
             }
         }
-        if v != Some("1") {
-            return Err(InviteError::Malformed("unsupported version"));
+        match v {
+            Some(INVITE_VERSION_STR) => {}
+            Some("1") => return Err(InviteError::OlderVersion),
+            _ => return Err(InviteError::Malformed("unsupported version")),
         }
         let relay = relay.ok_or(InviteError::Malformed("missing relay"))?;
         if !(relay.starts_with("ws://") || relay.starts_with("wss://")) {
@@ -224,6 +236,11 @@ mod tests {
             Err(InviteError::Malformed(_))
         ));
         assert!(!inv.qr_text().is_empty());
+        assert!(uri.starts_with("masq:pair?v=2&"));
+        assert_eq!(
+            Invite::parse(&uri.replacen("v=2", "v=1", 1), 1000),
+            Err(InviteError::OlderVersion)
+        );
     }
 
     #[test]
