@@ -37,10 +37,14 @@ fn the_readme_demo_runs_and_both_stores_converge() {
         serde_json::from_str(line(&stdout, "volume conflict kept on both:")).unwrap();
     conflict.sort_unstable();
     assert_eq!(conflict, [3, 7]);
-    // Safety codes printed for both sides are equal.
-    let codes = line(&stdout, "safety codes: A ");
-    let mut parts = codes.split_whitespace();
-    let a = parts.next().unwrap();
-    assert_eq!(parts.next(), Some("B"));
-    assert_eq!(parts.next(), Some(a), "{codes}");
+    // The pairing codes both sides showed (and confirmed) are equal.
+    let codes = line(&stdout, "codes: A showed ");
+    let a = codes.split(',').next().unwrap();
+    let b = codes
+        .split("B showed ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap();
+    assert_eq!(a.len(), 6, "{codes}");
+    assert_eq!(a, b, "{codes}");
 }

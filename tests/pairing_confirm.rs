@@ -8,6 +8,8 @@
 //!   other device with another) shows them different codes; they say no, and
 //!   nothing is stored anywhere.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -71,7 +73,10 @@ impl PairCli {
     /// Waits for the code it shows.
     fn code(&self) -> String {
         loop {
-            let line = self.lines.recv_timeout(T).expect("a pairing code on stderr");
+            let line = self
+                .lines
+                .recv_timeout(T)
+                .expect("a pairing code on stderr");
             if let Some(rest) = line.split("Pairing code: ").nth(1) {
                 return rest.chars().take(6).collect();
             }
@@ -120,8 +125,14 @@ async fn two_users_who_see_the_same_code_and_say_yes_are_paired_and_not_before()
         // B's user says yes; A's has not answered: nothing is stored.
         join.answer(true);
         std::thread::sleep(Duration::from_millis(500));
-        assert!(devices(&a).is_empty(), "A stored B before its user said yes");
-        assert!(devices(&b).is_empty(), "B stored A before A's user said yes");
+        assert!(
+            devices(&a).is_empty(),
+            "A stored B before its user said yes"
+        );
+        assert!(
+            devices(&b).is_empty(),
+            "B stored A before A's user said yes"
+        );
         invite.answer(true);
         let (ok_a, err_a) = invite.finish();
         let (ok_b, err_b) = join.finish();
@@ -162,7 +173,10 @@ async fn a_man_in_the_middle_with_the_invite_shows_different_codes_and_nothing_i
         assert_eq!(code_b, m2, "B and the attacker's second device agree");
         // The attacker had one guess at making the two screens agree
         // (1 in 10^6): they differ.
-        assert_ne!(code_a, code_b, "the laptop and the phone show different codes");
+        assert_ne!(
+            code_a, code_b,
+            "the laptop and the phone show different codes"
+        );
         // The attacker says yes on both of its devices; the user sees two
         // different codes and says no on both of hers.
         mallory_joins.answer(true);

@@ -40,6 +40,11 @@ const ui = {
   joinForm: $("#pair-join-form"),
   joinUri: $("#pair-join-uri"),
   pairStatus: $("#pair-status"),
+  pairCheck: $("#pair-check"),
+  pairCode: $("#pair-code"),
+  pairPeer: $("#pair-peer"),
+  pairYes: $("#pair-yes"),
+  pairNo: $("#pair-no"),
 };
 /** The relay to pair through: `?relay=`, else the last one used here. */
 const RELAY_KEY = "notes-relay";
@@ -523,7 +528,7 @@ async function renderDevices() {
     li.append(dot, ` ${d.name} `);
     const sc = document.createElement("span");
     sc.className = "muted";
-    sc.textContent = `safety code ${d.safety_code}`;
+    sc.textContent = `key code ${d.safety_code}`;
     li.append(sc);
     ui.deviceList.append(li);
   }
@@ -535,7 +540,25 @@ function pairStatus(text, ok) {
 }
 
 function pairedText(p) {
-  return `Paired with ${p.name}. Safety code ${p.safety_code}: check that the other device shows the same.`;
+  return `Paired with ${p.name}. Both devices confirmed code ${p.safety_code}.`;
+}
+
+/** Shows a pairing's code; resolves to the user's answer (nothing is stored before both devices say yes). */
+function askCode(check) {
+  ui.pairCode.textContent = check.code;
+  ui.pairPeer.textContent = check.name;
+  ui.pairCheck.hidden = false;
+  pairStatus("Compare the code with your other device.", true);
+  return new Promise((resolve) => {
+    const answer = (yes) => {
+      ui.pairYes.onclick = ui.pairNo.onclick = null;
+      ui.pairCheck.hidden = true;
+      pairStatus(yes ? "Confirmed here: waiting for the other device…" : "Declined: nothing was stored.", yes);
+      resolve(yes);
+    };
+    ui.pairYes.onclick = () => answer(true);
+    ui.pairNo.onclick = () => answer(false);
+  });
 }
 
 async function invite(e) {
@@ -543,16 +566,18 @@ async function invite(e) {
   const relay = ui.relay.value.trim();
   localStorage.setItem(RELAY_KEY, relay);
   try {
-    const inv = await masq.pair.invite(relay);
+    const inv = await masq.pair.invite(relay, { confirm: askCode });
     ui.qr.innerHTML = inv.qr_svg; // an SVG made by the core from the invite
     ui.uri.value = inv.invite;
     ui.offer.hidden = false;
     pairStatus("Open this invite on your other device (valid 10 minutes, once).", true);
+    inv.code.then(() => (ui.offer.hidden = true));
     const p = await inv.paired;
     ui.offer.hidden = true;
     pairStatus(pairedText(p), true);
   } catch (err) {
     ui.offer.hidden = true;
+    ui.pairCheck.hidden = true;
     pairStatus(`Pairing failed: ${err.message}`, false);
   }
   renderDevices().catch(showError);
@@ -562,10 +587,11 @@ async function join(e) {
   e.preventDefault();
   pairStatus("Joining…", true);
   try {
-    const p = await masq.pair.join(ui.joinUri.value.trim());
+    const p = await masq.pair.join(ui.joinUri.value.trim(), { confirm: askCode });
     ui.joinUri.value = "";
     pairStatus(pairedText(p), true);
   } catch (err) {
+    ui.pairCheck.hidden = true;
     pairStatus(`Pairing failed: ${err.message}`, false);
   }
   renderDevices().catch(showError);

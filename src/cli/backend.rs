@@ -153,7 +153,8 @@ impl Backend {
                 let (news_tx, news) = mpsc::channel(4);
                 let forward = async move {
                     while let Some(m) = rx.recv().await {
-                        let news = match serde_json::from_str::<Response>(m.to_text().unwrap_or("")) {
+                        let news = match serde_json::from_str::<Response>(m.to_text().unwrap_or(""))
+                        {
                             Ok(Response::PairCode { pair_code, .. }) => PairNews::Code(pair_code),
                             Ok(Response::Paired { paired, .. }) => PairNews::Paired(paired),
                             _ => continue,
@@ -167,7 +168,17 @@ impl Backend {
                     is_invite,
                     admin::handle(shared, PAIRING, req, &tx),
                     news,
-                    |yes| admin::handle(shared, 2, Request::PairConfirm { pairing: PAIRING, yes }, &tx),
+                    |yes| {
+                        admin::handle(
+                            shared,
+                            2,
+                            Request::PairConfirm {
+                                pairing: PAIRING,
+                                yes,
+                            },
+                            &tx,
+                        )
+                    },
                     on_invite,
                     ask,
                 );

@@ -153,7 +153,8 @@ pub fn pair(backend: &Backend, cmd: PairCmd) -> Result<(), CliError> {
         PairCmd::Invite { relay, yes } => (Request::PairInvite { relay, yes }, yes, true),
         PairCmd::Join { invite, file, yes } => {
             // An invite read from stdin leaves no terminal to answer on.
-            let stdin_free = invite.is_some() || file.as_deref().is_some_and(|f| f != Path::new("-"));
+            let stdin_free =
+                invite.is_some() || file.as_deref().is_some_and(|f| f != Path::new("-"));
             let req = Request::PairJoin {
                 invite: read_invite(invite, file)?,
                 yes,

@@ -268,7 +268,12 @@ impl Connection {
     /// (`{"code", "device_id", "fingerprint", "name"}`) and resolves to the
     /// user's answer, which goes back as `pair.confirm`. Resolves to the
     /// paired device, or the error that ended the pairing.
-    pub async fn pair<F, Fut>(&self, request: Request, on_invite: impl FnMut(&Json), ask: F) -> Answer
+    pub async fn pair<F, Fut>(
+        &self,
+        request: Request,
+        on_invite: impl FnMut(&Json),
+        ask: F,
+    ) -> Answer
     where
         F: FnOnce(Json) -> Fut,
         Fut: Future<Output = bool>,
@@ -331,6 +336,8 @@ where
     let mut answer = Some(Box::pin(answer));
     let mut ask = Some(ask);
     let mut asking: Option<Pin<Box<Fut>>> = None;
+    // The request said `yes`: the code is shown, and no answer is sent.
+    let mut answered = false;
     loop {
         tokio::select! {
             a = async { answer.as_mut().expect("guarded").await }, if answer.is_some() => {
@@ -342,10 +349,20 @@ where
             }
             yes = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
                 asking = None;
-                confirm(yes).await?;
+                if !answered {
+                    // A pairing that ended meanwhile (the other side said
+                    // no, or left) has no answer to wait for: its own end
+                    // follows and says why.
+                    if let Err(e) = confirm(yes).await {
+                        if e.code != "not_found" {
+                            return Err(e);
+                        }
+                    }
+                }
             }
             n = news.recv() => match n {
                 Some(PairNews::Code(check)) => {
+                    answered = check["answered"] == Json::Bool(true);
                     if let Some(f) = ask.take() {
                         asking = Some(Box::pin(f(check)));
                     }

@@ -75,15 +75,19 @@ impl PairAnswers {
     /// Delivers the answer to pairing `id` of the connection `conn`.
     fn answer(&self, id: u64, conn: &mpsc::Sender<Message>, yes: bool) -> bool {
         let mut w = self.lock();
-        match w.iter().position(|p| p.id == id && p.conn.same_channel(conn)) {
+        match w
+            .iter()
+            .position(|p| p.id == id && p.conn.same_channel(conn))
+        {
             Some(i) => w.swap_remove(i).answer.send(yes).is_ok(),
             None => false,
         }
     }
 
+    /// Drops pairing `id` of `conn`, and any whose pairing ended.
     fn forget(&self, id: u64, conn: &mpsc::Sender<Message>) {
-        self.lock()
-            .retain(|p| !(p.id == id && p.conn.same_channel(conn)) && !p.answer.is_closed());
+        let ours = |p: &PairAnswer| p.id == id && p.conn.same_channel(conn);
+        self.lock().retain(|p| !ours(p) && !p.answer.is_closed());
     }
 }
 
@@ -100,11 +104,13 @@ fn confirm_over(
     let (shared, out) = (shared.clone(), out.clone());
     Box::new(move |check: CodeCheck| {
         Box::pin(async move {
-            let text = serde_json::to_string(&Response::PairCode {
-                id,
-                pair_code: serde_json::to_value(&check).unwrap_or_default(),
-            })
-            .unwrap_or_default();
+            let mut pair_code = serde_json::to_value(&check).unwrap_or_default();
+            if yes {
+                // Shown, not asked: the caller must not answer.
+                pair_code["answered"] = Json::Bool(true);
+            }
+            let text =
+                serde_json::to_string(&Response::PairCode { id, pair_code }).unwrap_or_default();
             if yes {
                 let _ = out.send(Message::text(text)).await;
                 return true;

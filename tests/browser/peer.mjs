@@ -64,7 +64,7 @@ async function main() {
 
   // ---- 7. Known answers inside the wasm build.
   const answers = await page.evaluate(async () => (await import("/client/masq-peer.js")).checkKnownAnswers());
-  expect("known answers in wasm", answers === 26, answers);
+  expect("known answers in wasm", answers === 28, answers);
   log(`the ${answers} crypto known answers pass inside the wasm build`);
 
   // ---- 1. No store: peer mode, offline, and everything survives a reload.
@@ -359,7 +359,7 @@ async function main() {
     const hostile = inv.invite.replace(/relay=[^&]*/, "relay=ws%3A%2F%2F%5Bbad").replace(/exp=\d+/, "exp=9999999999999999");
     let code = "none";
     try {
-      await masq.pair.join(hostile);
+      await masq.pair.join(hostile, { yes: true });
     } catch (e) {
       code = e.code;
     }

@@ -107,6 +107,19 @@ async function main() {
   await mA.waitForSelector("#invite-qr svg");
   await mB.fill("#join-input", invite);
   await mB.click("#join-button");
+  // Both manager pages show the code and ask; nothing is stored before both say yes.
+  await mA.waitForSelector("#pair-confirm:not([hidden])");
+  await mB.waitForSelector("#pair-confirm:not([hidden])");
+  const pairCode = (await text(mA, "#pair-code")).trim();
+  if (!/^\d{6}$/.test(pairCode) || pairCode !== (await text(mB, "#pair-code")).trim())
+    throw new Error(`the pairing codes differ or are missing: ${pairCode} vs ${await text(mB, "#pair-code")}`);
+  await mB.click("#pair-yes");
+  await new Promise((r) => setTimeout(r, 500));
+  for (const d of [a.dir, b.dir]) {
+    const listed = execFileSync(MASQ, ["--data", d, "devices", "list"], { encoding: "utf8" }).trim().split("\n");
+    if (listed.length !== 1) throw new Error(`a device was stored before both users said yes: ${listed.join(" | ")}`);
+  }
+  await mA.click("#pair-yes");
   await mB.waitForFunction(() => document.querySelector("#pair-status")?.textContent.includes("Paired with laptop"));
   await mA.waitForFunction(() => document.querySelector("#pair-status")?.textContent.includes("Paired with phone"));
   const idA = await until("A's device id", () => mB.getAttribute("#devices [data-device]", "data-device"));
@@ -115,11 +128,11 @@ async function main() {
   const codeB = await text(mB, `#devices [data-device="${idA}"] .safety-code`);
   if (!codeA.trim() || codeA.trim() !== codeB.trim())
     throw new Error(`safety codes differ or are missing: ${JSON.stringify(codeA)} vs ${JSON.stringify(codeB)}`);
-  if (!(await mA.textContent("#pair-status")).includes(codeA.trim()))
-    throw new Error("the pairing status does not show the safety code");
+  if (!(await mA.textContent("#pair-status")).includes(pairCode))
+    throw new Error("the pairing status does not show the code both confirmed");
   await until("B shown online on A", async () => (await text(mA, `#devices [data-device="${idB}"] .online`)).trim() === "online");
   await until("A shown online on B", async () => (await text(mB, `#devices [data-device="${idA}"] .online`)).trim() === "online");
-  log(`paired from the manager pages; safety code ${codeA.trim()}; both online`);
+  log(`paired from the manager pages after both confirmed code ${pairCode}; key code ${codeA.trim()} listed on both; both online`);
 
   // ---- 2. The notes page on A waits for approval; approve it on A's manager.
   const notesOrigin = await serveNotes();

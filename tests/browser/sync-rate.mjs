@@ -42,9 +42,9 @@ function cli(dir, args) {
   }
 }
 
-/** `masq pair invite` on `dir`: {uri, done}. */
+/** `masq pair invite --yes` on `dir` (a benchmark's pairing: no user to ask): {uri, done}. */
 function invite(dir) {
-  const p = spawn(MASQ, ["--data", dir, "pair", "invite"], { stdio: ["ignore", "pipe", "pipe"] });
+  const p = spawn(MASQ, ["--data", dir, "pair", "invite", "--yes"], { stdio: ["ignore", "pipe", "pipe"] });
   children.push(p);
   let out = "";
   const done = new Promise((res, rej) => p.on("exit", (c) => (c === 0 ? res() : rej(new Error(`pair invite exited ${c}`)))));
@@ -98,11 +98,11 @@ async function main() {
 
   // 1. Pair both receivers with the laptop, then stop them.
   let inv = invite(laptop.dir);
-  cli(desktop.dir, ["pair", "join", await inv.uri]);
+  cli(desktop.dir, ["pair", "join", "--yes", await inv.uri]);
   await inv.done;
   let page = await openPage(origin);
   inv = invite(laptop.dir);
-  const paired = await page.evaluate((uri) => window.masq.pair.join(uri), await inv.uri);
+  const paired = await page.evaluate((uri) => window.masq.pair.join(uri, { yes: true }), await inv.uri);
   await inv.done;
   const devices = await page.evaluate(() => window.masq.pair.status());
   const pageDevice = devices.device;

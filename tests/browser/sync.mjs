@@ -7,12 +7,13 @@
 //
 // What it checks:
 // 2. store-app: a page (browser context "phone") joins an invite made by a
-//    native store ("laptop", `masq pair invite`); both show the same safety
-//    code; the laptop lists the page under a name that says what it is;
+//    native store ("laptop", `masq pair invite`); both show the same pairing
+//    code (the page's user is asked with it); the laptop lists the page under a name that says what it is;
 //    writes on either side reach the other; concurrent edits of one text
 //    converge.
 // 3. app-app: a second browser context ("tablet", separate storage) joins
-//    an invite made by the phone's page; it learns the laptop through the
+//    an invite made by the phone's page; both show one code, and nothing is
+//    stored until the phone's user also said yes; the tablet learns the laptop through the
 //    phone; writes converge on all three; removing the tablet on the phone
 //    reaches the laptop.
 // Also: examples/notes with no store pairs with the laptop from its devices
@@ -93,9 +94,13 @@ async function device(context, label, origin, relay, wire) {
   return page;
 }
 
-/** `masq pair invite` on a store: resolves to {uri, done} (done: the CLI's stderr once it exits). */
+/**
+ * `masq pair invite --yes` on a store (this script compares the codes
+ * itself: the CLI's and the page's): resolves to {uri, done} (done: the
+ * CLI's stderr once it exits).
+ */
 function nativeInvite(dir) {
-  const p = spawn(MASQ, ["--data", dir, "pair", "invite"], { stdio: ["ignore", "pipe", "pipe"] });
+  const p = spawn(MASQ, ["--data", dir, "pair", "invite", "--yes"], { stdio: ["ignore", "pipe", "pipe"] });
   children.push(p);
   let out = "";
   let err = "";
@@ -127,17 +132,22 @@ async function main() {
   // ---- 2. Store-app: the page joins the laptop's invite.
   const invite = nativeInvite(laptop.dir);
   const uri = await invite.uri;
-  const paired = await phone.evaluate((uri) => window.masq.pair.join(uri), uri);
+  // The page's user is asked with the code; the laptop's CLI prints it.
+  const paired = await phone.evaluate(
+    (uri) => window.masq.pair.join(uri, { confirm: (c) => ((window.shownCode = c.code), c.name === "laptop") }),
+    uri,
+  );
   const cliSays = await invite.done;
-  const laptopCode = (cliSays.match(/Safety code: (\d+)/) || [])[1];
+  const laptopCode = (cliSays.match(/Pairing code: (\d{6})/) || [])[1];
+  const pageCode = await phone.evaluate(() => window.shownCode);
   expect("the page paired with the laptop", paired.name === "laptop", paired);
-  expect("the safety codes are equal", laptopCode && laptopCode === paired.safety_code, { laptopCode, page: paired.safety_code });
+  expect("the page and the laptop showed one code", laptopCode && laptopCode === pageCode && pageCode === paired.safety_code, { laptopCode, pageCode, paired });
   const listed = await until("the laptop lists the page", () => {
     const list = cli(laptop.dir, ["devices", "list"]);
     return list && list.includes(" notes on ") ? list : null;
   });
   const pageName = (listed.match(/ (notes on [^\n]+?)  /) || [])[1];
-  log(`store-app: the page joined the laptop's invite; safety code ${laptopCode} on both; the laptop lists it as "${pageName}"`);
+  log(`store-app: the page joined the laptop's invite; the page's user confirmed code ${laptopCode}, the one the laptop showed; the laptop lists it as "${pageName}"`);
 
   await phone.evaluate((s) => window.masq.kv.put(s.pageKey, { v: s.pageValue }), SECRETS);
   await until("the page's write on the laptop", () => {
@@ -199,18 +209,51 @@ async function main() {
 
   // ---- 3. App-app: a second browser context joins the phone's invite.
   const tablet = await device(await browser.newContext(), "tablet", origin, relay, wire);
+  // First the tablet's user says no: both ends fail, nothing is stored.
+  const declineOffer = await phone.evaluate(async () => {
+    const inv = await window.masq.pair.invite(undefined, { confirm: () => true });
+    window.declined = inv.paired.then(() => "paired?", (e) => e.code);
+    return inv.invite;
+  });
+  const declinedHere = await tablet.evaluate(
+    (uri) => window.masq.pair.join(uri, { confirm: () => false }).then(() => "paired?", (e) => e.code),
+    declineOffer,
+  );
+  const declinedThere = await phone.evaluate(() => window.declined);
+  const afterNo = [await phone.evaluate(() => window.masq.pair.devices()), await tablet.evaluate(() => window.masq.pair.devices())];
+  expect(
+    "a no on the tablet ends the pairing on both, nothing stored",
+    declinedHere === "pairing_declined" && declinedThere === "pairing_failed" && afterNo[0].devices.length === 1 && afterNo[1].devices.length === 0,
+    { declinedHere, declinedThere, afterNo },
+  );
+  log("app-app: the tablet's user said no to the code: both ends fail and nothing is stored");
   const offer = await phone.evaluate(async () => {
     const inv = await window.masq.pair.invite();
+    window.phoneInvite = inv;
     window.pairedTablet = inv.paired;
     return { invite: inv.invite, svg: inv.qr_svg };
   });
   expect("the invite has a QR code", offer.svg.startsWith("<svg") || offer.svg.includes("<svg"), offer.svg.slice(0, 40));
-  const joined = await tablet.evaluate((uri) => window.masq.pair.join(uri), offer.invite);
+  // The tablet's user says yes at once; the phone's answers by hand after
+  // its code showed: until then nothing is stored on either.
+  const joining = tablet.evaluate(
+    (uri) => window.masq.pair.join(uri, { confirm: (c) => ((window.tabletCode = c.code), true) }),
+    offer.invite,
+  );
+  const phoneCode = await phone.evaluate(() => window.phoneInvite.code.then((c) => c.code));
+  const tabletCode = await until("the tablet's code", () => tablet.evaluate(() => window.tabletCode || null));
+  expect("the phone and the tablet show one code", phoneCode === tabletCode, { phoneCode, tabletCode });
+  await new Promise((r) => setTimeout(r, 500));
+  const phoneBefore = await phone.evaluate(() => window.masq.pair.devices());
+  const tabletBefore = await tablet.evaluate(() => window.masq.pair.devices());
+  expect("nothing is stored before the phone's user said yes", phoneBefore.devices.length === 1 && tabletBefore.devices.length === 0, { phoneBefore, tabletBefore });
+  await phone.evaluate(() => window.phoneInvite.confirm(true));
+  const joined = await joining;
   const inviterSide = await phone.evaluate(() => window.pairedTablet);
   expect("the tablet paired with the phone", joined.name.startsWith("notes on "), joined);
   expect("the app-app safety codes are equal", joined.safety_code === inviterSide.safety_code, { joined, inviterSide });
   expect("the tablet learned the laptop through the phone", joined.also_learned === 1, joined);
-  log(`app-app: the tablet joined the phone's invite; safety code ${joined.safety_code} on both; it learned 1 more device`);
+  log(`app-app: the tablet joined the phone's invite; both confirmed code ${joined.safety_code}, nothing stored before the second yes; it learned 1 more device`);
 
   await until("the tablet has the phone's and the laptop's writes", () =>
     tablet.evaluate(
@@ -250,10 +293,15 @@ async function main() {
   const noteInvite = nativeInvite(laptop.dir);
   await notesPage.fill("#pair-join-uri", await noteInvite.uri);
   await notesPage.click("#pair-join");
+  // The notes page shows the code and asks; the user compares it with the laptop's.
+  await notesPage.waitForSelector("#pair-check:not([hidden])");
+  const shownInNotes = (await notesPage.textContent("#pair-code")).trim();
+  await notesPage.click("#pair-yes");
   const notesSays = await noteInvite.done;
-  const notesCode = (notesSays.match(/Safety code: (\d+)/) || [])[1];
-  await until("the notes page says it paired, with the laptop's safety code", async () =>
-    (await notesPage.textContent("#pair-status")).includes(`Paired with laptop. Safety code ${notesCode}`),
+  const notesCode = (notesSays.match(/Pairing code: (\d{6})/) || [])[1];
+  expect("the notes page and the laptop showed one code", notesCode === shownInNotes, { notesCode, shownInNotes });
+  await until("the notes page says it paired, with the code both confirmed", async () =>
+    (await notesPage.textContent("#pair-status")).includes(`Paired with laptop. Both devices confirmed code ${notesCode}`),
   );
   cli(laptop.dir, ["doc", "create", "--app", APP, "--json", JSON.stringify({ title: "From the laptop", text: "hello\n", updated: Date.now() })]);
   await until("the laptop's note in the notes page", async () => (await notesPage.textContent("#notes")).includes("From the laptop"));

@@ -407,8 +407,10 @@ async fn a_bystander_who_knows_the_slot_id_cannot_squat_the_pairing() {
     // A slot key of its own proves fine, but names another slot.
     squatter.join_rendezvous(slot).await.unwrap();
     let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
-    let (paired_a, paired_b) =
-        tokio::join!(inviter.wait(yes_a), masq::sync::pairing::join(&b.store, &uri, yes_b));
+    let (paired_a, paired_b) = tokio::join!(
+        inviter.wait(yes_a),
+        masq::sync::pairing::join(&b.store, &uri, yes_b)
+    );
     let (paired_a, paired_b) = (paired_a.unwrap(), paired_b.unwrap());
     assert_eq!(paired_a.safety_code, paired_b.safety_code);
     assert_eq!(paired_a.device_id, b.id().to_string());
@@ -519,9 +521,7 @@ async fn low_order_keys_are_refused_by_pairing() {
             next(&mut evil).await,
             RelayEvent::RendezvousPeer { joined: true }
         );
-        let waiting = tokio::spawn(
-            inviter.wait(masq::sync::pairing::confirm_without_asking()),
-        );
+        let waiting = tokio::spawn(inviter.wait(masq::sync::pairing::confirm_without_asking()));
         // The commitment and reveal of pairing v2, for a low-order key.
         let channel = PairingChannel::new(&invite.secret, invite.slot);
         let reveal = PairMessage::Reveal {

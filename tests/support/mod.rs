@@ -524,9 +524,11 @@ pub async fn pair_admins(
             )
             .await
     };
-    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(invite, join) })
-        .await
-        .expect("pairing timed out");
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(invite, join)
+    })
+    .await
+    .expect("pairing timed out");
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a["safety_code"], b["safety_code"]);
     (a, b)

@@ -75,14 +75,36 @@ export interface Invite {
   qr: string;
   /** The invite as an SVG QR code. */
   qr_svg: string;
-  /** Resolves when the other device has joined. */
+  /** Resolves to the code to compare once the other device has joined. */
+  code: Promise<PairCode>;
+  /** The user's answer to the code (when no `confirm` option was given). */
+  confirm(yes: boolean): Promise<null>;
+  /** Resolves once both users said yes. */
   paired: Promise<PairedDevice>;
+}
+
+/** What the user compares with the other device's screen. */
+export interface PairCode {
+  /** Six digits; both devices show the same unless someone is in the middle. */
+  code: string;
+  device_id: string;
+  fingerprint: string;
+  /** The other device's name, in its own words. */
+  name: string;
+}
+
+export interface PairOptions {
+  /** Shows the code and resolves to the user's answer: does the other device show the same? */
+  confirm?: (code: PairCode) => boolean | Promise<boolean>;
+  /** Confirms without asking: only for callers that compare the two codes themselves. */
+  yes?: boolean;
 }
 
 export interface PairedDevice {
   device_id: string;
   fingerprint: string;
   name: string;
+  /** The pairing code both users confirmed. */
   safety_code: string;
   /** How many other devices of the user this pairing introduced. */
   also_learned: number;
@@ -125,16 +147,23 @@ export interface Masq {
   /** A raw request; waits until ready; resolves to the answer's `ok`. */
   request(op: string, args?: Record<string, unknown>): Promise<any>;
   /** Opens a pairing invite (peer mode, or the store's admin). Same as `pair.invite`. */
-  pairInvite(relay?: string): Promise<Invite>;
+  pairInvite(relay?: string, opts?: PairOptions): Promise<Invite>;
+  /** Joins an invite (peer mode, or the store's admin). Same as `pair.join`. */
+  pairJoin(invite: string, opts: PairOptions): Promise<PairedDevice>;
   /**
    * This device's pairing and devices. In peer mode the page is its own
    * device and serves these; with a store they need its admin rights.
    */
   pair: {
     /** An invite through `relay` (ws:// or wss://; default: this device's relay). */
-    invite(relay?: string): Promise<Invite>;
-    /** Joins the device that made `invite` (a `masq:` URI). Errors: `bad_invite`, `pairing_failed`. */
-    join(invite: string): Promise<PairedDevice>;
+    invite(relay?: string, opts?: PairOptions): Promise<Invite>;
+    /**
+     * Joins the device that made `invite` (a `masq:` URI) once both users
+     * said yes to the code (`opts.confirm` asks this one). Errors:
+     * `bad_request` (no `confirm` and no `yes`), `bad_invite`,
+     * `pairing_failed`, `pairing_declined`.
+     */
+    join(invite: string, opts: PairOptions): Promise<PairedDevice>;
     /** This device and its paired devices. */
     devices(): Promise<{ me: { device: string; fingerprint: string; name: string }; devices: Device[] }>;
     /** Removes a paired device (hex id or fingerprint prefix) everywhere. */

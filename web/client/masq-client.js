@@ -256,7 +256,7 @@ class Masq {
         done.catch(() => {}); // callers that never await it get no unhandled rejection
         const onCode = (check) => {
           codeResolve(check);
-          if (opts.yes === true) answered = true;
+          if (opts.yes === true || check.answered === true) answered = true;
           else if (typeof opts.confirm === "function")
             Promise.resolve()
               .then(() => opts.confirm(check))

@@ -633,7 +633,8 @@ class PeerTransport {
     const code = p.pairing.takeCode();
     let codeMessage = null;
     if (code !== undefined && code !== null) {
-      codeMessage = JSON.stringify({ id: p.id, pair_code: JSON.parse(code) });
+      // With `yes` the code is shown, not asked (as a store marks it).
+      codeMessage = JSON.stringify({ id: p.id, pair_code: { ...JSON.parse(code), ...(p.yes ? { answered: true } : {}) } });
       if (p.yes) {
         try {
           p.pairing.confirm(true);
@@ -686,6 +687,59 @@ class PeerTransport {
    * message, then the answer once both users said yes), as a store's admin
    * protocol does.
    */
+  _startPairing(text, tab, op, answers) {
+    let req;
+    try {
+      req = JSON.parse(text);
+    } catch (_) {
+      req = {};
+    }
+    const id = typeof req.id === "number" ? req.id : 0;
+    const fail = (code, message) => answers.push({ answer: JSON.stringify({ id, error: { code, message } }), tab, wrote: false });
+    let pairing;
+    try {
+      if (op === "pair.invite") {
+        const relay = req.relay || this._store.relayUrl();
+        if (!relay) return fail("no_relay", "no relay configured: give one (pair.invite with relay)");
+        pairing = this._store.pairInvite(relay, Date.now());
+      } else {
+        if (typeof req.invite !== "string") return fail("bad_request", "pair.join needs { invite }");
+        pairing = this._store.pairJoin(req.invite, Date.now());
+      }
+    } catch (e) {
+      return fail(op === "pair.invite" ? "bad_request" : "bad_invite", String(e.message || e));
+    }
+    const p = { pairing, id, tab, invite: op === "pair.invite", yes: req.yes === true, done: false, finishing: false, socket: null, timer: null };
+    // The relay named by an invite is the inviter's word: a URL the page
+    // cannot open is a bad invite, not the end of the store.
+    const url = relayUrls(pairing.relay())[0];
+    try {
+      if (!url) throw new Error(`no ws:// or wss:// relay in ${JSON.stringify(pairing.relay())}`);
+      p.socket = pairingSocket(new URL(url).href, {
+        onFrame: (bytes) => this._job({ kind: "pair-frame", p, bytes }),
+        onClose: () => this._job({ kind: "pair-closed", p }),
+      });
+    } catch (e) {
+      try {
+        pairing.free();
+      } catch (_) {
+        // Nothing more to release.
+      }
+      return fail(op === "pair.invite" ? "bad_request" : "bad_invite", `the relay of the invite: ${e.message || e}`);
+    }
+    p.timer = setTimeout(
+      () => this._job({ kind: "pair-expired", p }),
+      Math.min(MAX_PAIR_WAIT_MS, Math.max(0, pairing.expiresMs() - Date.now())),
+    );
+    this._pairings.add(p);
+    if (p.invite)
+      answers.push({
+        answer: JSON.stringify({ id, ok: { invite: pairing.uri(), qr: pairing.qr(), qr_svg: pairing.qrSvg() } }),
+        tab,
+        wrote: false,
+      });
+  }
+
   /** `pair.confirm {pairing, yes}`: the user's answer to the code of a pairing this tab started. */
   _confirmPairing(text, tab, answers, after) {
     let req;

@@ -25,6 +25,8 @@ AUTH_CONTEXT = "masq 2026-11 relay auth v1"
 SLOT_CONTEXT = "masq 2026-11 rendezvous slot v1"
 PAIRING_KEY_CONTEXT = "masq 2026-11 pairing key v1"
 SLOT_KEY_CONTEXT = "masq 2026-11 pairing slot key v1"
+COMMIT_CONTEXT = "masq 2026-12 pairing commitment v2"
+CODE_CONTEXT = "masq 2026-12 pairing code v2"
 
 
 def public(secret: bytes) -> bytes:
@@ -90,7 +92,17 @@ def main() -> int:
     got["pairing.sealed"] = seal_nonce + xchacha_seal(
         derive_key(PAIRING_KEY_CONTEXT, secret), seal_nonce, b"known answer", ad
     )
-    bad = [name for name, value in got.items() if want.get(name) != value.hex()]
+    # Pairing v2 (docs/crypto.md, docs/protocol.md "Pairing messages"): A's
+    # reveal as joiner (version 2, tag 3, key, name, nonce), its commitment,
+    # and the code with B as inviter.
+    device_b = public(bytes([0x22] * 32))
+    n_j, n_i = bytes([0x99] * 32), bytes([0x9A] * 32)
+    reveal = bytes([2, 3]) + device_a + bytes([5]) + b"phone" + n_j
+    got["pairing.commitment"] = derive_key(COMMIT_CONTEXT, reveal)
+    k = derive_key(CODE_CONTEXT, device_a + device_b + n_j + n_i)
+    got["pairing.code"] = f"{int.from_bytes(k[:8], 'big') % 1_000_000:06}"
+    text = lambda v: v if isinstance(v, str) else v.hex()
+    bad = [name for name, value in got.items() if want.get(name) != text(value)]
     for name in got:
         print(f"{name}: {'ok' if name not in bad else 'DIFFERS'}")
     return 1 if bad else 0

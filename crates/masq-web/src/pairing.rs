@@ -228,7 +228,9 @@ impl Pairing {
             }
             Frame::RendezvousPeer { joined: false } if self.exchange.is_under_way() => {
                 self.done = true;
-                return Err(PairingFailed::Exchange("the other device left the pairing".into()));
+                return Err(PairingFailed::Exchange(
+                    "the other device left the pairing".into(),
+                ));
             }
             Frame::RendezvousData(data) => {
                 let r = self.exchange.on_message(&data);

@@ -17,7 +17,9 @@ use super::pairing::{slot_id, PairingChannel};
 use super::relay_auth::{auth_proof, slot_proof};
 use super::{safety_code, DeviceKeypair};
 use crate::layout::meta::RemovalMark;
+use crate::sync::pairing::{commitment, pairing_code};
 use crate::wire::device::{PeerInfo, Removal, SyncPayload};
+use crate::wire::pairing::PairMessage;
 
 /// The committed answers (hex), with an `_about` entry saying what the
 /// inputs are.
@@ -102,6 +104,27 @@ pub fn compute() -> Result<BTreeMap<&'static str, String>, String> {
         return Err("the pairing message did not open".into());
     }
     out.insert("pairing.sealed", hex::encode(sealed));
+    // Pairing v2: the joiner's reveal (A's key, name "phone", nonce
+    // [0x99; 32]) and its commitment, and the code with A as joiner and B as
+    // inviter (nonces [0x99; 32] and [0x9a; 32]).
+    let reveal = PairMessage::Reveal {
+        peer: PeerInfo {
+            public_key: *a.public().as_bytes(),
+            name: "phone".into(),
+        },
+        nonce: [0x99; 32],
+    }
+    .encode();
+    out.insert("pairing.commitment", hex::encode(commitment(&reveal)));
+    out.insert(
+        "pairing.code",
+        pairing_code(
+            a.public().as_bytes(),
+            b.public().as_bytes(),
+            &[0x99; 32],
+            &[0x9a; 32],
+        ),
+    );
 
     ratchet_steps(&a, &b, &mut out)?;
 
@@ -216,6 +239,6 @@ pub fn check() -> Result<usize, String> {
 mod tests {
     #[test]
     fn every_known_answer_matches() {
-        assert_eq!(super::check(), Ok(26));
+        assert_eq!(super::check(), Ok(28));
     }
 }

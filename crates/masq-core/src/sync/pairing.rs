@@ -312,7 +312,11 @@ impl Exchange {
                 self.state = State::AwaitReveal { commitment };
                 Ok(None)
             }
-            (Role::Inviter, State::AwaitReveal { commitment: c }, PairMessage::Reveal { peer, nonce }) => {
+            (
+                Role::Inviter,
+                State::AwaitReveal { commitment: c },
+                PairMessage::Reveal { peer, nonce },
+            ) => {
                 if !bool::from(commitment(&plain).ct_eq(&c)) {
                     return Err(ExchangeError::CommitmentMismatch);
                 }
@@ -401,7 +405,8 @@ impl Exchange {
                 Ok(None)
             }
             Role::Inviter => {
-                let State::Comparing { peer, code } = std::mem::replace(&mut self.state, State::Failed)
+                let State::Comparing { peer, code } =
+                    std::mem::replace(&mut self.state, State::Failed)
                 else {
                     return Err(ExchangeError::NothingToConfirm);
                 };
@@ -467,7 +472,10 @@ mod tests {
     }
 
     /// Moves every pending message from `from` to `to`; the events `to` gave.
-    fn deliver(from: &mut Exchange, to: &mut Exchange) -> Vec<Result<Option<Event>, ExchangeError>> {
+    fn deliver(
+        from: &mut Exchange,
+        to: &mut Exchange,
+    ) -> Vec<Result<Option<Event>, ExchangeError>> {
         from.take_messages()
             .iter()
             .map(|m| to.on_message(m))
@@ -508,14 +516,20 @@ mod tests {
         let Ok(Some(Event::Agreed { peer, others, code })) = inviter.confirm(true) else {
             panic!("the inviter agrees once both said yes");
         };
-        assert_eq!((peer.name.as_str(), others.len(), code), ("phone", 0, a.clone()));
+        assert_eq!(
+            (peer.name.as_str(), others.len(), code),
+            ("phone", 0, a.clone())
+        );
         inviter.welcome(vec![device("desktop")]);
         // ...and its welcome completes it on the joiner.
         let got = deliver(&mut inviter, &mut joiner);
         let Ok(Some(Event::Agreed { peer, others, .. })) = &got[0] else {
             panic!("the joiner agrees on the welcome: {got:?}");
         };
-        assert_eq!((peer.name.as_str(), others[0].name.as_str()), ("laptop", "desktop"));
+        assert_eq!(
+            (peer.name.as_str(), others[0].name.as_str()),
+            ("laptop", "desktop")
+        );
         assert!(inviter.is_over() && joiner.is_over());
     }
 
@@ -523,8 +537,15 @@ mod tests {
     fn the_inviter_may_say_yes_first() {
         let invite = Invite::new("ws://127.0.0.1:1", 0);
         let (mut inviter, mut joiner, _, _) = to_codes(&invite);
-        assert_eq!(inviter.confirm(true), Ok(None), "the joiner has not said yes");
-        assert!(inviter.take_messages().is_empty(), "no welcome before both said yes");
+        assert_eq!(
+            inviter.confirm(true),
+            Ok(None),
+            "the joiner has not said yes"
+        );
+        assert!(
+            inviter.take_messages().is_empty(),
+            "no welcome before both said yes"
+        );
         joiner.confirm(true).unwrap();
         let got = deliver(&mut joiner, &mut inviter);
         assert!(matches!(got[0], Ok(Some(Event::Agreed { .. }))), "{got:?}");
@@ -574,10 +595,17 @@ mod tests {
             nonce: [1; 32],
         };
         let c = commitment(&honest.encode());
-        inviter.on_message(&ch.seal(TO_INVITER, &PairMessage::Commit(c).encode())).unwrap();
+        inviter
+            .on_message(&ch.seal(TO_INVITER, &PairMessage::Commit(c).encode()))
+            .unwrap();
         // Having seen the offer, the attacker would like another nonce.
-        let PairMessage::Reveal { peer, .. } = honest else { unreachable!() };
-        let other = PairMessage::Reveal { peer, nonce: [2; 32] };
+        let PairMessage::Reveal { peer, .. } = honest else {
+            unreachable!()
+        };
+        let other = PairMessage::Reveal {
+            peer,
+            nonce: [2; 32],
+        };
         assert_eq!(
             inviter.on_message(&ch.seal(TO_INVITER, &other.encode())),
             Err(ExchangeError::CommitmentMismatch)
@@ -596,8 +624,22 @@ mod tests {
         let mut inviter = Exchange::new(Role::Inviter, &invite, laptop.clone());
         let mut joiner = Exchange::new(Role::Joiner, &invite, phone.clone());
         // The attacker's two ends, with keys of its own and the victims' names.
-        let mut as_joiner = Exchange::new(Role::Joiner, &invite, PeerInfo { name: phone.name.clone(), ..device("") });
-        let mut as_inviter = Exchange::new(Role::Inviter, &invite, PeerInfo { name: laptop.name.clone(), ..device("") });
+        let mut as_joiner = Exchange::new(
+            Role::Joiner,
+            &invite,
+            PeerInfo {
+                name: phone.name.clone(),
+                ..device("")
+            },
+        );
+        let mut as_inviter = Exchange::new(
+            Role::Inviter,
+            &invite,
+            PeerInfo {
+                name: laptop.name.clone(),
+                ..device("")
+            },
+        );
         as_joiner.on_peer_present();
         joiner.on_peer_present();
         deliver(&mut as_joiner, &mut inviter);
@@ -607,7 +649,10 @@ mod tests {
         let inviter_code = code_of(&deliver(&mut as_joiner, &mut inviter)[0]);
         let joiner_code = code_of(&deliver(&mut joiner, &mut as_inviter)[0]);
         assert_eq!(c1, inviter_code);
-        assert_ne!(inviter_code, joiner_code, "one in a million: the screens differ");
+        assert_ne!(
+            inviter_code, joiner_code,
+            "one in a million: the screens differ"
+        );
         // The users see different codes and say no: nothing agreed.
         assert_eq!(inviter.confirm(false), Err(ExchangeError::DeclinedHere));
         assert_eq!(joiner.confirm(false), Err(ExchangeError::DeclinedHere));
@@ -643,7 +688,10 @@ mod tests {
         // A joiner whose offer names its own key.
         let mut joiner = Exchange::new(Role::Joiner, &invite, me.clone());
         joiner.on_peer_present();
-        let offer = PairMessage::Offer { peer: me, nonce: [0; 32] };
+        let offer = PairMessage::Offer {
+            peer: me,
+            nonce: [0; 32],
+        };
         assert_eq!(
             joiner.on_message(&ch.seal(TO_JOINER, &offer.encode())),
             Err(ExchangeError::SelfPairing)
@@ -652,7 +700,10 @@ mod tests {
         let mut joiner = Exchange::new(Role::Joiner, &invite, device("phone"));
         joiner.on_peer_present();
         let offer = PairMessage::Offer {
-            peer: PeerInfo { public_key: [0; 32], name: "x".into() },
+            peer: PeerInfo {
+                public_key: [0; 32],
+                name: "x".into(),
+            },
             nonce: [0; 32],
         };
         assert_eq!(

@@ -161,7 +161,10 @@ mod tests {
             let bytes = m.encode();
             assert_eq!(&PairMessage::decode(&bytes).unwrap(), m);
             for cut in 0..bytes.len() {
-                assert!(PairMessage::decode(&bytes[..cut]).is_err(), "{m:?} cut at {cut}");
+                assert!(
+                    PairMessage::decode(&bytes[..cut]).is_err(),
+                    "{m:?} cut at {cut}"
+                );
             }
             let mut long = bytes.clone();
             long.push(0);
