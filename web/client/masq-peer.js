@@ -584,30 +584,12 @@ class PeerTransport {
       case "tick":
         this._store.syncTick(now);
         break;
-      case "pair-frame": {
-        const p = job.p;
-        if (p.done || p.finishing) break;
-        try {
-          p.pairing.onFrame(job.bytes);
-        } catch (e) {
-          this._pairingFailed(p, "pairing_failed", e, after);
-          break;
-        }
-        this._pairingMoved(p, after);
+      case "pair-frame":
+        this._pairingStep(job.p, (p) => p.pairing.onFrame(job.bytes), "pairing_failed", after);
         break;
-      }
-      case "pair-confirm": {
-        const p = job.p;
-        if (p.done || p.finishing) break;
-        try {
-          p.pairing.confirm(job.yes);
-        } catch (e) {
-          this._pairingFailed(p, job.yes ? "pairing_failed" : "pairing_declined", e, after);
-          break;
-        }
-        this._pairingMoved(p, after);
+      case "pair-confirm":
+        this._pairingStep(job.p, (p) => p.pairing.confirm(job.yes), job.yes ? "pairing_failed" : "pairing_declined", after);
         break;
-      }
       case "pair-closed":
         if (!job.p.done && !job.p.finishing)
           after.push(() => this._endPairing(job.p, { code: "pairing_failed", message: "the relay closed the pairing connection" }));
@@ -621,6 +603,18 @@ class PeerTransport {
       default:
         throw new Error(`unknown job ${job.kind}`);
     }
+  }
+
+  /** One step of a pairing (a frame in, the user's answer): `step` may throw, which ends it with `failCode`. */
+  _pairingStep(p, step, failCode, after) {
+    if (p.done || p.finishing) return;
+    try {
+      step(p);
+    } catch (e) {
+      this._pairingFailed(p, failCode, e, after);
+      return;
+    }
+    this._pairingMoved(p, after);
   }
 
   /**
