@@ -798,6 +798,7 @@ impl Engine {
             }
             SyncPayload::Introduce(list) => {
                 let change = blocking(|| -> Result<Change> {
+                    let _group = self.store.membership_lock();
                     let change = peers::group(db, self.me)?.introduce(&from, &list, peers::now());
                     self.commit_membership(&from, &session_bytes, change)
                 })?;
@@ -810,6 +811,7 @@ impl Engine {
             }
             SyncPayload::Removal(entry) => {
                 let change = blocking(|| -> Result<Change> {
+                    let _group = self.store.membership_lock();
                     let change = peers::group(db, self.me)?.on_removal(&from, &entry, peers::now());
                     self.commit_membership(&from, &session_bytes, change)
                 })?;
@@ -817,6 +819,7 @@ impl Engine {
             }
             SyncPayload::Removed(id) => {
                 let change = blocking(|| -> Result<Change> {
+                    let _group = self.store.membership_lock();
                     let change =
                         peers::group(db, self.me)?.on_legacy_removed(&from, &id, peers::now());
                     self.commit_membership(&from, &session_bytes, change)

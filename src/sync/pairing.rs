@@ -212,6 +212,7 @@ impl Inviter {
         let agreed = run_exchange(&mut self.transport, &mut exchange, confirm, ttl).await?;
         let joiner = agreed.peer;
         let db = self.store.db();
+        let group_lock = self.store.membership_lock();
         let joiner_pub = PublicKey::from(joiner.public_key);
         let joiner_id = DeviceId::from_public(&joiner_pub);
         let existing = peers::peers(db)?;
@@ -234,6 +235,7 @@ impl Inviter {
             }
         }
         db.commit(b)?;
+        drop(group_lock);
         exchange.welcome(others);
         for m in exchange.take_messages() {
             self.transport.send_rendezvous(m).await?;
@@ -270,6 +272,7 @@ pub async fn join(store: &Store, invite_uri: &str, confirm: Confirm) -> Result<P
     let agreed = agreed?;
     let inviter_pub = PublicKey::from(agreed.peer.public_key);
     let inviter_id = DeviceId::from_public(&inviter_pub);
+    let _group = store.membership_lock();
     let mut b = db.batch();
     // The inviter is paired here; the devices it vouches for are brought in
     // by it (those this device removed once stay removed). Counted, not
@@ -317,6 +320,8 @@ fn rendezvous_identity() -> crate::crypto::DeviceKeypair {
 pub fn remove_device(store: &Store, id: &DeviceId) -> Result<()> {
     let db = store.db();
     let me = peers::load_or_create_identity(db)?.device_id();
+    // The engine decides on the same group concurrently: one at a time.
+    let _group = store.membership_lock();
     let change = peers::group(db, me)?.remove(id, peers::now())?;
     let mut b = db.batch();
     db.stage(&mut b, change.writes)?;

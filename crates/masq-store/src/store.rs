@@ -146,6 +146,9 @@ pub(crate) struct StoreInner {
     pub(crate) folder: Folder,
     /// Sequence number of the next pending key-value write (store-wide).
     kv_seq: AtomicU64,
+    /// Serializes the device group's read-decide-commit steps
+    /// ([`Store::membership_lock`]).
+    membership: Mutex<()>,
 }
 
 /// Owns the folder thread; shared by the [`Store`] handles applications hold
@@ -316,6 +319,7 @@ impl Store {
             dir,
             folder,
             kv_seq: AtomicU64::new(pending.max_seq + 1),
+            membership: Mutex::new(()),
         });
         let thread = if opts.fold_in_background {
             let store = Store {
@@ -405,6 +409,19 @@ impl Store {
     /// The database (for modules that keep their own records beside documents).
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// Held while the device group is read, decided on and committed
+    /// (`masq_core::sync::membership`): the sync engine's handling of an
+    /// introduction or a removal, and the user's `devices remove`, each read
+    /// the group and commit what they decided; without this lock one could
+    /// commit on a group the other just changed (a device introduced back in
+    /// while its removal commits). Short: no I/O but the commit inside.
+    pub fn membership_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .membership
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The namespace of one app.
