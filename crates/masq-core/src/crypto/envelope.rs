@@ -147,10 +147,11 @@ pub fn padme(len: usize) -> usize {
     if len <= MIN_PADDED {
         return MIN_PADDED;
     }
-    let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len)
-                                                   // floor(log2 e) + 1: `e` is a u32, so its bit length is counted in u32
-                                                   // (counting it in usize made `s` exceed `e`, and nothing was padded
-                                                   // above MIN_PADDED: the known answers of the padding sizes found it).
+    // floor(log2 len)
+    let e = usize::BITS - 1 - len.leading_zeros();
+    // floor(log2 e) + 1: `e` is a u32, so its bit length is counted in u32
+    // (counting it in usize made `s` exceed `e`, and nothing was padded
+    // above MIN_PADDED: the known answers of the padding sizes found it).
     let s = u32::BITS - e.leading_zeros();
     let last_bits = e.saturating_sub(s);
     let mask = (1usize << last_bits) - 1;
