@@ -30,9 +30,10 @@ pub use masq_relay as relay;
 pub use masq_relay::{http_head, rate_limit};
 pub use masq_store::{doc, error, kv, storage, store};
 pub mod service;
-/// Relay frames (the relay's wire format), from [`masq_core::wire`].
+/// Relay frames (the relay's wire format) and pairing messages, from
+/// [`masq_core::wire`].
 pub mod wire {
-    pub use masq_core::wire::relay_frame;
+    pub use masq_core::wire::{pairing, relay_frame};
 }
 
 pub use client::{Client, ClientOptions};
