@@ -205,3 +205,38 @@ async fn a_man_in_the_middle_with_the_invite_shows_different_codes_and_nothing_i
         );
     }
 }
+
+/// The user who was asked goes away (the inviting CLI is killed at its
+/// prompt): its admin connection closes, the store takes that as a no, and
+/// the joiner hears "declined" at once, not when the invite expires ten
+/// minutes later. Nothing is stored on either device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_goes_away_at_the_prompt_declines() {
+    let relay = masq::relay::start(masq::relay::RelayConfig::loopback_any_port())
+        .await
+        .unwrap();
+    let a = Daemon::start(Some(&relay.url()));
+    let b = Daemon::start(Some(&relay.url()));
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let mut invite = PairCli::spawn(&a, &["invite"]);
+        let uri = invite.invite();
+        let mut join = PairCli::spawn(&b, &["join", &uri]);
+        let (code_a, code_b) = (invite.code(), join.code());
+        assert_eq!(code_a, code_b);
+        join.answer(true);
+        let started = std::time::Instant::now();
+        invite.child.kill().unwrap();
+        let _ = invite.child.wait();
+        let (ok, err) = join.finish();
+        assert!(!ok && err.contains("declined"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the joiner waited {:?}",
+            started.elapsed()
+        );
+        (a, b)
+    })
+    .await
+    .unwrap();
+    assert!(devices(&a).is_empty() && devices(&b).is_empty());
+}

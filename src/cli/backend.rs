@@ -126,7 +126,7 @@ impl Backend {
     }
 
     /// Runs `pair.invite` or `pair.join` to its end: `on_invite` gets the
-    /// invite, `ask` (run on a blocking thread: it may read the terminal)
+    /// invite, `ask` (run on a thread of its own: it may read the terminal)
     /// gets the code to compare and returns the user's answer. Returns the
     /// paired device.
     pub fn pair(
@@ -135,10 +135,15 @@ impl Backend {
         on_invite: impl FnMut(&Json),
         ask: impl FnOnce(Json) -> bool + Send + 'static,
     ) -> Result<Json, CliError> {
+        // On a thread of its own, not the runtime's blocking pool: a pairing
+        // that ends while the user is still being asked (the other side
+        // said no, or left) must not wait for the answer to shut down.
         let ask = |check: Json| async move {
-            tokio::task::spawn_blocking(move || ask(check))
-                .await
-                .unwrap_or(false)
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(ask(check));
+            });
+            rx.await.unwrap_or(false)
         };
         match self {
             Backend::Daemon { rt, conn } => {

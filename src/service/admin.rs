@@ -84,6 +84,21 @@ impl PairAnswers {
         }
     }
 
+    /// The connection `conn` closed: its pairings waiting for an answer get
+    /// a no (the user who was asked has gone), so they end now and tell the
+    /// other device, instead of waiting for the invite to expire.
+    pub fn connection_closed(&self, conn: &mpsc::Sender<Message>) {
+        let mut w = self.lock();
+        let mut i = 0;
+        while i < w.len() {
+            if w[i].conn.same_channel(conn) {
+                let _ = w.swap_remove(i).answer.send(false);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Drops pairing `id` of `conn`, and any whose pairing ended.
     fn forget(&self, id: u64, conn: &mpsc::Sender<Message>) {
         let ours = |p: &PairAnswer| p.id == id && p.conn.same_channel(conn);

@@ -582,6 +582,7 @@ async fn serve(
     }
     drop(jobs);
     drop(worker);
+    shared.pair_answers.connection_closed(&out);
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
 }

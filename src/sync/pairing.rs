@@ -78,15 +78,10 @@ fn pairing_err(e: impl std::fmt::Display) -> Error {
     Error::BadOp(format!("pairing: {e}"))
 }
 
-/// This device as introduced in a pairing.
-fn me_info(store: &Store) -> Result<(crate::crypto::DeviceKeypair, PeerInfo)> {
+/// This device's key pair and name, as a pairing introduces it.
+fn me_info(store: &Store) -> Result<(crate::crypto::DeviceKeypair, String)> {
     let db = store.db();
-    let kp = peers::load_or_create_identity(db)?;
-    let me = PeerInfo {
-        public_key: *kp.public().as_bytes(),
-        name: peers::device_name(db)?,
-    };
-    Ok((kp, me))
+    Ok((peers::load_or_create_identity(db)?, peers::device_name(db)?))
 }
 
 /// What both users agreed on.
@@ -206,8 +201,8 @@ impl Inviter {
     /// Waits (until the invite expires) for the joiner, asks `confirm`, and
     /// completes the pairing once both users said yes.
     pub async fn wait(mut self, confirm: Confirm) -> Result<Paired> {
-        let (kp, me) = me_info(&self.store)?;
-        let mut exchange = Exchange::new(Role::Inviter, &self.invite, me.clone());
+        let (kp, name) = me_info(&self.store)?;
+        let mut exchange = Exchange::new(Role::Inviter, &self.invite, &kp, &name);
         let ttl = Duration::from_secs((self.invite.expires - peers::now()).max(1) as u64);
         let agreed = run_exchange(&mut self.transport, &mut exchange, confirm, ttl).await?;
         let joiner = agreed.peer;
@@ -258,8 +253,8 @@ impl Inviter {
 pub async fn join(store: &Store, invite_uri: &str, confirm: Confirm) -> Result<Paired> {
     let invite = Invite::parse(invite_uri, peers::now()).map_err(pairing_err)?;
     let db = store.db();
-    let (kp, me) = me_info(store)?;
-    let mut exchange = Exchange::new(Role::Joiner, &invite, me);
+    let (kp, name) = me_info(store)?;
+    let mut exchange = Exchange::new(Role::Joiner, &invite, &kp, &name);
     let mut transport = Transport::connect(&invite.relay, &rendezvous_identity()).await?;
     transport.rendezvous(&invite.slot_secret()).await?;
     // The joiner speaks (commits) only once the relay says the inviter is in

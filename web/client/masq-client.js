@@ -243,8 +243,9 @@ class Masq {
     return new Promise((resolve, reject) => {
       const go = () => {
         const id = this._nextId++;
-        let codeResolve;
-        const code = new Promise((r) => (codeResolve = r));
+        let codeResolve, codeReject;
+        const code = new Promise((res, rej) => ((codeResolve = res), (codeReject = rej)));
+        code.catch(() => {}); // a pairing that ends before its code rejects it; callers need not await it
         let answered = false;
         const confirm = (yes) => {
           if (answered) return Promise.resolve(null);
@@ -263,7 +264,11 @@ class Masq {
               .then((yes) => confirm(yes === true), () => confirm(false))
               .catch(() => {}); // the pairing's own answer carries the failure
         };
-        this._pairWaiters.set(id, { resolve: doneResolve, reject: doneReject, onCode });
+        const fail = (e) => {
+          codeReject(e);
+          doneReject(e);
+        };
+        this._pairWaiters.set(id, { resolve: doneResolve, reject: fail, onCode });
         this._pending.set(id, {
           resolve: (ok) => {
             if (op !== "pair.invite") this._pairWaiters.delete(id);
@@ -271,7 +276,7 @@ class Masq {
           },
           reject: (e) => {
             this._pairWaiters.delete(id);
-            doneReject(e);
+            fail(e);
             reject(e);
           },
         });

@@ -525,7 +525,16 @@ class PeerTransport {
     };
     step(() => clearInterval(this._tick));
     step(() => this._relay.stop());
-    for (const p of [...this._pairings]) step(() => this._endPairing(p, { code: "disconnected", message: "the page's store closed" }));
+    for (const p of [...this._pairings])
+      step(() => {
+        // The other device hears "declined", not just "left" (unless the
+        // core trapped: then it only hears the socket close).
+        step(() => {
+          p.pairing.abandon();
+          for (const f of splitFrames(p.pairing.takeFrames())) p.socket.send(f.slice());
+        });
+        this._endPairing(p, { code: "disconnected", message: "the page's store closed" });
+      });
     step(() => this._channel.close());
     step(() => this._db.close());
     step(() => this._store.free());
@@ -627,6 +636,8 @@ class PeerTransport {
     const code = p.pairing.takeCode();
     let codeMessage = null;
     if (code !== undefined && code !== null) {
+      p.codeShown = true;
+      if (p.yes) p.answered = true;
       // With `yes` the code is shown, not asked (as a store marks it).
       codeMessage = JSON.stringify({ id: p.id, pair_code: { ...JSON.parse(code), ...(p.yes ? { answered: true } : {}) } });
       if (p.yes) {
@@ -703,7 +714,7 @@ class PeerTransport {
     } catch (e) {
       return fail(op === "pair.invite" ? "bad_request" : "bad_invite", String(e.message || e));
     }
-    const p = { pairing, id, tab, invite: op === "pair.invite", yes: req.yes === true, done: false, finishing: false, socket: null, timer: null };
+    const p = { pairing, id, tab, invite: op === "pair.invite", yes: req.yes === true, codeShown: false, answered: false, done: false, finishing: false, socket: null, timer: null };
     // The relay named by an invite is the inviter's word: a URL the page
     // cannot open is a bad invite, not the end of the store.
     const url = relayUrls(pairing.relay())[0];
@@ -743,12 +754,14 @@ class PeerTransport {
       req = {};
     }
     const id = typeof req.id === "number" ? req.id : 0;
-    const p = [...this._pairings].find((q) => q.id === req.pairing && q.tab === tab && !q.done && !q.finishing);
+    // Only a pairing whose code this tab was shown, and that has no answer yet (as a store: not_found otherwise).
+    const p = [...this._pairings].find((q) => q.id === req.pairing && q.tab === tab && q.codeShown && !q.answered && !q.done && !q.finishing);
     if (!p || typeof req.yes !== "boolean") {
       const message = !p ? `no pairing ${req.pairing} of this tab waits for an answer` : "pair.confirm needs { pairing, yes }";
       answers.push({ answer: JSON.stringify({ id, error: { code: p ? "bad_request" : "not_found", message } }), tab, wrote: false });
       return;
     }
+    p.answered = true;
     this._runJob({ kind: "pair-confirm", p, yes: req.yes }, after);
     answers.push({ answer: JSON.stringify({ id, ok: null }), tab, wrote: false });
   }

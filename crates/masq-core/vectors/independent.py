@@ -18,7 +18,7 @@ from pathlib import Path
 
 import blake3
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 AUTH_CONTEXT = "masq 2026-11 relay auth v1"
@@ -27,6 +27,7 @@ PAIRING_KEY_CONTEXT = "masq 2026-11 pairing key v1"
 SLOT_KEY_CONTEXT = "masq 2026-11 pairing slot key v1"
 COMMIT_CONTEXT = "masq 2026-12 pairing commitment v2"
 CODE_CONTEXT = "masq 2026-12 pairing code v2"
+CONFIRM_CONTEXT = "masq 2026-12 pairing confirmation key v2"
 
 
 def public(secret: bytes) -> bytes:
@@ -101,6 +102,14 @@ def main() -> int:
     got["pairing.commitment"] = derive_key(COMMIT_CONTEXT, reveal)
     k = derive_key(CODE_CONTEXT, device_a + device_b + n_j + n_i)
     got["pairing.code"] = f"{int.from_bytes(k[:8], 'big') % 1_000_000:06}"
+    # The joiner's Confirm MAC after B's offer (name "laptop", nonce n_i).
+    offer = bytes([2, 2]) + device_b + bytes([6]) + b"laptop" + n_i
+    dh = X25519PrivateKey.from_private_bytes(bytes([0x11] * 32)).exchange(
+        X25519PublicKey.from_public_bytes(device_b)
+    )
+    th = blake3.blake3(got["pairing.commitment"] + reveal + offer).digest()
+    confirm_key = derive_key(CONFIRM_CONTEXT, dh + th)
+    got["pairing.confirm_mac"] = blake3.blake3(b"confirm", key=confirm_key).digest()
     text = lambda v: v if isinstance(v, str) else v.hex()
     bad = [name for name, value in got.items() if want.get(name) != text(value)]
     for name in got:

@@ -90,17 +90,25 @@ pub struct Pairing {
 
 impl Pairing {
     /// A new invite through `relay` (valid from `now_secs` for the core's
-    /// `INVITE_TTL_SECS`), introducing this device as `me`.
-    pub fn invite(relay: &str, now_secs: i64, me: PeerInfo) -> Self {
+    /// `INVITE_TTL_SECS`), for the device `me` introducing itself as `name`.
+    pub fn invite(relay: &str, now_secs: i64, me: &DeviceKeypair, name: &str) -> Self {
         let invite = Invite::new(relay, now_secs);
-        Self::with(Exchange::new(Role::Inviter, &invite, me), invite)
+        Self::with(Exchange::new(Role::Inviter, &invite, me, name), invite)
     }
 
-    /// Joins the pairing of `uri` as the device `me`.
-    pub fn join(uri: &str, now_secs: i64, me: PeerInfo) -> Result<Self, PairingFailed> {
+    /// Joins the pairing of `uri` as the device `me`, named `name`.
+    pub fn join(
+        uri: &str,
+        now_secs: i64,
+        me: &DeviceKeypair,
+        name: &str,
+    ) -> Result<Self, PairingFailed> {
         let invite = Invite::parse(uri.trim(), now_secs)
             .map_err(|e| PairingFailed::Invite(e.to_string()))?;
-        Ok(Self::with(Exchange::new(Role::Joiner, &invite, me), invite))
+        Ok(Self::with(
+            Exchange::new(Role::Joiner, &invite, me, name),
+            invite,
+        ))
     }
 
     fn with(exchange: Exchange, invite: Invite) -> Self {

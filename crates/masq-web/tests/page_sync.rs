@@ -180,17 +180,14 @@ impl Relay {
     /// Runs a pairing between an inviter and a joiner through the
     /// rendezvous slot; both finish in their stores.
     fn pair(&self, inviter: &mut Page, joiner: &mut Page) -> (Value, Value) {
-        let me = masq_core::wire::device::PeerInfo {
-            public_key: *joiner.sync.keypair().public().as_bytes(),
-            name: "tablet".into(),
-        };
-        let me_inv = masq_core::wire::device::PeerInfo {
-            public_key: *inviter.sync.keypair().public().as_bytes(),
-            name: "phone".into(),
-        };
-        let mut inv = Pairing::invite("ws://relay.test", 1_800_000_000, me_inv);
+        let mut inv = Pairing::invite(
+            "ws://relay.test",
+            1_800_000_000,
+            inviter.sync.keypair(),
+            "phone",
+        );
         let uri = inv.invite_ref().to_uri();
-        let mut join = Pairing::join(&uri, 1_800_000_000, me).unwrap();
+        let mut join = Pairing::join(&uri, 1_800_000_000, joiner.sync.keypair(), "tablet").unwrap();
         // Each opens its connection and joins the slot with a valid proof.
         for p in [&mut inv, &mut join] {
             p.on_frame(&self.challenge()).unwrap();

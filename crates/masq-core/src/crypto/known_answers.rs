@@ -17,7 +17,7 @@ use super::pairing::{slot_id, PairingChannel};
 use super::relay_auth::{auth_proof, slot_proof};
 use super::{safety_code, DeviceKeypair};
 use crate::layout::meta::RemovalMark;
-use crate::sync::pairing::{commitment, pairing_code};
+use crate::sync::pairing::{commitment, confirm_mac, confirmation_key, pairing_code};
 use crate::wire::device::{PeerInfo, Removal, SyncPayload};
 use crate::wire::pairing::PairMessage;
 
@@ -116,6 +116,23 @@ pub fn compute() -> Result<BTreeMap<&'static str, String>, String> {
     }
     .encode();
     out.insert("pairing.commitment", hex::encode(commitment(&reveal)));
+    // ...and the joiner's Confirm MAC after B's offer (name "laptop", nonce
+    // [0x9a; 32]): the confirmation key from DH(A, B) and the transcript.
+    let offer = PairMessage::Offer {
+        peer: PeerInfo {
+            public_key: *b.public().as_bytes(),
+            name: "laptop".into(),
+        },
+        nonce: [0x9a; 32],
+    }
+    .encode();
+    let key = confirmation_key(
+        &a.diffie_hellman(&b.public()),
+        &commitment(&reveal),
+        &reveal,
+        &offer,
+    );
+    out.insert("pairing.confirm_mac", hex::encode(confirm_mac(&key)));
     out.insert(
         "pairing.code",
         pairing_code(
@@ -239,6 +256,6 @@ pub fn check() -> Result<usize, String> {
 mod tests {
     #[test]
     fn every_known_answer_matches() {
-        assert_eq!(super::check(), Ok(28));
+        assert_eq!(super::check(), Ok(29));
     }
 }

@@ -1,8 +1,10 @@
 //! The pairing channel: a symmetric AEAD channel keyed by the invite's one-time
 //! 256-bit secret, used once to exchange the two devices' static public keys
 //! through the relay's rendezvous slot. The relay never sees the secret, so it
-//! can neither read nor forge these messages (no man in the middle); the
-//! six-digit safety code lets the user double-check.
+//! can neither read nor forge these messages; whoever else holds the invite
+//! can, which is why the exchange in it (`masq_core::sync::pairing`) makes
+//! the users compare a code and authenticates its last messages with the
+//! devices' own keys.
 //!
 //! Construction: `K = BLAKE3-derive_key(PAIRING_KEY_CONTEXT, secret)`; each
 //! message is `nonce(24) || XChaCha20-Poly1305(K, nonce, plaintext, ad)` with

@@ -18,6 +18,15 @@
 //!    stores the joiner and sends [`Welcome`](PairMessage::Welcome) (its other
 //!    devices); the joiner stores the inviter and them on receiving it.
 //!
+//! Confirm and Welcome carry a MAC under [`confirmation_key`]: the two
+//! devices' static-static X25519 secret and the transcript (commitment,
+//! reveal, offer as sent and received). Whoever holds the invite and sits
+//! on the path can seal messages in the channel, and could otherwise pass
+//! the first three messages on untouched (so the codes match) and then
+//! forge a Confirm, or swap the Welcome's list for a key of its own; it
+//! cannot make these MACs, and a name changed on the way changes the
+//! transcript, so the MAC fails and the pairing ends.
+//!
 //! A "no" on either side sends [`Decline`](PairMessage::Decline), and nothing
 //! is stored on either side. Until both users have said yes, no record is
 //! written and no introduction leaves either device.
@@ -44,15 +53,49 @@ use x25519_dalek::PublicKey;
 use zeroize::Zeroizing;
 
 use crate::crypto::pairing::{PairingChannel, PairingError, TO_INVITER, TO_JOINER};
-use crate::crypto::{check_public_key, random_bytes};
+use crate::crypto::{check_public_key, random_bytes, DeviceKeypair};
 use crate::wire::device::{PeerInfo, WireError};
 use crate::wire::invite::Invite;
-use crate::wire::pairing::PairMessage;
+use crate::wire::pairing::{welcome_list, PairMessage};
 
 /// BLAKE3 context of the joiner's commitment.
 pub const COMMIT_CONTEXT: &str = "masq 2026-12 pairing commitment v2";
 /// BLAKE3 context of the code the users compare.
 pub const CODE_CONTEXT: &str = "masq 2026-12 pairing code v2";
+/// BLAKE3 context of the key that authenticates Confirm and Welcome.
+pub const CONFIRMATION_KEY_CONTEXT: &str = "masq 2026-12 pairing confirmation key v2";
+
+/// The key of the Confirm and Welcome MACs: `derive_key(CONFIRMATION_KEY_CONTEXT,
+/// DH(s_me, S_other) || BLAKE3(commitment || reveal || offer))`, with the
+/// reveal and offer as encoded messages (as sent, and as received).
+pub fn confirmation_key(
+    static_dh: &[u8; 32],
+    commitment: &[u8; 32],
+    reveal: &[u8],
+    offer: &[u8],
+) -> Zeroizing<[u8; 32]> {
+    let mut th = blake3::Hasher::new();
+    th.update(commitment);
+    th.update(reveal);
+    th.update(offer);
+    let mut input = Zeroizing::new([0u8; 64]);
+    input[..32].copy_from_slice(static_dh);
+    input[32..].copy_from_slice(th.finalize().as_bytes());
+    Zeroizing::new(blake3::derive_key(CONFIRMATION_KEY_CONTEXT, &*input))
+}
+
+/// The Confirm MAC: `BLAKE3-keyed(key, "confirm")`.
+pub fn confirm_mac(key: &[u8; 32]) -> [u8; 32] {
+    *blake3::keyed_hash(key, b"confirm").as_bytes()
+}
+
+/// The Welcome MAC: `BLAKE3-keyed(key, "welcome" || the encoded list)`.
+pub fn welcome_mac(key: &[u8; 32], list: &[PeerInfo]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(b"welcome");
+    h.update(&welcome_list(list));
+    *h.finalize().as_bytes()
+}
 
 /// The commitment to an encoded `Reveal` message.
 pub fn commitment(reveal: &[u8]) -> [u8; 32] {
@@ -129,6 +172,11 @@ pub enum ExchangeError {
         /// What the exchange waited for.
         expected: &'static str,
     },
+    /// A Confirm or Welcome whose MAC is wrong: not from the device whose
+    /// code was compared, or the transcript differs (a name or nonce
+    /// changed on the way).
+    #[error("the other device's confirmation does not authenticate (someone in the middle?)")]
+    BadConfirmation,
     /// The joiner's reveal is not what it committed to.
     #[error("the other device's reveal does not match its commitment")]
     CommitmentMismatch,
@@ -171,9 +219,12 @@ enum State {
         peer: PeerInfo,
         /// The code shown.
         code: String,
+        /// The key of the Confirm and Welcome MACs.
+        key: Zeroizing<[u8; 32]>,
     },
-    /// Both users said yes (the inviter may still owe its welcome).
-    Agreed,
+    /// Both users said yes (the inviter may still owe its welcome, under
+    /// this key).
+    Agreed(Zeroizing<[u8; 32]>),
     /// Declined or broken.
     Failed,
 }
@@ -184,12 +235,18 @@ pub struct Exchange {
     role: Role,
     /// The channel of the invite's secret.
     channel: PairingChannel,
+    /// This device's key pair (the MAC key needs its secret).
+    kp: DeviceKeypair,
     /// This device, as introduced to the other.
     me: PeerInfo,
     /// This side's fresh nonce (secret until revealed or offered).
     nonce: Zeroizing<[u8; 32]>,
-    /// Joiner: the encoded reveal it committed to.
+    /// The encoded reveal (the joiner's own, or the one the inviter got).
     reveal: Vec<u8>,
+    /// The encoded offer (the inviter's own, or the one the joiner got).
+    offer: Vec<u8>,
+    /// The joiner's commitment (made, or received).
+    commitment: [u8; 32],
     /// Where the exchange is.
     state: State,
     /// This device's user said yes.
@@ -201,9 +258,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A pairing over `invite` as `role`, introducing this device as `me`.
-    pub fn new(role: Role, invite: &Invite, me: PeerInfo) -> Self {
-        Self::with_nonce(role, invite, me, random_bytes::<32>())
+    /// A pairing over `invite` as `role`, for the device `kp` introducing
+    /// itself as `name`.
+    pub fn new(role: Role, invite: &Invite, kp: &DeviceKeypair, name: &str) -> Self {
+        Self::with_nonce(role, invite, kp, name, random_bytes::<32>())
     }
 
     /// As [`new`](Self::new) with a given nonce (known-answer tests only).
@@ -211,23 +269,41 @@ impl Exchange {
     pub fn with_nonce(
         role: Role,
         invite: &Invite,
-        me: PeerInfo,
+        kp: &DeviceKeypair,
+        name: &str,
         nonce: Zeroizing<[u8; 32]>,
     ) -> Self {
-        let reveal = match role {
-            Role::Joiner => PairMessage::Reveal {
-                peer: me.clone(),
-                nonce: *nonce,
-            }
-            .encode(),
-            Role::Inviter => Vec::new(),
+        let me = PeerInfo {
+            public_key: *kp.public().as_bytes(),
+            name: name.to_string(),
+        };
+        let (reveal, offer) = match role {
+            Role::Joiner => (
+                PairMessage::Reveal {
+                    peer: me.clone(),
+                    nonce: *nonce,
+                }
+                .encode(),
+                Vec::new(),
+            ),
+            Role::Inviter => (
+                Vec::new(),
+                PairMessage::Offer {
+                    peer: me.clone(),
+                    nonce: *nonce,
+                }
+                .encode(),
+            ),
         };
         Self {
             role,
             channel: PairingChannel::new(&invite.secret, invite.slot),
+            kp: kp.clone(),
             me,
             nonce,
+            commitment: commitment(&reveal),
             reveal,
+            offer,
             state: State::Start,
             yes_here: false,
             yes_there: false,
@@ -242,7 +318,7 @@ impl Exchange {
 
     /// Whether the exchange ended (agreed, declined or broken).
     pub fn is_over(&self) -> bool {
-        matches!(self.state, State::Agreed | State::Failed)
+        matches!(self.state, State::Agreed(_) | State::Failed)
     }
 
     /// Whether the two devices have started talking and not ended: the
@@ -262,18 +338,28 @@ impl Exchange {
     }
 
     fn send(&mut self, m: &PairMessage) {
+        self.send_bytes(&m.encode());
+    }
+
+    fn send_bytes(&mut self, plaintext: &[u8]) {
         let direction = match self.role {
             Role::Inviter => TO_JOINER,
             Role::Joiner => TO_INVITER,
         };
-        self.outbox.push(self.channel.seal(direction, &m.encode()));
+        self.outbox.push(self.channel.seal(direction, plaintext));
+    }
+
+    /// The MAC key, once the other device's key is known (checked).
+    fn key_with(&self, peer: &PeerInfo) -> Zeroizing<[u8; 32]> {
+        let dh = self.kp.diffie_hellman(&PublicKey::from(peer.public_key));
+        confirmation_key(&dh, &self.commitment, &self.reveal, &self.offer)
     }
 
     /// The relay says the other device is in the slot: the joiner commits
     /// (the inviter waits for that commitment).
     pub fn on_peer_present(&mut self) {
         if self.role == Role::Joiner && matches!(self.state, State::Start) {
-            let c = commitment(&self.reveal);
+            let c = self.commitment;
             self.send(&PairMessage::Commit(c));
             self.state = State::AwaitOffer;
         }
@@ -303,13 +389,11 @@ impl Exchange {
         }
         let state = std::mem::replace(&mut self.state, State::Failed);
         match (self.role, state, message) {
-            (Role::Inviter, State::Start, PairMessage::Commit(commitment)) => {
-                let offer = PairMessage::Offer {
-                    peer: self.me.clone(),
-                    nonce: *self.nonce,
-                };
-                self.send(&offer);
-                self.state = State::AwaitReveal { commitment };
+            (Role::Inviter, State::Start, PairMessage::Commit(c)) => {
+                self.commitment = c;
+                let offer = self.offer.clone();
+                self.send_bytes(&offer);
+                self.state = State::AwaitReveal { commitment: c };
                 Ok(None)
             }
             (
@@ -321,32 +405,44 @@ impl Exchange {
                     return Err(ExchangeError::CommitmentMismatch);
                 }
                 self.check_peer(&peer)?;
+                self.reveal = plain.to_vec();
                 let code = pairing_code(&peer.public_key, &self.me.public_key, &nonce, &self.nonce);
                 self.state = State::Comparing {
                     peer: peer.clone(),
                     code: code.clone(),
+                    key: self.key_with(&peer),
                 };
                 Ok(Some(Event::Compare { code, peer }))
             }
             (Role::Joiner, State::AwaitOffer, PairMessage::Offer { peer, nonce }) => {
                 self.check_peer(&peer)?;
-                self.outbox
-                    .push(self.channel.seal(TO_INVITER, &self.reveal));
+                self.offer = plain.to_vec();
+                let reveal = self.reveal.clone();
+                self.send_bytes(&reveal);
                 let code = pairing_code(&self.me.public_key, &peer.public_key, &self.nonce, &nonce);
                 self.state = State::Comparing {
                     peer: peer.clone(),
                     code: code.clone(),
+                    key: self.key_with(&peer),
                 };
                 Ok(Some(Event::Compare { code, peer }))
             }
-            (Role::Inviter, State::Comparing { peer, code }, PairMessage::Confirm) => {
+            (Role::Inviter, State::Comparing { peer, code, key }, PairMessage::Confirm(mac)) => {
+                if !bool::from(confirm_mac(&key).ct_eq(&mac)) {
+                    return Err(ExchangeError::BadConfirmation);
+                }
                 self.yes_there = true;
-                Ok(self.agree_if_both(peer, code))
+                Ok(self.agree_if_both(peer, code, key))
             }
-            (Role::Joiner, State::Comparing { peer, code }, PairMessage::Welcome(others))
-                if self.yes_here =>
-            {
-                self.state = State::Agreed;
+            (
+                Role::Joiner,
+                State::Comparing { peer, code, key },
+                PairMessage::Welcome(others, mac),
+            ) if self.yes_here => {
+                if !bool::from(welcome_mac(&key, &others).ct_eq(&mac)) {
+                    return Err(ExchangeError::BadConfirmation);
+                }
+                self.state = State::Agreed(key);
                 Ok(Some(Event::Agreed { peer, others, code }))
             }
             (_, state, message) => Err(ExchangeError::OutOfOrder {
@@ -365,16 +461,21 @@ impl Exchange {
     }
 
     /// Inviter: agreed once both users said yes.
-    fn agree_if_both(&mut self, peer: PeerInfo, code: String) -> Option<Event> {
+    fn agree_if_both(
+        &mut self,
+        peer: PeerInfo,
+        code: String,
+        key: Zeroizing<[u8; 32]>,
+    ) -> Option<Event> {
         if self.yes_here && self.yes_there {
-            self.state = State::Agreed;
+            self.state = State::Agreed(key);
             Some(Event::Agreed {
                 peer,
                 others: Vec::new(),
                 code,
             })
         } else {
-            self.state = State::Comparing { peer, code };
+            self.state = State::Comparing { peer, code, key };
             None
         }
     }
@@ -401,16 +502,20 @@ impl Exchange {
         self.yes_here = true;
         match self.role {
             Role::Joiner => {
-                self.send(&PairMessage::Confirm);
+                let State::Comparing { key, .. } = &self.state else {
+                    return Err(ExchangeError::NothingToConfirm);
+                };
+                let mac = confirm_mac(key);
+                self.send(&PairMessage::Confirm(mac));
                 Ok(None)
             }
             Role::Inviter => {
-                let State::Comparing { peer, code } =
+                let State::Comparing { peer, code, key } =
                     std::mem::replace(&mut self.state, State::Failed)
                 else {
                     return Err(ExchangeError::NothingToConfirm);
                 };
-                Ok(self.agree_if_both(peer, code))
+                Ok(self.agree_if_both(peer, code, key))
             }
         }
     }
@@ -418,8 +523,9 @@ impl Exchange {
     /// Inviter, after [`Event::Agreed`]: the welcome that tells the joiner
     /// of this device's other devices (and that this user said yes).
     pub fn welcome(&mut self, others: Vec<PeerInfo>) {
-        if self.role == Role::Inviter && matches!(self.state, State::Agreed) {
-            self.send(&PairMessage::Welcome(others));
+        if let (Role::Inviter, State::Agreed(key)) = (self.role, &self.state) {
+            let mac = welcome_mac(key, &others);
+            self.send(&PairMessage::Welcome(others, mac));
         }
     }
 
@@ -440,9 +546,9 @@ fn name_of(m: &PairMessage) -> &'static str {
         PairMessage::Commit(_) => "a commitment",
         PairMessage::Offer { .. } => "an offer",
         PairMessage::Reveal { .. } => "a reveal",
-        PairMessage::Confirm => "a confirmation",
+        PairMessage::Confirm(_) => "a confirmation",
         PairMessage::Decline => "a decline",
-        PairMessage::Welcome(_) => "a welcome",
+        PairMessage::Welcome(..) => "a welcome",
     }
 }
 
@@ -455,20 +561,24 @@ fn expected_in(role: Role, state: &State, yes_here: bool) -> &'static str {
         (Role::Inviter, State::Comparing { .. }) => "a confirmation",
         (Role::Joiner, State::Comparing { .. }) if yes_here => "a welcome",
         (Role::Joiner, State::Comparing { .. }) => "nothing before this user's answer",
-        (_, State::Agreed | State::Failed) => "nothing (the pairing is over)",
+        (_, State::Agreed(_) | State::Failed) => "nothing (the pairing is over)",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::DeviceKeypair;
 
-    fn device(name: &str) -> PeerInfo {
+    /// Another device's key and name, as a welcome lists it.
+    fn info(name: &str) -> PeerInfo {
         PeerInfo {
             public_key: *DeviceKeypair::generate().public().as_bytes(),
             name: name.into(),
         }
+    }
+
+    fn end(role: Role, invite: &Invite, name: &str) -> Exchange {
+        Exchange::new(role, invite, &DeviceKeypair::generate(), name)
     }
 
     /// Moves every pending message from `from` to `to`; the events `to` gave.
@@ -491,9 +601,8 @@ mod tests {
 
     /// Runs the exchange up to both codes: (inviter, joiner, codes).
     fn to_codes(invite: &Invite) -> (Exchange, Exchange, String, String) {
-        let (laptop, phone) = (device("laptop"), device("phone"));
-        let mut inviter = Exchange::new(Role::Inviter, invite, laptop);
-        let mut joiner = Exchange::new(Role::Joiner, invite, phone);
+        let mut inviter = end(Role::Inviter, invite, "laptop");
+        let mut joiner = end(Role::Joiner, invite, "phone");
         joiner.on_peer_present();
         assert_eq!(deliver(&mut joiner, &mut inviter), vec![Ok(None)]);
         let offered = deliver(&mut inviter, &mut joiner);
@@ -501,6 +610,11 @@ mod tests {
         let revealed = deliver(&mut joiner, &mut inviter);
         let inviter_code = code_of(&revealed[0]);
         (inviter, joiner, inviter_code, joiner_code)
+    }
+
+    /// What the channel carries, opened (as whoever holds the invite can).
+    fn opened(ch: &PairingChannel, direction: u8, sealed: &[u8]) -> PairMessage {
+        PairMessage::decode(&ch.open(direction, sealed).unwrap()).unwrap()
     }
 
     #[test]
@@ -520,7 +634,7 @@ mod tests {
             (peer.name.as_str(), others.len(), code),
             ("phone", 0, a.clone())
         );
-        inviter.welcome(vec![device("desktop")]);
+        inviter.welcome(vec![info("desktop")]);
         // ...and its welcome completes it on the joiner.
         let got = deliver(&mut inviter, &mut joiner);
         let Ok(Some(Event::Agreed { peer, others, .. })) = &got[0] else {
@@ -577,7 +691,7 @@ mod tests {
         let (_, mut joiner, _, _) = to_codes(&invite);
         // A forged early welcome (whoever holds the invite can seal one).
         let ch = PairingChannel::new(&invite.secret, invite.slot);
-        let early = ch.seal(TO_JOINER, &PairMessage::Welcome(vec![]).encode());
+        let early = ch.seal(TO_JOINER, &PairMessage::Welcome(vec![], [0; 32]).encode());
         assert!(matches!(
             joiner.on_message(&early),
             Err(ExchangeError::OutOfOrder { .. })
@@ -589,9 +703,10 @@ mod tests {
     fn a_reveal_that_differs_from_the_commitment_is_refused() {
         let invite = Invite::new("ws://127.0.0.1:1", 0);
         let ch = PairingChannel::new(&invite.secret, invite.slot);
-        let mut inviter = Exchange::new(Role::Inviter, &invite, device("laptop"));
+        let mut inviter = end(Role::Inviter, &invite, "laptop");
+        let phone = info("phone");
         let honest = PairMessage::Reveal {
-            peer: device("phone"),
+            peer: phone.clone(),
             nonce: [1; 32],
         };
         let c = commitment(&honest.encode());
@@ -599,11 +714,8 @@ mod tests {
             .on_message(&ch.seal(TO_INVITER, &PairMessage::Commit(c).encode()))
             .unwrap();
         // Having seen the offer, the attacker would like another nonce.
-        let PairMessage::Reveal { peer, .. } = honest else {
-            unreachable!()
-        };
         let other = PairMessage::Reveal {
-            peer,
+            peer: phone,
             nonce: [2; 32],
         };
         assert_eq!(
@@ -613,33 +725,15 @@ mod tests {
     }
 
     /// Whoever holds the invite sits between the two devices and runs one
-    /// exchange with each, under its own keys: the codes differ unless its
-    /// single guess hits (one in a million), and grinding is not possible:
-    /// the code with the inviter is fixed by the nonces before the attacker
-    /// learns anything that could steer the joiner's.
+    /// exchange with each, under its own keys and the victims' names: the
+    /// codes differ unless its single guess hits (one in a million).
     #[test]
-    fn a_man_in_the_middle_gets_different_codes() {
+    fn a_man_in_the_middle_with_keys_of_its_own_gets_different_codes() {
         let invite = Invite::new("ws://127.0.0.1:1", 0);
-        let (laptop, phone) = (device("laptop"), device("phone"));
-        let mut inviter = Exchange::new(Role::Inviter, &invite, laptop.clone());
-        let mut joiner = Exchange::new(Role::Joiner, &invite, phone.clone());
-        // The attacker's two ends, with keys of its own and the victims' names.
-        let mut as_joiner = Exchange::new(
-            Role::Joiner,
-            &invite,
-            PeerInfo {
-                name: phone.name.clone(),
-                ..device("")
-            },
-        );
-        let mut as_inviter = Exchange::new(
-            Role::Inviter,
-            &invite,
-            PeerInfo {
-                name: laptop.name.clone(),
-                ..device("")
-            },
-        );
+        let mut inviter = end(Role::Inviter, &invite, "laptop");
+        let mut joiner = end(Role::Joiner, &invite, "phone");
+        let mut as_joiner = end(Role::Joiner, &invite, "phone");
+        let mut as_inviter = end(Role::Inviter, &invite, "laptop");
         as_joiner.on_peer_present();
         joiner.on_peer_present();
         deliver(&mut as_joiner, &mut inviter);
@@ -658,36 +752,109 @@ mod tests {
         assert_eq!(joiner.confirm(false), Err(ExchangeError::DeclinedHere));
     }
 
+    /// Whoever holds the invite and carries the messages passes the first
+    /// three on untouched (the codes match, the users say yes), then tries
+    /// to forge what follows: a Confirm before the joiner's user answered,
+    /// a Welcome that brings in a key of its own. Neither authenticates.
+    #[test]
+    fn an_attacker_on_the_path_cannot_forge_the_confirmation_or_the_welcome() {
+        let invite = Invite::new("ws://127.0.0.1:1", 0);
+        let ch = PairingChannel::new(&invite.secret, invite.slot);
+        // A Confirm the joiner never sent: refused, and nothing is agreed.
+        let (mut inviter, _joiner, _, _) = to_codes(&invite);
+        inviter.confirm(true).unwrap();
+        let forged = ch.seal(TO_INVITER, &PairMessage::Confirm([7; 32]).encode());
+        assert_eq!(
+            inviter.on_message(&forged),
+            Err(ExchangeError::BadConfirmation)
+        );
+        assert!(inviter.take_messages().is_empty(), "no welcome went out");
+        // The real welcome, its list swapped for the attacker's key.
+        let (mut inviter, mut joiner, _, _) = to_codes(&invite);
+        joiner.confirm(true).unwrap();
+        deliver(&mut joiner, &mut inviter);
+        inviter.confirm(true).unwrap();
+        inviter.welcome(vec![info("desktop")]);
+        let real = inviter.take_messages().remove(0);
+        let PairMessage::Welcome(_, mac) = opened(&ch, TO_JOINER, &real) else {
+            panic!("expected the welcome");
+        };
+        let swapped = PairMessage::Welcome(vec![info("desktop")], mac);
+        assert_eq!(
+            joiner.on_message(&ch.seal(TO_JOINER, &swapped.encode())),
+            Err(ExchangeError::BadConfirmation)
+        );
+        assert!(joiner.is_over(), "the joiner stores nothing");
+    }
+
+    /// The inviter's name is not in the commitment; changed on the way, it
+    /// changes the joiner's transcript, and the joiner's Confirm fails.
+    #[test]
+    fn a_name_changed_on_the_way_fails_the_confirmation() {
+        let invite = Invite::new("ws://127.0.0.1:1", 0);
+        let ch = PairingChannel::new(&invite.secret, invite.slot);
+        let mut inviter = end(Role::Inviter, &invite, "laptop");
+        let mut joiner = end(Role::Joiner, &invite, "phone");
+        joiner.on_peer_present();
+        deliver(&mut joiner, &mut inviter);
+        let offer = inviter.take_messages().remove(0);
+        let PairMessage::Offer { mut peer, nonce } = opened(&ch, TO_JOINER, &offer) else {
+            panic!("expected the offer");
+        };
+        peer.name = "your bank".into();
+        let renamed = ch.seal(TO_JOINER, &PairMessage::Offer { peer, nonce }.encode());
+        let shown = joiner.on_message(&renamed);
+        let Ok(Some(Event::Compare { peer, .. })) = &shown else {
+            panic!("{shown:?}");
+        };
+        assert_eq!(peer.name, "your bank");
+        let revealed = deliver(&mut joiner, &mut inviter);
+        assert_eq!(
+            code_of(&revealed[0]),
+            code_of(&shown),
+            "the keys and nonces are intact"
+        );
+        joiner.confirm(true).unwrap();
+        assert_eq!(
+            deliver(&mut joiner, &mut inviter),
+            vec![Err(ExchangeError::BadConfirmation)]
+        );
+    }
+
     #[test]
     fn out_of_order_forged_and_self_pairing_messages_end_the_exchange() {
         let invite = Invite::new("ws://127.0.0.1:1", 0);
         let ch = PairingChannel::new(&invite.secret, invite.slot);
-        let me = device("laptop");
-        let mut inviter = Exchange::new(Role::Inviter, &invite, me.clone());
+        let kp = DeviceKeypair::generate();
+        let mut inviter = Exchange::new(Role::Inviter, &invite, &kp, "laptop");
         assert!(matches!(
-            inviter.on_message(&ch.seal(TO_INVITER, &PairMessage::Confirm.encode())),
+            inviter.on_message(&ch.seal(TO_INVITER, &PairMessage::Confirm([0; 32]).encode())),
             Err(ExchangeError::OutOfOrder { .. })
         ));
-        let mut inviter = Exchange::new(Role::Inviter, &invite, me.clone());
+        let mut inviter = Exchange::new(Role::Inviter, &invite, &kp, "laptop");
         assert!(matches!(
             inviter.on_message(&ch.seal(TO_JOINER, &PairMessage::Commit([0; 32]).encode())),
             Err(ExchangeError::Channel(PairingError::Auth))
         ));
         let other = Invite::new("ws://127.0.0.1:1", 0);
-        let mut inviter = Exchange::new(Role::Inviter, &other, me.clone());
+        let mut inviter = Exchange::new(Role::Inviter, &other, &kp, "laptop");
         assert!(matches!(
             inviter.on_message(&ch.seal(TO_INVITER, &PairMessage::Commit([0; 32]).encode())),
             Err(ExchangeError::Channel(PairingError::Auth))
         ));
         // A pairing v1 hello (SyncPayload::Introduce) is refused by version.
-        let mut inviter = Exchange::new(Role::Inviter, &invite, me.clone());
+        let mut inviter = Exchange::new(Role::Inviter, &invite, &kp, "laptop");
         assert!(matches!(
             inviter.on_message(&ch.seal(TO_INVITER, &[1, 3, 0, 0])),
             Err(ExchangeError::Wire(WireError::BadVersion(1)))
         ));
         // A joiner whose offer names its own key.
-        let mut joiner = Exchange::new(Role::Joiner, &invite, me.clone());
+        let mut joiner = Exchange::new(Role::Joiner, &invite, &kp, "laptop");
         joiner.on_peer_present();
+        let me = PeerInfo {
+            public_key: *kp.public().as_bytes(),
+            name: "laptop".into(),
+        };
         let offer = PairMessage::Offer {
             peer: me,
             nonce: [0; 32],
@@ -697,7 +864,7 @@ mod tests {
             Err(ExchangeError::SelfPairing)
         );
         // A low-order key.
-        let mut joiner = Exchange::new(Role::Joiner, &invite, device("phone"));
+        let mut joiner = end(Role::Joiner, &invite, "phone");
         joiner.on_peer_present();
         let offer = PairMessage::Offer {
             peer: PeerInfo {

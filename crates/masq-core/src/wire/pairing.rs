@@ -8,9 +8,9 @@
 //! | 1 | [`PairMessage::Commit`] | joiner | commitment (32) |
 //! | 2 | [`PairMessage::Offer`] | inviter | public key (32), name, nonce (32) |
 //! | 3 | [`PairMessage::Reveal`] | joiner | public key (32), name, nonce (32) |
-//! | 4 | [`PairMessage::Confirm`] | joiner | — |
+//! | 4 | [`PairMessage::Confirm`] | joiner | MAC (32) |
 //! | 5 | [`PairMessage::Decline`] | either | — |
-//! | 6 | [`PairMessage::Welcome`] | inviter | count (u16 BE), then per device: public key (32), name |
+//! | 6 | [`PairMessage::Welcome`] | inviter | count (u16 BE), then per device: public key (32), name; then MAC (32) |
 //!
 //! A name is `len(u8) || UTF-8`, at most [`MAX_NAME_BYTES`](super::device::MAX_NAME_BYTES).
 //! The exchange itself (what follows what, what the commitment and the code
@@ -45,12 +45,14 @@ pub enum PairMessage {
         nonce: [u8; 32],
     },
     /// "My user confirmed the code" (joiner → inviter; the inviter's
-    /// confirmation is its [`Welcome`](Self::Welcome)).
-    Confirm,
+    /// confirmation is its [`Welcome`](Self::Welcome)), with a MAC only the
+    /// two devices can make (`masq_core::sync::pairing`).
+    Confirm([u8; 32]),
     /// "My user said no, or gave up": the pairing ends, nothing is stored.
     Decline,
-    /// The inviter's other devices, sent once both users confirmed.
-    Welcome(Vec<PeerInfo>),
+    /// The inviter's other devices, sent once both users confirmed, and a
+    /// MAC only the two devices can make over them.
+    Welcome(Vec<PeerInfo>, [u8; 32]),
 }
 
 fn put_peer(out: &mut Vec<u8>, p: &PeerInfo) {
@@ -62,6 +64,17 @@ fn read_peer(r: &mut Reader<'_>) -> Result<PeerInfo, WireError> {
     let public_key = r.key32("peer key")?;
     let name = r.name("peer name")?;
     Ok(PeerInfo { public_key, name })
+}
+
+/// The encoded device list of a welcome (count, then each device): what its
+/// MAC covers.
+pub fn welcome_list(list: &[PeerInfo]) -> Vec<u8> {
+    let n = list.len().min(MAX_GROUP_DEVICES);
+    let mut out = (n as u16).to_be_bytes().to_vec();
+    for p in list.iter().take(n) {
+        put_peer(&mut out, p);
+    }
+    out
 }
 
 impl PairMessage {
@@ -82,15 +95,15 @@ impl PairMessage {
                 put_peer(&mut out, peer);
                 out.extend_from_slice(nonce);
             }
-            PairMessage::Confirm => out.push(4),
+            PairMessage::Confirm(mac) => {
+                out.push(4);
+                out.extend_from_slice(mac);
+            }
             PairMessage::Decline => out.push(5),
-            PairMessage::Welcome(list) => {
+            PairMessage::Welcome(list, mac) => {
                 out.push(6);
-                let n = list.len().min(MAX_GROUP_DEVICES);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-                for p in list.iter().take(n) {
-                    put_peer(&mut out, p);
-                }
+                out.extend_from_slice(&welcome_list(list));
+                out.extend_from_slice(mac);
             }
         }
         out
@@ -113,7 +126,7 @@ impl PairMessage {
                 peer: read_peer(&mut r)?,
                 nonce: r.key32("nonce")?,
             },
-            4 => PairMessage::Confirm,
+            4 => PairMessage::Confirm(r.key32("mac")?),
             5 => PairMessage::Decline,
             6 => {
                 let n = r.u16("device count")? as usize;
@@ -124,7 +137,7 @@ impl PairMessage {
                 for _ in 0..n {
                     list.push(read_peer(&mut r)?);
                 }
-                PairMessage::Welcome(list)
+                PairMessage::Welcome(list, r.key32("mac")?)
             }
             k => return Err(WireError::BadKind(k)),
         };
@@ -153,9 +166,9 @@ mod tests {
                 peer: peer.clone(),
                 nonce: [4; 32],
             },
-            PairMessage::Confirm,
+            PairMessage::Confirm([5; 32]),
             PairMessage::Decline,
-            PairMessage::Welcome(vec![peer.clone(), peer]),
+            PairMessage::Welcome(vec![peer.clone(), peer], [6; 32]),
         ];
         for m in &all {
             let bytes = m.encode();
