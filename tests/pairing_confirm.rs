@@ -88,10 +88,11 @@ impl PairCli {
         stdin.write_all(if yes { b"y\n" } else { b"n\n" }).unwrap();
     }
 
-    /// Exit status and the rest of stderr.
+    /// Exit status and the rest of stderr (read to its end: the reader
+    /// thread may still hold the last lines when the process has exited).
     fn finish(mut self) -> (bool, String) {
         let ok = self.child.wait().unwrap().success();
-        let rest: Vec<String> = self.lines.try_iter().collect();
+        let rest: Vec<String> = self.lines.iter().collect();
         (ok, rest.join("\n"))
     }
 }
