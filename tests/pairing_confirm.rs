@@ -108,6 +108,17 @@ fn devices(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
+/// `masq pair invite` on `a` and `masq pair join` of its invite on `b`,
+/// both shown their codes and waiting for their users: (invite, join,
+/// the invite's URI, the inviter's code, the joiner's code).
+fn to_codes(a: &Daemon, b: &Daemon) -> (PairCli, PairCli, String, String, String) {
+    let invite = PairCli::spawn(a, &["invite"]);
+    let uri = invite.invite();
+    let join = PairCli::spawn(b, &["join", &uri]);
+    let (code_a, code_b) = (invite.code(), join.code());
+    (invite, join, uri, code_a, code_b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_who_see_the_same_code_and_say_yes_are_paired_and_not_before() {
     let relay = masq::relay::start(masq::relay::RelayConfig::loopback_any_port())
@@ -116,11 +127,8 @@ async fn two_users_who_see_the_same_code_and_say_yes_are_paired_and_not_before()
     let a = Daemon::start(Some(&relay.url()));
     let b = Daemon::start(Some(&relay.url()));
     let (a, b) = tokio::task::spawn_blocking(move || {
-        let mut invite = PairCli::spawn(&a, &["invite"]);
-        let uri = invite.invite();
+        let (mut invite, mut join, uri, code_a, code_b) = to_codes(&a, &b);
         assert!(uri.starts_with("masq:pair?v=2&"), "{uri}");
-        let mut join = PairCli::spawn(&b, &["join", &uri]);
-        let (code_a, code_b) = (invite.code(), join.code());
         assert_eq!(code_a, code_b, "both devices show one code");
         assert!(code_a.chars().all(|c| c.is_ascii_digit()) && code_a.len() == 6);
         // B's user says yes; A's has not answered: nothing is stored.
@@ -219,10 +227,7 @@ async fn a_user_who_goes_away_at_the_prompt_declines() {
     let a = Daemon::start(Some(&relay.url()));
     let b = Daemon::start(Some(&relay.url()));
     let (a, b) = tokio::task::spawn_blocking(move || {
-        let mut invite = PairCli::spawn(&a, &["invite"]);
-        let uri = invite.invite();
-        let mut join = PairCli::spawn(&b, &["join", &uri]);
-        let (code_a, code_b) = (invite.code(), join.code());
+        let (mut invite, mut join, _, code_a, code_b) = to_codes(&a, &b);
         assert_eq!(code_a, code_b);
         join.answer(true);
         let started = std::time::Instant::now();

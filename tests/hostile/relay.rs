@@ -94,16 +94,6 @@ async fn stranger_burst(url: String, victim: DeviceId, n: usize) {
     c.close().await;
 }
 
-async fn kv_get(d: &Device, key: &str) -> Option<serde_json::Value> {
-    d.store
-        .app("app")
-        .unwrap()
-        .bucket("b")
-        .unwrap()
-        .get(key)
-        .unwrap()
-}
-
 /// Finding 3: bursts of 3 000 × 200 B sends from fresh keys every 1.5 s
 /// disconnected the device they were aimed at (the relay's slow-consumer
 /// rule dropped the victim). Now the device's allow list (its paired
@@ -166,7 +156,7 @@ async fn stranger_floods_do_not_disconnect_a_device_and_its_peer_gets_through() 
         let mut got = None;
         let deadline = tokio::time::Instant::now() + T;
         while got.is_none() && tokio::time::Instant::now() < deadline {
-            got = kv_get(&a, &key).await;
+            got = kv(&a, &key);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(

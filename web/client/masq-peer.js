@@ -339,6 +339,17 @@ function opOf(text) {
   }
 }
 
+/** A request the shell serves itself, parsed: `req` ({} if it is no JSON) and its `id` (0 if none). */
+function parsedRequest(text) {
+  let req;
+  try {
+    req = JSON.parse(text);
+  } catch (_) {
+    req = {};
+  }
+  return { req, id: typeof req.id === "number" ? req.id : 0 };
+}
+
 /** The error answer of a request whose batch could not be committed. */
 function commitError(id, e) {
   const quota = e && (e.name === "QuotaExceededError" || /quota/i.test(String(e.message)));
@@ -693,13 +704,7 @@ class PeerTransport {
    * protocol does.
    */
   _startPairing(text, tab, op, answers) {
-    let req;
-    try {
-      req = JSON.parse(text);
-    } catch (_) {
-      req = {};
-    }
-    const id = typeof req.id === "number" ? req.id : 0;
+    const { req, id } = parsedRequest(text);
     const fail = (code, message) => answers.push({ answer: JSON.stringify({ id, error: { code, message } }), tab, wrote: false });
     let pairing;
     try {
@@ -747,13 +752,7 @@ class PeerTransport {
 
   /** `pair.confirm {pairing, yes}`: the user's answer to the code of a pairing this tab started. */
   _confirmPairing(text, tab, answers, after) {
-    let req;
-    try {
-      req = JSON.parse(text);
-    } catch (_) {
-      req = {};
-    }
-    const id = typeof req.id === "number" ? req.id : 0;
+    const { req, id } = parsedRequest(text);
     // Only a pairing whose code this tab was shown, and that has no answer yet (as a store: not_found otherwise).
     const p = [...this._pairings].find((q) => q.id === req.pairing && q.tab === tab && q.codeShown && !q.answered && !q.done && !q.finishing);
     if (!p || typeof req.yes !== "boolean") {
