@@ -9,8 +9,8 @@ use std::time::Duration;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use masq::crypto::handshake::{initiate, respond};
-use masq::crypto::{DeviceKeypair, Session};
+use masq_core::crypto::handshake::{initiate, respond};
+use masq_core::crypto::{DeviceKeypair, Session};
 
 fn pair() -> (Session, Session) {
     let a = DeviceKeypair::generate();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use masq::storage::Durability;
+use masq::Durability;
 use masq::{ChangeOp, Store, StoreOptions};
 use serde_json::json;
 

@@ -1,4 +1,4 @@
 //! The `masq` binary: see `masq --help`.
 fn main() -> std::process::ExitCode {
-    masq::cli::main()
+    masq::cli_main()
 }

@@ -9,7 +9,7 @@
 //! `MASQ_KAT_PRINT=1 cargo test --test crypto_kat -- --nocapture`.
 #![allow(clippy::unwrap_used)]
 
-use masq::crypto::known_answers;
+use masq_core::crypto::known_answers;
 
 #[test]
 fn crypto_known_answers_match_the_vector_file() {

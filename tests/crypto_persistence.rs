@@ -3,11 +3,11 @@
 //! usable, never reuses a message key, and never loses or double-applies a message.
 #![allow(clippy::unwrap_used)]
 
-use masq::crypto::envelope::Envelope;
-use masq::crypto::handshake::{initiate, respond};
-use masq::crypto::{CryptoError, DeviceKeypair, Session};
-use masq::storage::{Db, Durability};
-use masq::sync::peers;
+use masq_core::crypto::envelope::Envelope;
+use masq_core::crypto::handshake::{initiate, respond};
+use masq_core::crypto::{CryptoError, DeviceKeypair, Session};
+use masq_store::storage::{Db, Durability};
+use masq_store::sync::peers;
 
 fn sessions() -> (Session, Session) {
     let a = DeviceKeypair::generate();

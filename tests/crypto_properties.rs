@@ -2,9 +2,9 @@
 //! duplication; forward secrecy; post-compromise recovery; bad input.
 #![allow(clippy::unwrap_used)]
 
-use masq::crypto::handshake::{initiate, respond};
-use masq::crypto::ratchet::MAX_SKIPPED_CHAINS;
-use masq::crypto::{CryptoError, DeviceKeypair, Session};
+use masq_core::crypto::handshake::{initiate, respond};
+use masq_core::crypto::ratchet::MAX_SKIPPED_CHAINS;
+use masq_core::crypto::{CryptoError, DeviceKeypair, Session};
 use proptest::prelude::*;
 
 fn pair() -> (Session, Session) {

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use masq::storage::Durability;
+use masq::Durability;
 use masq::{Store, StoreOptions};
 use serde_json::json;
 

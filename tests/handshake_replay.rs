@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use masq::relay::{start, RelayConfig};
-use masq::sync::wire::DevicePacket;
-use masq::wire::relay_frame::Frame;
+use masq_core::wire::device::DevicePacket;
+use masq_core::wire::relay_frame::Frame;
 use support::{device, eventually, kv, pair, proxy, put, Device};
 
 const T: Duration = Duration::from_secs(30);

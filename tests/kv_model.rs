@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use masq::storage::Durability;
+use masq::Durability;
 use masq::{ListOptions, Store, StoreOptions};
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -19,10 +19,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use masq::kv::ListOptions;
+use masq::internals::engine::{EngineConfig, SyncEngine};
 use masq::relay::{start, RelayConfig};
-use masq::storage::Durability;
-use masq::sync::engine::{EngineConfig, SyncEngine};
+use masq::Durability;
+use masq::ListOptions;
 use masq::{ChangeOp, Store, StoreOptions};
 use serde_json::{json, Value};
 use support::eventually;
@@ -48,18 +48,18 @@ fn open(dir: &Path) -> Store {
 /// public API, in a stable order.
 fn snapshot(store: &Store) -> Value {
     let db = store.db();
-    let me = masq::sync::peers::load_or_create_identity(db).unwrap();
-    let peers: Vec<Value> = masq::sync::peers::peers(db)
+    let me = masq_store::sync::peers::load_or_create_identity(db).unwrap();
+    let peers: Vec<Value> = masq_store::sync::peers::peers(db)
         .unwrap()
         .into_iter()
         .map(|(id, p)| json!({"id": id.to_string(), "public_key": p.public_key, "name": p.name, "added": p.added}))
         .collect();
-    let origins: Vec<Value> = masq::service::registry::origins(db)
+    let origins: Vec<Value> = masq::internals::registry::origins(db)
         .unwrap()
         .into_iter()
         .map(|o| json!({"origin": o.origin, "app": o.app, "state": format!("{:?}", o.state), "since": o.since}))
         .collect();
-    let natives: Vec<Value> = masq::service::registry::natives(db)
+    let natives: Vec<Value> = masq::internals::registry::natives(db)
         .unwrap()
         .into_iter()
         .map(|n| json!({"name": n.name, "token_hash": n.token_hash, "since": n.since}))
@@ -103,7 +103,7 @@ fn snapshot(store: &Store) -> Value {
     }
     json!({
         "device_id": me.device_id().to_string(),
-        "device_name": masq::sync::peers::device_name(db).unwrap(),
+        "device_name": masq_store::sync::peers::device_name(db).unwrap(),
         "peers": peers,
         "origins": origins,
         "natives": natives,
@@ -255,20 +255,23 @@ async fn write_fixture() {
     let relay = start(RelayConfig::loopback_any_port()).await.unwrap();
     let url = relay.url();
     let (a, b) = (open(&root.join("a")), open(&root.join("b")));
-    masq::sync::peers::set_device_name(a.db(), "fixture-a").unwrap();
-    masq::sync::peers::set_device_name(b.db(), "fixture-b").unwrap();
-    let inv = masq::sync::pairing::Inviter::start(a.clone(), &url)
+    masq_store::sync::peers::set_device_name(a.db(), "fixture-a").unwrap();
+    masq_store::sync::peers::set_device_name(b.db(), "fixture-b").unwrap();
+    let inv = masq::internals::pairing::Inviter::start(a.clone(), &url)
         .await
         .unwrap();
     let uri = inv.invite().to_uri();
-    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
-    let (pa, pb) = tokio::join!(inv.wait(yes_a), masq::sync::pairing::join(&b, &uri, yes_b));
+    let (yes_a, yes_b) = masq::internals::two_users_comparing_codes();
+    let (pa, pb) = tokio::join!(
+        inv.wait(yes_a),
+        masq::internals::pairing::join(&b, &uri, yes_b)
+    );
     assert_eq!(pa.unwrap().safety_code, pb.unwrap().safety_code);
-    masq::service::registry::request(a.db(), "http://notes.example", "notes").unwrap();
-    masq::service::registry::approve(a.db(), "http://notes.example", None).unwrap();
-    masq::service::registry::request(a.db(), "http://evil.example", "notes").unwrap();
-    masq::service::registry::deny(a.db(), "http://evil.example").unwrap();
-    masq::service::registry::add_native(b.db(), "cli-notes").unwrap();
+    masq::internals::registry::request(a.db(), "http://notes.example", "notes").unwrap();
+    masq::internals::registry::approve(a.db(), "http://notes.example", None).unwrap();
+    masq::internals::registry::request(a.db(), "http://evil.example", "notes").unwrap();
+    masq::internals::registry::deny(a.db(), "http://evil.example").unwrap();
+    masq::internals::registry::add_native(b.db(), "cli-notes").unwrap();
 
     // Concurrent writes of one key on both sides before they sync: a conflict.
     for (s, v) in [(&a, "dark"), (&b, "light")] {

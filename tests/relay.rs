@@ -8,10 +8,10 @@ mod support;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use masq::crypto::{DeviceId, DeviceKeypair};
-use masq::relay::client::{RelayClient, RelayEvent};
 use masq::relay::{start, RelayConfig, RelayHandle};
-use masq::wire::relay_frame::{codes, Frame, UndeliverableReason};
+use masq_core::crypto::{DeviceId, DeviceKeypair};
+use masq_core::wire::relay_frame::{codes, Frame, UndeliverableReason};
+use masq_relay::client::{RelayClient, RelayEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -151,7 +151,7 @@ async fn wrong_proof_replayed_proof_and_frames_before_auth_are_refused() {
     let mut ws1 = raw(&r).await;
     let (rp, nonce) = challenge(&mut ws1).await;
     let dh = kp.diffie_hellman(&x25519_dalek::PublicKey::from(rp));
-    let proof = masq::relay::config::auth_proof(&dh, &nonce, &rp, kp.public().as_bytes());
+    let proof = masq_relay::config::auth_proof(&dh, &nonce, &rp, kp.public().as_bytes());
     let auth = Frame::Auth {
         public: *kp.public().as_bytes(),
         proof,
@@ -409,7 +409,7 @@ async fn slow_consumer_costs_senders_refusals_not_memory_and_others_keep_flowing
     let mut slow_ws = raw(&r).await;
     let (rp, nonce) = challenge(&mut slow_ws).await;
     let dh = slow_kp.diffie_hellman(&x25519_dalek::PublicKey::from(rp));
-    let proof = masq::relay::config::auth_proof(&dh, &nonce, &rp, slow_kp.public().as_bytes());
+    let proof = masq_relay::config::auth_proof(&dh, &nonce, &rp, slow_kp.public().as_bytes());
     slow_ws
         .send(Message::Binary(
             Frame::Auth {

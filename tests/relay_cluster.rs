@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use masq::api::Request;
 use masq::client::{Auth, Connection};
-use masq::crypto::DeviceKeypair;
-use masq::relay::client::{RelayClient, RelayEvent};
-use masq::wire::relay_frame::{codes, UndeliverableReason};
+use masq_core::crypto::DeviceKeypair;
+use masq_core::wire::relay_frame::{codes, UndeliverableReason};
+use masq_relay::client::{RelayClient, RelayEvent};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -186,7 +186,7 @@ async fn next_non_presence(c: &mut RelayClient) -> RelayEvent {
     }
 }
 
-async fn presence_of(c: &mut RelayClient, who: masq::crypto::DeviceId) -> bool {
+async fn presence_of(c: &mut RelayClient, who: masq_core::crypto::DeviceId) -> bool {
     loop {
         if let RelayEvent::Presence { device, online } = next(c).await {
             if device == who {
@@ -415,14 +415,14 @@ fn a_node_started_before_redis_waits_for_it() {
     );
 }
 
-async fn admin(info: &masq::service::daemon_file::DaemonInfo) -> Connection {
+async fn admin(info: &masq::internals::daemon_file::DaemonInfo) -> Connection {
     Connection::connect(&info.ws_url, &Auth::Token(info.admin_token.clone()))
         .await
         .unwrap()
 }
 
 async fn kv_get(
-    info: &masq::service::daemon_file::DaemonInfo,
+    info: &masq::internals::daemon_file::DaemonInfo,
     key: &str,
 ) -> Option<serde_json::Value> {
     admin(info)
@@ -438,7 +438,7 @@ async fn kv_get(
         .ok()
 }
 
-async fn kv_put(info: &masq::service::daemon_file::DaemonInfo, key: &str, v: serde_json::Value) {
+async fn kv_put(info: &masq::internals::daemon_file::DaemonInfo, key: &str, v: serde_json::Value) {
     admin(info)
         .await
         .call(
@@ -454,7 +454,7 @@ async fn kv_put(info: &masq::service::daemon_file::DaemonInfo, key: &str, v: ser
 }
 
 async fn eventually_has(
-    info: &masq::service::daemon_file::DaemonInfo,
+    info: &masq::internals::daemon_file::DaemonInfo,
     key: &str,
     v: serde_json::Value,
 ) {

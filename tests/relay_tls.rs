@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use masq::crypto::DeviceKeypair;
-use masq::relay::client::{RelayClient, RelayEvent};
 use masq::relay::{start, RelayConfig};
+use masq_core::crypto::DeviceKeypair;
+use masq_relay::client::{RelayClient, RelayEvent};
 use serde_json::json;
 use support::*;
 
@@ -24,7 +24,7 @@ async fn devices_pair_and_sync_through_a_tls_relay() {
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let relay = start(RelayConfig {
-        tls: Some(masq::relay::tls::server_config(&cert, &key).unwrap()),
+        tls: Some(masq_relay::tls::server_config(&cert, &key).unwrap()),
         ..RelayConfig::loopback_any_port()
     })
     .await
@@ -39,10 +39,10 @@ async fn devices_pair_and_sync_through_a_tls_relay() {
     assert!(RelayClient::connect(&plain, &kp).await.is_err());
     // Bad certificate files are clear errors.
     let missing = dir.path().join("nope.pem");
-    assert!(masq::relay::tls::server_config(&missing, &key).is_err());
-    assert!(masq::relay::tls::server_config(&key, &key).is_err());
+    assert!(masq_relay::tls::server_config(&missing, &key).is_err());
+    assert!(masq_relay::tls::server_config(&key, &key).is_err());
 
-    std::env::set_var(masq::relay::tls::RELAY_CA_ENV, &cert);
+    std::env::set_var(masq_relay::tls::RELAY_CA_ENV, &cert);
     let mut a = RelayClient::connect(&url, &kp).await.unwrap();
     let kb = DeviceKeypair::generate();
     let mut b = RelayClient::connect(&url, &kb).await.unwrap();

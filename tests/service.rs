@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use masq::api::{ConnState, Request};
 use masq::client::{Auth, ClientError, ClientOptions, Connection, Mode};
-use masq::service::daemon_file::{self, DaemonInfo};
-use masq::store::{Event, Origin};
+use masq::internals::daemon_file::{self, DaemonInfo};
 use masq::{ChangeOp, Client};
+use masq::{Event, Origin};
 use serde_json::json;
 use support::eventually;
 
@@ -252,7 +252,7 @@ async fn native_tokens_isolate_apps_and_bad_requests_get_coded_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.code, "invalid_name");
-    let big = "x".repeat(masq::kv::MAX_VALUE_BYTES + 10);
+    let big = "x".repeat(masq_store::kv::MAX_VALUE_BYTES + 10);
     let err = raw
         .call(
             None,
@@ -513,7 +513,7 @@ async fn client_falls_back_to_peer_mode_and_two_peer_apps_sync_directly() {
     // Pair app-to-app (scenario 3).
     let pending = a.pair_invite(&relay.url()).await.unwrap();
     let uri = pending.invite();
-    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
+    let (yes_a, yes_b) = masq::internals::two_users_comparing_codes();
     let (pa, pb) = tokio::join!(a.pair_wait(pending, yes_a), b.pair_join(&uri, yes_b));
     assert_eq!(pa.unwrap().safety_code, pb.unwrap().safety_code);
     let mut sub = b.subscribe_docs(None).await.unwrap();
@@ -587,7 +587,7 @@ async fn a_daemon_and_a_peer_mode_app_sync() {
         let uri = invite_rx.await.unwrap();
         app.pair_join(
             &uri,
-            Box::new(move |check: masq::sync::pairing::CodeCheck| {
+            Box::new(move |check: masq::internals::pairing::CodeCheck| {
                 Box::pin(async move {
                     let _ = app_shows.send(check.code.clone());
                     daemon_seen.await.is_ok_and(|c| c == check.code)
@@ -765,7 +765,7 @@ async fn a_flooding_app_is_capped_and_slowed_while_other_apps_are_served() {
     let addr = d.info.http_url.trim_start_matches("http://").to_string();
 
     // At most MAX_CONNECTIONS_PER_APP connections per app; others still get in.
-    let max = masq::service::app_limits::MAX_CONNECTIONS_PER_APP;
+    let max = masq::internals::app_limits::MAX_CONNECTIONS_PER_APP;
     let mut floods = Vec::new();
     for _ in 0..max {
         floods.push(

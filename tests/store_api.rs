@@ -2,8 +2,8 @@
 //! temp dir, reopening, subscriptions, and bad input.
 #![allow(clippy::unwrap_used)]
 
-use masq::doc::ChangeOp;
-use masq::store::Event;
+use masq::ChangeOp;
+use masq::Event;
 use masq::{Error, ListOptions, Store, StoreOptions};
 use serde_json::json;
 
@@ -11,7 +11,7 @@ fn open_buffered(dir: &std::path::Path) -> Store {
     Store::open_with(
         dir,
         StoreOptions {
-            durability: masq::storage::Durability::Buffered,
+            durability: masq::Durability::Buffered,
             ..Default::default()
         },
     )
@@ -125,12 +125,12 @@ fn many_changes_compact_and_reload() {
             "compaction should have written a snapshot"
         );
         assert!(
-            !masq::storage::doc_chunks::needs_compaction(&meta),
+            !masq_store::storage::doc_chunks::needs_compaction(&meta),
             "after each write the layout is within the compaction policy: {meta:?}"
         );
         // Compaction deleted every folded chunk: what is stored is the
         // snapshot plus exactly the live incremental chunks.
-        let mut prefix = masq::storage::doc_chunks::doc_key("a", id.as_str());
+        let mut prefix = masq_store::storage::doc_chunks::doc_key("a", id.as_str());
         prefix.push(0);
         let stored = store.db().chunks.prefix(&prefix).count();
         assert_eq!(stored, 1 + meta.incr_chunks as usize, "{meta:?}");
@@ -281,7 +281,7 @@ fn bad_input_gives_clear_errors() {
     ));
     assert!(masq::DocId::parse("not an id").is_err());
     let b = app.bucket("b").unwrap();
-    let huge = json!("x".repeat(masq::kv::MAX_VALUE_BYTES + 1));
+    let huge = json!("x".repeat(masq_store::kv::MAX_VALUE_BYTES + 1));
     assert!(matches!(b.put("k", &huge), Err(Error::TooLarge { .. })));
     assert!(matches!(
         b.put("", &json!(1)),
@@ -370,7 +370,7 @@ fn cache_stays_within_budget() {
     let store = Store::open_with(
         dir.path(),
         StoreOptions {
-            durability: masq::storage::Durability::Buffered,
+            durability: masq::Durability::Buffered,
             cache_bytes: budget,
             ..Default::default()
         },
@@ -398,7 +398,7 @@ fn cache_stays_within_budget() {
 fn pending_kv_writes_survive_close_and_fold_at_next_open() {
     let dir = tempfile::tempdir().unwrap();
     let held = || StoreOptions {
-        durability: masq::storage::Durability::Buffered,
+        durability: masq::Durability::Buffered,
         fold_in_background: false,
         ..Default::default()
     };
@@ -466,18 +466,18 @@ fn a_full_pending_list_folds_inline() {
     let store = Store::open_with(
         dir.path(),
         StoreOptions {
-            durability: masq::storage::Durability::Buffered,
+            durability: masq::Durability::Buffered,
             fold_in_background: false,
             ..Default::default()
         },
     )
     .unwrap();
     let b = store.app("wb").unwrap().bucket("b").unwrap();
-    let shard = masq::kv::shard_of("seed");
+    let shard = masq_store::kv::shard_of("seed");
     let keys: Vec<String> = (0..)
         .map(|i| format!("s{i}"))
-        .filter(|k| masq::kv::shard_of(k) == shard)
-        .take(masq::kv::MAX_PENDING_PER_SHARD + 50)
+        .filter(|k| masq_store::kv::shard_of(k) == shard)
+        .take(masq_store::kv::MAX_PENDING_PER_SHARD + 50)
         .collect();
     b.put("seed", &json!(0)).unwrap(); // creates the shard
     let mut most = 0;
@@ -485,7 +485,7 @@ fn a_full_pending_list_folds_inline() {
         b.put(k, &json!(i)).unwrap();
         most = most.max(store.db().kv_pending.iter().count());
     }
-    assert_eq!(most, masq::kv::MAX_PENDING_PER_SHARD);
+    assert_eq!(most, masq_store::kv::MAX_PENDING_PER_SHARD);
     assert!(store.db().kv_pending.iter().count() < 60);
     // The index and Automerge agree.
     assert_eq!(b.conflicts(&keys[0]).unwrap(), vec![json!(0)]);

@@ -3,15 +3,15 @@
 //! deletions converge.
 #![allow(clippy::unwrap_used)]
 
-use masq::crypto::DeviceKeypair;
-use masq::storage::Durability;
-use masq::sync::core::SyncCore;
-use masq::sync::wire::{PeerPrefs, SyncPayload};
+use masq::Durability;
 use masq::{ChangeOp, Store, StoreOptions};
+use masq_core::crypto::DeviceKeypair;
+use masq_core::wire::device::{PeerPrefs, SyncPayload};
+use masq_store::sync::core::SyncCore;
 use serde_json::json;
 
 struct Node {
-    id: masq::crypto::DeviceId,
+    id: masq_core::crypto::DeviceId,
     core: SyncCore,
     _dir: tempfile::TempDir,
 }
@@ -66,8 +66,8 @@ fn two_nodes_sharing_a_doc(path: &str, value: serde_json::Value) -> (Node, Node,
 /// takes (everything here), and it is offered every document.
 fn ready(
     core: &mut SyncCore,
-    peer: &masq::crypto::DeviceId,
-) -> masq::error::Result<Vec<SyncPayload>> {
+    peer: &masq_core::crypto::DeviceId,
+) -> masq::Result<Vec<SyncPayload>> {
     core.on_remote_prefs(peer, PeerPrefs::default())?;
     core.on_peer_ready(peer)
 }
@@ -246,17 +246,17 @@ fn garbage_sync_messages_are_rejected_without_harm() {
     let mut a = node();
     let b = node();
     let items = vec![
-        masq::sync::wire::DocMessage {
+        masq_core::wire::device::DocMessage {
             app: "bad app!".into(),
             doc: "_catalog".into(),
             msg: vec![],
         },
-        masq::sync::wire::DocMessage {
+        masq_core::wire::device::DocMessage {
             app: "ok".into(),
             doc: "_catalog".into(),
             msg: vec![0x42, 1, 2, 3],
         },
-        masq::sync::wire::DocMessage {
+        masq_core::wire::device::DocMessage {
             app: "ok".into(),
             doc: "not-a-doc-id".into(),
             msg: vec![],
@@ -533,7 +533,7 @@ fn a_refused_message_for_a_shard_with_pending_writes_loses_nothing() {
     let bucket = store.app("notes").unwrap().bucket("b").unwrap();
     bucket.put("k", &json!(0)).unwrap(); // creates the shard (written at once)
     bucket.put("k", &json!(1)).unwrap(); // pending
-    let shard = masq::kv::shard_doc("b", masq::kv::shard_of("k"));
+    let shard = masq_store::kv::shard_doc("b", masq_store::kv::shard_of("k"));
     // A sync message whose change reuses the store's own (actor, seq) with
     // other contents: it is refused (duplicate sequence number) once the
     // pending write has been folded under that very number.
@@ -552,7 +552,7 @@ fn a_refused_message_for_a_shard_with_pending_writes_loses_nothing() {
     let applied = core
         .apply_batch(
             &DeviceKeypair::generate().device_id(),
-            vec![masq::sync::wire::DocMessage {
+            vec![masq_core::wire::device::DocMessage {
                 app: "notes".into(),
                 doc: shard.to_string(),
                 msg: msg.encode(),
@@ -667,7 +667,7 @@ fn a_pending_write_folded_by_a_peer_batch_is_announced_as_local() {
     let mut local = false;
     while let Ok((app, doc, origin)) = notices.try_recv() {
         if app == "notes" && doc.as_str().starts_with("_kv.kv.") {
-            local |= origin == masq::store::Origin::Local;
+            local |= origin == masq::Origin::Local;
         }
     }
     assert!(
@@ -706,7 +706,7 @@ fn kv_get(n: &Node, app: &str, key: &str) -> Option<serde_json::Value> {
 /// Applies `payloads` from `from` at `to`; how many messages the gate dropped.
 fn deliver_filtered(
     to: &mut Node,
-    from: &masq::crypto::DeviceId,
+    from: &masq_core::crypto::DeviceId,
     payloads: Vec<SyncPayload>,
 ) -> usize {
     let mut filtered = 0;
@@ -725,7 +725,7 @@ fn deliver_filtered(
 fn an_app_off_towards_a_device_neither_goes_nor_comes_and_catches_up_when_on() {
     let mut a = node();
     let mut b = node();
-    masq::sync::peers::set_app_sync(a.core.store().db(), &b.id, "photos", false).unwrap();
+    masq_store::sync::peers::set_app_sync(a.core.store().db(), &b.id, "photos", false).unwrap();
     a.core.reload_prefs().unwrap();
     assert_eq!(a.core.prefs_for(&b.id).off, vec!["photos".to_string()]);
     let photo = a
@@ -784,7 +784,7 @@ fn an_app_off_towards_a_device_neither_goes_nor_comes_and_catches_up_when_on() {
         a_photos_before
     );
     // Back on: the normal sync catches up in full, both ways.
-    masq::sync::peers::set_app_sync(a.core.store().db(), &b.id, "photos", true).unwrap();
+    masq_store::sync::peers::set_app_sync(a.core.store().db(), &b.id, "photos", true).unwrap();
     a.core.reload_prefs().unwrap();
     sync_pair_told(&mut a, &mut b);
     assert_eq!(kv_get(&b, "photos", "from-a"), Some(json!(1)));
@@ -799,7 +799,7 @@ fn an_app_off_towards_a_device_neither_goes_nor_comes_and_catches_up_when_on() {
 fn a_paused_store_stays_paused_across_a_reopen_and_catches_up_on_resume() {
     let mut a = node();
     let mut b = node();
-    masq::sync::peers::set_paused(a.core.store().db(), true).unwrap();
+    masq_store::sync::peers::set_paused(a.core.store().db(), true).unwrap();
     a.core.reload_prefs().unwrap();
     kv_put(&a, "notes", "a1", json!(1));
     kv_put(&b, "notes", "b1", json!(1));
@@ -828,7 +828,7 @@ fn a_paused_store_stays_paused_across_a_reopen_and_catches_up_on_resume() {
     assert_eq!(kv_get(&b, "notes", "a2"), None);
     assert_eq!(kv_get(&a, "notes", "b1"), None);
     // Resume: everything missed in both directions arrives.
-    masq::sync::peers::set_paused(a.core.store().db(), false).unwrap();
+    masq_store::sync::peers::set_paused(a.core.store().db(), false).unwrap();
     a.core.reload_prefs().unwrap();
     sync_pair_told(&mut a, &mut b);
     for k in ["a1", "a2"] {

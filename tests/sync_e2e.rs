@@ -100,10 +100,10 @@ async fn three_devices_pair_and_converge_with_concurrent_edits() {
     // Convergence can come through a alone, so the b-c handshake may still be
     // in flight here: wait for it rather than race it.
     eventually("b and c have their own ratchet session", T, || {
-        masq::sync::peers::session_bytes(b.store.db(), &c.id())
+        masq_store::sync::peers::session_bytes(b.store.db(), &c.id())
             .unwrap()
             .is_some()
-            && masq::sync::peers::session_bytes(c.store.db(), &b.id())
+            && masq_store::sync::peers::session_bytes(c.store.db(), &b.id())
                 .unwrap()
                 .is_some()
     })
@@ -190,10 +190,10 @@ async fn relay_sees_no_plaintext_and_unpaired_or_removed_devices_get_nothing() {
     .await;
 
     // Remove a device: it gets nothing written afterwards.
-    masq::sync::pairing::remove_device(&a.store, &removed.id()).unwrap();
+    masq::internals::pairing::remove_device(&a.store, &removed.id()).unwrap();
     a.engine.as_ref().unwrap().peers_changed();
     eventually("b learns of the removal", T, || {
-        masq::sync::peers::peer(b.store.db(), &removed.id())
+        masq_store::sync::peers::peer(b.store.db(), &removed.id())
             .unwrap()
             .is_none()
     })
@@ -359,11 +359,11 @@ async fn randomized_convergence_under_faults() {
 /// Makes `d` know `other` as a paired device (one side of a pairing).
 fn learn(d: &Device, other: &Device) {
     let db = d.store.db();
-    let public = masq::sync::peers::load_or_create_identity(other.store.db())
+    let public = masq_store::sync::peers::load_or_create_identity(other.store.db())
         .unwrap()
         .public();
     let mut b = db.batch();
-    masq::sync::peers::stage_peer(db, &mut b, &public, "other", &d.id()).unwrap();
+    masq_store::sync::peers::stage_peer(db, &mut b, &public, "other", &d.id()).unwrap();
     db.commit(b).unwrap();
 }
 
@@ -377,15 +377,15 @@ async fn a_handshake_dropped_by_a_device_that_did_not_know_us_yet_is_sent_again(
     let r = relay().await;
     let (mut a, mut b) = (device("a"), device("b"));
     // `a` must be the one whose init wins when both send one.
-    if !masq::crypto::handshake::initiator_wins(&a.id(), &b.id()) {
+    if !masq_core::crypto::handshake::initiator_wins(&a.id(), &b.id()) {
         std::mem::swap(&mut a, &mut b);
     }
     let slow_resync = |d: &Device| {
-        let cfg = masq::sync::engine::EngineConfig {
+        let cfg = masq::internals::engine::EngineConfig {
             relay_url: r.url(),
             resync_interval: Duration::from_secs(3600),
         };
-        masq::sync::engine::SyncEngine::start_with(d.store.clone(), cfg).unwrap()
+        masq::internals::engine::SyncEngine::start_with(d.store.clone(), cfg).unwrap()
     };
     learn(&a, &b);
     let engine_b = slow_resync(&b);

@@ -13,7 +13,7 @@
 #![no_main]
 use automerge::{transaction::Transactable, AutoCommit, Automerge, ObjId, ObjType, ReadDoc, ROOT};
 use libfuzzer_sys::fuzz_target;
-use masq::doc::json::{self, MAX_DOC_DEPTH};
+use masq_store::doc::json::{self, MAX_DOC_DEPTH};
 
 /// The render thread's stack: far below a tokio worker's 2 MiB, so only a
 /// bounded walk survives (sanitizer builds use several times the stack a

@@ -4,8 +4,8 @@
 //! decodes re-encodes to the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use masq::sync::wire::{DevicePacket, SyncPayload};
-use masq::wire::pairing::PairMessage;
+use masq_core::wire::device::{DevicePacket, SyncPayload};
+use masq_core::wire::pairing::PairMessage;
 
 fuzz_target!(|data: &[u8]| {
     let _ = DevicePacket::decode(data);

@@ -2,9 +2,9 @@
 //! panics, never opens, and leaves the session able to open the next good message.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use masq::crypto::envelope::Envelope;
-use masq::crypto::handshake::{initiate, respond};
-use masq::crypto::{DeviceKeypair, Session};
+use masq_core::crypto::envelope::Envelope;
+use masq_core::crypto::handshake::{initiate, respond};
+use masq_core::crypto::{DeviceKeypair, Session};
 
 fuzz_target!(|data: &[u8]| {
     let _ = Envelope::decode(data);

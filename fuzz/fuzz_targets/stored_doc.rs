@@ -6,7 +6,7 @@
 //! `u16 LE` length + bytes; the first chunk is the snapshot.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use masq::storage::doc_chunks::{DocMeta, StoredDoc};
+use masq_store::storage::doc_chunks::{DocMeta, StoredDoc};
 
 fn take<'a>(data: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (len, rest) = data.split_first_chunk::<2>()?;
@@ -30,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
         snapshot,
         chunks,
     };
-    if let Ok(doc) = masq::store::decode_stored_doc("fuzz", stored) {
+    if let Ok(doc) = masq_store::store::decode_stored_doc("fuzz", stored) {
         // A document that decodes must also render as JSON without panicking.
-        let _ = masq::doc::json::read_root(&doc, None);
+        let _ = masq_store::doc::json::read_root(&doc, None);
     }
 });

@@ -99,11 +99,6 @@ impl Backend {
         }
     }
 
-    /// Whether a daemon does the work.
-    pub fn is_daemon(&self) -> bool {
-        matches!(self, Backend::Daemon { .. })
-    }
-
     /// Runs a request for `app` (data requests) or the store (admin requests).
     pub fn call(&self, app: Option<&str>, req: Request) -> Result<Json, CliError> {
         match self {

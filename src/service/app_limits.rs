@@ -125,6 +125,7 @@ impl AppLimits {
     }
 
     /// Pending connections now open (all origins).
+    #[cfg(test)]
     pub fn pending_connections(&self) -> usize {
         self.pending.lock().map(|p| p.total).unwrap_or(0)
     }

@@ -219,11 +219,6 @@ impl ServiceHandle {
         &self.admin_token
     }
 
-    /// The sync engine's status, if it runs.
-    pub async fn engine_status(&self) -> Option<crate::sync::engine::EngineStatus> {
-        self.shared.engine.status().await
-    }
-
     /// Stops accepting, closes connections, stops the engine.
     pub async fn shutdown(mut self) {
         self.shared.stop.cancel();

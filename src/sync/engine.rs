@@ -34,7 +34,6 @@ use crate::wire::relay_frame::UndeliverableReason;
 use masq_core::layout::meta as layout;
 use masq_core::sync::membership::{Change, MembershipError};
 
-pub use masq_core::sync::fragments::{MAX_ENVELOPE_PLAINTEXT, MAX_FRAGMENTS};
 /// The engine checks for stale inits every half of this.
 pub use masq_core::sync::handshake_rules::HANDSHAKE_RESEND_AFTER;
 /// First reconnect delay after losing the relay; doubles up to [`RECONNECT_MAX`].
@@ -183,7 +182,9 @@ impl SyncEngine {
         self.status.borrow().clone()
     }
 
-    /// A receiver that sees every status update.
+    /// A receiver that sees every status update (for tests that wait on
+    /// a status change).
+    #[cfg(feature = "internals")]
     pub fn watch_status(&self) -> watch::Receiver<EngineStatus> {
         self.status.clone()
     }
@@ -936,9 +937,6 @@ impl Engine {
         Ok(())
     }
 }
-
-/// Shared handle type for callers that keep an engine beside other state.
-pub type SharedEngine = Arc<SyncEngine>;
 
 /// The sync engine of a store that starts syncing once it knows a relay
 /// (after pairing, or `--relay`): shared by the store daemon and peer-mode

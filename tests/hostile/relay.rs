@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use masq::crypto::handshake::{initiate, respond};
-use masq::crypto::{CryptoError, DeviceId, DeviceKeypair};
-use masq::relay::client::{RelayClient, RelayEvent};
 use masq::relay::{start, RelayConfig, RelayHandle};
-use masq::wire::relay_frame::{codes, Frame, UndeliverableReason};
+use masq_core::crypto::handshake::{initiate, respond};
+use masq_core::crypto::{CryptoError, DeviceId, DeviceKeypair};
+use masq_core::wire::relay_frame::{codes, Frame, UndeliverableReason};
+use masq_relay::client::{RelayClient, RelayEvent};
 use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::PublicKey;
 
@@ -249,7 +249,7 @@ async fn authenticated_raw(r: &RelayHandle, kp: &DeviceKeypair) -> RawWs {
     let mut ws = tokio_tungstenite::connect_async(r.url()).await.unwrap().0;
     let (rp, nonce) = challenge(&mut ws).await;
     let dh = kp.diffie_hellman(&PublicKey::from(rp));
-    let proof = masq::relay::config::auth_proof(&dh, &nonce, &rp, kp.public().as_bytes());
+    let proof = masq_relay::config::auth_proof(&dh, &nonce, &rp, kp.public().as_bytes());
     ws.send(Message::Binary(
         Frame::Auth {
             public: *kp.public().as_bytes(),
@@ -336,7 +336,7 @@ async fn watching_4096_ids_gets_a_clear_error_and_the_watcher_stays_connected() 
         }
     );
     // At the limit: every id answered (offline), nothing closed.
-    let limit = masq::relay::config::MAX_WATCH_IDS;
+    let limit = masq_relay::config::MAX_WATCH_IDS;
     c.subscribe(many[..limit].to_vec()).await.unwrap();
     let mut answered = std::collections::HashSet::new();
     while answered.len() < limit {
@@ -371,7 +371,7 @@ async fn a_bystander_who_knows_the_slot_id_cannot_squat_the_pairing() {
     let r = relay(RelayConfig::default()).await;
     let url = r.url();
     let (a, b) = (device("a"), device("b"));
-    let inviter = masq::sync::pairing::Inviter::start(a.store.clone(), &url)
+    let inviter = masq::internals::pairing::Inviter::start(a.store.clone(), &url)
         .await
         .unwrap();
     let uri = inviter.invite().to_uri();
@@ -396,10 +396,10 @@ async fn a_bystander_who_knows_the_slot_id_cannot_squat_the_pairing() {
     }
     // A slot key of its own proves fine, but names another slot.
     squatter.join_rendezvous(slot).await.unwrap();
-    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
+    let (yes_a, yes_b) = masq::internals::two_users_comparing_codes();
     let (paired_a, paired_b) = tokio::join!(
         inviter.wait(yes_a),
-        masq::sync::pairing::join(&b.store, &uri, yes_b)
+        masq::internals::pairing::join(&b.store, &uri, yes_b)
     );
     let (paired_a, paired_b) = (paired_a.unwrap(), paired_b.unwrap());
     assert_eq!(paired_a.safety_code, paired_b.safety_code);
@@ -416,7 +416,7 @@ async fn low_order_keys_are_refused_by_relay_auth() {
         let mut ws = tokio_tungstenite::connect_async(r.url()).await.unwrap().0;
         let (rp, nonce) = challenge(&mut ws).await;
         // What anyone can compute: the proof over an all-zero DH.
-        let proof = masq::relay::config::auth_proof(&[0; 32], &nonce, &rp, &point);
+        let proof = masq_relay::config::auth_proof(&[0; 32], &nonce, &rp, &point);
         ws.send(Message::Binary(
             Frame::Auth {
                 public: point,
@@ -493,15 +493,15 @@ fn low_order_keys_are_refused_by_handshake_and_ratchet() {
 /// refuses a low-order relay challenge key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_order_keys_are_refused_by_pairing() {
-    use masq::crypto::pairing::{PairingChannel, TO_INVITER};
-    use masq::sync::wire::PeerInfo;
+    use masq_core::crypto::pairing::{PairingChannel, TO_INVITER};
     use masq_core::sync::pairing::commitment;
+    use masq_core::wire::device::PeerInfo;
     use masq_core::wire::pairing::PairMessage;
     let r = relay(RelayConfig::default()).await;
     let url = r.url();
     for point in low_order_points() {
         let a = device("a");
-        let inviter = masq::sync::pairing::Inviter::start(a.store.clone(), &url)
+        let inviter = masq::internals::pairing::Inviter::start(a.store.clone(), &url)
             .await
             .unwrap();
         let invite = inviter.invite().clone();
@@ -511,7 +511,8 @@ async fn low_order_keys_are_refused_by_pairing() {
             next(&mut evil).await,
             RelayEvent::RendezvousPeer { joined: true }
         );
-        let waiting = tokio::spawn(inviter.wait(masq::sync::pairing::confirm_without_asking()));
+        let waiting =
+            tokio::spawn(inviter.wait(masq::internals::pairing::confirm_without_asking()));
         // The commitment and reveal of pairing v2, for a low-order key.
         let channel = PairingChannel::new(&invite.secret, invite.slot);
         let reveal = PairMessage::Reveal {
@@ -539,7 +540,9 @@ async fn low_order_keys_are_refused_by_pairing() {
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("low-order"), "{err}");
-        assert!(masq::sync::peers::peers(a.store.db()).unwrap().is_empty());
+        assert!(masq_store::sync::peers::peers(a.store.db())
+            .unwrap()
+            .is_empty());
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use masq::api::{ConnState, Request};
 use masq::client::{Auth, Connection};
-use masq::service::app_limits::{MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_ORIGIN};
+use masq::internals::app_limits::{MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_ORIGIN};
 
 use crate::support::Daemon;
 
@@ -474,7 +474,7 @@ fn a_descriptor_flood_does_not_spin_the_accept_loop_and_the_store_recovers() {
     let started = std::time::Instant::now();
     let info = loop {
         if let Some(i) =
-            masq::service::daemon_file::read(dir.path()).filter(|i| i.pid == child.id())
+            masq::internals::daemon_file::read(dir.path()).filter(|i| i.pid == child.id())
         {
             break i;
         }

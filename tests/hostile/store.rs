@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use masq::client::ClientError;
-use masq::doc::json::MAX_DOC_DEPTH;
-use masq::storage::Durability;
+use masq::Durability;
 use masq::{ChangeOp, DocId, Store, StoreOptions};
+use masq_store::doc::json::MAX_DOC_DEPTH;
 use serde_json::json;
 
 use crate::support;
@@ -357,7 +357,7 @@ fn data_directory_files_are_private_whatever_the_umask() {
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while masq::service::daemon_file::read(&dir).is_none() {
+    while masq::internals::daemon_file::read(&dir).is_none() {
         assert!(started.elapsed() < T, "the daemon did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

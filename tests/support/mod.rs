@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use masq::storage::Durability;
-use masq::sync::engine::{EngineConfig, SyncEngine};
-use masq::sync::pairing::{join, Inviter};
+use masq::internals::engine::{EngineConfig, SyncEngine};
+use masq::internals::pairing::{join, Inviter};
+use masq::Durability;
 use masq::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
@@ -37,7 +37,7 @@ pub fn device(name: &str) -> Device {
         },
     )
     .unwrap();
-    masq::sync::peers::set_device_name(store.db(), name).unwrap();
+    masq_store::sync::peers::set_device_name(store.db(), name).unwrap();
     Device {
         store,
         dir,
@@ -61,8 +61,8 @@ impl Device {
             e.shutdown().await;
         }
     }
-    pub fn id(&self) -> masq::crypto::DeviceId {
-        masq::sync::peers::load_or_create_identity(self.store.db())
+    pub fn id(&self) -> masq_core::crypto::DeviceId {
+        masq_store::sync::peers::load_or_create_identity(self.store.db())
             .unwrap()
             .device_id()
     }
@@ -72,7 +72,7 @@ impl Device {
 pub async fn pair(inviter: &Device, joiner: &Device, url: &str) {
     let inv = Inviter::start(inviter.store.clone(), url).await.unwrap();
     let uri = inv.invite().to_uri();
-    let (yes_a, yes_b) = masq::demo::two_users_comparing_codes();
+    let (yes_a, yes_b) = masq::internals::two_users_comparing_codes();
     let (a, b) = tokio::join!(inv.wait(yes_a), join(&joiner.store, &uri, yes_b));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.safety_code, b.safety_code);
@@ -80,7 +80,7 @@ pub async fn pair(inviter: &Device, joiner: &Device, url: &str) {
 
 /// Polls until `f` holds; panics with `what` after the timeout.
 pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    if !masq::demo::wait_until(timeout, &mut f).await {
+    if !masq::internals::wait_until(timeout, &mut f).await {
         panic!("timed out waiting for: {what}");
     }
 }
@@ -114,7 +114,7 @@ impl Drop for Proxy {
 
 /// One proxied connection's way down to its device.
 struct Down {
-    device: Option<masq::crypto::DeviceId>,
+    device: Option<masq_core::crypto::DeviceId>,
     tx: tokio::sync::mpsc::UnboundedSender<tokio_tungstenite::tungstenite::Message>,
 }
 
@@ -125,7 +125,7 @@ impl Proxy {
 
     /// Sends `frame` down every open connection of `device`, as if the relay
     /// had (a replay, or a forgery by a hostile relay); how many took it.
-    pub fn inject_to(&self, device: &masq::crypto::DeviceId, frame: Vec<u8>) -> usize {
+    pub fn inject_to(&self, device: &masq_core::crypto::DeviceId, frame: Vec<u8>) -> usize {
         use tokio_tungstenite::tungstenite::Message;
         let downs = self.downs.lock().unwrap();
         downs
@@ -244,8 +244,8 @@ pub async fn proxy(relay_url: String, seed: u64) -> Proxy {
                         m = up_rx.next() => match m {
                             Some(Ok(m)) => {
                                 if let tokio_tungstenite::tungstenite::Message::Binary(b) = &m {
-                                    if let Ok(masq::wire::relay_frame::Frame::AuthOk(id)) =
-                                        masq::wire::relay_frame::Frame::decode(b)
+                                    if let Ok(masq_core::wire::relay_frame::Frame::AuthOk(id)) =
+                                        masq_core::wire::relay_frame::Frame::decode(b)
                                     {
                                         downs.lock().unwrap()[conn].device = Some(id);
                                     }
@@ -276,7 +276,10 @@ pub fn spawn_store_daemon(
     dir: &std::path::Path,
     durability: Option<&str>,
     relay: Option<&str>,
-) -> (std::process::Child, masq::service::daemon_file::DaemonInfo) {
+) -> (
+    std::process::Child,
+    masq::internals::daemon_file::DaemonInfo,
+) {
     spawn_store_daemon_with(dir, durability, relay, &[])
 }
 
@@ -286,7 +289,10 @@ pub fn spawn_store_daemon_with(
     durability: Option<&str>,
     relay: Option<&str>,
     extra: &[&str],
-) -> (std::process::Child, masq::service::daemon_file::DaemonInfo) {
+) -> (
+    std::process::Child,
+    masq::internals::daemon_file::DaemonInfo,
+) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_masq"));
     cmd.arg("--data").arg(dir);
     if let Some(d) = durability {
@@ -306,7 +312,7 @@ pub fn spawn_store_daemon_with(
         .unwrap();
     let started = std::time::Instant::now();
     loop {
-        if let Some(i) = masq::service::daemon_file::read(dir).filter(|i| i.pid == child.id()) {
+        if let Some(i) = masq::internals::daemon_file::read(dir).filter(|i| i.pid == child.id()) {
             return (child, i);
         }
         assert!(
@@ -364,7 +370,7 @@ pub fn masq_cli(dir: &std::path::Path) -> std::process::Command {
 pub struct Daemon {
     pub child: std::process::Child,
     pub dir: tempfile::TempDir,
-    pub info: masq::service::daemon_file::DaemonInfo,
+    pub info: masq::internals::daemon_file::DaemonInfo,
 }
 
 impl Drop for Daemon {
