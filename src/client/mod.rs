@@ -6,7 +6,7 @@
 //! modes: each becomes an [`api::Request`](crate::api::Request), sent over the
 //! socket or executed in-process by [`api::execute`](crate::api::execute).
 
-pub mod conn;
+pub(crate) mod conn;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
-pub use conn::{Auth, Connection};
+pub use conn::{Auth, Connection, CLIENT_EVENT_BUFFER};
 
 use crate::api::execute::Outcome;
 use crate::api::{ApiError, ConnState, Request};

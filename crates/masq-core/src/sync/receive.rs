@@ -9,6 +9,12 @@
 //! shard's new winners need. The caller commits the write set with the
 //! document's new chunk (`doc::stored::stage_doc_change`) and the ratchet
 //! state that opened the envelope, all at once.
+//!
+//! Before that, [`sort_batch`] turns a received batch into the messages a
+//! shell applies and the order it applies them in: the same filter, checks
+//! and order in every shell.
+
+use std::collections::BTreeMap;
 
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, Patch, PatchLog};
@@ -19,7 +25,57 @@ use crate::doc::catalog::{catalog_entry, CATALOG_DELETED};
 use crate::doc::{is_catalog, DocError, DocId};
 use crate::kv::{bucket_of_shard, changed_keys, stage_reindex};
 use crate::layout::meta::stage_sync_state;
+use crate::names::validate_name;
 use crate::records::WriteSet;
+use crate::wire::device::DocMessage;
+
+/// A received batch's messages, each decoded, in the order they are
+/// applied: by app, an app's catalog shards before its other documents
+/// (a catalog's tombstones decide whether a document's message still
+/// applies, and the native store locks in this order), each by id.
+#[derive(Debug, Default)]
+pub struct SortedBatch {
+    /// Key: (app, `false` for a catalog shard, document id).
+    pub messages: BTreeMap<(String, bool, DocId), Message>,
+    /// Messages with a bad app name or document id, or that do not decode.
+    pub rejected: usize,
+    /// Messages of an app that `accept` refused (sync off for it, paused,
+    /// or another app than a page's): dropped before anything else.
+    pub refused: usize,
+}
+
+impl SortedBatch {
+    /// The messages in order, with their app and document.
+    pub fn into_messages(self) -> impl Iterator<Item = (String, DocId, Message)> {
+        self.messages
+            .into_iter()
+            .map(|((app, _, doc), msg)| (app, doc, msg))
+    }
+}
+
+/// Sorts a received batch (see [`SortedBatch`]): `accept` says whether a
+/// message of this app may apply here at all. Of two messages for one
+/// document in a batch (no sender makes them), the later stays.
+pub fn sort_batch(items: Vec<DocMessage>, mut accept: impl FnMut(&str) -> bool) -> SortedBatch {
+    let mut out = SortedBatch::default();
+    for it in items {
+        if !accept(&it.app) {
+            out.refused += 1;
+            continue;
+        }
+        let (Ok(()), Ok(doc)) = (validate_name("app", &it.app), DocId::parse_any(&it.doc)) else {
+            out.rejected += 1;
+            continue;
+        };
+        match Message::decode(&it.msg) {
+            Ok(m) => {
+                out.messages.insert((it.app, !is_catalog(&doc), doc), m);
+            }
+            Err(_) => out.rejected += 1,
+        }
+    }
+    out
+}
 
 /// What one message did to its document.
 #[derive(Debug, Default)]
@@ -109,6 +165,43 @@ pub fn apply_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_sorted_catalogs_first_and_its_bad_messages_counted() {
+        let good = Automerge::new()
+            .generate_sync_message(&mut State::new())
+            .unwrap()
+            .encode();
+        let doc = DocId::random();
+        let catalog = DocId::catalog_for(&doc);
+        let item = |app: &str, doc: &str, msg: &[u8]| DocMessage {
+            app: app.into(),
+            doc: doc.into(),
+            msg: msg.to_vec(),
+        };
+        let sorted = sort_batch(
+            vec![
+                item("notes", doc.as_str(), &good),
+                item("off", doc.as_str(), &good),
+                item("notes", catalog.as_str(), &good),
+                item("bad app!", doc.as_str(), &good),
+                item("notes", "not an id", &good),
+                item("notes", doc.as_str(), b"junk"),
+                item("a", doc.as_str(), &good),
+            ],
+            |app| app != "off",
+        );
+        assert_eq!((sorted.rejected, sorted.refused), (3, 1));
+        let order: Vec<(String, DocId)> = sorted.into_messages().map(|(a, d, _)| (a, d)).collect();
+        assert_eq!(
+            order,
+            vec![
+                ("a".to_string(), doc.clone()),
+                ("notes".to_string(), catalog),
+                ("notes".to_string(), doc),
+            ]
+        );
+    }
     use crate::doc::catalog::put_catalog_entry;
     use crate::kv::{fold, shard_doc};
     use crate::records::{Table, Write};

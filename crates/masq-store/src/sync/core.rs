@@ -15,7 +15,7 @@
 //! arrived, and a message the gate refuses is dropped before it touches a
 //! document or a sync state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use automerge::sync::{Message, State, SyncDoc};
 
@@ -31,7 +31,7 @@ use masq_core::records::WriteSet;
 use masq_core::sync::batching::{bundle_changes, pack_batches};
 pub use masq_core::sync::batching::{BUNDLE_MIN_CHANGES, MAX_BATCH_BYTES};
 use masq_core::sync::doc_states::DocStates;
-use masq_core::sync::receive::apply_message;
+use masq_core::sync::receive::{apply_message, sort_batch};
 
 /// Sync states and the logic around them.
 pub struct SyncCore {
@@ -234,27 +234,12 @@ impl SyncCore {
         let store = self.store.clone();
         let db = store.db();
         let mut applied = Applied::default();
-        // Decode and validate first; group by (app, catalog first, id) — the lock order.
-        let mut sorted: BTreeMap<(String, bool, DocId), Message> = BTreeMap::new();
-        for it in items {
-            if !self.gate.may_receive(peer, &it.app) {
-                applied.filtered += 1;
-                continue;
-            }
-            let (Ok(()), Ok(doc)) = (
-                crate::store::validate_name("app", &it.app),
-                DocId::parse_any(&it.doc),
-            ) else {
-                applied.rejected += 1;
-                continue;
-            };
-            match Message::decode(&it.msg) {
-                Ok(m) => {
-                    sorted.insert((it.app, !crate::doc::is_catalog(&doc), doc), m);
-                }
-                Err(_) => applied.rejected += 1,
-            }
-        }
+        // Decode and check first, in the lock order (the core's rules).
+        let gate = &self.gate;
+        let batch = sort_batch(items, |app| gate.may_receive(peer, app));
+        applied.filtered = batch.refused;
+        applied.rejected = batch.rejected;
+        let mut sorted = batch.messages;
         // Documents this device already deleted (tombstone in its catalog) must not
         // come back through late sync messages. Checked before any document lock
         // is taken, so the catalog-before-document lock order holds.

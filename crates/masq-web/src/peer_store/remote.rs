@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use automerge::sync::{Message, SyncDoc};
+use automerge::sync::SyncDoc;
 use masq_core::api::event::Event;
 use masq_core::api::ApiError;
 use masq_core::crypto::DeviceId;
@@ -25,7 +25,7 @@ use masq_core::layout::meta::syncstate_key;
 use masq_core::records::{Table, WriteSet};
 use masq_core::sync::batching::bundle_changes;
 use masq_core::sync::doc_states::DocStates;
-use masq_core::sync::receive::apply_message;
+use masq_core::sync::receive::{apply_message, sort_batch};
 use masq_core::wire::device::DocMessage;
 
 use super::PeerStore;
@@ -139,23 +139,15 @@ impl PeerStore {
         // native store folds its pending writes before a peer's apply.
         self.fold_pending(None)?;
         let mut applied = Applied::default();
-        // Catalogs first (their tombstones decide about the documents).
-        let mut sorted: BTreeMap<(bool, DocId), Message> = BTreeMap::new();
-        for it in items {
-            if it.app != self.app {
-                applied.other_apps += 1;
-                continue;
-            }
-            match (DocId::parse_any(&it.doc), Message::decode(&it.msg)) {
-                (Ok(doc), Ok(m)) => {
-                    sorted.insert((!is_catalog(&doc), doc), m);
-                }
-                _ => applied.rejected += 1,
-            }
-        }
+        // Decode and check first; catalogs first (their tombstones decide
+        // about the documents). The core's rules, as natively.
+        let batch = sort_batch(items, |app| app == self.app);
+        applied.other_apps = batch.refused;
+        applied.rejected = batch.rejected;
+        let mut sorted = batch.messages;
         // Documents deleted here never come back through a late message.
         let mut deleted_here = Vec::new();
-        for (_, doc) in sorted.keys() {
+        for (_, _, doc) in sorted.keys() {
             if is_internal(doc) {
                 continue;
             }
@@ -176,13 +168,13 @@ impl PeerStore {
                 deleted_here.push(doc.clone());
             }
         }
-        sorted.retain(|(_, doc), _| !deleted_here.contains(doc));
+        sorted.retain(|(_, _, doc), _| !deleted_here.contains(doc));
         let listening = self.listening.get();
         self.write(|txn| {
             txn.from = Some(*peer);
             txn.writes.append(extra);
             let mut tombstoned: Vec<String> = Vec::new();
-            for ((_, doc), msg) in sorted {
+            for ((_, _, doc), msg) in sorted {
                 if tombstoned.iter().any(|t| t == doc.as_str()) {
                     continue; // deleted by this very batch
                 }
