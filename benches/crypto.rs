@@ -15,7 +15,7 @@ use masq_core::crypto::{DeviceKeypair, Session};
 fn pair() -> (Session, Session) {
     let a = DeviceKeypair::generate();
     let b = DeviceKeypair::generate();
-    let (p, init) = initiate(&a, &b.public());
+    let (p, init) = initiate(&a, &b.public(), 1);
     let (sb, resp) = respond(&b, &a.public(), &init).unwrap();
     (p.finish(&resp).unwrap(), sb)
 }
@@ -84,7 +84,7 @@ fn ratchet_and_handshake(c: &mut Criterion) {
     let kb = DeviceKeypair::generate();
     g.bench_function("handshake_full", |bch| {
         bch.iter(|| {
-            let (p, init) = initiate(&ka, &kb.public());
+            let (p, init) = initiate(&ka, &kb.public(), 1);
             let (_, resp) = respond(&kb, &ka.public(), &init).unwrap();
             p.finish(&resp).unwrap()
         })

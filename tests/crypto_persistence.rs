@@ -12,7 +12,7 @@ use masq_store::sync::peers;
 fn sessions() -> (Session, Session) {
     let a = DeviceKeypair::generate();
     let b = DeviceKeypair::generate();
-    let (p, init) = initiate(&a, &b.public());
+    let (p, init) = initiate(&a, &b.public(), 1);
     let (sb, resp) = respond(&b, &a.public(), &init).unwrap();
     (p.finish(&resp).unwrap(), sb)
 }

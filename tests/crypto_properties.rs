@@ -10,7 +10,7 @@ use proptest::prelude::*;
 fn pair() -> (Session, Session) {
     let a = DeviceKeypair::generate();
     let b = DeviceKeypair::generate();
-    let (pending, init) = initiate(&a, &b.public());
+    let (pending, init) = initiate(&a, &b.public(), 1);
     let (sb, resp) = respond(&b, &a.public(), &init).unwrap();
     (pending.finish(&resp).unwrap(), sb)
 }

@@ -30,14 +30,14 @@ fn frames(tap: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<Frame> {
         .collect()
 }
 
-/// A device restarts (its answered-init cache is gone, its session is on
-/// disk), then the relay replays an init it delivered long ago: the device
-/// answers it, since it cannot tell it is old, with a session its peer will
-/// never have. Before M12 that replaced the working session, and the peer's
-/// next envelopes were refused until a resync made a new handshake. Now the
-/// working session is archived, the peer's next envelope opens on it, and it
-/// is current again: nothing is refused, and writes flow both ways. A forged
-/// response injected at the peer is refused and changes nothing.
+/// A device restarts (its answered-init cache is gone, its session and its
+/// init mark are on disk), then the relay replays an init it delivered long
+/// ago. Before M12 the device answered it with a session its peer would
+/// never have, which replaced the working session until a resync made a new
+/// handshake. Now the init's stamp is at or below the stored mark: the device
+/// refuses it (a refusal, no response, no new session), and writes flow both
+/// ways with nothing refused. A forged response injected at the peer is
+/// refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_init_and_a_forged_response_leave_the_session_working() {
     let relay = start(RelayConfig::loopback_any_port()).await.unwrap();
@@ -82,12 +82,18 @@ async fn a_replayed_init_and_a_forged_response_leave_the_session_working() {
         kv(target, "after-restart").is_some()
     })
     .await;
-    let responses_before = count_responses(&px.tap);
+    let responses_before = count_packets(&px.tap, 2);
+    let refusals_before = count_packets(&px.tap, 4);
     assert!(px.inject_to(&target.id(), init_frame) >= 1);
-    eventually("the target answered the replayed init", T, || {
-        count_responses(&px.tap) > responses_before
+    eventually("the target refused the replayed init", T, || {
+        count_packets(&px.tap, 4) > refusals_before
     })
     .await;
+    assert_eq!(
+        count_packets(&px.tap, 2),
+        responses_before,
+        "the replayed init was answered"
+    );
     // A forged response at the sender (right tag and length, wrong proof).
     let mut forged = vec![2u8, 1];
     forged.extend_from_slice(&[7u8; 64]);
@@ -113,13 +119,14 @@ async fn a_replayed_init_and_a_forged_response_leave_the_session_working() {
     );
 }
 
-/// Handshake responses the devices sent through the relay so far.
-fn count_responses(tap: &std::sync::Mutex<Vec<Vec<u8>>>) -> usize {
+/// Device packets of `tag` (2: handshake response, 4: init refused) the
+/// devices sent through the relay so far.
+fn count_packets(tap: &std::sync::Mutex<Vec<Vec<u8>>>, tag: u8) -> usize {
     frames(tap)
         .iter()
         .filter(|f| {
             matches!(f, Frame::Send { payload, .. }
-                if matches!(DevicePacket::decode(payload), Ok(DevicePacket::HandshakeResponse(_))))
+                if payload.first() == Some(&tag) && DevicePacket::decode(payload).is_ok())
         })
         .count()
 }

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = Envelope::peek_sender(data);
     let a = DeviceKeypair::from_secret_bytes([1; 32]);
     let b = DeviceKeypair::from_secret_bytes([2; 32]);
-    let (pending, init) = initiate(&a, &b.public());
+    let (pending, init) = initiate(&a, &b.public(), 1);
     let (mut sb, resp) = respond(&b, &a.public(), &init).expect("handshake");
     let mut sa: Session = pending.finish(&resp).expect("finish");
     assert!(sb.open(data).is_err(), "arbitrary bytes must not open");

@@ -448,8 +448,9 @@ impl Engine {
                 .ok()
                 .flatten()
                 .and_then(|b| Session::from_bytes(&b).ok());
+            let mark = blocking(|| peers::init_mark(db, &id)).unwrap_or(0);
             self.peers
-                .insert(id, PeerLink::new(self.me, public, session));
+                .insert(id, PeerLink::new(self.me, public, session, mark, unix_ms()));
         }
     }
 
@@ -928,9 +929,13 @@ impl Engine {
     fn commit_session(&mut self, peer: DeviceId, update: SessionUpdate) -> Result<()> {
         let db = self.store.db();
         let bytes = update.bytes();
+        let mark = update.init_mark();
         blocking(|| {
             let mut b = db.batch();
             peers::stage_session(db, &mut b, &peer, &bytes);
+            if let Some(mark) = mark {
+                peers::stage_init_mark(db, &mut b, &peer, mark);
+            }
             db.commit(b)
         })?;
         self.install_session(peer, update);
@@ -997,4 +1002,12 @@ impl EngineSlot {
             e.shutdown().await;
         }
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 before it): the
+/// stamps of this device's handshake inits start from it.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

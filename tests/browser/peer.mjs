@@ -64,7 +64,7 @@ async function main() {
 
   // ---- 7. Known answers inside the wasm build.
   const answers = await page.evaluate(async () => (await import("/client/masq-peer.js")).checkKnownAnswers());
-  expect("known answers in wasm", answers === 29, answers);
+  expect("known answers in wasm", answers === 30, answers);
   log(`the ${answers} crypto known answers pass inside the wasm build`);
 
   // ---- 1. No store: peer mode, offline, and everything survives a reload.

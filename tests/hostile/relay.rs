@@ -458,26 +458,26 @@ fn low_order_keys_are_refused_by_handshake_and_ratchet() {
     for point in low_order_points() {
         let low = PublicKey::from(point);
         // Initiator's ephemeral replaced by a low-order point.
-        let (_, mut init) = initiate(&a, &b.public());
+        let (_, mut init) = initiate(&a, &b.public(), 1);
         init[33..65].copy_from_slice(&point);
         assert_eq!(
             respond(&b, &a.public(), &init).err(),
             Some(CryptoError::LowOrderKey)
         );
         // A low-order static key (as if one had been paired).
-        let mut init = initiate(&a, &b.public()).1;
+        let mut init = initiate(&a, &b.public(), 1).1;
         init[1..33].copy_from_slice(&point);
         assert_eq!(
             respond(&b, &low, &init).err(),
             Some(CryptoError::LowOrderKey)
         );
         // Responder's ephemeral replaced by a low-order point.
-        let (pending, init) = initiate(&a, &b.public());
+        let (pending, init) = initiate(&a, &b.public(), 1);
         let (_, mut resp) = respond(&b, &a.public(), &init).unwrap();
         resp[1..33].copy_from_slice(&point);
         assert_eq!(pending.finish(&resp).err(), Some(CryptoError::LowOrderKey));
         // A ratchet step to a low-order key.
-        let (pending, init) = initiate(&a, &b.public());
+        let (pending, init) = initiate(&a, &b.public(), 1);
         let (mut sb, resp) = respond(&b, &a.public(), &init).unwrap();
         let mut sa = pending.finish(&resp).unwrap();
         let env = sa.seal(b"hi").unwrap();

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A second implementation of masq's relay auth and pairing channel, from
+"""A second implementation of masq's relay auth, pairing channel, pairing v2,
+and the handshake init and refusal, from
 docs/crypto.md alone, checked against the committed known answers
 (crypto.json). Not run by CI (it needs PyPI packages); run it after changing
 either construction:
@@ -28,6 +29,14 @@ SLOT_KEY_CONTEXT = "masq 2026-11 pairing slot key v1"
 COMMIT_CONTEXT = "masq 2026-12 pairing commitment v2"
 CODE_CONTEXT = "masq 2026-12 pairing code v2"
 CONFIRM_CONTEXT = "masq 2026-12 pairing confirmation key v2"
+INIT_CONTEXT = "masq 2026-11 handshake init v1"
+REFUSAL_CONTEXT = "masq 2026-12 handshake refusal v1"
+
+
+def x25519(secret: bytes, public_key: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(secret).exchange(
+        X25519PublicKey.from_public_bytes(public_key)
+    )
 
 
 def public(secret: bytes) -> bytes:
@@ -110,6 +119,19 @@ def main() -> int:
     th = blake3.blake3(got["pairing.commitment"] + reveal + offer).digest()
     confirm_key = derive_key(CONFIRM_CONTEXT, dh + th)
     got["pairing.confirm_mac"] = blake3.blake3(b"confirm", key=confirm_key).digest()
+    # The handshake init, version 2 (A to B, ephemeral [0x33;32], stamp
+    # 0x0102030405060708), and B's refusal of it with mark 0x1112131415161718.
+    s_a, s_b, e_a = bytes([0x11] * 32), bytes([0x22] * 32), bytes([0x33] * 32)
+    stamp = struct.pack(">Q", 0x0102030405060708)
+    th1 = blake3.blake3(device_a + device_b + public(e_a) + stamp).digest()
+    k = derive_key(INIT_CONTEXT, x25519(e_a, device_b) + x25519(s_a, device_b) + th1)
+    init = bytes([2]) + device_a + public(e_a) + stamp + blake3.blake3(b"init", key=k).digest()
+    got["handshake.init"] = init
+    mark = struct.pack(">Q", 0x1112131415161718)
+    init_hash = blake3.blake3(init).digest()
+    refusal_key = derive_key(REFUSAL_CONTEXT, x25519(s_b, device_a))
+    mac = blake3.blake3(device_b + device_a + init_hash + mark, key=refusal_key).digest()
+    got["handshake.refusal"] = bytes([1]) + init_hash + mark + mac
     text = lambda v: v if isinstance(v, str) else v.hex()
     bad = [name for name, value in got.items() if want.get(name) != text(value)]
     for name in got:

@@ -230,8 +230,15 @@ impl PageSync {
             let session = store
                 .meta(&session_key(&id))
                 .and_then(|b| Session::from_bytes(&b).ok());
+            let mark = store
+                .meta(&layout::init_mark_key(&id))
+                .map_or(0, |b| layout::decode_init_mark(&b));
+            // The page's clock (Date.now() of the request being served), in ms.
+            let now_ms = u64::try_from(store.now_secs())
+                .unwrap_or(0)
+                .saturating_mul(1000);
             self.links
-                .insert(id, PeerLink::new(self.me, public, session));
+                .insert(id, PeerLink::new(self.me, public, session, mark, now_ms));
         }
     }
 
@@ -559,6 +566,9 @@ impl PageSync {
     fn commit_session(&mut self, store: &PeerStore, peer: DeviceId, update: SessionUpdate) {
         let mut w = WriteSet::new();
         layout::stage_session(&mut w, &peer, &update.bytes());
+        if let Some(mark) = update.init_mark() {
+            layout::stage_init_mark(&mut w, &peer, mark);
+        }
         store.put_records(w);
         if let Some(link) = self.links.get_mut(&peer) {
             link.commit(update);

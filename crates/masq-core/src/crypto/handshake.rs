@@ -4,8 +4,8 @@
 //! Double Ratchet [`Session`].
 //!
 //! ```text
-//! init     = 0x01 || S_i (32) || E_i (32) || proof (32)
-//!   proof  = BLAKE3-keyed(derive(INIT_CTX, DH(e_i,S_r) || DH(s_i,S_r) || H(S_i||S_r||E_i)), "init")
+//! init     = 0x02 || S_i (32) || E_i (32) || stamp (8, u64 BE) || proof (32)
+//!   proof  = BLAKE3-keyed(derive(INIT_CTX, DH(e_i,S_r) || DH(s_i,S_r) || H(S_i||S_r||E_i||stamp)), "init")
 //! response = 0x01 || E_r (32) || confirm (32)
 //!   th     = BLAKE3(S_i || S_r || E_i || E_r)
 //!   root   = derive(ROOT_CTX, DH(s_i,E_r) || DH(e_i,S_r) || DH(e_i,E_r) || DH(s_i,S_r) || th)
@@ -18,6 +18,20 @@
 //! the responder's first ratchet key. If both sides start at once, the device
 //! with the lower DeviceId stays initiator ([`initiator_wins`]).
 //!
+//! The init's `stamp` must grow from one init to the next (the initiator
+//! starts from its wall clock in milliseconds; see `sync::link`), so that the
+//! responder can refuse an init older than one it already answered. The
+//! proof covers it. A refused init is answered by a [`refuse`]al that only
+//! the responder can make and only the initiator can check:
+//!
+//! ```text
+//! refusal = 0x01 || BLAKE3(init) (32) || mark (8, u64 BE) || mac (32)
+//!   mac   = BLAKE3-keyed(derive(REFUSAL_CTX, DH(s_r,S_i)), S_r || S_i || BLAKE3(init) || mark)
+//! ```
+//!
+//! `mark` is the highest stamp the responder answered: the initiator starts
+//! over above it ([`read_refusal`]).
+//!
 //! Every key taken from a message (and the peer's static key) must give a
 //! contributory DH: a low-order key is refused with
 //! [`CryptoError::LowOrderKey`].
@@ -28,17 +42,25 @@ use zeroize::Zeroizing;
 use super::error::CryptoError;
 use super::identity::{DeviceId, DeviceKeypair};
 use super::kdf::{
-    derive, HANDSHAKE_CONFIRM_CONTEXT, HANDSHAKE_INIT_CONTEXT, HANDSHAKE_ROOT_CONTEXT,
+    derive, HANDSHAKE_CONFIRM_CONTEXT, HANDSHAKE_INIT_CONTEXT, HANDSHAKE_REFUSAL_CONTEXT,
+    HANDSHAKE_ROOT_CONTEXT,
 };
 use super::ratchet::Session;
 use super::{contributory_dh, random_bytes};
 
-/// Handshake message version.
-pub const HANDSHAKE_VERSION: u8 = 1;
+/// Init message version (2: with a stamp; an init of version 1 is refused
+/// as [`CryptoError::BadVersion`]).
+pub const INIT_VERSION: u8 = 2;
+/// Response message version.
+pub const RESPONSE_VERSION: u8 = 1;
+/// Refusal message version.
+pub const REFUSAL_VERSION: u8 = 1;
 /// Length of an init message.
-pub const INIT_LEN: usize = 1 + 32 + 32 + 32;
+pub const INIT_LEN: usize = 1 + 32 + 32 + 8 + 32;
 /// Length of a response.
 pub const RESPONSE_LEN: usize = 1 + 32 + 32;
+/// Length of a refusal.
+pub const REFUSAL_LEN: usize = 1 + 32 + 8 + 32;
 
 /// Our side of a handshake we started, waiting for the response.
 pub struct PendingHandshake {
@@ -73,11 +95,13 @@ fn init_proof(
     s_i: &PublicKey,
     s_r: &PublicKey,
     e_i: &PublicKey,
+    stamp: u64,
 ) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(s_i.as_bytes());
     h.update(s_r.as_bytes());
     h.update(e_i.as_bytes());
+    h.update(&stamp.to_be_bytes());
     let th1 = h.finalize();
     let k = derive(HANDSHAKE_INIT_CONTEXT, &[dh2, dh4, th1.as_bytes()]);
     blake3::keyed_hash(&k, b"init")
@@ -103,9 +127,20 @@ fn root_and_confirm(
     (root, blake3::keyed_hash(&ck, th.as_bytes()))
 }
 
-/// Starts a handshake with `remote`: returns our pending state and the init message.
-pub fn initiate(local: &DeviceKeypair, remote: &PublicKey) -> (PendingHandshake, Vec<u8>) {
-    initiate_with(local, remote, StaticSecret::from(*random_bytes::<32>()))
+/// Starts a handshake with `remote`: returns our pending state and the init
+/// message. `stamp` must be higher than that of every earlier init to
+/// `remote` (see the module docs).
+pub fn initiate(
+    local: &DeviceKeypair,
+    remote: &PublicKey,
+    stamp: u64,
+) -> (PendingHandshake, Vec<u8>) {
+    initiate_with(
+        local,
+        remote,
+        stamp,
+        StaticSecret::from(*random_bytes::<32>()),
+    )
 }
 
 /// As [`initiate`] with an explicit ephemeral secret (known-answer tests).
@@ -113,16 +148,18 @@ pub fn initiate(local: &DeviceKeypair, remote: &PublicKey) -> (PendingHandshake,
 pub fn initiate_with(
     local: &DeviceKeypair,
     remote: &PublicKey,
+    stamp: u64,
     ephemeral: StaticSecret,
 ) -> (PendingHandshake, Vec<u8>) {
     let e_i = PublicKey::from(&ephemeral);
     let dh2 = dh(&ephemeral, remote);
     let dh4 = local.diffie_hellman(remote);
-    let proof = init_proof(&dh2, &dh4, &local.public(), remote, &e_i);
+    let proof = init_proof(&dh2, &dh4, &local.public(), remote, &e_i, stamp);
     let mut msg = Vec::with_capacity(INIT_LEN);
-    msg.push(HANDSHAKE_VERSION);
+    msg.push(INIT_VERSION);
     msg.extend_from_slice(local.public().as_bytes());
     msg.extend_from_slice(e_i.as_bytes());
+    msg.extend_from_slice(&stamp.to_be_bytes());
     msg.extend_from_slice(proof.as_bytes());
     (
         PendingHandshake {
@@ -138,6 +175,87 @@ fn key_at(b: &[u8], at: usize) -> [u8; 32] {
     let mut k = [0u8; 32];
     k.copy_from_slice(&b[at..at + 32]);
     k
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(n)
+}
+
+/// The stamp of an init of the right version and length (authentic only
+/// once [`respond`] accepted the init).
+pub fn init_stamp(init: &[u8]) -> Option<u64> {
+    (init.len() == INIT_LEN && init[0] == INIT_VERSION).then(|| u64_at(init, 65))
+}
+
+fn refusal_mac(
+    dh: &[u8; 32],
+    refuser: &PublicKey,
+    refused: &PublicKey,
+    init_hash: &[u8; 32],
+    mark: u64,
+) -> blake3::Hash {
+    let key = derive(HANDSHAKE_REFUSAL_CONTEXT, &[dh]);
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(refuser.as_bytes());
+    h.update(refused.as_bytes());
+    h.update(init_hash);
+    h.update(&mark.to_be_bytes());
+    h.finalize()
+}
+
+/// The answer to an init from `remote` that is authentic but older than
+/// `mark`, the highest stamp answered before: tells the initiator, in a
+/// way only it can check, to start over above `mark`.
+pub fn refuse(
+    local: &DeviceKeypair,
+    remote: &PublicKey,
+    init: &[u8],
+    mark: u64,
+) -> Result<Vec<u8>, CryptoError> {
+    let dh = local.contributory_dh(remote)?;
+    let init_hash = *blake3::hash(init).as_bytes();
+    let mac = refusal_mac(&dh, &local.public(), remote, &init_hash, mark);
+    let mut msg = Vec::with_capacity(REFUSAL_LEN);
+    msg.push(REFUSAL_VERSION);
+    msg.extend_from_slice(&init_hash);
+    msg.extend_from_slice(&mark.to_be_bytes());
+    msg.extend_from_slice(mac.as_bytes());
+    Ok(msg)
+}
+
+/// Checks `remote`'s refusal of our `init`: returns its mark (the next init
+/// must be stamped above it). A refusal of another init, or one `remote`
+/// did not make, is an error.
+pub fn read_refusal(
+    local: &DeviceKeypair,
+    remote: &PublicKey,
+    init: &[u8],
+    refusal: &[u8],
+) -> Result<u64, CryptoError> {
+    if refusal.is_empty() {
+        return Err(CryptoError::Truncated);
+    }
+    if refusal[0] != REFUSAL_VERSION {
+        return Err(CryptoError::BadVersion(refusal[0]));
+    }
+    if refusal.len() != REFUSAL_LEN {
+        return Err(CryptoError::Truncated);
+    }
+    let init_hash = *blake3::hash(init).as_bytes();
+    // blake3::Hash equality is constant-time.
+    if blake3::Hash::from(key_at(refusal, 1)) != blake3::Hash::from(init_hash) {
+        return Err(CryptoError::Handshake("refusal of another init"));
+    }
+    let mark = u64_at(refusal, 33);
+    let dh = local.contributory_dh(remote)?;
+    if refusal_mac(&dh, remote, &local.public(), &init_hash, mark)
+        != blake3::Hash::from(key_at(refusal, 41))
+    {
+        return Err(CryptoError::Handshake("refusal does not verify"));
+    }
+    Ok(mark)
 }
 
 /// Answers an init from `remote`: returns our session and the response message.
@@ -165,7 +283,7 @@ pub fn respond_with(
     if init.is_empty() {
         return Err(CryptoError::Truncated);
     }
-    if init[0] != HANDSHAKE_VERSION {
+    if init[0] != INIT_VERSION {
         return Err(CryptoError::BadVersion(init[0]));
     }
     if init.len() != INIT_LEN {
@@ -176,13 +294,14 @@ pub fn respond_with(
         return Err(CryptoError::Handshake("init from an unexpected device"));
     }
     let e_i = PublicKey::from(key_at(init, 33));
-    let proof = blake3::Hash::from(key_at(init, 65));
+    let stamp = u64_at(init, 65);
+    let proof = blake3::Hash::from(key_at(init, 73));
     let s_r = local.public();
     // Keys from the wire: a low-order one would make its DH all zero.
     let dh2 = local.contributory_dh(&e_i)?;
     let dh4 = local.contributory_dh(&s_i)?;
     // blake3::Hash equality is constant-time.
-    if init_proof(&dh2, &dh4, &s_i, &s_r, &e_i) != proof {
+    if init_proof(&dh2, &dh4, &s_i, &s_r, &e_i, stamp) != proof {
         return Err(CryptoError::Handshake("init proof does not verify"));
     }
     let e_r = PublicKey::from(&ephemeral);
@@ -190,7 +309,7 @@ pub fn respond_with(
     let dh3 = contributory_dh(&ephemeral, &e_i)?;
     let (root, confirm) = root_and_confirm([&dh1, &dh2, &dh3, &dh4], &s_i, &s_r, &e_i, &e_r);
     let mut msg = Vec::with_capacity(RESPONSE_LEN);
-    msg.push(HANDSHAKE_VERSION);
+    msg.push(RESPONSE_VERSION);
     msg.extend_from_slice(e_r.as_bytes());
     msg.extend_from_slice(confirm.as_bytes());
     let session = Session::new_responder(
@@ -223,7 +342,7 @@ impl PendingHandshake {
         if response.is_empty() {
             return Err(CryptoError::Truncated);
         }
-        if response[0] != HANDSHAKE_VERSION {
+        if response[0] != RESPONSE_VERSION {
             return Err(CryptoError::BadVersion(response[0]));
         }
         if response.len() != RESPONSE_LEN {
@@ -262,7 +381,7 @@ mod tests {
     fn handshake_then_ratchet_both_ways() {
         let a = DeviceKeypair::generate();
         let b = DeviceKeypair::generate();
-        let (pending, init) = initiate(&a, &b.public());
+        let (pending, init) = initiate(&a, &b.public(), 1);
         let (mut sb, resp) = respond(&b, &a.public(), &init).expect("respond");
         let mut sa = pending.finish(&resp).expect("finish");
         assert!(!sb.can_send());
@@ -278,16 +397,16 @@ mod tests {
         let b = DeviceKeypair::generate();
         let mallory = DeviceKeypair::generate();
         // Mallory claims to be a.
-        let (_, forged) = initiate(&mallory, &b.public());
+        let (_, forged) = initiate(&mallory, &b.public(), 1);
         assert!(respond(&b, &a.public(), &forged).is_err());
-        let mut tampered = initiate(&a, &b.public()).1;
+        let mut tampered = initiate(&a, &b.public(), 1).1;
         tampered[70] ^= 1;
         assert!(matches!(
             respond(&b, &a.public(), &tampered),
             Err(CryptoError::Handshake(_))
         ));
         // A response from someone else does not confirm.
-        let (pending, init) = initiate(&a, &b.public());
+        let (pending, init) = initiate(&a, &b.public(), 1);
         let (_, _) = respond(&b, &a.public(), &init).expect("respond");
         let (_, resp_m) = respond(&mallory, &a.public(), &init).unwrap_or_else(|_| {
             (
@@ -305,5 +424,53 @@ mod tests {
             initiator_wins(&a.device_id(), &b.device_id())
                 != initiator_wins(&b.device_id(), &a.device_id())
         );
+    }
+
+    #[test]
+    fn the_stamp_is_read_from_the_init_and_covered_by_its_proof() {
+        let a = DeviceKeypair::generate();
+        let b = DeviceKeypair::generate();
+        let (_, init) = initiate(&a, &b.public(), 0x0102_0304_0506_0708);
+        assert_eq!(init.len(), INIT_LEN);
+        assert_eq!(init_stamp(&init), Some(0x0102_0304_0506_0708));
+        respond(&b, &a.public(), &init).expect("respond");
+        // A replay with a newer stamp written in fails the proof.
+        let mut newer = init.clone();
+        newer[65] ^= 0x80;
+        assert!(matches!(
+            respond(&b, &a.public(), &newer),
+            Err(CryptoError::Handshake(_))
+        ));
+        // Version 1 (no stamp) is refused as such.
+        let mut v1 = init;
+        v1[0] = 1;
+        assert_eq!(
+            respond(&b, &a.public(), &v1).err(),
+            Some(CryptoError::BadVersion(1))
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_checked_by_the_initiator_only_for_its_own_init() {
+        let a = DeviceKeypair::generate();
+        let b = DeviceKeypair::generate();
+        let mallory = DeviceKeypair::generate();
+        let (_, init) = initiate(&a, &b.public(), 7);
+        let refusal = refuse(&b, &a.public(), &init, 99).expect("refuse");
+        assert_eq!(refusal.len(), REFUSAL_LEN);
+        assert_eq!(read_refusal(&a, &b.public(), &init, &refusal), Ok(99));
+        // Of another init of A's: refused.
+        let (_, other) = initiate(&a, &b.public(), 8);
+        assert!(read_refusal(&a, &b.public(), &other, &refusal).is_err());
+        // A mark changed on the way, or a refusal made by someone else.
+        let mut raised = refusal.clone();
+        raised[40] ^= 1;
+        assert!(read_refusal(&a, &b.public(), &init, &raised).is_err());
+        let forged = refuse(&mallory, &a.public(), &init, 99).expect("refuse");
+        assert!(read_refusal(&a, &b.public(), &init, &forged).is_err());
+        // A's own refusal reflected back to it does not pass as B's.
+        let own = refuse(&a, &b.public(), &init, 99).expect("refuse");
+        assert!(read_refusal(&a, &b.public(), &init, &own).is_err());
+        assert!(read_refusal(&a, &b.public(), &init, &refusal[..40]).is_err());
     }
 }

@@ -14,6 +14,9 @@ pub const HANDSHAKE_ROOT_CONTEXT: &str = "masq 2026-11 handshake root v1";
 pub const HANDSHAKE_CONFIRM_CONTEXT: &str = "masq 2026-11 handshake confirm v1";
 /// Initiator proof context (authenticates the init message to the responder).
 pub const HANDSHAKE_INIT_CONTEXT: &str = "masq 2026-11 handshake init v1";
+/// Refusal-key context: `DH(s_a, S_b) → key` of the MAC on a refused init's
+/// answer (only the two devices can make or check it).
+pub const HANDSHAKE_REFUSAL_CONTEXT: &str = "masq 2026-12 handshake refusal v1";
 
 /// Chain KDF input byte for the message key.
 pub const CHAIN_MESSAGE_BYTE: u8 = 0x01;

@@ -53,11 +53,19 @@ pub fn compute() -> Result<BTreeMap<&'static str, String>, String> {
         "safety_code",
         safety_code(&a.public(), &b.public()).as_bytes(),
     );
-    let (pending, init) = initiate_with(&a, &b.public(), StaticSecret::from([0x33; 32]));
+    let (pending, init) = initiate_with(
+        &a,
+        &b.public(),
+        0x0102_0304_0506_0708,
+        StaticSecret::from([0x33; 32]),
+    );
     put("handshake.init", &init);
     let (mut sb, resp) = respond_with(&b, &a.public(), &init, StaticSecret::from([0x44; 32]))
         .map_err(|e| format!("respond: {e}"))?;
     put("handshake.response", &resp);
+    let refusal = super::handshake::refuse(&b, &a.public(), &init, 0x1112_1314_1516_1718)
+        .map_err(|e| format!("refuse: {e}"))?;
+    put("handshake.refusal", &refusal);
     let mut sa = pending
         .finish_with(&resp, StaticSecret::from([0x55; 32]))
         .map_err(|e| format!("finish: {e}"))?;
@@ -188,7 +196,12 @@ fn ratchet_steps(
     b: &DeviceKeypair,
     out: &mut BTreeMap<&'static str, String>,
 ) -> Result<(), String> {
-    let (pending, init) = initiate_with(a, &b.public(), StaticSecret::from([0x33; 32]));
+    let (pending, init) = initiate_with(
+        a,
+        &b.public(),
+        0x0102_0304_0506_0708,
+        StaticSecret::from([0x33; 32]),
+    );
     let (mut sb, resp) = respond_with(b, &a.public(), &init, StaticSecret::from([0x44; 32]))
         .map_err(|e| format!("respond: {e}"))?;
     let mut sa = pending
@@ -256,6 +269,6 @@ pub fn check() -> Result<usize, String> {
 mod tests {
     #[test]
     fn every_known_answer_matches() {
-        assert_eq!(super::check(), Ok(29));
+        assert_eq!(super::check(), Ok(30));
     }
 }

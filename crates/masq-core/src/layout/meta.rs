@@ -39,6 +39,9 @@ pub const PEER: &[u8] = b"peer/";
 pub const REMOVED: &[u8] = b"removed/";
 /// Prefix of ratchet sessions.
 pub const SESSION: &[u8] = b"session/";
+/// Prefix of init marks: per device, the highest handshake init stamp
+/// answered (8 bytes, big-endian); an init stamped at or below is refused.
+pub const INIT_MARK: &[u8] = b"initmark/";
 /// Prefix of sync states.
 pub const SYNCSTATE: &[u8] = b"syncstate/";
 /// Prefix of queued notes.
@@ -160,6 +163,17 @@ pub fn session_key(id: &DeviceId) -> Vec<u8> {
     key(SESSION, id.as_bytes())
 }
 
+/// Key of a device's init mark.
+pub fn init_mark_key(id: &DeviceId) -> Vec<u8> {
+    key(INIT_MARK, id.as_bytes())
+}
+
+/// An init mark's value (0, refusing nothing older, if it does not
+/// decode: the session's cache and archive still hold replays off).
+pub fn decode_init_mark(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
+}
+
 /// Prefix of every sync state with a device.
 pub fn syncstate_prefix(id: &DeviceId) -> Vec<u8> {
     key(SYNCSTATE, id.as_bytes())
@@ -265,6 +279,7 @@ pub fn stage_peer_record(
 pub fn stage_remove_peer(writes: &mut WriteSet, id: &DeviceId, mark: RemovalMark) {
     writes.remove(Table::Meta, peer_key(id));
     writes.remove(Table::Meta, session_key(id));
+    writes.remove(Table::Meta, init_mark_key(id));
     writes.put(Table::Meta, removed_key(id), mark.encode());
     writes.remove_prefix(Table::Meta, note_prefix(id));
     writes.remove_prefix(Table::Meta, syncstate_prefix(id));
@@ -274,6 +289,11 @@ pub fn stage_remove_peer(writes: &mut WriteSet, id: &DeviceId, mark: RemovalMark
 /// Stages the ratchet session with a peer.
 pub fn stage_session(writes: &mut WriteSet, id: &DeviceId, bytes: &[u8]) {
     writes.put(Table::Meta, session_key(id), bytes);
+}
+
+/// Stages a device's init mark (see [`INIT_MARK`]).
+pub fn stage_init_mark(writes: &mut WriteSet, id: &DeviceId, mark: u64) {
+    writes.put(Table::Meta, init_mark_key(id), mark.to_be_bytes());
 }
 
 /// Stages the sync state for (peer, app, doc).

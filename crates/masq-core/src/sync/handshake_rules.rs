@@ -99,7 +99,7 @@ mod tests {
         }
         /// Start a handshake at `now`; the init to carry.
         fn start(&mut self, peer: &Side, now: Duration) -> Vec<u8> {
-            let (p, init) = initiate(&self.kp, &peer.kp.public());
+            let (p, init) = initiate(&self.kp, &peer.kp.public(), now.as_millis() as u64);
             self.pending = Some((p, init.clone(), now));
             init
         }

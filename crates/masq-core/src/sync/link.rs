@@ -31,6 +31,12 @@
 //!    unanswered init; [`on_resync_tick`](PeerLink::on_resync_tick) starts
 //!    afresh when we are a responder whose initiator never spoke.
 //!
+//! 5. Replays: the same init again gets the same response from a cache;
+//!    an init stamped at or below the highest stamp answered (the init
+//!    mark, persisted) is refused with a refusal only the initiator can
+//!    check, which makes it start over above the mark. A session replaced
+//!    by a handshake stays usable, archived, until the new one speaks.
+//!
 //! The rules themselves (tie-break, resend timing, fragments) are in
 //! [`handshake_rules`](super::handshake_rules) and
 //! [`fragments`](super::fragments).
@@ -61,6 +67,9 @@ pub enum LinkError {
     /// A handshake response came while we had no init in flight.
     #[error("handshake response without a handshake")]
     UnexpectedResponse,
+    /// A refusal came while we had no init in flight.
+    #[error("handshake refusal without a handshake")]
+    UnexpectedRefusal,
     /// A sealed envelope came while we have no session.
     #[error("sealed envelope without a session")]
     NoSession,
@@ -108,6 +117,8 @@ enum UpdateKind {
         init: [u8; 32],
         /// The response packet sent.
         response: Vec<u8>,
+        /// The init's stamp: the new mark.
+        stamp: u64,
     },
     /// Our init was answered: sync may start, the init is done.
     Established,
@@ -125,6 +136,17 @@ impl SessionUpdate {
     /// The serialized session to store (wiped on drop).
     pub fn bytes(&self) -> Zeroizing<Vec<u8>> {
         self.session.to_bytes()
+    }
+
+    /// For an answered init: its stamp, the peer's new init mark, to store
+    /// with the session (`layout::meta::stage_init_mark`) and to pass to
+    /// [`PeerLink::new`] after a restart. An init stamped at or below it is
+    /// refused from then on.
+    pub fn init_mark(&self) -> Option<u64> {
+        match self.kind {
+            UpdateKind::Answered { stamp, .. } => Some(stamp),
+            _ => None,
+        }
     }
 }
 
@@ -152,8 +174,11 @@ pub enum Online {
 pub enum Received {
     /// Nothing (their init lost the tie-break against ours).
     Nothing,
-    /// Send this packet (our init again: theirs crossed ours, and ours had
-    /// gone unanswered long enough that it was probably dropped).
+    /// Send this packet: our init again (theirs crossed ours, and ours had
+    /// gone unanswered long enough that it was probably dropped), a new
+    /// init of ours (the peer refused the last as older than its mark), or
+    /// the refusal of their init (older than one answered before: a
+    /// replay, or their clock and memory both went back).
     Send(Vec<u8>),
     /// We answered their init: persist, commit, then send `response`.
     Answered {
@@ -202,6 +227,8 @@ struct InitInFlight {
     handshake: PendingHandshake,
     /// The init packet, kept to send again.
     packet: Vec<u8>,
+    /// The init itself (the packet's body), which a refusal names.
+    init: Vec<u8>,
     /// When it was last sent (the caller's time).
     sent_at: Duration,
 }
@@ -237,6 +264,15 @@ pub struct PeerLink {
     /// same response and changes nothing here. Answering it afresh made a
     /// second session, leaving the two sides on different ones.
     answered: Option<([u8; 32], Vec<u8>)>,
+    /// The highest stamp of an init of the peer's that we answered
+    /// (persisted by the caller: [`SessionUpdate::init_mark`]). An init
+    /// stamped at or below it is older than one answered: it is refused
+    /// (unless it is the very init just answered, see `answered`).
+    init_mark: u64,
+    /// The stamp of our next init to the peer: from the caller's wall
+    /// clock when the link was made, one more per init, and above the
+    /// peer's mark after it refused one of ours.
+    next_stamp: u64,
     /// Sync runs: the session can send and the initial sync was offered.
     ready: bool,
     /// Numbers the payloads we fragment for this peer.
@@ -247,8 +283,17 @@ pub struct PeerLink {
 
 impl PeerLink {
     /// The link with the peer whose static key is `public`, with the
-    /// session stored for it, if any. Offline until [`online`](Self::online).
-    pub fn new(me: DeviceId, public: PublicKey, session: Option<Session>) -> Self {
+    /// session stored for it, if any, and the peer's stored init mark (0
+    /// if none). `now_ms` is the wall clock (milliseconds since the Unix
+    /// epoch): our inits are stamped from it. Offline until
+    /// [`online`](Self::online).
+    pub fn new(
+        me: DeviceId,
+        public: PublicKey,
+        session: Option<Session>,
+        init_mark: u64,
+        now_ms: u64,
+    ) -> Self {
         PeerLink {
             me,
             peer: DeviceId::from_public(&public),
@@ -259,6 +304,8 @@ impl PeerLink {
             current_is_newer: false,
             pending: None,
             answered: None,
+            init_mark,
+            next_stamp: now_ms,
             ready: false,
             fragmenter: Fragmenter::new(),
             reassembler: Reassembler::default(),
@@ -335,11 +382,14 @@ impl PeerLink {
     }
 
     fn initiate(&mut self, kp: &DeviceKeypair, now: Duration) -> Vec<u8> {
-        let (handshake, init) = handshake::initiate(kp, &self.public);
-        let packet = DevicePacket::HandshakeInit(init).encode();
+        let stamp = self.next_stamp;
+        self.next_stamp = stamp.saturating_add(1);
+        let (handshake, init) = handshake::initiate(kp, &self.public, stamp);
+        let packet = DevicePacket::HandshakeInit(init.clone()).encode();
         self.pending = Some(InitInFlight {
             handshake,
             packet: packet.clone(),
+            init,
             sent_at: now,
         });
         packet
@@ -376,7 +426,7 @@ impl PeerLink {
             return None;
         }
         self.session = None;
-        self.answered = None; // its session is gone: an old init is answered afresh
+        self.answered = None; // its session is gone (its init stays below the mark)
         Some(self.initiate(kp, now))
     }
 
@@ -405,6 +455,18 @@ impl PeerLink {
                 })
             }
             DevicePacket::Sealed(env) => self.on_sealed(&env),
+            DevicePacket::InitRefused(refusal) => {
+                // Only a refusal the peer made of our init in flight counts
+                // (a replayed or forged one changes nothing): we start over
+                // above its mark.
+                let Some(p) = self.pending.as_ref() else {
+                    return Err(LinkError::UnexpectedRefusal);
+                };
+                let mark = handshake::read_refusal(kp, &self.public, &p.init, &refusal)
+                    .map_err(LinkError::Handshake)?;
+                self.next_stamp = self.next_stamp.max(mark.saturating_add(1));
+                Ok(Received::Send(self.initiate(kp, now)))
+            }
         }
     }
 
@@ -432,6 +494,18 @@ impl PeerLink {
         }
         let (session, response) =
             handshake::respond(kp, &self.public, init).map_err(LinkError::Handshake)?;
+        // The init is the peer's (its proof held), so its stamp is too.
+        let stamp =
+            handshake::init_stamp(init).ok_or(LinkError::Handshake(CryptoError::Truncated))?;
+        if stamp <= self.init_mark {
+            // Older than an init answered before: a replay, which must not
+            // make a session, or a peer whose clock and memory both went
+            // back, which starts over above the mark once told.
+            drop(session);
+            let refusal = handshake::refuse(kp, &self.public, init, self.init_mark)
+                .map_err(LinkError::Handshake)?;
+            return Ok(Received::Send(DevicePacket::InitRefused(refusal).encode()));
+        }
         let response = DevicePacket::HandshakeResponse(response).encode();
         Ok(Received::Answered {
             update: SessionUpdate {
@@ -439,6 +513,7 @@ impl PeerLink {
                 kind: UpdateKind::Answered {
                     init: digest,
                     response: response.clone(),
+                    stamp,
                 },
             },
             response,
@@ -549,7 +624,12 @@ impl PeerLink {
     /// Installs an update the caller has persisted.
     pub fn commit(&mut self, update: SessionUpdate) {
         match update.kind {
-            UpdateKind::Answered { init, response } => {
+            UpdateKind::Answered {
+                init,
+                response,
+                stamp,
+            } => {
+                self.init_mark = self.init_mark.max(stamp);
                 self.pending = None;
                 self.ready = false;
                 self.answered = Some((init, response));
@@ -617,18 +697,26 @@ mod tests {
         link: PeerLink,
         /// The session as last persisted.
         disk: Option<Vec<u8>>,
+        /// The peer's init mark as last persisted.
+        mark: u64,
         /// Payloads applied, in order.
         applied: Vec<SyncPayload>,
     }
 
+    /// The wall clock when the links are made (ms since the epoch), and a
+    /// later one for a device that restarts.
+    const WALL: u64 = 1_800_000_000_000;
+    const LATER: u64 = WALL + 60_000;
+
     fn pair() -> (Dev, Dev) {
         let (ka, kb) = (DeviceKeypair::generate(), DeviceKeypair::generate());
-        let a = PeerLink::new(ka.device_id(), kb.public(), None);
-        let b = PeerLink::new(kb.device_id(), ka.public(), None);
+        let a = PeerLink::new(ka.device_id(), kb.public(), None, 0, WALL);
+        let b = PeerLink::new(kb.device_id(), ka.public(), None, 0, WALL);
         let dev = |kp, link| Dev {
             kp,
             link,
             disk: None,
+            mark: 0,
             applied: Vec::new(),
         };
         (dev(ka, a), dev(kb, b))
@@ -651,6 +739,9 @@ mod tests {
     impl Dev {
         fn persist_commit(&mut self, update: SessionUpdate) {
             self.disk = Some(update.bytes().to_vec());
+            if let Some(mark) = update.init_mark() {
+                self.mark = mark;
+            }
             self.link.commit(update);
         }
 
@@ -839,7 +930,13 @@ mod tests {
         settle(&mut a, &mut b, to_b, to_a, T0);
         // a restarts: a new link from what it persisted.
         let session = Session::from_bytes(a.disk.as_ref().unwrap()).unwrap();
-        a.link = PeerLink::new(a.kp.device_id(), b.kp.public(), Some(session));
+        a.link = PeerLink::new(
+            a.kp.device_id(),
+            b.kp.public(),
+            Some(session),
+            a.mark,
+            LATER,
+        );
         b.link.offline();
         let to_b = a.online(T0);
         let to_a = b.online(T0);
@@ -1020,20 +1117,37 @@ mod tests {
         let hello = a.deliver(&response[0], T0).unwrap();
         settle(&mut a, &mut b, hello, vec![], T0);
         assert_synced(&mut a, &mut b, T0);
-        // The relay replays the first init: B answers it (it cannot tell it
-        // is old) with a session A will never have...
-        let bogus = b.deliver(&old_init[0], T0).unwrap();
-        assert!(
-            a.deliver(&bogus[0], T0).is_err(),
-            "A has no handshake pending"
-        );
-        // ...yet what A sends on the real session still opens at B, which
-        // takes it back and answers on it: no gap either way.
+        // The relay replays the first init: it is A's (its proof holds),
+        // but stamped below the one B answered, so B refuses it and makes
+        // no session...
+        let session = b.link.session.as_ref().unwrap().to_bytes();
+        let refusal = b.deliver(&old_init[0], T0).unwrap();
+        assert!(matches!(
+            DevicePacket::decode(&refusal[0]),
+            Ok(DevicePacket::InitRefused(_))
+        ));
+        assert_eq!(b.link.session.as_ref().unwrap().to_bytes(), session);
+        assert!(b.link.previous.is_none());
+        // ...and A, with no init in flight, ignores the refusal.
+        assert!(matches!(
+            a.deliver(&refusal[0], T0),
+            Err(LinkError::UnexpectedRefusal)
+        ));
+        // What A sends on the real session opens at B: no gap.
         let to_b = a.send(&[batch("after-replay", 10)]);
         let to_a = b.deliver(&to_b[0], T0).unwrap();
         assert_eq!(b.applied.last(), Some(&batch("after-replay", 10)));
         settle(&mut a, &mut b, vec![], to_a, T0);
         assert_synced(&mut a, &mut b, T0);
+        // B restarts from what it persisted: the replay is still refused.
+        let b_kp = DeviceKeypair::from_secret_bytes(*b.kp.secret_bytes());
+        let stored = Session::from_bytes(b.disk.as_ref().unwrap()).unwrap();
+        b.link = PeerLink::new(b_kp.device_id(), a.kp.public(), Some(stored), b.mark, LATER);
+        let refusal = b.deliver(&old_init[0], T0).unwrap();
+        assert!(matches!(
+            DevicePacket::decode(&refusal[0]),
+            Ok(DevicePacket::InitRefused(_))
+        ));
     }
 
     #[test]
@@ -1046,7 +1160,7 @@ mod tests {
         // A starts over (its store restored without the session).
         let late = a.send(&[batch("late-1", 5), batch("late-2", 5)]);
         let a_kp = DeviceKeypair::from_secret_bytes(*a.kp.secret_bytes());
-        a.link = PeerLink::new(a_kp.device_id(), b.kp.public(), None);
+        a.link = PeerLink::new(a_kp.device_id(), b.kp.public(), None, 0, LATER);
         let init = a.online(T0);
         let response = b.deliver(&init[0], T0).unwrap();
         // The first late envelope opens at B (archived session).
@@ -1061,6 +1175,38 @@ mod tests {
             b.deliver(&late[1], T0),
             Err(LinkError::Envelope(_))
         ));
+    }
+
+    #[test]
+    fn an_init_older_than_the_mark_is_refused_and_its_initiator_starts_over_above_it() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        assert_synced(&mut a, &mut b, T0);
+        assert!(b.mark >= WALL || a.mark >= WALL, "one side answered");
+        // The responder is whichever lost the tie-break; call it r, and
+        // the initiator i. i restarts with no session and a clock that went
+        // back ten minutes (its disk and its clock both behind).
+        let (i, r) = if b.mark >= WALL {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        let i_kp = DeviceKeypair::from_secret_bytes(*i.kp.secret_bytes());
+        i.link = PeerLink::new(i_kp.device_id(), r.kp.public(), None, 0, WALL - 600_000);
+        r.link.offline();
+        let init = i.online(T0);
+        r.link.online = true;
+        let session = r.link.session.as_ref().unwrap().to_bytes();
+        let refusal = r.deliver(&init[0], T0).unwrap();
+        assert_eq!(r.link.session.as_ref().unwrap().to_bytes(), session);
+        // The refusal makes i start over above r's mark; r answers that.
+        let init = i.deliver(&refusal[0], T0).unwrap();
+        assert!(handshake::init_stamp(&init[0][1..]).unwrap() > r.mark);
+        let response = r.deliver(&init[0], T0).unwrap();
+        let hello = i.deliver(&response[0], T0).unwrap();
+        settle(i, r, hello, vec![], T0);
+        assert_synced(i, r, T0);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum DevicePacket {
     HandshakeResponse(Vec<u8>),
     /// A sealed Double Ratchet envelope, tag 3.
     Sealed(Vec<u8>),
+    /// The answer to an init older than one already answered
+    /// (`crypto::handshake::refuse`), tag 4.
+    InitRefused(Vec<u8>),
 }
 
 impl DevicePacket {
@@ -66,6 +69,7 @@ impl DevicePacket {
             DevicePacket::HandshakeInit(b) => (1u8, b),
             DevicePacket::HandshakeResponse(b) => (2, b),
             DevicePacket::Sealed(b) => (3, b),
+            DevicePacket::InitRefused(b) => (4, b),
         };
         let mut out = Vec::with_capacity(1 + body.len());
         out.push(tag);
@@ -83,6 +87,7 @@ impl DevicePacket {
             1 => Ok(DevicePacket::HandshakeInit(body)),
             2 => Ok(DevicePacket::HandshakeResponse(body)),
             3 => Ok(DevicePacket::Sealed(body)),
+            4 => Ok(DevicePacket::InitRefused(body)),
             t => Err(WireError::BadKind(t)),
         }
     }
@@ -472,6 +477,7 @@ mod tests {
             DevicePacket::HandshakeInit(vec![1]),
             DevicePacket::HandshakeResponse(vec![]),
             DevicePacket::Sealed(vec![4, 5]),
+            DevicePacket::InitRefused(vec![6]),
         ] {
             assert_eq!(DevicePacket::decode(&p.encode()), Ok(p));
         }

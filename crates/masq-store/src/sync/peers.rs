@@ -147,6 +147,19 @@ pub fn session_bytes(db: &Db, id: &DeviceId) -> Result<Option<Vec<u8>>> {
     Ok(db.meta.get(session_key(id))?.map(|v| v.to_vec()))
 }
 
+/// The peer's init mark (0 if none): see `layout::meta::INIT_MARK`.
+pub fn init_mark(db: &Db, id: &DeviceId) -> Result<u64> {
+    Ok(db
+        .meta
+        .get(layout::init_mark_key(id))?
+        .map_or(0, |v| layout::decode_init_mark(&v)))
+}
+
+/// Stages the peer's init mark.
+pub fn stage_init_mark(db: &Db, batch: &mut fjall::OwnedWriteBatch, id: &DeviceId, mark: u64) {
+    batch.insert(&db.meta, layout::init_mark_key(id), mark.to_be_bytes());
+}
+
 /// Stages the ratchet session with a peer.
 pub fn stage_session(db: &Db, batch: &mut fjall::OwnedWriteBatch, id: &DeviceId, bytes: &[u8]) {
     batch.insert(&db.meta, session_key(id), bytes);
