@@ -177,6 +177,17 @@ fn key_at(b: &[u8], at: usize) -> [u8; 32] {
     k
 }
 
+/// A handshake message's version byte and length: an unknown version is
+/// named as such, any other length is truncated.
+fn check_header(msg: &[u8], version: u8, len: usize) -> Result<(), CryptoError> {
+    match msg.first() {
+        None => Err(CryptoError::Truncated),
+        Some(&v) if v != version => Err(CryptoError::BadVersion(v)),
+        Some(_) if msg.len() != len => Err(CryptoError::Truncated),
+        Some(_) => Ok(()),
+    }
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut n = [0u8; 8];
     n.copy_from_slice(&b[at..at + 8]);
@@ -234,15 +245,7 @@ pub fn read_refusal(
     init: &[u8],
     refusal: &[u8],
 ) -> Result<u64, CryptoError> {
-    if refusal.is_empty() {
-        return Err(CryptoError::Truncated);
-    }
-    if refusal[0] != REFUSAL_VERSION {
-        return Err(CryptoError::BadVersion(refusal[0]));
-    }
-    if refusal.len() != REFUSAL_LEN {
-        return Err(CryptoError::Truncated);
-    }
+    check_header(refusal, REFUSAL_VERSION, REFUSAL_LEN)?;
     let init_hash = *blake3::hash(init).as_bytes();
     // blake3::Hash equality is constant-time.
     if blake3::Hash::from(key_at(refusal, 1)) != blake3::Hash::from(init_hash) {
@@ -280,15 +283,7 @@ pub fn respond_with(
     init: &[u8],
     ephemeral: StaticSecret,
 ) -> Result<(Session, Vec<u8>), CryptoError> {
-    if init.is_empty() {
-        return Err(CryptoError::Truncated);
-    }
-    if init[0] != INIT_VERSION {
-        return Err(CryptoError::BadVersion(init[0]));
-    }
-    if init.len() != INIT_LEN {
-        return Err(CryptoError::Truncated);
-    }
+    check_header(init, INIT_VERSION, INIT_LEN)?;
     let s_i = PublicKey::from(key_at(init, 1));
     if s_i.as_bytes() != remote.as_bytes() {
         return Err(CryptoError::Handshake("init from an unexpected device"));
@@ -339,15 +334,7 @@ impl PendingHandshake {
         response: &[u8],
         ratchet: StaticSecret,
     ) -> Result<Session, CryptoError> {
-        if response.is_empty() {
-            return Err(CryptoError::Truncated);
-        }
-        if response[0] != RESPONSE_VERSION {
-            return Err(CryptoError::BadVersion(response[0]));
-        }
-        if response.len() != RESPONSE_LEN {
-            return Err(CryptoError::Truncated);
-        }
+        check_header(response, RESPONSE_VERSION, RESPONSE_LEN)?;
         let e_r = PublicKey::from(key_at(response, 1));
         let confirm = blake3::Hash::from(key_at(response, 33));
         let s_i = self.local.public();
