@@ -242,6 +242,16 @@ impl PageSync {
         }
     }
 
+    /// The page's clock (its `now`, ms since the Unix epoch): the links'
+    /// next inits are stamped at least from it (they may have been made
+    /// when the store opened, before the first request's clock).
+    fn observe_wall_clock(&mut self, now: Duration) {
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        for link in self.links.values_mut() {
+            link.observe_wall_clock(ms);
+        }
+    }
+
     /// Tells the relay who may reach us and whose presence we watch.
     fn announce_peers(&mut self) {
         if !self.conn.as_ref().is_some_and(RelayConn::is_ready) {
@@ -294,6 +304,7 @@ impl PageSync {
         bytes: &[u8],
         now: Duration,
     ) -> SyncResult<Result<(), ConnError>> {
+        self.observe_wall_clock(now);
         self.stats.bytes_received += bytes.len() as u64;
         let Ok(frame) = Frame::decode(bytes) else {
             self.stats.rejected += 1;
@@ -751,6 +762,7 @@ impl PageSync {
     /// sent again, busy peers restart, and every [`RESYNC_INTERVAL`] every
     /// document is offered again.
     pub fn on_tick(&mut self, store: &PeerStore, now: Duration) -> SyncResult<()> {
+        self.observe_wall_clock(now);
         if !self.conn.as_ref().is_some_and(RelayConn::is_ready) {
             return Ok(());
         }

@@ -261,6 +261,53 @@ pub fn read_refusal(
     Ok(mark)
 }
 
+/// Checks an init from `remote` without answering it (an init that lost
+/// the tie-break): returns its stamp once its proof holds.
+pub fn verify_init(
+    local: &DeviceKeypair,
+    remote: &PublicKey,
+    init: &[u8],
+) -> Result<u64, CryptoError> {
+    Ok(check_init(local, remote, init)?.stamp)
+}
+
+/// An init whose proof holds, and what answering it needs.
+struct CheckedInit {
+    e_i: PublicKey,
+    stamp: u64,
+    dh2: Zeroizing<[u8; 32]>,
+    dh4: Zeroizing<[u8; 32]>,
+}
+
+fn check_init(
+    local: &DeviceKeypair,
+    remote: &PublicKey,
+    init: &[u8],
+) -> Result<CheckedInit, CryptoError> {
+    check_header(init, INIT_VERSION, INIT_LEN)?;
+    let s_i = PublicKey::from(key_at(init, 1));
+    if s_i.as_bytes() != remote.as_bytes() {
+        return Err(CryptoError::Handshake("init from an unexpected device"));
+    }
+    let e_i = PublicKey::from(key_at(init, 33));
+    let stamp = u64_at(init, 65);
+    // Keys from the wire: a low-order one would make its DH all zero.
+    let dh2 = local.contributory_dh(&e_i)?;
+    let dh4 = local.contributory_dh(&s_i)?;
+    // blake3::Hash equality is constant-time.
+    if init_proof(&dh2, &dh4, &s_i, &local.public(), &e_i, stamp)
+        != blake3::Hash::from(key_at(init, 73))
+    {
+        return Err(CryptoError::Handshake("init proof does not verify"));
+    }
+    Ok(CheckedInit {
+        e_i,
+        stamp,
+        dh2,
+        dh4,
+    })
+}
+
 /// Answers an init from `remote`: returns our session and the response message.
 pub fn respond(
     local: &DeviceKeypair,
@@ -283,22 +330,9 @@ pub fn respond_with(
     init: &[u8],
     ephemeral: StaticSecret,
 ) -> Result<(Session, Vec<u8>), CryptoError> {
-    check_header(init, INIT_VERSION, INIT_LEN)?;
-    let s_i = PublicKey::from(key_at(init, 1));
-    if s_i.as_bytes() != remote.as_bytes() {
-        return Err(CryptoError::Handshake("init from an unexpected device"));
-    }
-    let e_i = PublicKey::from(key_at(init, 33));
-    let stamp = u64_at(init, 65);
-    let proof = blake3::Hash::from(key_at(init, 73));
+    let CheckedInit { e_i, dh2, dh4, .. } = check_init(local, remote, init)?;
+    let s_i = *remote;
     let s_r = local.public();
-    // Keys from the wire: a low-order one would make its DH all zero.
-    let dh2 = local.contributory_dh(&e_i)?;
-    let dh4 = local.contributory_dh(&s_i)?;
-    // blake3::Hash equality is constant-time.
-    if init_proof(&dh2, &dh4, &s_i, &s_r, &e_i, stamp) != proof {
-        return Err(CryptoError::Handshake("init proof does not verify"));
-    }
     let e_r = PublicKey::from(&ephemeral);
     let dh1 = contributory_dh(&ephemeral, &s_i)?;
     let dh3 = contributory_dh(&ephemeral, &e_i)?;
@@ -387,7 +421,7 @@ mod tests {
         let (_, forged) = initiate(&mallory, &b.public(), 1);
         assert!(respond(&b, &a.public(), &forged).is_err());
         let mut tampered = initiate(&a, &b.public(), 1).1;
-        tampered[70] ^= 1;
+        tampered[80] ^= 1; // a proof byte
         assert!(matches!(
             respond(&b, &a.public(), &tampered),
             Err(CryptoError::Handshake(_))

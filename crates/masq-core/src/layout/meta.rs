@@ -343,6 +343,20 @@ mod tests {
             key: removed_key(&id),
             value: mark.encode()
         }));
+        for gone in [session_key(&id), init_mark_key(&id)] {
+            assert!(writes.contains(&Write::Remove {
+                table: Table::Meta,
+                key: gone,
+            }));
+        }
+        assert_eq!(&init_mark_key(&id)[..9], b"initmark/");
+        let mut w = WriteSet::new();
+        stage_init_mark(&mut w, &id, 0x0102_0304_0506_0708);
+        let Some(Write::Put { value, .. }) = w.into_iter().next() else {
+            panic!("a put")
+        };
+        assert_eq!(decode_init_mark(&value), 0x0102_0304_0506_0708);
+        assert_eq!(decode_init_mark(&[1, 2, 3]), 0);
         assert_eq!(removed_of_key(&removed_key(&id)), Some(id));
         assert_eq!(RemovalMark::decode(&mark.encode()).unwrap(), mark);
         // A mark from before the membership log: the time only.

@@ -120,8 +120,13 @@ enum UpdateKind {
         /// The init's stamp: the new mark.
         stamp: u64,
     },
-    /// Our init was answered: sync may start, the init is done.
-    Established,
+    /// Our init was answered: sync may start, the init is done. Carries
+    /// the mark as it stands (raised by inits of the peer's that lost to
+    /// ours), to store with the session.
+    Established {
+        /// The init mark to store.
+        mark: u64,
+    },
     /// Envelopes were sealed: the ratchet advanced.
     Advanced,
     /// An envelope opened with the current session.
@@ -145,6 +150,7 @@ impl SessionUpdate {
     pub fn init_mark(&self) -> Option<u64> {
         match self.kind {
             UpdateKind::Answered { stamp, .. } => Some(stamp),
+            UpdateKind::Established { mark } => Some(mark),
             _ => None,
         }
     }
@@ -305,11 +311,19 @@ impl PeerLink {
             pending: None,
             answered: None,
             init_mark,
-            next_stamp: now_ms,
+            next_stamp: now_ms.max(1),
             ready: false,
             fragmenter: Fragmenter::new(),
             reassembler: Reassembler::default(),
         }
+    }
+
+    /// The wall clock moved on (ms since the Unix epoch): our next init is
+    /// stamped at least from it. For a shell that made the link before it
+    /// knew the time (a page opens its store before its first request's
+    /// clock).
+    pub fn observe_wall_clock(&mut self, now_ms: u64) {
+        self.next_stamp = self.next_stamp.max(now_ms);
     }
 
     /// The peer's device id.
@@ -450,7 +464,9 @@ impl PeerLink {
                 Ok(Received::Established {
                     update: SessionUpdate {
                         session,
-                        kind: UpdateKind::Established,
+                        kind: UpdateKind::Established {
+                            mark: self.init_mark,
+                        },
                     },
                 })
             }
@@ -464,7 +480,14 @@ impl PeerLink {
                 };
                 let mark = handshake::read_refusal(kp, &self.public, &p.init, &refusal)
                     .map_err(LinkError::Handshake)?;
-                self.next_stamp = self.next_stamp.max(mark.saturating_add(1));
+                if mark == u64::MAX {
+                    // No stamp is above it: starting over would only be
+                    // refused again.
+                    return Err(LinkError::Handshake(CryptoError::Handshake(
+                        "refused with the highest mark",
+                    )));
+                }
+                self.next_stamp = self.next_stamp.max(mark + 1);
                 Ok(Received::Send(self.initiate(kp, now)))
             }
         }
@@ -483,13 +506,23 @@ impl PeerLink {
             }
         }
         if let Some(p) = self.pending.as_mut() {
-            match rules::on_crossing_init(&self.me, &self.peer, p.sent_at, now) {
-                CrossingInit::AnswerTheirs => {}
-                CrossingInit::KeepOurs { resend: false } => return Ok(Received::Nothing),
+            let keep = match rules::on_crossing_init(&self.me, &self.peer, p.sent_at, now) {
+                CrossingInit::AnswerTheirs => None,
+                CrossingInit::KeepOurs { resend: false } => Some(Received::Nothing),
                 CrossingInit::KeepOurs { resend: true } => {
                     p.sent_at = now;
-                    return Ok(Received::Send(p.packet.clone()));
+                    Some(Received::Send(p.packet.clone()))
                 }
+            };
+            if let Some(keep) = keep {
+                // Their init loses, unanswered; if it is theirs, its stamp
+                // still raises the mark, or a relay could replay it later
+                // and have it answered (stored with our handshake's
+                // update).
+                let stamp =
+                    handshake::verify_init(kp, &self.public, init).map_err(LinkError::Handshake)?;
+                self.init_mark = self.init_mark.max(stamp);
+                return Ok(keep);
             }
         }
         let (session, response) =
@@ -498,9 +531,10 @@ impl PeerLink {
         let stamp =
             handshake::init_stamp(init).ok_or(LinkError::Handshake(CryptoError::Truncated))?;
         if stamp <= self.init_mark {
-            // Older than an init answered before: a replay, which must not
-            // make a session, or a peer whose clock and memory both went
-            // back, which starts over above the mark once told.
+            // Older than an init answered (or seen lose) before: a replay,
+            // which must not make a session, or a peer whose clock and
+            // memory both went back, which starts over above the mark
+            // once told.
             drop(session);
             let refusal = handshake::refuse(kp, &self.public, init, self.init_mark)
                 .map_err(LinkError::Handshake)?;
@@ -635,7 +669,7 @@ impl PeerLink {
                 self.answered = Some((init, response));
                 self.archive_current();
             }
-            UpdateKind::Established => {
+            UpdateKind::Established { .. } => {
                 self.pending = None;
                 self.ready = false;
                 // The answered init's session is replaced by ours.
@@ -1175,6 +1209,32 @@ mod tests {
             b.deliver(&late[1], T0),
             Err(LinkError::Envelope(_))
         ));
+    }
+
+    #[test]
+    fn an_init_that_lost_the_tie_break_is_refused_when_replayed_later() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        let (a_init, b_init) = (to_b[0].clone(), to_a[0].clone());
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        assert_synced(&mut a, &mut b, T0);
+        // The winner never answered the loser's init, yet stored its stamp
+        // with its own handshake's update.
+        let a_wins = handshake::initiator_wins(&a.kp.device_id(), &b.kp.device_id());
+        let (w, l, lost) = if a_wins {
+            (&mut a, &mut b, b_init)
+        } else {
+            (&mut b, &mut a, a_init)
+        };
+        assert_eq!(w.mark, handshake::init_stamp(&lost[1..]).unwrap());
+        let session = w.link.session.as_ref().unwrap().to_bytes();
+        let refusal = w.deliver(&lost, T0).unwrap();
+        assert!(matches!(
+            DevicePacket::decode(&refusal[0]),
+            Ok(DevicePacket::InitRefused(_))
+        ));
+        assert_eq!(w.link.session.as_ref().unwrap().to_bytes(), session);
+        assert_synced(w, l, T0);
     }
 
     #[test]
