@@ -38,7 +38,7 @@ pub mod api {
         pub use masq_core::api::execute::{op_name, DataApi, ListOptions};
         /// What a data request produced, for a native store.
         pub type Outcome = masq_core::api::Outcome<crate::Subscription>;
-        /// Executes a data request in `app` (see [`masq_core::api::execute`]).
+        /// Executes a data request in `app` (see [`masq_core::api::execute`](mod@masq_core::api::execute)).
         pub fn execute(app: &crate::App, req: super::Request) -> Result<Outcome, super::ApiError> {
             masq_core::api::execute(app, req)
         }

@@ -4,7 +4,7 @@
 //! paired with the user's devices like a device (**peer mode**, scenarios 2
 //! and 3 of the design). The KV and document calls are the same in both
 //! modes: each becomes an [`api::Request`](crate::api::Request), sent over the
-//! socket or executed in-process by [`api::execute`](crate::api::execute).
+//! socket or executed in-process by [`api::execute`](fn@crate::api::execute).
 
 pub(crate) mod conn;
 

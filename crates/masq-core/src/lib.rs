@@ -13,8 +13,11 @@
 //!   index, pending KV writes and the device's own facts.
 //! - [`kv`]: the key-value API's logic over shard documents.
 //! - [`names`]: the naming rule for apps and buckets.
-//! - [`sync`]: the sync protocol's rules that need no I/O: fragments,
-//!   handshake tie-break and resend.
+//! - [`sync`]: the sync protocol's rules that need no I/O: the per-peer link
+//!   state machine (handshakes, replays, fragments, tie-break and resend),
+//!   batching, per-document sync states, a received batch's checks, order
+//!   and application, the device group's membership log, pairing and sync
+//!   preferences.
 //!
 //! Architecture invariant: this crate does no I/O. No tokio, no fjall, no
 //! sockets, no threads, no clock (callers pass the time in), randomness only

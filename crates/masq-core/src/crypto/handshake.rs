@@ -29,8 +29,9 @@
 //!   mac   = BLAKE3-keyed(derive(REFUSAL_CTX, DH(s_r,S_i)), S_r || S_i || BLAKE3(init) || mark)
 //! ```
 //!
-//! `mark` is the highest stamp the responder answered: the initiator starts
-//! over above it ([`read_refusal`]).
+//! `mark` is the highest stamp of the initiator's inits that the responder
+//! answered or saw lose the tie-break: the initiator starts over above it
+//! ([`read_refusal`]).
 //!
 //! Every key taken from a message (and the peer's static key) must give a
 //! contributory DH: a low-order key is refused with
@@ -216,9 +217,10 @@ fn refusal_mac(
     h.finalize()
 }
 
-/// The answer to an init from `remote` that is authentic but older than
-/// `mark`, the highest stamp answered before: tells the initiator, in a
-/// way only it can check, to start over above `mark`.
+/// The answer to an init from `remote` that is authentic but stamped at or
+/// below `mark` (the highest stamp of its inits answered or seen losing
+/// before): tells the initiator, in a way only it can check, to start over
+/// above `mark`.
 pub fn refuse(
     local: &DeviceKeypair,
     remote: &PublicKey,

@@ -39,8 +39,9 @@ pub const PEER: &[u8] = b"peer/";
 pub const REMOVED: &[u8] = b"removed/";
 /// Prefix of ratchet sessions.
 pub const SESSION: &[u8] = b"session/";
-/// Prefix of init marks: per device, the highest handshake init stamp
-/// answered (8 bytes, big-endian); an init stamped at or below is refused.
+/// Prefix of init marks: per device, the highest stamp of its handshake
+/// inits answered or seen losing the tie-break (8 bytes, big-endian); an
+/// init stamped at or below is refused.
 pub const INIT_MARK: &[u8] = b"initmark/";
 /// Prefix of sync states.
 pub const SYNCSTATE: &[u8] = b"syncstate/";

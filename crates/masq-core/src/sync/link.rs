@@ -143,10 +143,12 @@ impl SessionUpdate {
         self.session.to_bytes()
     }
 
-    /// For an answered init: its stamp, the peer's new init mark, to store
-    /// with the session (`layout::meta::stage_init_mark`) and to pass to
-    /// [`PeerLink::new`] after a restart. An init stamped at or below it is
-    /// refused from then on.
+    /// The peer's init mark to store with the session
+    /// (`layout::meta::stage_init_mark`) and to pass to [`PeerLink::new`]
+    /// after a restart: for an answered init, its stamp; for our own
+    /// established handshake, the mark as the peer's inits that lost to
+    /// ours raised it. An init stamped at or below it is refused from then
+    /// on.
     pub fn init_mark(&self) -> Option<u64> {
         match self.kind {
             UpdateKind::Answered { stamp, .. } => Some(stamp),
@@ -270,10 +272,10 @@ pub struct PeerLink {
     /// same response and changes nothing here. Answering it afresh made a
     /// second session, leaving the two sides on different ones.
     answered: Option<([u8; 32], Vec<u8>)>,
-    /// The highest stamp of an init of the peer's that we answered
-    /// (persisted by the caller: [`SessionUpdate::init_mark`]). An init
-    /// stamped at or below it is older than one answered: it is refused
-    /// (unless it is the very init just answered, see `answered`).
+    /// The highest stamp of an init of the peer's that we answered or that
+    /// lost to ours (persisted by the caller: [`SessionUpdate::init_mark`]).
+    /// An init stamped at or below it is refused (unless it is the very
+    /// init just answered, see `answered`).
     init_mark: u64,
     /// The stamp of our next init to the peer: from the caller's wall
     /// clock when the link was made, one more per init, and above the

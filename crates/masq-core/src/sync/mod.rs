@@ -6,10 +6,12 @@
 //! the whole per-peer session as one state machine ([`link`]), who is in
 //! the user's device group and how a removal spreads ([`membership`]), how two devices pair
 //! with the users' yes ([`pairing`]), which app's
-//! documents may flow with which peer ([`prefs`]), and what one
-//! received sync message does to its document ([`receive`]). The native engine
-//! (`masq::sync::engine`) drives them with its socket, clock and disk; they
-//! are tested here without any of those.
+//! documents may flow with which peer ([`prefs`]), and what a received
+//! batch and each of its messages do ([`receive`]: `sort_batch`,
+//! `apply_message`). The native engine (the `masq` package's private
+//! `src/sync/engine.rs`) and the page (`masq_web::sync`) drive them with
+//! their sockets, clocks and disks; they are tested here without any of
+//! those.
 //!
 //! Architecture invariant: no clock and no I/O. Time comes in as a
 //! [`Duration`](std::time::Duration) since any fixed instant the caller

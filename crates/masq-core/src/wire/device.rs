@@ -57,7 +57,7 @@ pub enum DevicePacket {
     HandshakeResponse(Vec<u8>),
     /// A sealed Double Ratchet envelope, tag 3.
     Sealed(Vec<u8>),
-    /// The answer to an init older than one already answered
+    /// The answer to an init stamped at or below the responder's mark
     /// (`crypto::handshake::refuse`), tag 4.
     InitRefused(Vec<u8>),
 }

@@ -16,7 +16,7 @@
 //! 3. Everything already inside is set to `0700` (directories) or `0600`
 //!    (files) on every open, without following symlinks.
 //! 4. Files fjall creates later (journals, tables) inherit the process umask:
-//!    the `masq` binary sets its umask to `077` at start (see `cli::main`), so
+//!    the `masq` binary sets its umask to `077` at start (see `masq::cli_main`), so
 //!    they are `0600`; an app that embeds the library keeps its own umask, and
 //!    the `0700` directory above keeps those files out of other users' reach,
 //!    and the next open tightens them too.
