@@ -1240,6 +1240,32 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_refusal_leaves_the_handshake_pending_and_the_real_answer_completes_it() {
+        let (mut a, mut b) = pair();
+        b.link.online = true;
+        let init = a.online(T0);
+        let body = &init[0][1..];
+        // A refusal with the highest mark (only B could make it): no stamp
+        // is above it, so A does not start over in a loop.
+        let max = handshake::refuse(&b.kp, &a.kp.public(), body, u64::MAX).unwrap();
+        let err = a.deliver(&DevicePacket::InitRefused(max).encode(), T0);
+        assert!(matches!(err, Err(LinkError::Handshake(_))), "{err:?}");
+        // Junk, and a refusal by someone else: refused.
+        let stranger = DeviceKeypair::generate();
+        let forged = handshake::refuse(&stranger, &a.kp.public(), body, 5).unwrap();
+        for junk in [vec![], vec![1; 10], forged] {
+            assert!(a
+                .deliver(&DevicePacket::InitRefused(junk).encode(), T0)
+                .is_err());
+        }
+        // The init is still in flight: B's answer completes it.
+        let response = b.deliver(&init[0], T0).unwrap();
+        let hello = a.deliver(&response[0], T0).unwrap();
+        settle(&mut a, &mut b, hello, vec![], T0);
+        assert_synced(&mut a, &mut b, T0);
+    }
+
+    #[test]
     fn an_init_older_than_the_mark_is_refused_and_its_initiator_starts_over_above_it() {
         let (mut a, mut b) = pair();
         let (to_b, to_a) = (a.online(T0), b.online(T0));
