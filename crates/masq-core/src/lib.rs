@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod crypto;
+pub mod device;
 pub mod doc;
 pub mod kv;
 pub mod layout;

@@ -8,9 +8,13 @@
 //! per table). What a write set means is fixed here, so both shells store the
 //! same records under the same keys.
 //!
+//! The read side is [`Records`]: a point read and a prefix scan over a
+//! [`Table`], which each shell implements over its storage (masq-store's
+//! `Db` over fjall, masq-web's `PeerStore` over its in-memory tables), so the
+//! core's readers (`device::meta`) are written once.
+//!
 //! Architecture invariant: a write set is applied whole or not at all, and in
-//! order (a later write to the same key wins). Nothing here reads; functions
-//! that need stored data take it as arguments, read by the shell.
+//! order (a later write to the same key wins).
 
 /// A table of the store. Changing a name is a storage format change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +56,26 @@ impl Table {
             Table::KvPending => "kv_pending",
         }
     }
+}
+
+/// Reading a shell's committed records (and, in a page, the writes staged
+/// since: a page's reads see its own outbox, as natively a read after a
+/// commit sees it).
+pub trait Records {
+    /// What a failed read is (a disk error natively; a page reads memory).
+    type Error;
+
+    /// The value under `key` in `table`, if any.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+
+    /// Every (key, value) of `table` whose key starts with `prefix`, in key
+    /// order.
+    #[allow(clippy::type_complexity)]
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Self::Error>;
 }
 
 /// One write to a table.

@@ -151,7 +151,7 @@ impl WebStore {
             if let Some(ms) = now_ms {
                 store.set_time((ms / 1000.0) as i64);
             }
-            self.sync = Some(PageSync::open(&store));
+            self.sync = Some(PageSync::open(&store)?);
             self.store = Some(store);
         }
         Ok(())
@@ -422,7 +422,7 @@ impl WebStore {
     pub fn pair_finish(&mut self, p: &mut WebPairing, now_ms: f64) -> Result<String, JsError> {
         let (store, sync) = self.parts_at(now_ms)?;
         let paired = p.0.finish(store, sync.keypair()).map_err(js)?;
-        sync.peers_changed(store);
+        sync.peers_changed(store).map_err(js)?;
         serde_json::to_string(&paired).map_err(js)
     }
 
@@ -598,7 +598,7 @@ fn device_op(
                 .remove(&id, store.now_secs())
                 .map_err(|e| ApiError::new("not_found", e.to_string()))?;
             store.put_records(change.writes);
-            sync.peers_changed(store);
+            sync.peers_changed(store)?;
             Ok(json!({ "removed": id.to_string() }))
         }
         Request::DevicesName { name } => {

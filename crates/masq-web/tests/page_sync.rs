@@ -49,7 +49,7 @@ impl Page {
         });
         let store = PeerStore::open("notes", loaded).unwrap();
         store.set_time(1_800_000_000);
-        let sync = PageSync::open(&store);
+        let sync = PageSync::open(&store).unwrap();
         Page { store, sync, disk }
     }
 
@@ -234,11 +234,11 @@ impl Relay {
         inv.confirm(true).unwrap();
         assert!(inv.is_ready());
         let paired_inv = inv.finish(&inviter.store, inviter.sync.keypair()).unwrap();
-        inviter.sync.peers_changed(&inviter.store);
+        inviter.sync.peers_changed(&inviter.store).unwrap();
         join.on_frame(&relay_data(inv.take_frames())).unwrap();
         assert!(join.is_ready());
         let paired_join = join.finish(&joiner.store, joiner.sync.keypair()).unwrap();
-        joiner.sync.peers_changed(&joiner.store);
+        joiner.sync.peers_changed(&joiner.store).unwrap();
         (
             serde_json::to_value(paired_inv).unwrap(),
             serde_json::to_value(paired_join).unwrap(),

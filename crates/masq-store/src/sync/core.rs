@@ -1,19 +1,13 @@
-//! The sync core, sans I/O: Automerge's sync protocol for every (peer, document)
-//! pair, turning events ("peer came online", "this batch arrived", "this
-//! document changed here") into payloads to send. The caller (the engine) seals
-//! and transports them; this module never touches a socket.
+//! The store as the core's device host: [`StoreHost`] implements
+//! `masq_core::device::DeviceHost` over this store's records (fjall) and its
+//! locked documents, so the core's `Device` (the sync engine's logic) runs
+//! over it. Its batch loop applies a peer's sync messages under the store's
+//! lock order, in one fjall batch with the session that opened them.
 //!
-//! Per (peer, app, doc) it keeps an `automerge::sync::State`. Only its shared
-//! heads are persisted (`peers::stage_sync_state`), in the same atomic batch as
-//! the changes a message brought; on every (re)connect the in-memory states are
-//! rebuilt from the persisted heads, so nothing stays stuck "in flight" after a
-//! lost message and reconnects resume without resending history.
-//!
-//! Every offered and every received message passes the [`SyncGate`]
-//! (`masq_core::sync::prefs`: pause, apps off per device, and what each
-//! peer said it takes): nothing is offered to a peer before its prefs
-//! arrived, and a message the gate refuses is dropped before it touches a
-//! document or a sync state.
+//! [`SyncCore`] is the same sync without links: the core's `DocSync`
+//! (states and gate) over a `StoreHost`, payloads passed by the caller in
+//! plaintext (tests, `masq bench sync`'s in-process baseline, and the
+//! admin's `unacknowledged` documents).
 
 use std::collections::HashMap;
 
@@ -24,24 +18,132 @@ use crate::doc::{catalog_entry, is_internal, DocId, CATALOG_DELETED};
 use crate::error::{Error, Result};
 use crate::store::{Event, LockedDoc, Origin, Staged, Store};
 use masq_core::crypto::DeviceId;
-use masq_core::sync::prefs::{LocalPrefs, SyncGate};
-use masq_core::wire::device::{DocMessage, PeerPrefs, SyncPayload};
-
-use masq_core::records::WriteSet;
-use masq_core::sync::batching::{bundle_changes, pack_batches};
+use masq_core::device::doc_sync::DocSync;
+use masq_core::device::host::{self as device_host, Commit, DeviceHost};
+use masq_core::records::{Records, Table, WriteSet};
+use masq_core::sync::batching::bundle_changes;
 pub use masq_core::sync::batching::{BUNDLE_MIN_CHANGES, MAX_BATCH_BYTES};
 use masq_core::sync::doc_states::DocStates;
+use masq_core::sync::prefs::LocalPrefs;
 use masq_core::sync::receive::{apply_message, sort_batch};
+use masq_core::wire::device::{DocMessage, PeerPrefs, SyncPayload};
 
-/// Sync states and the logic around them.
-pub struct SyncCore {
+/// The store as a device's host: its records and documents.
+#[derive(Clone)]
+pub struct StoreHost {
     /// The local store.
     store: Store,
-    /// In-memory Automerge sync state per (peer, app, doc), and when one
-    /// restarts (the core's rules).
-    states: DocStates,
-    /// Which app's documents may flow with which peer.
-    gate: SyncGate,
+}
+
+impl StoreHost {
+    /// The host of `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Records for StoreHost {
+    type Error = Error;
+
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .store
+            .db()
+            .keyspace(table)
+            .get(key)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for g in self.store.db().keyspace(table).prefix(prefix) {
+            let (k, v) = g.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl DeviceHost for StoreHost {
+    type GroupGuard<'a> = std::sync::MutexGuard<'a, ()>;
+
+    fn commit(&self, writes: WriteSet, why: Commit) -> Result<()> {
+        let db = self.store.db();
+        let mut b = db.batch();
+        db.stage(&mut b, writes)?;
+        match why {
+            // Fsynced even under `--durability buffered`: the state that
+            // sealed envelopes must survive a power cut once they leave.
+            Commit::Sealed => db.commit_fsync(b),
+            Commit::Received => db.commit(b),
+        }
+    }
+
+    fn all_docs(&self) -> Result<Vec<(String, DocId)>> {
+        let mut out = Vec::new();
+        for app in self.store.apps()? {
+            let mut ids = self.store.db().doc_ids(&app)?;
+            ids.sort_by_key(|id| (!id.starts_with(crate::doc::CATALOG_PREFIX), id.clone()));
+            for id in ids {
+                out.push((app.clone(), DocId::parse_any(&id)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn generate(&self, app: &str, doc: &DocId, state: &mut State) -> Result<Option<Vec<u8>>> {
+        let h = self.store.doc_handle(app, doc)?;
+        let g = h
+            .lock()
+            .map_err(|_| Error::Storage("lock poisoned".into()))?;
+        if !g.exists {
+            return Ok(None);
+        }
+        Ok(g.doc.generate_sync_message(state).map(|mut m| {
+            bundle_changes(&g.doc, &mut m);
+            m.encode()
+        }))
+    }
+
+    fn apply_batch(
+        &self,
+        peer: &DeviceId,
+        items: Vec<DocMessage>,
+        states: &mut DocStates,
+        extra: WriteSet,
+    ) -> Result<masq_core::device::Applied> {
+        self.apply(peer, items, states, extra)
+    }
+
+    fn is_document_fault(e: &Error) -> bool {
+        matches!(e, Error::Corrupt { .. })
+    }
+
+    fn lock_group(&self) -> Self::GroupGuard<'_> {
+        self.store.membership_lock()
+    }
+
+    fn only_apps(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    fn default_name(&self) -> String {
+        peers::default_device_name()
+    }
+}
+
+/// Plaintext sync between stores: the core's states and gate over a
+/// [`StoreHost`], payloads passed by the caller.
+pub struct SyncCore {
+    /// The store.
+    host: StoreHost,
+    /// Sync states and the gate.
+    docs: DocSync,
 }
 
 /// What one received batch did.
@@ -69,32 +171,21 @@ impl SyncCore {
             }
         });
         Self {
-            store,
-            states: DocStates::new(),
-            gate: SyncGate::new(local),
+            host: StoreHost::new(store),
+            docs: DocSync::new(local),
         }
     }
 
-    /// Reads this store's sync choices again (after the admin changed
-    /// them): what flows from now on follows them.
+    /// Reads this store's sync choices again.
     pub fn reload_prefs(&mut self) -> Result<()> {
-        self.gate.set_local(peers::local_prefs(self.store.db())?);
+        self.docs
+            .set_local(peers::local_prefs(self.host.store.db())?);
         Ok(())
     }
 
     /// This store's sync choices.
     pub fn local_prefs(&self) -> &LocalPrefs {
-        self.gate.local()
-    }
-
-    /// What this store tells `peer` it takes.
-    pub fn prefs_for(&self, peer: &DeviceId) -> PeerPrefs {
-        self.gate.local().for_peer(peer, None)
-    }
-
-    /// What `peer` said it takes in its current session, if it did.
-    pub fn remote_prefs(&self, peer: &DeviceId) -> Option<&PeerPrefs> {
-        self.gate.remote(peer)
+        self.docs.gate().local()
     }
 
     /// `peer` said what it takes: when that is news, every document it may
@@ -104,93 +195,57 @@ impl SyncCore {
         peer: &DeviceId,
         prefs: PeerPrefs,
     ) -> Result<Vec<SyncPayload>> {
-        if !self.gate.on_remote(*peer, prefs) {
+        if !self.docs.on_remote_prefs(*peer, prefs) {
             return Ok(Vec::new());
         }
         self.on_peer_ready(peer)
     }
 
-    /// `peer` said Hello, which opens each of its sync sessions. If its
-    /// word from before is still held here, it started a new session
-    /// without this side seeing it go (a reconnect the relay did not
-    /// report): it forgot ours, its states restart here, and its word is
-    /// awaited again. Returns whether that happened (then the caller sends
-    /// it this side's prefs again).
-    pub fn on_peer_hello(&mut self, peer: &DeviceId) -> bool {
-        if self.gate.remote(peer).is_none() {
-            return false;
-        }
-        self.peer_offline(peer);
-        true
-    }
-
-    /// `peer`'s session ended (offline, or the relay connection closed):
-    /// its states restart from the persisted heads, and what it takes is
-    /// unknown until it says again.
-    pub fn peer_offline(&mut self, peer: &DeviceId) {
-        self.reset_peer(peer);
-        self.gate.forget(peer);
-    }
-
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.host.store
     }
 
-    /// The sync state of (peer, app, doc), loaded from its persisted shared
-    /// heads on first use.
-    fn state_mut(&mut self, peer: &DeviceId, app: &str, doc: &DocId) -> Result<&mut State> {
-        let key = (*peer, app.to_string(), doc.clone());
-        let persisted = if self.states.is_loaded(&key) {
-            None
-        } else {
-            peers::sync_state(self.store.db(), peer, app, doc.as_str())?
-        };
-        Ok(self.states.state_mut(key, || persisted))
+    /// What this store tells `peer` it takes.
+    pub fn prefs_for(&self, peer: &DeviceId) -> PeerPrefs {
+        self.docs.prefs_for(peer, None)
     }
 
-    /// Forgets in-memory states of a peer (on disconnect): the next connect
-    /// starts from the persisted shared heads.
-    pub fn reset_peer(&mut self, peer: &DeviceId) {
-        self.states.reset_peer(peer);
+    /// What `peer` said it takes in its current session, if it did.
+    pub fn remote_prefs(&self, peer: &DeviceId) -> Option<&PeerPrefs> {
+        self.docs.gate().remote(peer)
+    }
+
+    /// `peer` said Hello (see `DocSync::on_peer_hello`): true when its
+    /// word from before was dropped and it needs this side's prefs again.
+    pub fn on_peer_hello(&mut self, peer: &DeviceId) -> bool {
+        self.docs.on_peer_hello(peer)
+    }
+
+    /// `peer`'s session ended: its states restart from the persisted
+    /// heads, and what it takes is unknown until it says again.
+    pub fn peer_offline(&mut self, peer: &DeviceId) {
+        self.docs.peer_offline(peer);
     }
 
     /// The periodic resync with a connected peer: every document is offered
     /// again, and the states that lost a frame restart from the persisted
-    /// shared heads ([`DocStates::on_resync_tick`]).
+    /// shared heads.
     pub fn on_resync_tick(&mut self, peer: &DeviceId) -> Result<Vec<SyncPayload>> {
-        self.states.on_resync_tick(peer);
+        self.docs.on_resync_tick(peer);
         let docs = self.all_docs()?;
         self.generate_batches(peer, &docs)
     }
 
-    /// Every document of every app in the store, catalogs first.
-    pub fn all_docs(&self) -> Result<Vec<(String, DocId)>> {
-        let mut out = Vec::new();
-        for app in self.store.apps()? {
-            let mut ids = self.store.db().doc_ids(&app)?;
-            ids.sort_by_key(|id| (!id.starts_with(crate::doc::CATALOG_PREFIX), id.clone()));
-            for id in ids {
-                out.push((app.clone(), DocId::parse_any(&id)?));
-            }
-        }
-        Ok(out)
+    /// Forgets in-memory states of a peer: the next offer starts from the
+    /// persisted shared heads.
+    pub fn reset_peer(&mut self, peer: &DeviceId) {
+        self.docs.reset_peer(peer);
     }
 
-    /// The next sync message for (peer, app, doc), if there is anything to say.
-    pub fn generate(&mut self, peer: &DeviceId, app: &str, doc: &DocId) -> Result<Option<Vec<u8>>> {
-        let h = self.store.doc_handle(app, doc)?;
-        let g = h
-            .lock()
-            .map_err(|_| Error::Storage("lock poisoned".into()))?;
-        if !g.exists {
-            return Ok(None);
-        }
-        let st = self.state_mut(peer, app, doc)?;
-        Ok(g.doc.generate_sync_message(st).map(|mut m| {
-            bundle_changes(&g.doc, &mut m);
-            m.encode()
-        }))
+    /// Every document of every app in the store, catalogs first.
+    pub fn all_docs(&self) -> Result<Vec<(String, DocId)>> {
+        self.host.all_docs()
     }
 
     /// Generates for many documents and packs the messages into batch payloads.
@@ -199,20 +254,7 @@ impl SyncCore {
         peer: &DeviceId,
         docs: &[(String, DocId)],
     ) -> Result<Vec<SyncPayload>> {
-        let mut messages = Vec::new();
-        for (app, doc) in docs {
-            if !self.gate.may_send(peer, app) {
-                continue;
-            }
-            if let Some(msg) = self.generate(peer, app, doc)? {
-                messages.push(DocMessage {
-                    app: app.clone(),
-                    doc: doc.to_string(),
-                    msg,
-                });
-            }
-        }
-        Ok(pack_batches(messages))
+        Ok(self.docs.generate(&self.host, peer, docs)?.payloads)
     }
 
     /// A peer became reachable: start from persisted states and offer every document.
@@ -222,22 +264,45 @@ impl SyncCore {
         self.generate_batches(peer, &docs)
     }
 
-    /// Applies a received batch from `peer` in one atomic write, together with
-    /// whatever `stage_extra` adds (the ratchet state that opened it), then
-    /// returns the touched documents so the caller can generate replies.
+    /// Applies a received batch from `peer` in one atomic write, together
+    /// with whatever `stage_extra` adds, and returns the touched documents
+    /// so the caller can generate replies.
     pub fn apply_batch(
         &mut self,
         peer: &DeviceId,
         items: Vec<DocMessage>,
-        stage_extra: impl FnOnce(&mut fjall::OwnedWriteBatch),
+        stage_extra: impl FnOnce(&mut WriteSet),
     ) -> Result<Applied> {
+        let mut extra = WriteSet::new();
+        stage_extra(&mut extra);
+        let receipt = self.docs.receive(&self.host, peer, items, extra)?;
+        Ok(Applied {
+            docs: receipt.applied.docs,
+            rejected: receipt.applied.rejected,
+            filtered: receipt.filtered,
+        })
+    }
+}
+
+impl StoreHost {
+    /// Applies a received batch from `peer` (already past the gate) in one
+    /// atomic write, together with `extra` (the ratchet state that opened
+    /// it), and returns the touched documents so the caller can generate
+    /// replies.
+    fn apply(
+        &self,
+        peer: &DeviceId,
+        items: Vec<DocMessage>,
+        states: &mut DocStates,
+        extra: WriteSet,
+    ) -> Result<masq_core::device::Applied> {
         let store = self.store.clone();
         let db = store.db();
-        let mut applied = Applied::default();
-        // Decode and check first, in the lock order (the core's rules).
-        let gate = &self.gate;
-        let batch = sort_batch(items, |app| gate.may_receive(peer, app));
-        applied.filtered = batch.refused;
+        let mut applied = masq_core::device::Applied::default();
+        // Decode and check first, in the lock order (the core's rules); a
+        // store holds every app.
+        let batch = sort_batch(items, |_| true);
+        applied.other_apps = batch.refused;
         applied.rejected = batch.rejected;
         let mut sorted = batch.messages;
         // Documents this device already deleted (tombstone in its catalog) must not
@@ -300,8 +365,9 @@ impl SyncCore {
                 crate::kv::pending::fold_into(db, &mut batch, app, doc, &mut g, [])?;
                 folded_here.push((app.clone(), doc.clone()));
             }
-            self.states.note_received((*peer, app.clone(), doc.clone()));
-            let st = self.state_mut(peer, app, doc)?;
+            let key = (*peer, app.clone(), doc.clone());
+            states.note_received(key.clone());
+            let st = device_host::state_mut(self, states, key)?;
             let subscribers = !is_internal(doc) && store.has_listeners(app);
             let mut writes = WriteSet::new();
             let Ok(done) = apply_message(
@@ -374,7 +440,7 @@ impl SyncCore {
                 }
             }
         }
-        stage_extra(&mut batch);
+        db.stage(&mut batch, extra)?;
         store.commit_docs(batch, staged, &origin)?;
         // The commit announced these as the peer's changes, which the engine
         // never offers back to it: without this, the sender would not get
@@ -411,11 +477,11 @@ impl SyncCore {
     pub fn unacknowledged(&self, peer: &DeviceId) -> Result<Vec<(String, DocId)>> {
         let mut out = Vec::new();
         for (app, doc) in self.all_docs()? {
-            if self.gate.local().paused || !self.gate.local().app_on(peer, &app) {
+            if self.docs.gate().local().paused || !self.docs.gate().local().app_on(peer, &app) {
                 continue; // not owed to it while off
             }
             let heads = {
-                let h = self.store.doc_handle(&app, &doc)?;
+                let h = self.host.store.doc_handle(&app, &doc)?;
                 let g = h
                     .lock()
                     .map_err(|_| Error::Storage("lock poisoned".into()))?;
@@ -424,7 +490,7 @@ impl SyncCore {
                 }
                 g.doc.get_heads()
             };
-            let shared = match peers::sync_state(self.store.db(), peer, &app, doc.as_str())? {
+            let shared = match peers::sync_state(self.host.store.db(), peer, &app, doc.as_str())? {
                 Some(b) => State::decode(&b)
                     .map(|s| s.shared_heads)
                     .unwrap_or_default(),

@@ -52,19 +52,25 @@ pub fn load_or_create_identity(db: &Db) -> Result<DeviceKeypair> {
     Ok(kp)
 }
 
-/// This device's name (default: the host name, else "masq device").
+/// This device's name (default: [`default_device_name`]).
 pub fn device_name(db: &Db) -> Result<String> {
     if let Some(v) = db.meta.get(NAME)? {
         return Ok(String::from_utf8_lossy(&v).to_string());
     }
+    Ok(default_device_name())
+}
+
+/// The name a store shows until it is given one: the host name, else
+/// "masq device".
+pub fn default_device_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    Ok(if host.is_empty() {
+    if host.is_empty() {
         "masq device".into()
     } else {
         host
-    })
+    }
 }
 
 /// Sets this device's name.

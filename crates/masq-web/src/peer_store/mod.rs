@@ -50,7 +50,6 @@ use serde_json::Value as Json;
 use crate::tables::Tables;
 
 mod remote;
-pub use remote::Applied;
 
 /// Most documents kept decoded in memory; past it one is dropped (it
 /// reloads from the mirror when next used).
@@ -154,7 +153,7 @@ impl PeerStore {
         validate_name("app", app)?;
         Ok(Self {
             app: app.to_string(),
-            actor: ActorId::random(),
+            actor: masq_core::doc::new_actor_id(),
             now_secs: Cell::new(0),
             listening: Cell::new(false),
             cache_limit: MAX_CACHED_DOCS,

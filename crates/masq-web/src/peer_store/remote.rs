@@ -1,8 +1,8 @@
-//! The page's store as one end of Automerge's sync protocol: the records a
-//! device keeps about itself and its peers (the `meta` table, under the
-//! core's [`layout::meta`](masq_core::layout::meta) keys, as natively), the
-//! sync messages it generates for a peer, and a peer's batch applied in one
-//! transaction with the ratchet state that opened it.
+//! The page's store as the core device's host
+//! ([`DeviceHost`](masq_core::device::DeviceHost)): its records (read
+//! through [`Records`], committed into the outbox), the sync messages it
+//! generates for a peer, and a peer's batch applied in one transaction with
+//! the ratchet state that opened it.
 //!
 //! The same steps as the native store's sync core (`masq-store::sync::core`),
 //! over the page's records: catalogs before documents, documents deleted
@@ -14,32 +14,109 @@
 
 use std::collections::BTreeMap;
 
-use automerge::sync::SyncDoc;
+use automerge::sync::{State, SyncDoc};
 use masq_core::api::event::Event;
 use masq_core::api::ApiError;
 use masq_core::crypto::DeviceId;
+use masq_core::device::host::{self as device_host, Applied, Commit, DeviceHost};
 use masq_core::doc::catalog::{catalog_entry, CATALOG_DELETED};
 use masq_core::doc::{is_catalog, is_internal, DocId};
 use masq_core::layout::doc_chunks;
-use masq_core::layout::meta::syncstate_key;
-use masq_core::records::{Table, WriteSet};
+use masq_core::records::{Records, Table, WriteSet};
 use masq_core::sync::batching::bundle_changes;
 use masq_core::sync::doc_states::DocStates;
 use masq_core::sync::receive::{apply_message, sort_batch};
 use masq_core::wire::device::DocMessage;
 
 use super::PeerStore;
-use crate::sync::is_document_fault;
+use crate::sync::{is_document_fault, DEFAULT_NAME};
 
-/// What one received batch did.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// Documents its messages reached (replies are generated for these).
-    pub docs: Vec<DocId>,
-    /// Messages that did not decode or apply (the rest of the batch applied).
-    pub rejected: usize,
-    /// Messages for another app than the page's: dropped.
-    pub other_apps: usize,
+impl Records for PeerStore {
+    type Error = ApiError;
+
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(self.tables.borrow().get(table, key).map(<[u8]>::to_vec))
+    }
+
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+        Ok(self
+            .tables
+            .borrow()
+            .prefix(table, prefix)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+impl DeviceHost for PeerStore {
+    type GroupGuard<'a> = ();
+
+    /// Into the mirror and the outbox: the page commits the outbox before
+    /// it sends the device's frames (the host contract).
+    fn commit(&self, writes: WriteSet, _why: Commit) -> Result<(), ApiError> {
+        self.put_records(writes);
+        Ok(())
+    }
+
+    fn all_docs(&self) -> Result<Vec<(String, DocId)>, ApiError> {
+        Ok(self
+            .app_docs()
+            .into_iter()
+            .map(|d| (self.app.clone(), d))
+            .collect())
+    }
+
+    fn settle_local_writes(&self) -> Result<(), ApiError> {
+        self.fold_batch()
+    }
+
+    fn generate(
+        &self,
+        app: &str,
+        doc: &DocId,
+        st: &mut State,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        if app != self.app {
+            return Ok(None);
+        }
+        self.with_doc(doc, |l| {
+            if l.meta.is_none() {
+                return Ok(None);
+            }
+            Ok(l.doc.generate_sync_message(st).map(|mut m| {
+                bundle_changes(&l.doc, &mut m);
+                m.encode()
+            }))
+        })
+    }
+
+    fn apply_batch(
+        &self,
+        peer: &DeviceId,
+        items: Vec<DocMessage>,
+        states: &mut DocStates,
+        extra: WriteSet,
+    ) -> Result<Applied, ApiError> {
+        self.apply_remote(peer, items, states, extra)
+    }
+
+    fn is_document_fault(e: &ApiError) -> bool {
+        is_document_fault(e)
+    }
+
+    fn lock_group(&self) {}
+
+    fn only_apps(&self) -> Option<Vec<String>> {
+        Some(vec![self.app.clone()])
+    }
+
+    fn default_name(&self) -> String {
+        DEFAULT_NAME.to_string()
+    }
 }
 
 impl PeerStore {
@@ -49,15 +126,6 @@ impl PeerStore {
             .borrow()
             .get(Table::Meta, key)
             .map(<[u8]>::to_vec)
-    }
-
-    /// The `meta` records whose keys start with `prefix`, in key order.
-    pub fn meta_prefix(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.tables
-            .borrow()
-            .prefix(Table::Meta, prefix)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 
     /// Records that belong to no request (the identity, peers, ratchet
@@ -73,7 +141,7 @@ impl PeerStore {
 
     /// Every stored document of the app, catalogs first (a peer learns of
     /// deletions before it is offered what was deleted).
-    pub fn all_docs(&self) -> Vec<DocId> {
+    pub fn app_docs(&self) -> Vec<DocId> {
         let prefix = doc_chunks::app_prefix(&self.app);
         let tables = self.tables.borrow();
         let mut out: Vec<DocId> = tables
@@ -91,33 +159,6 @@ impl PeerStore {
         std::mem::take(&mut *self.changed.borrow_mut())
     }
 
-    /// The next sync message for `peer` about `doc`, if there is anything
-    /// to say (`None` too for a document not stored here). The batch's KV
-    /// writes must be folded first ([`Self::fold_batch`]).
-    pub fn generate(
-        &self,
-        peer: &DeviceId,
-        doc: &DocId,
-        states: &mut DocStates,
-    ) -> Result<Option<Vec<u8>>, ApiError> {
-        let key = (*peer, self.app.clone(), doc.clone());
-        let persisted = if states.is_loaded(&key) {
-            None
-        } else {
-            self.meta(&syncstate_key(peer, &self.app, doc.as_str()))
-        };
-        self.with_doc(doc, |l| {
-            if l.meta.is_none() {
-                return Ok(None);
-            }
-            let st = states.state_mut(key, || persisted);
-            Ok(l.doc.generate_sync_message(st).map(|mut m| {
-                bundle_changes(&l.doc, &mut m);
-                m.encode()
-            }))
-        })
-    }
-
     /// Folds the batch's KV writes into their shard documents now (before
     /// sync messages about them are generated or a peer's applied).
     pub fn fold_batch(&self) -> Result<(), ApiError> {
@@ -128,7 +169,7 @@ impl PeerStore {
     /// with `extra` (the ratchet state that opened it): either all of it
     /// reaches the outbox or none. Messages that do not decode or apply are
     /// counted and skipped; the rest apply.
-    pub fn apply_remote(
+    fn apply_remote(
         &self,
         peer: &DeviceId,
         items: Vec<DocMessage>,
@@ -192,12 +233,7 @@ impl PeerStore {
                 txn.touched.push(doc.clone());
                 let key = (*peer, self.app.clone(), doc.clone());
                 states.note_received(key.clone());
-                let persisted = if states.is_loaded(&key) {
-                    None
-                } else {
-                    self.meta(&syncstate_key(peer, &self.app, doc.as_str()))
-                };
-                let st = states.state_mut(key, || persisted);
+                let st = device_host::state_mut(self, states, key)?;
                 let subscribers = listening && !is_internal(&doc);
                 let (before, done) = self.with_doc(&doc, |l| {
                     let before = l.doc.get_heads();
@@ -234,7 +270,7 @@ impl PeerStore {
                 // not have yet is stored (empty) here, as natively, so that
                 // the reply asking for its changes is generated.
                 self.stage(txn, &doc, &before, done.patches)?;
-                applied.docs.push(doc);
+                applied.docs.push((self.app.clone(), doc));
             }
             // Documents a peer deleted: their records go in the same commit.
             for id in tombstoned {
