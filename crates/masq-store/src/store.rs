@@ -313,7 +313,7 @@ impl Store {
                 budget: opts.cache_bytes,
                 removals: 0,
             }),
-            actor: ActorId::random(),
+            actor: masq_core::doc::new_actor_id(),
             events: Mutex::new(HashMap::new()),
             changes: broadcast::channel(CHANGE_CHANNEL_CAPACITY).0,
             dir,

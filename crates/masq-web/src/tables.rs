@@ -14,7 +14,7 @@ use std::ops::Bound;
 use masq_core::records::{Table, Write, WriteSet};
 
 /// The records of every table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Tables {
     /// Indexed by the table's position in [`Table::ALL`].
     maps: [BTreeMap<Vec<u8>, Vec<u8>>; 5],

@@ -13,6 +13,7 @@
 //! Architecture invariant: nothing here knows about tokio, sockets or fjall. State
 //! goes in and out as bytes; the caller persists it.
 
+pub mod entropy;
 pub mod envelope;
 pub mod error;
 pub mod handshake;
@@ -52,13 +53,10 @@ pub fn check_public_key(public: &PublicKey) -> Result<(), CryptoError> {
     contributory_dh(&StaticSecret::from(*random_bytes::<32>()), public).map(|_| ())
 }
 
-/// Fills `N` bytes from the operating system's CSPRNG.
-///
-/// Panics only if the OS has no entropy source at all, which no supported
-/// platform lacks; there is no sane way to continue without one.
+/// `N` random bytes: from the operating system's CSPRNG, or the source a
+/// simulation installed on this thread ([`entropy::with_source`]).
 pub fn random_bytes<const N: usize>() -> Zeroizing<[u8; N]> {
     let mut buf = Zeroizing::new([0u8; N]);
-    #[allow(clippy::expect_used)]
-    getrandom::fill(buf.as_mut()).expect("operating system CSPRNG unavailable");
+    entropy::fill(buf.as_mut());
     buf
 }

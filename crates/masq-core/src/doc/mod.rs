@@ -16,6 +16,13 @@ pub use catalog::{catalog_entry, put_catalog_entry, CATALOG_DELETED, CATALOG_DOC
 pub use id::{is_catalog, is_internal, DocId, CATALOG_PREFIX};
 pub use ops::ChangeOp;
 
+/// A fresh Automerge actor id for a store's or a page's changes (fresh on
+/// every open, so a lost write can never make it reuse an (actor, seq)),
+/// from `crypto::random_bytes`, so a simulation's seed decides it too.
+pub fn new_actor_id() -> automerge::ActorId {
+    automerge::ActorId::from(&crate::crypto::random_bytes::<16>()[..])
+}
+
 /// Why a document operation was refused. The store maps each variant to
 /// the app protocol's error code of the same name (`bad_path`, ...).
 #[derive(Debug, thiserror::Error)]
