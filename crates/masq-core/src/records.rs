@@ -58,6 +58,9 @@ impl Table {
     }
 }
 
+/// One stored record: (key, value).
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// Reading a shell's committed records (and, in a page, the writes staged
 /// since: a page's reads see its own outbox, as natively a read after a
 /// commit sees it).

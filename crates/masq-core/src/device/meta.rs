@@ -16,7 +16,7 @@ use crate::layout::meta::{
     self as layout, note_prefix, peer_key, peer_of_key, session_key, syncstate_key, PeerRecord,
     IDENTITY, NAME, PEER, RELAY_URL, SYNC_OFF, SYNC_PAUSED,
 };
-use crate::records::{Records, Table};
+use crate::records::{Record, Records, Table};
 use crate::sync::membership::Group;
 use crate::sync::prefs::LocalPrefs;
 
@@ -35,7 +35,7 @@ fn get<R: Records>(r: &R, key: &[u8]) -> Result<Option<Vec<u8>>, R::Error> {
     r.get(Table::Meta, key)
 }
 
-fn scan<R: Records>(r: &R, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, R::Error> {
+fn scan<R: Records>(r: &R, prefix: &[u8]) -> Result<Vec<Record>, R::Error> {
     r.scan_prefix(Table::Meta, prefix)
 }
 
@@ -116,7 +116,7 @@ pub fn sync_state<R: Records>(
 }
 
 /// The notes queued for `target`: (key, encoded payload), oldest first.
-pub fn notes<R: Records>(r: &R, target: &DeviceId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, R::Error> {
+pub fn notes<R: Records>(r: &R, target: &DeviceId) -> Result<Vec<Record>, R::Error> {
     scan(r, &note_prefix(target))
 }
 
