@@ -194,3 +194,44 @@ async fn bad_sync_settings_get_clear_errors() {
     assert_eq!(show(&a)["paused"], json!(false));
     app.close().await;
 }
+
+/// `devices.remove` and `devices.name` answer with the core's codes
+/// (`masq_core::device::ops`), the same a page in peer mode answers:
+/// `not_found` for no match, `bad_request` for an empty name or device
+/// name; a fingerprint prefix in any case finds the device.
+#[tokio::test(flavor = "multi_thread")]
+async fn device_ops_answer_the_same_codes_as_a_page() {
+    let (_relay, a, _b) = paired().await;
+    let admin = a.admin().await;
+    let code = |r: Result<Value, masq::api::ApiError>| r.unwrap_err().code;
+    let remove = |device: &str| Request::DevicesRemove {
+        device: device.into(),
+    };
+    assert_eq!(
+        code(admin.call(None, remove("ffff-ffff")).await),
+        "not_found"
+    );
+    assert_eq!(code(admin.call(None, remove("  ")).await), "bad_request");
+    let name = |name: &str| Request::DevicesName { name: name.into() };
+    assert_eq!(code(admin.call(None, name("")).await), "bad_request");
+    assert_eq!(
+        code(admin.call(None, name(&"x".repeat(256))).await),
+        "bad_request"
+    );
+    admin.call(None, name("  laptop ")).await.unwrap();
+    let list = admin.call(None, Request::DevicesList {}).await.unwrap();
+    assert_eq!(list["me"]["name"], json!("laptop"));
+    let fp = list["devices"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(list["devices"][0]["syncing"].is_boolean());
+    let removed = admin
+        .call(None, remove(&fp[..6].to_ascii_uppercase()))
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], list["devices"][0]["device"]);
+    let list = admin.call(None, Request::DevicesList {}).await.unwrap();
+    assert_eq!(list["devices"], json!([]));
+    assert_eq!(list["removed"][0]["fingerprint"], json!(fp));
+}

@@ -21,13 +21,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{registry, Shared};
 use crate::api::{ApiError, Request, Response};
-use crate::crypto::DeviceId;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::Store;
-use crate::sync::core::SyncCore;
+use crate::sync::core::{StoreHost, SyncCore};
 use crate::sync::engine::EngineStatus;
 use crate::sync::pairing::{self, CodeCheck, Confirm, Inviter};
 use crate::sync::peers;
+use masq_core::device::ops::{self as device_ops, LinkState};
 
 /// Every manager login code starts with this, so a used or expired one gets
 /// its own error ("open the link `masq manager` prints now").
@@ -236,35 +236,6 @@ impl AdminCredentials {
     }
 }
 
-/// This device and its paired devices: `{"me": {...}, "devices": [...]}`.
-pub fn devices_json(store: &Store, online: &[String]) -> Result<Json> {
-    let db = store.db();
-    let me = peers::load_or_create_identity(db)?;
-    let mut list = Vec::new();
-    for (id, rec) in peers::peers(db)? {
-        list.push(json!({
-            "device": id.to_string(),
-            "fingerprint": id.fingerprint(),
-            "name": rec.name,
-            "online": online.contains(&id.to_string()),
-            "last_seen": rec.last_seen,
-            "safety_code": crate::crypto::safety_code(&me.public(), &rec.public()?),
-            "added": rec.added,
-            "added_by": rec.added_by().map(|b| b.fingerprint()),
-        }));
-    }
-    let group = peers::group(db, me.device_id())?;
-    Ok(json!({
-        "removed": group.removed_entries(),
-        "me": {
-            "device": me.device_id().to_string(),
-            "fingerprint": me.device_id().fingerprint(),
-            "name": peers::device_name(db)?,
-        },
-        "devices": list,
-    }))
-}
-
 /// Relay, devices, and documents each device has not acknowledged yet.
 pub fn status_json(store: &Store, engine: Option<&EngineStatus>) -> Result<Json> {
     let db = store.db();
@@ -467,21 +438,22 @@ pub fn app_data_json(store: &Store, name: &str, online: Option<&[String]>) -> Re
     Ok(json!({ "app": name, "docs": doc_list, "buckets": bucket_list, "devices": devices }))
 }
 
-/// Finds a paired device by hex id or fingerprint prefix.
-pub fn find_device(store: &Store, needle: &str) -> Result<DeviceId> {
-    let needle = needle.to_lowercase();
-    let matches: Vec<DeviceId> = peers::peers(store.db())?
-        .into_iter()
-        .map(|(id, _)| id)
-        .filter(|id| id.to_string().starts_with(&needle) || id.fingerprint().starts_with(&needle))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(Error::BadOp(format!("no paired device matches {needle:?}"))),
-        _ => Err(Error::BadOp(format!(
-            "{needle:?} matches several devices; give more of the id"
-        ))),
-    }
+/// Runs one of the core's device operations (`masq_core::device::ops`,
+/// shared with a page in peer mode) on a blocking thread, over the store as
+/// the device's host.
+async fn device_op(
+    store: &Store,
+    f: impl FnOnce(&StoreHost, &crate::crypto::DeviceKeypair) -> std::result::Result<Json, ApiError>
+        + Send
+        + 'static,
+) -> std::result::Result<Json, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let kp = peers::load_or_create_identity(store.db()).map_err(ApiError::from)?;
+        f(&StoreHost::new(store), &kp)
+    })
+    .await
+    .map_err(|e| ApiError::new("internal", e.to_string()))?
 }
 
 /// Runs an admin request (blocking parts off the async threads). `pair.invite`
@@ -552,27 +524,32 @@ pub(crate) async fn handle(
             r
         }
         Request::DevicesList {} => {
-            let online = engine_status(shared)
-                .await
-                .map(|s| s.online)
-                .unwrap_or_default();
-            blocking(Box::new(move |s| devices_json(s, &online))).await
+            let status = engine_status(shared).await.unwrap_or_default();
+            device_op(&store, move |host, kp| {
+                device_ops::devices_list(host, kp, |id| {
+                    let id = id.to_string();
+                    LinkState {
+                        online: status.online.contains(&id),
+                        syncing: status.syncing.contains(&id),
+                    }
+                })
+            })
+            .await
         }
         Request::DevicesRemove { device } => {
-            let r = blocking(Box::new(move |s| {
-                let id = find_device(s, &device)?;
-                pairing::remove_device(s, &id)?;
+            let r = device_op(&store, move |host, kp| {
+                let id = device_ops::remove(host, kp.device_id(), &device, peers::now())?;
                 Ok(json!({ "removed": id.to_string() }))
-            }))
+            })
             .await;
             let _ = shared.ensure_engine().await;
             r
         }
         Request::DevicesName { name } => {
-            blocking(Box::new(move |s| {
-                peers::set_device_name(s.db(), &name)?;
+            device_op(&store, move |host, _| {
+                device_ops::set_name(host, &name)?;
                 Ok(Json::Null)
-            }))
+            })
             .await
         }
         Request::Status {} => {
@@ -637,12 +614,12 @@ pub(crate) async fn handle(
             blocking(Box::new(move |s| sync_json(s, status.as_ref()))).await
         }
         Request::SyncSet { app, device, on } => {
-            blocking(Box::new(move |s| {
-                crate::store::validate_name("app", &app)?;
-                let id = find_device(s, &device)?;
-                peers::set_app_sync(s.db(), &id, &app, on)?;
+            device_op(&store, move |host, _| {
+                crate::store::validate_name("app", &app).map_err(ApiError::from)?;
+                let id = device_ops::find_peer(host, &device)?;
+                peers::set_app_sync(host.store().db(), &id, &app, on).map_err(ApiError::from)?;
                 Ok(Json::Null)
-            }))
+            })
             .await?;
             sync_changed(shared).await
         }

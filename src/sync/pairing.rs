@@ -308,17 +308,14 @@ fn rendezvous_identity() -> crate::crypto::DeviceKeypair {
     crate::crypto::DeviceKeypair::generate()
 }
 
-/// Removes a device: its records and session go here, and every other device
-/// is told (a removal entry of the membership log, queued as notes and passed
-/// on by each device that learns it), so it receives nothing more from any
-/// of them.
+/// Removes a device (what `devices.remove` does, through the core's
+/// `device::ops::remove`): its records and session go here, and every other
+/// device is told. Tests remove by id through this.
+#[cfg(feature = "internals")]
 pub fn remove_device(store: &Store, id: &DeviceId) -> Result<()> {
-    let db = store.db();
-    let me = peers::load_or_create_identity(db)?.device_id();
-    // The engine decides on the same group concurrently: one at a time.
-    let _group = store.membership_lock();
-    let change = peers::group(db, me)?.remove(id, peers::now())?;
-    let mut b = db.batch();
-    db.stage(&mut b, change.writes)?;
-    db.commit(b)
+    let me = peers::load_or_create_identity(store.db())?.device_id();
+    let host = super::core::StoreHost::new(store.clone());
+    masq_core::device::ops::remove(&host, me, &id.to_string(), peers::now())
+        .map(|_| ())
+        .map_err(|e| crate::error::Error::Storage(e.to_string()))
 }

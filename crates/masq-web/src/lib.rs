@@ -34,11 +34,11 @@ use std::collections::BTreeMap;
 use masq_core::api::event::Filter;
 use masq_core::api::execute::{execute, Outcome};
 use masq_core::api::{parse_request, ApiError, Request, Response, MAX_SUBSCRIPTIONS};
+use masq_core::device::ops::{self as device_ops, LinkState};
 use masq_core::records::Table;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
-use masq_core::crypto::DeviceId;
 use masq_core::layout::meta::NAME;
 use masq_core::records::WriteSet;
 use peer_store::PeerStore;
@@ -519,25 +519,6 @@ fn device_op(
     sync: &mut PageSync,
     req: Request,
 ) -> Result<serde_json::Value, ApiError> {
-    let me = sync.keypair().public();
-    let list = |sync: &PageSync| -> Vec<serde_json::Value> {
-        sync::peers(store)
-            .into_iter()
-            .map(|(id, rec)| {
-                json!({
-                    "device": id.to_string(),
-                    "fingerprint": id.fingerprint(),
-                    "name": rec.name,
-                    "online": sync.is_online(&id),
-                    "syncing": sync.is_ready(&id),
-                    "last_seen": rec.last_seen,
-                    "safety_code": rec.public().map(|p| masq_core::crypto::safety_code(&me, &p)).unwrap_or_default(),
-                    "added": rec.added,
-                    "added_by": rec.added_by().map(|b| b.fingerprint()),
-                })
-            })
-            .collect()
-    };
     match req {
         // As a store answers it (`sync.status`): the page's own choices
         // (all on, unless its records say otherwise) and what each device
@@ -557,61 +538,21 @@ fn device_op(
                 .collect();
             Ok(json!({ "app": app, "paused": local.paused, "devices": devices }))
         }
-        Request::DevicesList {} => Ok(json!({
-            "me": {
-                "device": sync.device_id().to_string(),
-                "fingerprint": sync.device_id().fingerprint(),
-                "name": sync::device_name(store),
-            },
-            "devices": list(sync),
-            "removed": sync::group(store, sync.device_id()).removed_entries(),
-        })),
+        Request::DevicesList {} => {
+            device_ops::devices_list(store, sync.keypair(), |id| LinkState {
+                online: sync.is_online(id),
+                syncing: sync.is_ready(id),
+            })
+        }
         Request::DevicesRemove { device } => {
-            let needle = device.trim().to_ascii_lowercase();
-            let matches: Vec<DeviceId> = sync::peers(store)
-                .into_iter()
-                .map(|(id, _)| id)
-                .filter(|id| {
-                    !needle.is_empty()
-                        && (id.to_string() == needle
-                            || id.fingerprint().to_ascii_lowercase().starts_with(&needle))
-                })
-                .collect();
-            let id = match matches.as_slice() {
-                [id] => *id,
-                [] => {
-                    return Err(ApiError::new(
-                        "not_found",
-                        format!("no paired device matches {device:?}"),
-                    ))
-                }
-                _ => {
-                    return Err(ApiError::new(
-                        "bad_request",
-                        format!("{device:?} matches several devices"),
-                    ))
-                }
-            };
             // Its records go here, and every other device is told (and
             // passes it on: the membership log).
-            let change = sync::group(store, sync.device_id())
-                .remove(&id, store.now_secs())
-                .map_err(|e| ApiError::new("not_found", e.to_string()))?;
-            store.put_records(change.writes);
+            let id = device_ops::remove(store, sync.device_id(), &device, store.now_secs())?;
             sync.peers_changed(store)?;
             Ok(json!({ "removed": id.to_string() }))
         }
         Request::DevicesName { name } => {
-            let name = name.trim();
-            if name.is_empty() || name.len() > masq_core::wire::device::MAX_NAME_BYTES {
-                return Err(ApiError::new(
-                    "bad_request",
-                    "a device name is 1 to 255 bytes",
-                ));
-            }
-            let mut w = WriteSet::new();
-            w.put(Table::Meta, NAME.to_vec(), name.as_bytes().to_vec());
-            store.put_records(w);
+            device_ops::set_name(store, &name)?;
             Ok(serde_json::Value::Null)
         }
         _ => Ok(json!({
@@ -619,7 +560,10 @@ fn device_op(
             "fingerprint": sync.device_id().fingerprint(),
             "relay": sync::relay_url(store),
             "sync": sync.stats(),
-            "devices": list(sync),
+            "devices": device_ops::devices_list(store, sync.keypair(), |id| LinkState {
+                online: sync.is_online(id),
+                syncing: sync.is_ready(id),
+            })?["devices"].take(),
         })),
     }
 }

@@ -435,3 +435,38 @@ fn a_page_that_reconnects_unseen_syncs_again_both_ways() {
     assert_eq!(a.run(json!({"op": "kv.get", "key": "from-b"})), json!(2));
     assert_eq!(b.run(json!({"op": "kv.get", "key": "from-a"})), json!(1));
 }
+
+/// A page's device operations are the core's (`masq_core::device::ops`),
+/// with the codes a native store answers (tests/sync_prefs.rs): `not_found`
+/// for no match, `bad_request` for an empty needle or a bad name; a
+/// fingerprint prefix in any case finds the device.
+#[test]
+fn device_ops_answer_the_same_codes_as_a_store() {
+    use masq_core::device::ops;
+    let (_relay, mut a, b, _now) = paired_and_syncing();
+    let me = a.id();
+    assert_eq!(
+        ops::remove(&a.store, me, "ffff-ffff", 0).unwrap_err().code,
+        "not_found"
+    );
+    assert_eq!(
+        ops::remove(&a.store, me, " ", 0).unwrap_err().code,
+        "bad_request"
+    );
+    assert_eq!(ops::set_name(&a.store, "").unwrap_err().code, "bad_request");
+    assert_eq!(
+        ops::set_name(&a.store, &"x".repeat(256)).unwrap_err().code,
+        "bad_request"
+    );
+    ops::set_name(&a.store, " tablet ").unwrap();
+    let list = ops::devices_list(&a.store, a.sync.keypair(), |_| Default::default()).unwrap();
+    assert_eq!(list["me"]["name"], json!("tablet"));
+    let fp = b.id().fingerprint();
+    let gone = ops::remove(&a.store, me, &fp[..6].to_ascii_uppercase(), 0).unwrap();
+    assert_eq!(gone, b.id());
+    a.sync.peers_changed(&a.store).unwrap();
+    assert!(!a.sync.is_ready(&b.id()));
+    let list = ops::devices_list(&a.store, a.sync.keypair(), |_| Default::default()).unwrap();
+    assert_eq!(list["devices"], json!([]));
+    assert_eq!(list["removed"][0]["fingerprint"], json!(fp));
+}

@@ -27,6 +27,7 @@
 pub mod doc_sync;
 pub mod host;
 pub mod meta;
+pub mod ops;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
