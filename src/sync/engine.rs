@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::core::StoreHost;
-use super::peers;
+
+pub use super::slot::EngineSlot;
+pub use super::status::EngineStatus;
 use super::transport::{Transport, TransportEvent};
 use crate::crypto::DeviceId;
 use crate::error::{Error, Result};
@@ -34,48 +36,6 @@ pub use masq_core::sync::handshake_rules::HANDSHAKE_RESEND_AFTER;
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
-
-/// What the engine reports about itself.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct EngineStatus {
-    /// Connected and authenticated to the relay.
-    pub relay_connected: bool,
-    /// Paired devices the relay reports online (hex ids).
-    pub online: Vec<String>,
-    /// Online devices with an established session, syncing.
-    pub syncing: Vec<String>,
-    /// Envelopes sealed and sent.
-    pub envelopes_sent: u64,
-    /// Envelopes received and opened.
-    pub envelopes_received: u64,
-    /// Bytes handed to the relay.
-    pub bytes_sent: u64,
-    /// Bytes received from the relay.
-    pub bytes_received: u64,
-    /// Envelopes or packets rejected (bad, unknown sender, replay, ...).
-    pub rejected: u64,
-    /// This store's sync is paused (its choice, kept across restarts).
-    pub paused: bool,
-    /// Sync messages dropped because their app does not sync with the
-    /// sender here (or sync is paused).
-    pub filtered: u64,
-    /// What each syncing device said it takes from this one (its own
-    /// choices), as far as it said so in its current session.
-    pub peer_prefs: Vec<PeerPrefsView>,
-}
-
-/// What a paired device said it takes from this store.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PeerPrefsView {
-    /// The device (hex id).
-    pub device: String,
-    /// Its sync is paused.
-    pub paused: bool,
-    /// Apps it turned off towards this store.
-    pub off: Vec<String>,
-    /// The only apps it holds (a web page: its own), if it said so.
-    pub only: Option<Vec<String>>,
-}
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -383,40 +343,7 @@ impl Engine {
     }
 
     fn publish_status(&mut self) {
-        let d = &self.device;
-        let stats = d.stats();
-        let status = EngineStatus {
-            relay_connected: stats.relay_connected,
-            online: d
-                .peers()
-                .filter(|id| d.is_online(id))
-                .map(ToString::to_string)
-                .collect(),
-            syncing: d
-                .peers()
-                .filter(|id| d.is_ready(id))
-                .map(ToString::to_string)
-                .collect(),
-            envelopes_sent: stats.envelopes_sent,
-            envelopes_received: stats.envelopes_received,
-            bytes_sent: stats.bytes_sent,
-            bytes_received: stats.bytes_received,
-            rejected: stats.rejected,
-            paused: d.local_prefs().paused,
-            filtered: stats.filtered,
-            peer_prefs: d
-                .peers()
-                .filter_map(|id| {
-                    d.remote_prefs(id).map(|p| PeerPrefsView {
-                        device: id.to_string(),
-                        paused: p.paused,
-                        off: p.off.clone(),
-                        only: p.only.clone(),
-                    })
-                })
-                .collect(),
-        };
-        let _ = self.status.send(status);
+        let _ = self.status.send(EngineStatus::of(&self.device));
     }
 }
 
@@ -432,67 +359,6 @@ fn relay_event(ev: TransportEvent) -> Option<RelayEvent> {
         | TransportEvent::RendezvousData(_)
         | TransportEvent::RendezvousPeer(_) => return None,
     })
-}
-
-/// The sync engine of a store that starts syncing once it knows a relay
-/// (after pairing, or `--relay`): shared by the store daemon and peer-mode
-/// clients, which both pair at run time.
-pub struct EngineSlot {
-    /// The store to sync.
-    store: Store,
-    /// Resync interval for the engine when it starts.
-    resync_interval: Duration,
-    /// The engine, once started.
-    engine: tokio::sync::Mutex<Option<SyncEngine>>,
-}
-
-impl EngineSlot {
-    /// An empty slot for `store`.
-    pub fn new(store: Store, resync_interval: Duration) -> Self {
-        Self {
-            store,
-            resync_interval,
-            engine: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// Starts the engine if a relay is configured and it is not running;
-    /// otherwise tells the running engine the set of peers changed.
-    pub async fn ensure(&self) -> Result<()> {
-        let mut engine = self.engine.lock().await;
-        if let Some(e) = engine.as_ref() {
-            e.peers_changed();
-        } else if let Some(url) = peers::relay_url(self.store.db())? {
-            *engine = Some(SyncEngine::start_with(
-                self.store.clone(),
-                EngineConfig {
-                    relay_url: url,
-                    resync_interval: self.resync_interval,
-                },
-            )?);
-        }
-        Ok(())
-    }
-
-    /// Tells the running engine, if any, that this store's sync choices
-    /// changed (an engine that starts later reads them itself).
-    pub async fn prefs_changed(&self) {
-        if let Some(e) = self.engine.lock().await.as_ref() {
-            e.prefs_changed();
-        }
-    }
-
-    /// The engine's status, if it runs.
-    pub async fn status(&self) -> Option<EngineStatus> {
-        self.engine.lock().await.as_ref().map(|e| e.status())
-    }
-
-    /// Stops the engine, if it runs, and waits for it.
-    pub async fn shutdown(&self) {
-        if let Some(e) = self.engine.lock().await.take() {
-            e.shutdown().await;
-        }
-    }
 }
 
 /// The wall clock in milliseconds since the Unix epoch (0 before it): the

@@ -7,6 +7,8 @@
 
 pub use masq_store::sync::{core, peers};
 pub mod engine;
+mod slot;
+mod status;
 
 pub use masq_core::wire::invite;
 pub mod pairing;
