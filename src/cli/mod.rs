@@ -88,13 +88,9 @@ pub enum Command {
     Bench(crate::bench::BenchCmd),
 }
 
-/// Resolves the data directory.
+/// Resolves the data directory (masq-store's rule).
 pub fn data_dir(cli_value: Option<PathBuf>) -> PathBuf {
-    cli_value.unwrap_or_else(|| {
-        dirs::data_dir()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join("masq")
-    })
+    masq_store::storage::data_dir::location(cli_value)
 }
 
 /// A CLI failure: message for stderr and exit code.

@@ -97,7 +97,9 @@ impl ClientOptions {
         if let Some(u) = &self.store_url {
             return u.clone();
         }
-        let dir = crate::cli::data_dir(std::env::var_os("MASQ_DATA").map(PathBuf::from));
+        let dir = masq_store::storage::data_dir::location(
+            std::env::var_os("MASQ_DATA").map(PathBuf::from),
+        );
         crate::service::daemon_file::read(&dir)
             .map(|i| i.ws_url)
             .unwrap_or_else(|| format!("ws://{}/ws", crate::service::DEFAULT_LISTEN))
@@ -220,10 +222,7 @@ impl Client {
     /// Peer mode directly (no local store is tried).
     pub async fn peer(opts: ClientOptions) -> Result<Self, ClientError> {
         let dir = opts.peer_dir.clone().unwrap_or_else(|| {
-            dirs::data_dir()
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join("masq-peer")
-                .join(&opts.app)
+            masq_store::storage::data_dir::in_user_data("masq-peer").join(&opts.app)
         });
         let store = tokio::task::spawn_blocking(move || Store::open(dir))
             .await

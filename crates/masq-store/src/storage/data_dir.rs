@@ -22,9 +22,23 @@
 //!    and the next open tightens them too.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// Where a store keeps its data: `explicit` (the CLI's `--data`,
+/// `MASQ_DATA`) if given, else `masq` under the user's data directory (or
+/// the working directory if the system names none).
+pub fn location(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| in_user_data("masq"))
+}
+
+/// `name` under the user's data directory (or the working directory).
+pub fn in_user_data(name: &str) -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(name)
+}
 
 /// Mode of every directory in the data directory, the data directory included.
 pub const DIR_MODE: u32 = 0o700;
