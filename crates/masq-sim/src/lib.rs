@@ -8,7 +8,8 @@
 //! that speaks the real frames, and a network that loses, duplicates,
 //! delays and reorders, partitions pairs of devices, restarts the relay,
 //! drops connections, cuts a device's power (what was not committed is
-//! gone) and skews clocks, while the apps write keys and documents and a
+//! gone), rolls a device's disk back to an older snapshot and skews
+//! clocks, while the apps write keys and documents and a
 //! member may remove another.
 //!
 //! After the faults end and every device is back, the world must converge

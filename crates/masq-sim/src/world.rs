@@ -40,6 +40,9 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// the world must converge within this much simulated time (a few resync
 /// intervals: a lost message costs at most two of them).
 pub const HEAL_LIMIT: Duration = Duration::from_secs(240);
+/// Snapshots of its disk kept per device for rollbacks: enough to go back
+/// further than the last one, few enough that copies stay cheap.
+pub const SNAPSHOTS_KEPT: usize = 3;
 
 /// Which faults a world injects, and how often.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +70,10 @@ pub struct Faults {
     pub max_skew_ms: u64,
     /// Whether a member removes another one during the run.
     pub removal: bool,
+    /// Chance per step that one device's disk goes back to an older
+    /// snapshot of itself (a restored backup, a virtual machine's snapshot):
+    /// its power goes, and it boots from what the disk held then.
+    pub rollback: f64,
 }
 
 impl Faults {
@@ -83,6 +90,7 @@ impl Faults {
             crash_before_commit: 0.0,
             max_skew_ms: 0,
             removal: false,
+            rollback: 0.0,
         }
     }
 }
@@ -127,6 +135,13 @@ impl Config {
             crash_before_commit: [0.0, 0.01][r.index(2)],
             max_skew_ms: [0, 600_000][r.index(2)],
             removal: devices > 2 && r.chance(0.3),
+            rollback: 0.0,
+        };
+        // Drawn last, so the faults above stay what each seed drew before
+        // rollbacks existed.
+        let faults = Faults {
+            rollback: [0.0, 0.005][r.index(2)],
+            ..faults
         };
         Config {
             devices,
@@ -153,6 +168,8 @@ pub struct Report {
     /// Writes the removed device made after every member knew, checked
     /// to be absent everywhere.
     pub after_removal_writes: u64,
+    /// Disks taken back to an older snapshot.
+    pub rollbacks: u64,
     /// Simulated time until the world converged.
     pub sim_time: Duration,
     /// BLAKE3 of every frame every device sent, in order: equal for two
@@ -202,6 +219,8 @@ struct Node {
     removed: bool,
     /// Requests it made (for unique keys).
     counter: u64,
+    /// Older copies of its disk, and when each was taken, for rollbacks.
+    snapshots: Vec<(Duration, Tables)>,
 }
 
 /// A frame on its way to a device.
@@ -234,6 +253,12 @@ struct Expect {
     owner: usize,
     /// The last acknowledged value (`None`: deleted).
     value: Option<Value>,
+    /// When it was acknowledged.
+    at: Duration,
+    /// Its owner's disk went back to before `at`: the write may be lost
+    /// with it (if it had not left the device yet), so only convergence is
+    /// checked for this key, not its value.
+    uncertain: bool,
 }
 
 /// The world.
@@ -252,8 +277,8 @@ struct World {
     partitions: BTreeMap<(usize, usize), Duration>,
     /// Keys each owner wrote and the last acknowledged value.
     expect: BTreeMap<String, Expect>,
-    /// A removal: (who was removed, who removed it).
-    removal: Option<(usize, usize)>,
+    /// A removal: (who was removed, who removed it, when).
+    removal: Option<(usize, usize, Duration)>,
     /// When every remaining member had recorded the removal.
     removal_known_at: Option<Duration>,
     /// Keys the removed device wrote after that.
@@ -317,6 +342,7 @@ impl World {
                 acknowledged: 0,
                 faults: 0,
                 after_removal_writes: 0,
+                rollbacks: 0,
                 sim_time: Duration::ZERO,
                 digest: [0; 32],
             },
@@ -372,6 +398,7 @@ impl World {
             back_at: None,
             removed: false,
             counter: 0,
+            snapshots: Vec::new(),
         };
         // The identity a new device made is committed before anything.
         if let Some(live) = &node.live {
@@ -734,6 +761,7 @@ impl World {
                     let mut node = self.boot(disk, skew)?;
                     node.removed = self.nodes[i].removed;
                     node.counter = self.nodes[i].counter;
+                    node.snapshots = std::mem::take(&mut self.nodes[i].snapshots);
                     if node.id != self.nodes[i].id {
                         return Err(
                             self.fail(format!("device {i} came back with another identity"))
@@ -771,7 +799,7 @@ impl World {
         let roll = self.rng.index(100);
         if roll < 45 {
             let key = format!("u{i}.{n}");
-            if self.removal_known_at.is_some() && self.removal.is_some_and(|(r, _)| r == i) {
+            if self.removal_known_at.is_some() && self.removal.is_some_and(|(r, _, _)| r == i) {
                 self.written_after_removal.push(key.clone());
             }
             let value = json!(n);
@@ -785,6 +813,8 @@ impl World {
                     Expect {
                         owner: i,
                         value: Some(value),
+                        at: self.now,
+                        uncertain: false,
                     },
                 );
             }
@@ -805,11 +835,17 @@ impl World {
                 .is_some()
             {
                 self.report.acknowledged += 1;
+                // A delete removes only the value the device sees: if its
+                // disk went back to before its put (and the put has not
+                // come back from a peer yet), the put survives it.
+                let uncertain = self.expect.get(&key).is_some_and(|e| e.uncertain);
                 self.expect.insert(
                     key,
                     Expect {
                         owner: i,
                         value: None,
+                        at: self.now,
+                        uncertain,
                     },
                 );
             }
@@ -901,6 +937,13 @@ impl World {
                 }
             }
         }
+        if self.rng.chance(f.rollback * 4.0) {
+            self.take_snapshot();
+        }
+        if self.rng.chance(f.rollback) {
+            let i = self.rng.index(n);
+            self.roll_back(i);
+        }
         if f.removal && self.removal.is_none() && self.rng.chance(0.02) {
             let by = self.rng.index(n);
             let gone = self.rng.index(n);
@@ -909,6 +952,65 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Copies a random device's disk, for a later rollback (the last
+    /// [`SNAPSHOTS_KEPT`] of each device are kept).
+    fn take_snapshot(&mut self) {
+        let i = self.rng.index(self.nodes.len());
+        let disk = self.nodes[i].disk.clone();
+        let snapshots = &mut self.nodes[i].snapshots;
+        snapshots.push((self.now, disk));
+        if snapshots.len() > SNAPSHOTS_KEPT {
+            snapshots.remove(0);
+        }
+    }
+
+    /// Device `i`'s disk goes back to one of its snapshots, and its power
+    /// goes with it: it boots from that disk later. Whatever it committed
+    /// since is gone, its ratchets and init stamps included; the write it
+    /// acknowledged since may be gone too (if it never left the device),
+    /// so those keys are checked for convergence only.
+    ///
+    /// Not done (a limit the signed membership log of M16 lifts): taking
+    /// the remover back to before its removal (the removal is simply lost),
+    /// or any member back to before it knew of the removal once every
+    /// member knew (it would take the removed device's writes again).
+    fn roll_back(&mut self, i: usize) {
+        let oldest_allowed = match self.removal {
+            Some((_, by, at)) if by == i => at,
+            Some((gone, _, _)) if gone != i => self.removal_known_at.unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let usable: Vec<usize> = (0..self.nodes[i].snapshots.len())
+            .filter(|&k| self.nodes[i].snapshots[k].0 >= oldest_allowed)
+            .collect();
+        if usable.is_empty() {
+            return;
+        }
+        let k = usable[self.rng.index(usable.len())];
+        let (taken_at, disk) = self.nodes[i].snapshots[k].clone();
+        self.report.faults += 1;
+        self.report.rollbacks += 1;
+        if self.nodes[i].live.is_some() {
+            self.power_off(i);
+        } else if self.nodes[i].back_at.is_none() {
+            self.nodes[i].back_at = Some(self.now + Duration::from_secs(1));
+        }
+        if std::env::var_os("MASQ_SIM_TRACE").is_some() {
+            eprintln!("{:?}: device {i} rolls back to {taken_at:?}", self.now);
+        }
+        self.nodes[i].disk = disk;
+        self.nodes[i].snapshots.truncate(k + 1);
+        for e in self.expect.values_mut() {
+            if e.owner == i && e.at >= taken_at {
+                e.uncertain = true;
+            }
+        }
+        // Its ratchets went back: it seals under message keys it used
+        // before (with fresh nonces, which the nonce check still holds).
+        let id = self.nodes[i].id;
+        self.message_keys.retain(|(from, _, _, _), _| *from != id);
     }
 
     /// Member `by` removes `gone` from the group.
@@ -935,7 +1037,7 @@ impl World {
             what: format!("peers_changed: {e}"),
         })?;
         if self.end_batch(by, false)? {
-            self.removal = Some((gone, by));
+            self.removal = Some((gone, by, self.now));
             self.nodes[gone].removed = true;
         }
         Ok(())
@@ -944,7 +1046,7 @@ impl World {
     /// Once every member recorded the removal, the removed device (a
     /// stolen one, say) writes on: none of it may reach a member.
     fn removed_device_writes(&mut self) -> Result<(), Failure> {
-        let (Some(_), Some((gone, _))) = (self.removal_known_at, self.removal) else {
+        let (Some(_), Some((gone, _, _))) = (self.removal_known_at, self.removal) else {
             return Ok(());
         };
         if self.written_after_removal.len() >= 3 || self.nodes[gone].live.is_none() {
@@ -959,7 +1061,7 @@ impl World {
 
     /// Whether every remaining member's disk records the removal.
     fn note_removal_known(&mut self) {
-        let Some((gone, _)) = self.removal else {
+        let Some((gone, _, _)) = self.removal else {
             return;
         };
         if self.removal_known_at.is_some() {
@@ -1132,7 +1234,7 @@ impl World {
         for &i in &members {
             let snap = self.snapshot(i)?;
             for (key, e) in &self.expect {
-                if self.nodes[e.owner].removed {
+                if self.nodes[e.owner].removed || e.uncertain {
                     continue;
                 }
                 let got = kv_value(&snap, key);

@@ -79,6 +79,7 @@ fn a_harsh_world_converges() {
             crash_before_commit: 0.05,
             max_skew_ms: 600_000,
             removal: true,
+            rollback: 0.01,
         },
         sabotage: None,
     };
@@ -89,6 +90,31 @@ fn a_harsh_world_converges() {
     }
     // The removal check had writes to check.
     assert!(after_removal > 0);
+}
+
+/// Disks go back to older snapshots of themselves (restored backups):
+/// the devices' ratchets and handshake stamps go back with them, and the
+/// world still converges.
+#[test]
+fn worlds_whose_disks_roll_back_converge() {
+    let cfg = Config {
+        devices: 3,
+        steps: 300,
+        faults: Faults {
+            loss: 0.02,
+            max_delay_ms: 50,
+            rollback: 0.03,
+            ..Faults::none()
+        },
+        sabotage: None,
+    };
+    let mut rollbacks = 0;
+    for seed in 0..10 {
+        let r = run(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
+        rollbacks += r.rollbacks;
+    }
+    // There were rollbacks to survive.
+    assert!(rollbacks >= 5, "{rollbacks} rollbacks");
 }
 
 /// The checks catch a device that answers before it commits (and then

@@ -14,6 +14,13 @@
 //! - A responder whose initiator never spoke first (so it cannot send) is
 //!   silent; the next resync round drops that session and starts afresh as
 //!   initiator.
+//! - A session that is stuck (since the last resync round, envelopes from
+//!   the peer kept failing to open and none opened) is dropped on the next
+//!   resync round and a fresh handshake started. Two devices end up on
+//!   different sessions when one's disk goes back to an older copy of
+//!   itself (a restored backup): its ratchets are older than the peer's,
+//!   and without this rule neither could ever open the other's envelopes
+//!   again. Found by the simulator's disk rollbacks.
 
 use std::time::Duration;
 
@@ -22,6 +29,13 @@ use crate::crypto::DeviceId;
 
 /// How long an init may go unanswered before it is sent again.
 pub const HANDSHAKE_RESEND_AFTER: Duration = Duration::from_secs(2);
+
+/// Envelopes from the peer that must fail to open, with none opening,
+/// within one resync round before the session counts as stuck. More than
+/// one, so a lone stray (a late duplicate of an old envelope) never costs a
+/// handshake; a forger who can send this many while dropping every real
+/// envelope could stop sync anyway by dropping them.
+pub const STUCK_AFTER_REFUSALS: u32 = 3;
 
 /// What to do with a peer's init that arrives while ours is in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +84,18 @@ pub fn responder_is_silent(
     can_send: bool,
 ) -> bool {
     online && !ready && !ours_in_flight && !can_send
+}
+
+/// Whether a session is stuck: online, no handshake of ours in flight, at
+/// least [`STUCK_AFTER_REFUSALS`] of the peer's envelopes refused since the
+/// last one that opened, and none opened since the last resync round.
+pub fn session_is_stuck(
+    online: bool,
+    ours_in_flight: bool,
+    refused_since_opened: u32,
+    opened_this_round: bool,
+) -> bool {
+    online && !ours_in_flight && !opened_this_round && refused_since_opened >= STUCK_AFTER_REFUSALS
 }
 
 #[cfg(test)]

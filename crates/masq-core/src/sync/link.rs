@@ -283,6 +283,11 @@ pub struct PeerLink {
     next_stamp: u64,
     /// Sync runs: the session can send and the initial sync was offered.
     ready: bool,
+    /// The peer's envelopes that failed to open since the last one that
+    /// opened (or since the current session began).
+    refused_since_opened: u32,
+    /// An envelope of the peer's opened since the last resync round.
+    opened_this_round: bool,
     /// Numbers the payloads we fragment for this peer.
     fragmenter: Fragmenter,
     /// The peer's fragmented payload being put back together.
@@ -315,6 +320,8 @@ impl PeerLink {
             init_mark,
             next_stamp: now_ms.max(1),
             ready: false,
+            refused_since_opened: 0,
+            opened_this_round: false,
             fragmenter: Fragmenter::new(),
             reassembler: Reassembler::default(),
         }
@@ -427,8 +434,9 @@ impl PeerLink {
     }
 
     /// The resync timer: if we are a silent responder (see
-    /// [`responder_is_silent`](rules::responder_is_silent)), the session is
-    /// dropped and a fresh init returned to send.
+    /// [`responder_is_silent`](rules::responder_is_silent)) or the session
+    /// is stuck (see [`session_is_stuck`](rules::session_is_stuck)), the
+    /// session is dropped and a fresh init returned to send.
     pub fn on_resync_tick(&mut self, kp: &DeviceKeypair, now: Duration) -> Option<Vec<u8>> {
         let silent = self.session.as_ref().is_some_and(|s| {
             rules::responder_is_silent(
@@ -438,9 +446,19 @@ impl PeerLink {
                 s.can_send(),
             )
         });
-        if !silent {
+        let stuck = self.session.is_some()
+            && rules::session_is_stuck(
+                self.online,
+                self.pending.is_some(),
+                self.refused_since_opened,
+                self.opened_this_round,
+            );
+        self.opened_this_round = false;
+        if !silent && !stuck {
             return None;
         }
+        self.refused_since_opened = 0;
+        self.ready = false;
         self.session = None;
         self.answered = None; // its session is gone (its init stays below the mark)
         Some(self.initiate(kp, now))
@@ -472,7 +490,13 @@ impl PeerLink {
                     },
                 })
             }
-            DevicePacket::Sealed(env) => self.on_sealed(&env),
+            DevicePacket::Sealed(env) => {
+                let received = self.on_sealed(&env);
+                if matches!(received, Err(LinkError::Envelope(_))) {
+                    self.refused_since_opened = self.refused_since_opened.saturating_add(1);
+                }
+                received
+            }
             DevicePacket::InitRefused(refusal) => {
                 // Only a refusal the peer made of our init in flight counts
                 // (a replayed or forged one changes nothing): we start over
@@ -680,12 +704,14 @@ impl PeerLink {
             }
             UpdateKind::Advanced => {}
             UpdateKind::OpenedCurrent => {
+                self.note_opened();
                 if self.current_is_newer {
                     // The peer speaks on the new session: the old one is done.
                     self.previous = None;
                 }
             }
             UpdateKind::OpenedPrevious => {
+                self.note_opened();
                 // The peer still uses the archived session: it is current
                 // again, and the one that replaced it is archived (it may yet
                 // be used, if the peer was only slow to switch).
@@ -696,9 +722,16 @@ impl PeerLink {
         self.session = Some(update.session);
     }
 
+    /// An envelope of the peer's opened: the session is not stuck.
+    fn note_opened(&mut self) {
+        self.refused_since_opened = 0;
+        self.opened_this_round = true;
+    }
+
     /// A handshake replaces the current session: it is archived (an
     /// archived one already there is kept if there is no current one).
     fn archive_current(&mut self) {
+        self.refused_since_opened = 0;
         if let Some(old) = self.session.take() {
             self.previous = Some(old);
         }
@@ -980,6 +1013,75 @@ mod tests {
         assert_eq!((to_b.len(), to_a.len()), (1, 1));
         settle(&mut a, &mut b, to_b, to_a, T0);
         assert_synced(&mut a, &mut b, T0);
+    }
+
+    /// Delivers each packet, keeping the refusals: how many were refused.
+    fn deliver_all(to: &mut Dev, packets: Vec<Vec<u8>>, now: Duration) -> usize {
+        packets
+            .iter()
+            .filter(|p| to.deliver(p, now).is_err())
+            .count()
+    }
+
+    #[test]
+    fn a_session_restored_from_an_older_disk_is_replaced_on_the_resync_tick() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        let old_disk = a.disk.clone().unwrap();
+        // Both ratchets move on (each reply is a DH step).
+        for k in 0..3 {
+            let p = a.send(&[batch(&format!("a{k}"), 5)]);
+            assert_eq!(deliver_all(&mut b, p, T0), 0);
+            let p = b.send(&[batch(&format!("b{k}"), 5)]);
+            assert_eq!(deliver_all(&mut a, p, T0), 0);
+        }
+        // a's disk goes back to the older copy (a restored backup).
+        let session = Session::from_bytes(&old_disk).unwrap();
+        a.link = PeerLink::new(
+            a.kp.device_id(),
+            b.kp.public(),
+            Some(session),
+            a.mark,
+            LATER,
+        );
+        b.link.offline();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        let mut refused = deliver_all(&mut b, to_b, T0) + deliver_all(&mut a, to_a, T0);
+        for k in 0..3 {
+            let p = a.send(&[batch(&format!("late a{k}"), 5)]);
+            refused += deliver_all(&mut b, p, T0);
+            let p = b.send(&[batch(&format!("late b{k}"), 5)]);
+            refused += deliver_all(&mut a, p, T0);
+        }
+        // Neither can open the other's envelopes any more.
+        assert!(
+            refused >= 2 * rules::STUCK_AFTER_REFUSALS as usize,
+            "{refused}"
+        );
+        // The resync round finds the session stuck and starts afresh.
+        let later = T0 + Duration::from_secs(30);
+        let to_b: Vec<_> = a.link.on_resync_tick(&a.kp, later).into_iter().collect();
+        let to_a: Vec<_> = b.link.on_resync_tick(&b.kp, later).into_iter().collect();
+        assert!(!to_b.is_empty() || !to_a.is_empty(), "nobody started over");
+        settle(&mut a, &mut b, to_b, to_a, later);
+        assert_synced(&mut a, &mut b, later);
+    }
+
+    #[test]
+    fn a_working_session_with_a_few_strays_is_kept() {
+        let (mut a, mut b) = pair();
+        let (to_b, to_a) = (a.online(T0), b.online(T0));
+        settle(&mut a, &mut b, to_b, to_a, T0);
+        // Replays of old envelopes are refused, but real ones open too.
+        let p = a.send(&[batch("one", 5)]);
+        assert_eq!(deliver_all(&mut b, p.clone(), T0), 0);
+        for _ in 0..rules::STUCK_AFTER_REFUSALS {
+            assert_eq!(deliver_all(&mut b, p.clone(), T0), 1);
+        }
+        let later = T0 + Duration::from_secs(30);
+        assert!(b.link.on_resync_tick(&b.kp, later).is_none());
+        assert!(b.link.has_session());
     }
 
     #[test]

@@ -15,12 +15,13 @@ fn main() {
     let seeds = arg("--seeds", 1000);
     let from = arg("--from", 0);
     let started = Instant::now();
-    let (mut failed, mut frames, mut acknowledged) = (0u64, 0u64, 0u64);
+    let (mut failed, mut frames, mut acknowledged, mut faults) = (0u64, 0u64, 0u64, 0u64);
     for seed in from..from + seeds {
         match masq_sim::run_seed(seed) {
             Ok(r) => {
                 frames += r.frames;
                 acknowledged += r.acknowledged;
+                faults += r.faults;
             }
             Err(bad) => {
                 failed += 1;
@@ -36,7 +37,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds from {from}: {} passed, {failed} failed; {frames} frames, {acknowledged} acknowledged writes; {:.1} s",
+        "{seeds} seeds from {from}: {} passed, {failed} failed; {frames} frames, {acknowledged} acknowledged writes, {faults} faults; {:.1} s",
         seeds - failed,
         started.elapsed().as_secs_f64()
     );
