@@ -10,8 +10,6 @@ pub mod sync;
 
 use clap::Subcommand;
 
-use crate::cli::CliError;
-
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -27,15 +25,19 @@ pub enum BenchCmd {
     Peers(peers::PeersBenchArgs),
 }
 
-/// Runs a benchmark command.
-pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
+/// Runs a benchmark command; a failure is its one-line message (the CLI
+/// prints it and exits 2).
+pub async fn run(cmd: BenchCmd) -> Result<(), String> {
+    fn message(e: impl std::fmt::Display) -> String {
+        e.to_string()
+    }
     match cmd {
-        BenchCmd::Sync(args) => sync::run(args).await.map(|_| ()).map_err(CliError::from),
+        BenchCmd::Sync(args) => sync::run(args).await.map(|_| ()).map_err(message),
         BenchCmd::Store(args) => tokio::task::block_in_place(|| store::run(args))
             .map(|_| ())
-            .map_err(CliError::from),
-        BenchCmd::Local(args) => local::run(args).await.map(|_| ()).map_err(CliError::from),
-        BenchCmd::Peers(args) => peers::run(args).await.map(|_| ()).map_err(CliError::from),
-        BenchCmd::Relay(args) => relay::run(args).await.map(|_| ()).map_err(CliError::from),
+            .map_err(message),
+        BenchCmd::Local(args) => local::run(args).await.map(|_| ()).map_err(message),
+        BenchCmd::Peers(args) => peers::run(args).await.map(|_| ()).map_err(message),
+        BenchCmd::Relay(args) => relay::run(args).await.map(|_| ()).map_err(message),
     }
 }

@@ -2,8 +2,13 @@
 //! kept in one fjall database per device, with one write path, group commit,
 //! a bounded document cache and the KV folder thread.
 //!
-//! - [`store`]: [`Store`] and [`App`]: the cache, the single write path
-//!   `commit_docs`, events.
+//! - [`store`]: [`Store`] and [`App`]: the lower layer: the cache, the
+//!   locks, the single write path `commit_docs`, events. Knows neither the
+//!   document nor the key-value API.
+//! - `fold_queue`: which shard documents have pending key-value writes, and
+//!   the folder thread's signals (no documents, no store).
+//! - [`open`]: `Store::open`: the database, what the last run left pending,
+//!   and the folder thread.
 //! - [`doc`]: the document API ([`Docs`]) and the catalog; the JSON and
 //!   change-op logic itself is `masq_core::doc`.
 //! - [`kv`]: the key-value API ([`Bucket`]), shards, index, conflicts, watch,
@@ -23,7 +28,9 @@
 pub mod data_api;
 pub mod doc;
 pub mod error;
+mod fold_queue;
 pub mod kv;
+pub mod open;
 pub mod storage;
 pub mod store;
 pub mod sync;

@@ -1,7 +1,9 @@
-//! The store: one fjall database, a bounded cache of loaded Automerge documents,
-//! and per-app event channels. [`Store::app`] hands out an [`App`] whose
-//! [`Docs`](crate::doc::Docs) and [`Bucket`](crate::kv::Bucket) APIs are what
-//! applications use.
+//! The store's lower layer: one fjall database, a bounded cache of loaded
+//! Automerge documents, their locks, the one commit path, and per-app event
+//! channels. [`Store::app`] hands out an [`App`]; the document API
+//! (`App::docs`, in [`crate::doc`]) and the key-value API (`App::bucket`, in
+//! [`crate::kv`]) are built above this module, and it knows neither
+//! (opening, with the key-value folder thread, is [`crate::open`]).
 //!
 //! Every document write follows one path (`commit_docs`): take the documents'
 //! locks (the app catalog first, then content documents, so two writers never
@@ -19,14 +21,14 @@ use automerge::{ActorId, Automerge, ChangeHash};
 use lru::LruCache;
 use tokio::sync::broadcast;
 
-use crate::doc::{DocId, Docs};
 use crate::error::{Error, Result};
-use crate::kv::pending::Folder;
-use crate::kv::{bucket_of_shard, Bucket};
+use crate::fold_queue::FoldQueue;
 use crate::storage::doc_chunks::DocMeta;
 use crate::storage::kv_pending::PendingRecord;
 use crate::storage::{Db, Durability};
 use masq_core::doc::stored::stage_doc_change;
+use masq_core::doc::DocId;
+use masq_core::kv::bucket_of_shard;
 use masq_core::records::WriteSet;
 
 /// Default memory budget for loaded documents.
@@ -143,7 +145,7 @@ pub(crate) struct StoreInner {
     /// The data directory.
     dir: PathBuf,
     /// Shard documents with pending key-value writes, and the folder thread's state.
-    pub(crate) folder: Folder,
+    pub(crate) folder: FoldQueue,
     /// Sequence number of the next pending key-value write (store-wide).
     kv_seq: AtomicU64,
     /// Serializes the device group's read-decide-commit steps
@@ -289,23 +291,17 @@ pub(crate) struct Staged<'a> {
 }
 
 impl Store {
-    /// Opens the store in `dir` with default options (fsync durability).
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(dir, StoreOptions::default())
-    }
-
-    /// Opens the store in `dir`.
-    pub fn open_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
-        let db = Db::open(&dir, opts.durability)?;
-        // Writes left pending by the last run (a crash, or a closed store
-        // that did not fold in the background) are folded first thing.
-        let pending = db.scan_pending()?;
-        let folder = Folder::default();
-        for (app, id) in &pending.docs {
-            folder.mark(app, &DocId::parse_any(id)?);
-        }
-        let inner = Arc::new(StoreInner {
+    /// The shared part of a store over `db`, its folder queue already
+    /// holding what the last run left pending ([`Store::open_with`] makes
+    /// it, then starts the folder thread).
+    pub(crate) fn inner(
+        db: Db,
+        dir: PathBuf,
+        opts: &StoreOptions,
+        folder: FoldQueue,
+        next_kv_seq: u64,
+    ) -> Arc<StoreInner> {
+        Arc::new(StoreInner {
             db,
             cache: Mutex::new(DocCache {
                 lru: LruCache::unbounded(),
@@ -318,29 +314,32 @@ impl Store {
             changes: broadcast::channel(CHANGE_CHANNEL_CAPACITY).0,
             dir,
             folder,
-            kv_seq: AtomicU64::new(pending.max_seq + 1),
+            kv_seq: AtomicU64::new(next_kv_seq),
             membership: Mutex::new(()),
-        });
-        let thread = if opts.fold_in_background {
-            let store = Store {
-                inner: inner.clone(),
-                _owner: None,
-            };
-            Some(
-                std::thread::Builder::new()
-                    .name("masq-kv-fold".into())
-                    .spawn(move || store.inner.folder.run(store.clone()))?,
-            )
-        } else {
-            None
-        };
-        Ok(Self {
+        })
+    }
+
+    /// The folder thread's own handle: it does not keep the store open.
+    pub(crate) fn for_folder(inner: Arc<StoreInner>) -> Store {
+        Store {
+            inner,
+            _owner: None,
+        }
+    }
+
+    /// The handle applications hold; the last one dropped stops and joins
+    /// `folder_thread`.
+    pub(crate) fn owning(
+        inner: Arc<StoreInner>,
+        folder_thread: Option<std::thread::JoinHandle<()>>,
+    ) -> Store {
+        Store {
             _owner: Some(Arc::new(StoreOwner {
                 inner: inner.clone(),
-                thread,
+                thread: folder_thread,
             })),
             inner,
-        })
+        }
     }
 
     /// Closes this handle, the way a store should be closed: if it is the
@@ -386,14 +385,6 @@ impl Store {
         tokio::task::spawn_blocking(move || self.close())
             .await
             .unwrap_or(false)
-    }
-
-    /// Folds every pending local key-value write into its shard document now
-    /// and waits until it is committed. Writes are already durable and
-    /// readable before this; it matters only for what Automerge (and so sync,
-    /// export and history) sees.
-    pub fn flush_kv(&self) -> Result<()> {
-        self.inner.folder.flush(self)
     }
 
     /// Number for the next pending key-value write.
@@ -554,7 +545,7 @@ impl Store {
     ) -> Result<DocSet> {
         let mut keys: Vec<(String, bool, DocId)> = docs
             .into_iter()
-            .map(|(app, id)| (app, !crate::doc::is_catalog(&id), id))
+            .map(|(app, id)| (app, !masq_core::doc::is_catalog(&id), id))
             .collect();
         keys.sort();
         keys.dedup();
@@ -723,7 +714,7 @@ impl Store {
                     .changes
                     .send((s.app.clone(), s.id.clone(), origin.clone()));
                 let app = s.app.as_str();
-                if self.has_listeners(app) && !crate::doc::is_internal(&s.id) {
+                if self.has_listeners(app) && !masq_core::doc::is_internal(&s.id) {
                     let heads = s.guard.doc.get_heads();
                     let raw = match s.patches.take() {
                         Some(p) => p,
@@ -731,7 +722,7 @@ impl Store {
                     };
                     let patches = raw
                         .iter()
-                        .map(|p| crate::doc::json::patch_or_too_deep(&s.guard.doc, p))
+                        .map(|p| masq_core::doc::json::patch_or_too_deep(&s.guard.doc, p))
                         .collect();
                     self.publish(
                         app,
@@ -793,20 +784,6 @@ impl App {
     /// The store it lives in.
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// The document API.
-    pub fn docs(&self) -> Docs {
-        Docs { app: self.clone() }
-    }
-
-    /// A key-value bucket.
-    pub fn bucket(&self, name: &str) -> Result<Bucket> {
-        validate_name("bucket", name)?;
-        Ok(Bucket {
-            app: self.clone(),
-            name: name.to_string(),
-        })
     }
 
     /// Subscribes to every change of this app (documents and buckets).

@@ -49,6 +49,13 @@ pub struct Docs {
     pub(crate) app: App,
 }
 
+impl App {
+    /// The document API.
+    pub fn docs(&self) -> Docs {
+        Docs { app: self.clone() }
+    }
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

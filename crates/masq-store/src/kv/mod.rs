@@ -49,6 +49,17 @@ pub struct Bucket {
     pub(crate) name: String,
 }
 
+impl App {
+    /// A key-value bucket.
+    pub fn bucket(&self, name: &str) -> Result<Bucket> {
+        crate::store::validate_name("bucket", name)?;
+        Ok(Bucket {
+            app: self.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
 impl Bucket {
     /// The bucket's name.
     pub fn name(&self) -> &str {

@@ -27,14 +27,13 @@
 //! - Sync sends a shard as folded so far; the fold's commit notifies the sync
 //!   engine like any local change.
 
-use std::collections::BTreeSet;
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::doc::DocId;
+use masq_core::doc::DocId;
+
 use crate::error::Result;
 use crate::storage::Db;
-use crate::store::{LoadedDoc, LockedDoc, Origin, Staged, Store};
+use crate::store::{DeferredCommit, LoadedDoc, LockedDoc, Origin, Staged, Store};
 
 pub use masq_core::kv::MAX_PENDING_PER_SHARD;
 /// Most shard documents one fold round locks and commits in one batch. Small,
@@ -85,7 +84,7 @@ pub(crate) fn fold_docs(store: &Store, mut docs: Vec<(String, DocId)>) -> Result
 fn fold_docs_enqueue(
     store: &Store,
     docs: &[(String, DocId)],
-    commits: &mut Vec<crate::store::DeferredCommit>,
+    commits: &mut Vec<DeferredCommit>,
 ) -> Result<()> {
     let db = store.db();
     for chunk in docs.chunks(FOLD_DOCS_PER_BATCH) {
@@ -125,110 +124,34 @@ fn fold_docs_enqueue(
     Ok(())
 }
 
-/// Which shard documents have pending writes, for the folder thread and
-/// [`Store::flush_kv`].
-#[derive(Default)]
-pub(crate) struct Folder {
-    /// The dirty set and the thread's state.
-    state: Mutex<FolderState>,
-    /// Wakes the folder thread (something became dirty, or stop).
-    wake: Condvar,
-    /// Wakes `flush` waiters when a fold round ends.
-    idle: Condvar,
+/// The folder thread's body: fold dirty documents until the store closes.
+pub(crate) fn run_folder(store: Store) {
+    let queue = &store.inner.folder;
+    while let Some(docs) = queue.take() {
+        match fold_docs(&store, docs.clone()) {
+            Ok(()) => queue.done(Vec::new()),
+            Err(e) => {
+                tracing::error!("folding pending key-value writes failed (will retry): {e}");
+                queue.done(if queue.stopping() { Vec::new() } else { docs });
+                std::thread::sleep(FOLD_RETRY_DELAY);
+            }
+        }
+    }
 }
 
-#[derive(Default)]
-struct FolderState {
-    /// Shard documents with pending writes not yet taken by a fold round.
-    dirty: BTreeSet<(String, DocId)>,
-    /// A fold round runs (its documents are no longer in `dirty`).
-    busy: bool,
-    /// The store is closing: fold what is dirty, then exit.
-    stop: bool,
-}
-
-impl Folder {
-    fn state(&self) -> std::sync::MutexGuard<'_, FolderState> {
-        match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        }
-    }
-
-    /// Notes that `id` has pending writes.
-    pub(crate) fn mark(&self, app: &str, id: &DocId) {
-        let mut st = self.state();
-        if st.dirty.insert((app.to_string(), id.clone())) && st.dirty.len() == 1 {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Tells the folder thread to fold what is dirty and exit.
-    pub(crate) fn stop(&self) {
-        self.state().stop = true;
-        self.wake.notify_all();
-    }
-
-    /// Waits for work; `None` once stopped with nothing left.
-    fn take(&self) -> Option<Vec<(String, DocId)>> {
-        let mut st = self.state();
-        while st.dirty.is_empty() && !st.stop {
-            st = match self.wake.wait(st) {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
-        }
-        if st.dirty.is_empty() {
-            return None;
-        }
-        st.busy = true;
-        Some(std::mem::take(&mut st.dirty).into_iter().collect())
-    }
-
-    /// Ends a round; documents of a failed round go back to `dirty`.
-    fn done(&self, failed: Vec<(String, DocId)>) {
-        let mut st = self.state();
-        st.dirty.extend(failed);
-        st.busy = false;
-        self.idle.notify_all();
-    }
-
-    /// Folds every pending write now, on the calling thread, and waits for a
-    /// running round to end.
-    pub(crate) fn flush(&self, store: &Store) -> Result<()> {
-        loop {
-            let docs: Vec<(String, DocId)> = {
-                let mut st = self.state();
-                while st.dirty.is_empty() && st.busy {
-                    st = match self.idle.wait(st) {
-                        Ok(s) => s,
-                        Err(p) => p.into_inner(),
-                    };
-                }
-                if st.dirty.is_empty() {
-                    return Ok(());
-                }
-                std::mem::take(&mut st.dirty).into_iter().collect()
-            };
-            if let Err(e) = fold_docs(store, docs.clone()) {
-                self.state().dirty.extend(docs);
+impl Store {
+    /// Folds every pending local key-value write into its shard document now
+    /// and waits until it is committed (a running fold round included).
+    /// Writes are already durable and readable before this; it matters only
+    /// for what Automerge (and so sync, export and history) sees.
+    pub fn flush_kv(&self) -> Result<()> {
+        let queue = &self.inner.folder;
+        while let Some(docs) = queue.take_for_flush() {
+            if let Err(e) = fold_docs(self, docs.clone()) {
+                queue.put_back(docs);
                 return Err(e);
             }
         }
-    }
-
-    /// The folder thread's body: fold dirty documents until stopped.
-    pub(crate) fn run(&self, store: Store) {
-        while let Some(docs) = self.take() {
-            match fold_docs(&store, docs.clone()) {
-                Ok(()) => self.done(Vec::new()),
-                Err(e) => {
-                    tracing::error!("folding pending key-value writes failed (will retry): {e}");
-                    let stopping = self.state().stop;
-                    self.done(if stopping { Vec::new() } else { docs });
-                    std::thread::sleep(FOLD_RETRY_DELAY);
-                }
-            }
-        }
+        Ok(())
     }
 }
