@@ -11,9 +11,9 @@ use crate::doc::ChangeOp;
 use crate::error::{Error, Result};
 use crate::relay::{start as start_relay, RelayConfig};
 use crate::store::{Store, StoreOptions};
-use crate::sync::engine::SyncEngine;
 use crate::sync::pairing::{join, CodeCheck, Confirm, Inviter};
 use crate::sync::peers;
+use crate::sync::SyncEngine;
 
 /// How long the demo waits for convergence before giving up.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);

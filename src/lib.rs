@@ -95,5 +95,10 @@ pub(crate) mod wire {
 pub mod internals {
     pub use crate::demo::{two_users_comparing_codes, wait_until};
     pub use crate::service::{app_limits, daemon_file, registry};
-    pub use crate::sync::{engine, pairing};
+    pub use crate::sync::pairing;
+    /// The sync engine's task, its configuration and its handle.
+    pub mod engine {
+        pub use crate::sync::engine::*;
+        pub use crate::sync::{EngineStatus, SyncEngine};
+    }
 }

@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::relay::{start as start_relay, RelayConfig};
 use crate::storage::Durability;
 use crate::store::{Event, Origin, Store, StoreOptions};
-use crate::sync::engine::SyncEngine;
 use crate::sync::pairing::{join, Inviter};
+use crate::sync::SyncEngine;
 
 /// Longest wait for convergence.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);

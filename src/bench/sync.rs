@@ -14,9 +14,9 @@ use crate::relay::{start as start_relay, RelayConfig};
 use crate::storage::Durability;
 use crate::store::{Store, StoreOptions};
 use crate::sync::core::SyncCore;
-use crate::sync::engine::SyncEngine;
 use crate::sync::pairing::{join, Inviter};
 use crate::sync::wire::SyncPayload;
+use crate::sync::SyncEngine;
 
 /// Arguments of `masq bench sync`.
 #[derive(Debug, Clone, clap::Args)]

@@ -20,8 +20,8 @@ use crate::api::execute::Outcome;
 use crate::api::{ApiError, ConnState, Request};
 use crate::doc::{ChangeOp, Subscription};
 use crate::store::{Event, Store};
-use crate::sync::engine::EngineSlot;
 use crate::sync::pairing::{self, Confirm, Inviter, Paired};
+use crate::sync::EngineSlot;
 
 /// How long [`Client::connect`] waits for a local store before peer mode.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

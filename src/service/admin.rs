@@ -24,9 +24,9 @@ use crate::api::{ApiError, Request, Response};
 use crate::error::Result;
 use crate::store::Store;
 use crate::sync::core::{StoreHost, SyncCore};
-use crate::sync::engine::EngineStatus;
 use crate::sync::pairing::{self, CodeCheck, Confirm, Inviter};
 use crate::sync::peers;
+use crate::sync::EngineStatus;
 use masq_core::device::ops::{self as device_ops, LinkState};
 
 /// Every manager login code starts with this, so a used or expired one gets

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::store::Store;
-use crate::sync::engine::EngineSlot;
+use crate::sync::EngineSlot;
 
 /// Default listen address of `masq store`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";

@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::core::StoreHost;
 
-pub use super::slot::EngineSlot;
-pub use super::status::EngineStatus;
+use super::status::EngineStatus;
 use super::transport::{Transport, TransportEvent};
 use crate::crypto::DeviceId;
 use crate::error::{Error, Result};
@@ -66,105 +65,44 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// of up to this much added latency.
 pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(20);
 
-/// A running sync engine. Dropping it stops the task.
-pub struct SyncEngine {
+/// What ties the engine's task to its handle ([`super::handle::SyncEngine`]).
+pub(super) struct Signals {
     /// Peers were added or removed outside the engine (pairing, CLI). A
     /// `Notify` keeps at most one wake-up pending however often it is
     /// told, so the engine's inbox is bounded by construction.
-    peers_changed: Arc<Notify>,
-    /// This store's sync choices changed in the store (admin op, CLI):
-    /// the engine reads them again and tells its peers. A `Notify` too.
-    prefs_changed: Arc<Notify>,
+    pub peers_changed: Arc<Notify>,
+    /// This store's sync choices changed in the store (admin op, CLI).
+    pub prefs_changed: Arc<Notify>,
     /// Asks the task to stop (it closes its relay connection first).
-    stop: CancellationToken,
-    /// Latest status.
-    status: watch::Receiver<EngineStatus>,
-    /// The task; aborted on drop.
-    task: Option<JoinHandle<()>>,
+    pub stop: CancellationToken,
+    /// Where the task publishes its status.
+    pub status: watch::Sender<EngineStatus>,
 }
 
-impl Drop for SyncEngine {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-}
-
-impl SyncEngine {
-    /// Starts syncing `store` through the relay at `relay_url` with default settings.
-    pub fn start(store: Store, relay_url: String) -> Result<Self> {
-        Self::start_with(store, EngineConfig::new(relay_url))
-    }
-
-    /// Starts syncing `store` as configured.
-    pub fn start_with(store: Store, config: EngineConfig) -> Result<Self> {
-        let host = StoreHost::new(store);
-        let epoch = std::time::Instant::now();
-        let now = Now {
-            mono: epoch.elapsed(),
-            unix_ms: unix_ms(),
-        };
-        let mut device = Device::open(&host, now).map_err(|e| match e {
-            ReadError::Storage(e) => e,
-            ReadError::Malformed(what) => Error::Storage(format!("stored {what} is malformed")),
-        })?;
-        device.set_resync_interval(config.resync_interval);
-        let peers_changed = Arc::new(Notify::new());
-        let prefs_changed = Arc::new(Notify::new());
-        let stop = CancellationToken::new();
-        let (status_tx, status_rx) = watch::channel(EngineStatus::default());
-        let engine = Engine {
-            host,
-            device,
-            epoch,
-            status: status_tx,
-        };
-        let task = tokio::spawn(engine.run(
-            config,
-            peers_changed.clone(),
-            prefs_changed.clone(),
-            stop.clone(),
-        ));
-        Ok(Self {
-            peers_changed,
-            prefs_changed,
-            stop,
-            status: status_rx,
-            task: Some(task),
-        })
-    }
-
-    /// The latest status.
-    pub fn status(&self) -> EngineStatus {
-        self.status.borrow().clone()
-    }
-
-    /// A receiver that sees every status update (for tests that wait on
-    /// a status change).
-    #[cfg(feature = "internals")]
-    pub fn watch_status(&self) -> watch::Receiver<EngineStatus> {
-        self.status.clone()
-    }
-
-    /// Tells the engine the set of peers changed (after pairing or removal).
-    pub fn peers_changed(&self) {
-        self.peers_changed.notify_one();
-    }
-
-    /// Tells the engine this store's sync choices changed in the store.
-    pub fn prefs_changed(&self) {
-        self.prefs_changed.notify_one();
-    }
-
-    /// Stops the engine and waits for its task.
-    pub async fn shutdown(mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
+/// Opens the device over `store` and spawns the engine's task.
+pub(super) fn spawn(
+    store: Store,
+    config: EngineConfig,
+    signals: Signals,
+) -> Result<JoinHandle<()>> {
+    let host = StoreHost::new(store);
+    let epoch = std::time::Instant::now();
+    let now = Now {
+        mono: epoch.elapsed(),
+        unix_ms: unix_ms(),
+    };
+    let mut device = Device::open(&host, now).map_err(|e| match e {
+        ReadError::Storage(e) => e,
+        ReadError::Malformed(what) => Error::Storage(format!("stored {what} is malformed")),
+    })?;
+    device.set_resync_interval(config.resync_interval);
+    let engine = Engine {
+        host,
+        device,
+        epoch,
+        status: signals.status.clone(),
+    };
+    Ok(tokio::spawn(engine.run(config, signals)))
 }
 
 struct Engine {
@@ -178,6 +116,7 @@ struct Engine {
     /// The engine's clock origin: the device's monotonic time is a
     /// duration since it.
     epoch: std::time::Instant,
+    /// Where the status goes after every step.
     status: watch::Sender<EngineStatus>,
 }
 
@@ -227,13 +166,13 @@ impl Engine {
         }
     }
 
-    async fn run(
-        mut self,
-        config: EngineConfig,
-        peers_changed: Arc<Notify>,
-        prefs_changed: Arc<Notify>,
-        stop: CancellationToken,
-    ) {
+    async fn run(mut self, config: EngineConfig, signals: Signals) {
+        let Signals {
+            peers_changed,
+            prefs_changed,
+            stop,
+            ..
+        } = signals;
         let relay_url = config.relay_url.clone();
         let mut delay = RECONNECT_MIN;
         let mut changes = self.host.store().subscribe_changes();

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use super::engine::{EngineConfig, EngineStatus, SyncEngine};
+use super::engine::EngineConfig;
+use super::handle::SyncEngine;
 use super::peers;
+use super::status::EngineStatus;
 use crate::error::Result;
 use crate::store::Store;
 
