@@ -74,6 +74,10 @@ pub struct Faults {
     /// snapshot of itself (a restored backup, a virtual machine's snapshot):
     /// its power goes, and it boots from what the disk held then.
     pub rollback: f64,
+    /// Chance per step that a device changes its sync preferences: turns
+    /// the app off or on towards one peer, or pauses or resumes all its
+    /// sync. Everything is turned back on when the world heals.
+    pub prefs: f64,
 }
 
 impl Faults {
@@ -91,6 +95,7 @@ impl Faults {
             max_skew_ms: 0,
             removal: false,
             rollback: 0.0,
+            prefs: 0.0,
         }
     }
 }
@@ -136,11 +141,13 @@ impl Config {
             max_skew_ms: [0, 600_000][r.index(2)],
             removal: devices > 2 && r.chance(0.3),
             rollback: 0.0,
+            prefs: 0.0,
         };
         // Drawn last, so the faults above stay what each seed drew before
         // rollbacks existed.
         let faults = Faults {
             rollback: [0.0, 0.005][r.index(2)],
+            prefs: [0.0, 0.01][r.index(2)],
             ..faults
         };
         Config {
@@ -277,6 +284,10 @@ struct World {
     partitions: BTreeMap<(usize, usize), Duration>,
     /// Keys each owner wrote and the last acknowledged value.
     expect: BTreeMap<String, Expect>,
+    /// Sync turned off: (device, peer) pairs whose app is off, and
+    /// devices that paused all their sync.
+    sync_off: BTreeSet<(usize, usize)>,
+    paused: BTreeSet<usize>,
     /// A removal: (who was removed, who removed it, when).
     removal: Option<(usize, usize, Duration)>,
     /// When every remaining member had recorded the removal.
@@ -330,6 +341,8 @@ impl World {
             next_seq: 0,
             partitions: BTreeMap::new(),
             expect: BTreeMap::new(),
+            sync_off: BTreeSet::new(),
+            paused: BTreeSet::new(),
             removal: None,
             removal_known_at: None,
             written_after_removal: Vec::new(),
@@ -944,6 +957,20 @@ impl World {
             let i = self.rng.index(n);
             self.roll_back(i);
         }
+        if self.rng.chance(f.prefs) {
+            let i = self.rng.index(n);
+            if self.rng.chance(0.2) {
+                let pause = !self.paused.contains(&i);
+                self.set_prefs(i, |w| layout::stage_paused(w, pause))?;
+            } else {
+                let j = self.rng.index(n);
+                if i != j {
+                    let on = self.sync_off.contains(&(i, j));
+                    let peer = self.nodes[j].id;
+                    self.set_prefs(i, |w| layout::stage_app_sync(w, &peer, APP, on))?;
+                }
+            }
+        }
         if f.removal && self.removal.is_none() && self.rng.chance(0.02) {
             let by = self.rng.index(n);
             let gone = self.rng.index(n);
@@ -1002,6 +1029,7 @@ impl World {
         }
         self.nodes[i].disk = disk;
         self.nodes[i].snapshots.truncate(k + 1);
+        self.read_prefs(i);
         for e in self.expect.values_mut() {
             if e.owner == i && e.at >= taken_at {
                 e.uncertain = true;
@@ -1011,6 +1039,75 @@ impl World {
         // before (with fresh nonces, which the nonce check still holds).
         let id = self.nodes[i].id;
         self.message_keys.retain(|(from, _, _, _), _| *from != id);
+    }
+
+    /// Device `i` commits a change of its sync preferences (staged by
+    /// `stage`) and tells its device; the world's record of what is off
+    /// follows what its disk now says. Nothing if its power is off.
+    fn set_prefs(&mut self, i: usize, stage: impl FnOnce(&mut WriteSet)) -> Result<(), Failure> {
+        let seed = self.seed;
+        let Some(live) = self.nodes[i].live.as_mut() else {
+            return Ok(());
+        };
+        self.report.faults += 1;
+        let mut w = WriteSet::new();
+        stage(&mut w);
+        live.store.put_records(w);
+        live.sync.prefs_changed(&live.store).map_err(|e| Failure {
+            seed,
+            what: format!("device {i}: prefs_changed: {e}"),
+        })?;
+        self.end_batch(i, false)?;
+        self.read_prefs(i);
+        Ok(())
+    }
+
+    /// What device `i`'s disk says is off (after a commit, a rollback or a
+    /// boot).
+    fn read_prefs(&mut self, i: usize) {
+        let disk = &self.nodes[i].disk;
+        let paused = disk
+            .get(masq_core::records::Table::Meta, layout::SYNC_PAUSED)
+            .is_some();
+        let off: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| {
+                disk.get(
+                    masq_core::records::Table::Meta,
+                    &layout::sync_off_key(&self.nodes[j].id, APP),
+                )
+                .is_some()
+            })
+            .collect();
+        if paused {
+            self.paused.insert(i);
+        } else {
+            self.paused.remove(&i);
+        }
+        self.sync_off.retain(|(a, _)| *a != i);
+        self.sync_off.extend(off.into_iter().map(|j| (i, j)));
+    }
+
+    /// Every device with power turns all its sync back on (the world
+    /// heals); whether any is still off.
+    fn all_sync_on(&mut self) -> Result<bool, Failure> {
+        for i in 0..self.nodes.len() {
+            let off: Vec<DeviceId> = self
+                .sync_off
+                .iter()
+                .filter(|(a, _)| *a == i)
+                .map(|(_, j)| self.nodes[*j].id)
+                .collect();
+            if off.is_empty() && !self.paused.contains(&i) {
+                continue;
+            }
+            self.set_prefs(i, |w| {
+                layout::stage_paused(w, false);
+                for peer in &off {
+                    layout::stage_app_sync(w, peer, APP, true);
+                }
+            })?;
+        }
+        Ok(!self.sync_off.is_empty() || !self.paused.is_empty())
     }
 
     /// Member `by` removes `gone` from the group.
@@ -1110,12 +1207,16 @@ impl World {
                 self.nodes[i].back_at = Some(self.now);
             }
         }
+        let mut sync_off = true;
         loop {
             self.step(1000)?;
+            if sync_off {
+                sync_off = self.all_sync_on()?;
+            }
             self.removed_device_writes()?;
             let removal_checked = self.removal.is_none() || self.written_after_removal.len() >= 3;
             let check_now = (self.now - heal_start).as_millis() % 5000 < 1000;
-            if check_now && removal_checked && self.check().is_ok() {
+            if check_now && removal_checked && !sync_off && self.check().is_ok() {
                 break;
             }
             if self.now - heal_start > HEAL_LIMIT {

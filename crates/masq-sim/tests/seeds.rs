@@ -80,6 +80,7 @@ fn a_harsh_world_converges() {
             max_skew_ms: 600_000,
             removal: true,
             rollback: 0.01,
+            prefs: 0.02,
         },
         sabotage: None,
     };
@@ -115,6 +116,30 @@ fn worlds_whose_disks_roll_back_converge() {
     }
     // There were rollbacks to survive.
     assert!(rollbacks >= 5, "{rollbacks} rollbacks");
+}
+
+/// Devices turn the app off and on towards their peers, and pause and
+/// resume all their sync, while they write; once all is on again the world
+/// converges.
+#[test]
+fn worlds_whose_sync_preferences_change_converge() {
+    let cfg = Config {
+        devices: 3,
+        steps: 300,
+        faults: Faults {
+            loss: 0.02,
+            max_delay_ms: 50,
+            prefs: 0.05,
+            ..Faults::none()
+        },
+        sabotage: None,
+    };
+    let mut changes = 0;
+    for seed in 0..10 {
+        let r = run(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
+        changes += r.faults;
+    }
+    assert!(changes >= 50, "{changes} preference changes");
 }
 
 /// The checks catch a device that answers before it commits (and then

@@ -165,6 +165,13 @@ impl PageSync {
         self.device.peers_changed(store, at(now))
     }
 
+    /// This device's sync choices changed in its records (which app syncs
+    /// with which device, pause): every ready peer is told, and offered
+    /// what it may now take.
+    pub fn prefs_changed(&mut self, store: &PeerStore) -> SyncResult<()> {
+        self.device.prefs_changed(store)
+    }
+
     /// The page opened a WebSocket to the relay.
     pub fn on_relay_open(&mut self) {
         self.conn = Some(RelayConn::new());
