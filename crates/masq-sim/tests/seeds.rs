@@ -2,7 +2,7 @@
 //! `MASQ_SIM_SEEDS=N` for more (`MASQ_SIM_FROM=S` to start elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use masq_sim::{run, run_seed, Config, Faults, Sabotage};
+use masq_sim::{run, run_seed, Config, Faults, Report, Sabotage};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -93,6 +93,13 @@ fn a_harsh_world_converges() {
     assert!(after_removal > 0);
 }
 
+/// Runs seeds `0..seeds` of `cfg`; any failure fails the test.
+fn run_all(cfg: &Config, seeds: u64) -> Vec<Report> {
+    (0..seeds)
+        .map(|seed| run(seed, cfg).unwrap_or_else(|f| panic!("{f}")))
+        .collect()
+}
+
 /// Disks go back to older snapshots of themselves (restored backups):
 /// the devices' ratchets and handshake stamps go back with them, and the
 /// world still converges.
@@ -109,11 +116,7 @@ fn worlds_whose_disks_roll_back_converge() {
         },
         sabotage: None,
     };
-    let mut rollbacks = 0;
-    for seed in 0..10 {
-        let r = run(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
-        rollbacks += r.rollbacks;
-    }
+    let rollbacks: u64 = run_all(&cfg, 10).iter().map(|r| r.rollbacks).sum();
     // There were rollbacks to survive.
     assert!(rollbacks >= 5, "{rollbacks} rollbacks");
 }
@@ -134,11 +137,7 @@ fn worlds_whose_sync_preferences_change_converge() {
         },
         sabotage: None,
     };
-    let mut changes = 0;
-    for seed in 0..10 {
-        let r = run(seed, &cfg).unwrap_or_else(|f| panic!("{f}"));
-        changes += r.faults;
-    }
+    let changes: u64 = run_all(&cfg, 10).iter().map(|r| r.faults).sum();
     assert!(changes >= 50, "{changes} preference changes");
 }
 

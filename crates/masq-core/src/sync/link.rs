@@ -822,6 +822,18 @@ mod tests {
             sealed.packets
         }
 
+        /// Restarts from `disk` (a persisted session) as a new link, later.
+        fn restart_from(&mut self, disk: &[u8], peer: &Dev) {
+            let session = Session::from_bytes(disk).unwrap();
+            self.link = PeerLink::new(
+                self.kp.device_id(),
+                peer.kp.public(),
+                Some(session),
+                self.mark,
+                LATER,
+            );
+        }
+
         fn start_sync(&mut self) -> Vec<Vec<u8>> {
             let h = hello(self);
             self.send(&[h])
@@ -998,14 +1010,8 @@ mod tests {
         let (to_b, to_a) = (a.online(T0), b.online(T0));
         settle(&mut a, &mut b, to_b, to_a, T0);
         // a restarts: a new link from what it persisted.
-        let session = Session::from_bytes(a.disk.as_ref().unwrap()).unwrap();
-        a.link = PeerLink::new(
-            a.kp.device_id(),
-            b.kp.public(),
-            Some(session),
-            a.mark,
-            LATER,
-        );
+        let disk = a.disk.clone().unwrap();
+        a.restart_from(&disk, &b);
         b.link.offline();
         let to_b = a.online(T0);
         let to_a = b.online(T0);
@@ -1037,14 +1043,7 @@ mod tests {
             assert_eq!(deliver_all(&mut a, p, T0), 0);
         }
         // a's disk goes back to the older copy (a restored backup).
-        let session = Session::from_bytes(&old_disk).unwrap();
-        a.link = PeerLink::new(
-            a.kp.device_id(),
-            b.kp.public(),
-            Some(session),
-            a.mark,
-            LATER,
-        );
+        a.restart_from(&old_disk, &b);
         b.link.offline();
         let (to_b, to_a) = (a.online(T0), b.online(T0));
         let mut refused = deliver_all(&mut b, to_b, T0) + deliver_all(&mut a, to_a, T0);
