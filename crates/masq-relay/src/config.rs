@@ -15,6 +15,11 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// are refused at the sender (`Undeliverable` 3, recipient busy): a flood
 /// never disconnects the recipient.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 256;
+/// Bytes one connection may have queued (besides the frame count limit).
+pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+/// Of [`MAX_QUEUED_BYTES`], what others' messages can never take: room for
+/// the relay's own answers to the device (a rendezvous frame is up to 1 MiB).
+pub const CONTROL_RESERVE_BYTES: usize = 1024 * 1024;
 /// Room in each connection's queue, beyond [`OUTBOUND_QUEUE_FRAMES`], for
 /// what the relay itself answers (`Undeliverable`, `Error`, rendezvous
 /// frames): others' messages can never fill it. A connection that lets its
@@ -49,12 +54,37 @@ pub const MAX_CONNECTIONS: usize = 50_000;
 /// How long `RelayHandle::shutdown` waits for the relay's tasks to end
 /// after telling every connection the relay is shutting down.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// When the relay stops accepting, how long the accept loop waits for its
+/// connections to end, so they can send their close frames: room for one
+/// connection's whole close ([`CLOSE_FRAME_TIMEOUT`] then
+/// [`SOCKET_CLOSE_TIMEOUT`], 2 s), and short of [`SHUTDOWN_WAIT`], so
+/// `RelayHandle::shutdown` sees the accept loop end.
+pub const CONNECTIONS_CLOSE_WAIT: Duration = Duration::from_secs(3);
+/// How long a connection that is ending may take to write its close frame
+/// (code and reason). Short: the connection is going anyway, and at
+/// shutdown every connection closes at once.
+pub const CLOSE_FRAME_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection that is ending may take to close its WebSocket
+/// after the close frame (flush, closing handshake); short for the same
+/// reason as [`CLOSE_FRAME_TIMEOUT`].
+pub const SOCKET_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+// A connection's close fits in the accept loop's wait, which fits in shutdown's.
+const _: () = assert!(
+    CLOSE_FRAME_TIMEOUT.as_millis() + SOCKET_CLOSE_TIMEOUT.as_millis()
+        < CONNECTIONS_CLOSE_WAIT.as_millis()
+        && CONNECTIONS_CLOSE_WAIT.as_millis() < SHUTDOWN_WAIT.as_millis()
+);
 /// Time allowed from TCP accept to successful authentication.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that sends nothing (not even a pong) for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often the relay pings each connection.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a single WebSocket write may take before the receiver counts as stuck.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In a cluster, how long a new connection's `AuthOk` waits for Redis to
+/// confirm the device's channel subscription (so other nodes can reach it).
+pub const CLUSTER_SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// How long a rendezvous slot lives (an invite is valid this long).
 pub const RENDEZVOUS_TTL: Duration = Duration::from_secs(600);
 /// How long the accept loop pauses when `accept` fails for want of a

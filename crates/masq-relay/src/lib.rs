@@ -2,8 +2,17 @@
 //! authenticated devices, tracks presence and hosts pairing rendezvous slots.
 //! It stores nothing and can read nothing.
 //!
-//! - [`config`]: every limit, as a named constant, and the auth proof.
-//! - [`server`]: the WebSocket server (plus `/healthz`, `/metrics`).
+//! - [`config`]: every limit and timeout, as a named constant, and the auth proof.
+//! - [`server`]: the WebSocket server (plus `/healthz`, `/metrics`), one
+//!   module per job: `accept` (accept loop, TLS, HTTP vs upgrade),
+//!   `connection` (one device's connection: register, act on its frames,
+//!   unregister), `auth` (challenge and proofs), `writer` (a connection's
+//!   writer task), `routing` (queues, allow lists, senders' shares, the
+//!   connection table, refusals), `presence` (watch lists, pending presence
+//!   states), `rendezvous` (pairing slots), `cluster_events` (what other
+//!   nodes ask of this node's connections), `hub` (the shared state),
+//!   `metrics` (counters and their text), `kill` and `ws` (stopping a
+//!   connection; the WebSocket's writes and close frames).
 //! - [`client`]: the device side (a relay URL may list several nodes, comma-separated).
 //! - [`cluster`]: several relay nodes as one, over Redis pub/sub (`--cluster`).
 //! - [`tls`]: the server's rustls configuration and the devices' trust roots.
